@@ -1,0 +1,515 @@
+"""The Switcher: how the Host enters and leaves the Guest on an emulated CPU.
+
+The original Switcher was a page of assembly mapped at the top of every address
+space: it saved the Host, loaded the Guest's segments and page tables, and `iret`ed
+into the Guest; any trap brought the CPU back through it to the Host.  Here the CPU
+is Unicorn (QEMU's TCG), and the two halves become:
+
+* entering: a tiny ring-0 trampoline in a Host-only page at SWITCHER_ADDR pops the
+  Guest's data segments and `iret`s with the Guest's frame, so the emulated CPU's
+  own privilege checks decide what ring the Guest lands in;
+* leaving: Unicorn hooks.  Every exception and `int n` stops in the interrupt hook,
+  port I/O arrives in the in/out hooks, invalid opcodes in the invalid-instruction
+  hook, and every TLB miss asks the Host's page tables (the TLB is our shadow).
+
+Unicorn never completes delivery through an IDT, so two pieces of CPU state need
+the Host's help, both reached through the saved-context blob at offsets measured
+at start-up (`calibrate`): the "exception in flight" field, which must be reset
+after every handled fault or the next fault becomes a #DF, and the CPL bits of
+`hflags`, which is the only way back to ring 0 for the trampoline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import struct
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Protocol
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_EXCEPTION,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_WRITE,
+    UC_MODE_32,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UcError,
+)
+from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.x86_const import (
+    UC_X86_INS_IN,
+    UC_X86_INS_OUT,
+    UC_X86_REG_CS,
+    UC_X86_REG_DS,
+    UC_X86_REG_EAX,
+    UC_X86_REG_EBP,
+    UC_X86_REG_EBX,
+    UC_X86_REG_ECX,
+    UC_X86_REG_EDI,
+    UC_X86_REG_EDX,
+    UC_X86_REG_EFLAGS,
+    UC_X86_REG_EIP,
+    UC_X86_REG_ES,
+    UC_X86_REG_ESI,
+    UC_X86_REG_ESP,
+    UC_X86_REG_FS,
+    UC_X86_REG_GDTR,
+    UC_X86_REG_GS,
+    UC_X86_REG_IDTR,
+    UC_X86_REG_SS,
+    UC_X86_REG_TR,
+)
+
+from lguest import abi
+
+# The Switcher's pages, at the same virtual and (emulator-)physical address.
+CODE_PAGE = abi.SWITCHER_ADDR  # the trampoline: kernel read+exec
+STOP_PAGE = abi.SWITCHER_ADDR + 0x1000  # `until` address for emu_start: never executed
+REGS_PAGE = abi.SWITCHER_ADDR + 0x2000  # ring-0 stack holding the entry frame: kernel rw
+STATE_PAGE = abi.SWITCHER_ADDR + 0x3000  # GDT, IDT and TSS: kernel read-only
+SWITCHER_PAGES = 4
+GDT_ADDR = STATE_PAGE
+TSS_ADDR = STATE_PAGE + 0x800
+
+# pop %gs; pop %fs; pop %es; pop %ds; iret
+TRAMPOLINE = bytes([0x0F, 0xA9, 0x0F, 0xA1, 0x07, 0x1F, 0xCF])
+ENTRY_FRAME_WORDS = 9  # gs fs es ds eip cs eflags esp ss
+ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - 4 * ENTRY_FRAME_WORDS
+
+GENERAL_REGS = {
+    "eax": UC_X86_REG_EAX,
+    "ebx": UC_X86_REG_EBX,
+    "ecx": UC_X86_REG_ECX,
+    "edx": UC_X86_REG_EDX,
+    "esi": UC_X86_REG_ESI,
+    "edi": UC_X86_REG_EDI,
+    "ebp": UC_X86_REG_EBP,
+    "esp": UC_X86_REG_ESP,
+    "eip": UC_X86_REG_EIP,
+    "eflags": UC_X86_REG_EFLAGS,
+}
+SEGMENT_REGS = {
+    "cs": UC_X86_REG_CS,
+    "ss": UC_X86_REG_SS,
+    "ds": UC_X86_REG_DS,
+    "es": UC_X86_REG_ES,
+    "fs": UC_X86_REG_FS,
+    "gs": UC_X86_REG_GS,
+}
+ALL_REGS = GENERAL_REGS | SEGMENT_REGS
+
+# Unicorn's TLB answers: which kinds of access an installed translation allows.
+PERM_EXEC = UC_PROT_READ | UC_PROT_EXEC
+PERM_READ = UC_PROT_READ
+PERM_WRITE = UC_PROT_READ | UC_PROT_WRITE
+
+
+class ExitKind(Enum):
+    TRAP = auto()  # an exception or `int n`: vector and error code
+    PAGE_FAULT = auto()  # the Host's page tables refused a translation
+    HALTED = auto()  # the run ended without a trap (a kick from another thread)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Why the Guest came back to the Host (the `trapnum`/`errcode` of lguest_regs)."""
+
+    kind: ExitKind
+    trapnum: int = abi.TRAPNUM_IN_SWITCHER
+    errcode: int = 0
+    address: int = 0  # faulting virtual address for PAGE_FAULT
+    software: bool = False  # raised by an `int n`-style instruction (EIP is past it)
+    insn_len: int = 0  # length of that instruction
+    eip: int | None = None  # where the trap really happened, when EIP moved on since
+
+
+class Mmu(Protocol):
+    """What the Switcher asks of the Host's page tables on every TLB miss."""
+
+    def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int] | int:
+        """(physical page, permissions) to install, or a #PF error code to refuse."""
+        ...
+
+    def peek(self, vaddr: int) -> int | None:
+        """The guest-physical address behind vaddr, without side effects."""
+        ...
+
+
+class PortBus(Protocol):
+    """The Launcher's port I/O, handed to the Host (spec §7.1)."""
+
+    def port_in(self, port: int, size: int) -> int: ...
+
+    def port_out(self, port: int, size: int, value: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Where the fields the Host must touch sit in Unicorn's saved-context blob."""
+
+    hflags: int
+    old_exception: int
+    error_code: int
+    exception_is_int: int
+
+
+HF_CPL_MASK = 3
+HF_PE_MASK = 0x80  # protected mode
+_layout: ContextLayout | None = None
+
+
+def segment_descriptor(base: int, limit: int, access: int, flags: int = 0xC) -> tuple[int, int]:
+    """An 8-byte GDT descriptor as (low dword, high dword)."""
+    lo = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
+    hi = (
+        ((base >> 16) & 0xFF)
+        | (access << 8)
+        | (((limit >> 16) & 0xF) << 16)
+        | (flags << 20)
+        | (base & 0xFF000000)
+    )
+    return lo, hi
+
+
+class Switcher:
+    """One emulated CPU running one Guest, and the world switch in and out of it."""
+
+    def __init__(self, ram_address: int, ram_size: int, mmu: Mmu, bus: PortBus,
+                 calibrated: bool = True) -> None:
+        if calibrated:
+            context_layout()
+        self.calibrated = calibrated
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        if ram_size:
+            self.uc.mem_map_ptr(0, ram_size, UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC, ram_address)
+        self.uc.mem_map(abi.SWITCHER_ADDR, SWITCHER_PAGES * abi.PAGE_SIZE)
+        self.mmu = mmu
+        self.bus = bus
+        self.exit: Exit | None = None
+        self.cpl_switches = 0
+        self._context = self.uc.context_save()
+        self._install_switcher_pages()
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+
+    # --- set-up ---------------------------------------------------------------------------
+    def _install_switcher_pages(self) -> None:
+        self.uc.mem_write(CODE_PAGE, TRAMPOLINE)
+        # A page of `hlt` where emulation is told to stop; nothing ever gets there.
+        self.uc.mem_write(STOP_PAGE, b"\xf4" * abi.PAGE_SIZE)
+        self.gdt = [(0, 0)] * abi.GDT_ENTRIES
+        self.gdt[abi.GDT_ENTRY_LGUEST_CS] = abi.FLAT_CODE_DPL0
+        self.gdt[abi.GDT_ENTRY_LGUEST_DS] = abi.FLAT_DATA_DPL0
+        # An available 32-bit TSS with no I/O bitmap, as lguest's (type 9, DPL 0).
+        tss = bytearray(104)
+        struct.pack_into("<HH", tss, 100, 0, 104)
+        self.uc.mem_write(TSS_ADDR, bytes(tss))
+        self.gdt[abi.GDT_ENTRY_TSS] = segment_descriptor(TSS_ADDR, 0x67, 0x89, 0)
+        self.write_gdt()
+        self.uc.reg_write(UC_X86_REG_GDTR, (0, GDT_ADDR, abi.GDT_ENTRIES * 8 - 1, 0))
+        self.uc.reg_write(UC_X86_REG_IDTR, (0, STATE_PAGE + 0x400, 0, 0))
+        self.uc.reg_write(UC_X86_REG_TR, (abi.GDT_ENTRY_TSS * 8, TSS_ADDR, 0x67, 0x8900))
+        self.uc.reg_write(UC_X86_REG_CS, abi.LGUEST_CS)
+        self.uc.reg_write(UC_X86_REG_SS, abi.LGUEST_DS)
+
+    def write_gdt(self) -> None:
+        """Copy the Host's view of the GDT into the page the emulated CPU reads."""
+        self.uc.mem_write(GDT_ADDR, b"".join(struct.pack("<II", lo, hi) for lo, hi in self.gdt))
+
+    # --- registers ------------------------------------------------------------------------
+    def get(self, reg: str) -> int:
+        return self.uc.reg_read(ALL_REGS[reg]) & 0xFFFFFFFF
+
+    def set(self, reg: str, value: int) -> None:
+        self.uc.reg_write(GENERAL_REGS[reg], value & 0xFFFFFFFF)
+
+    @property
+    def cpl(self) -> int:
+        return self.get("cs") & 3
+
+    # --- the saved-context blob -------------------------------------------------------------
+    def _context_bytes(self) -> ctypes.Array[ctypes.c_char]:
+        uclib.uc_context_save(self.uc._uch, self._context._context)
+        return (ctypes.c_char * self._context.size).from_address(
+            ctypes.cast(self._context._context, ctypes.c_void_p).value or 0
+        )
+
+    def _context_commit(self) -> None:
+        uclib.uc_context_restore(self.uc._uch, self._context._context)
+
+    def _fault_state(self) -> tuple[int, bool]:
+        """The error code of the exception just raised, whether an `int n` raised it;
+        and mark it finished.
+
+        Unicorn never finishes delivering an exception, so without this reset the
+        CPU would think it is still inside one and turn the next fault into a #DF.
+        """
+        layout = context_layout()
+        blob = self._context_bytes()
+        errcode = struct.unpack_from("<I", blob, layout.error_code)[0]
+        software = struct.unpack_from("<i", blob, layout.exception_is_int)[0] == 1
+        struct.pack_into("<i", blob, layout.old_exception, -1)
+        self._context_commit()
+        return errcode, software
+
+    def _drop_to_ring0(self) -> None:
+        """Put the CPU back at CPL 0 so the trampoline may load any Guest ring."""
+        layout = context_layout()
+        blob = self._context_bytes()
+        hflags = struct.unpack_from("<I", blob, layout.hflags)[0]
+        struct.pack_into("<I", blob, layout.hflags, hflags & ~HF_CPL_MASK)
+        self._context_commit()
+        self.uc.reg_write(UC_X86_REG_SS, abi.LGUEST_DS)
+        self.uc.reg_write(UC_X86_REG_CS, abi.LGUEST_CS)
+        self.cpl_switches += 1
+
+    # --- entering -------------------------------------------------------------------------
+    def load_frame(self, eip: int, cs: int, eflags: int, esp: int, ss: int, ds: int, es: int,
+                   fs: int, gs: int) -> None:
+        """Arrange for the next `run` to enter through the trampoline with this frame."""
+        frame = struct.pack("<9I", gs, fs, es, ds, eip, cs, eflags, esp, ss)
+        if self.get("cs") & 3:
+            self._drop_to_ring0()
+        self.uc.mem_write(ENTRY_FRAME_ADDR, frame)
+        self.uc.reg_write(UC_X86_REG_ESP, ENTRY_FRAME_ADDR)
+        self.uc.reg_write(UC_X86_REG_EIP, CODE_PAGE)
+
+    def run(self, timeout_us: int = 0) -> Exit:
+        """Run the Guest from its current state until it traps back to the Host."""
+        self.exit = None
+        try:
+            self.uc.emu_start(self.get("eip"), STOP_PAGE, timeout=timeout_us)
+        except UcError as err:
+            if self.exit is None:
+                # A fault the hooks did not explain, e.g. inside the trampoline
+                # while loading a bad Guest segment (spec §4.1's trapnum 256).
+                return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
+            if err.errno != UC_ERR_EXCEPTION:
+                raise
+        exit_ = self.exit
+        if exit_ is None:
+            return Exit(ExitKind.HALTED)
+        return exit_
+
+    def stop(self) -> None:
+        """Kick the vCPU out of the emulator (safe from another thread)."""
+        self.uc.emu_stop()
+
+    # --- leaving: the hooks ---------------------------------------------------------------
+    def _leave(self, exit_: Exit) -> None:
+        if self.exit is None:
+            self.exit = exit_
+        self.uc.emu_stop()
+
+    def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
+        if vector == abi.LGUEST_TRAP_ENTRY or vector >= abi.FIRST_EXTERNAL_VECTOR:
+            # Only `int n` raises these on our CPU (there is no hardware to interrupt).
+            self._leave(Exit(ExitKind.TRAP, vector, 0, software=True, insn_len=2))
+            return
+        errcode, software = self._fault_state() if self.calibrated else (0, False)
+        if self.get("eip") >> 12 == CODE_PAGE >> 12:
+            # A fault in the trampoline: the Guest's segments or frame were bad.
+            self._leave(Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, errcode))
+            return
+        insn_len = self._software_int_length(vector) if software else 0
+        self._leave(Exit(ExitKind.TRAP, vector, errcode if vector in abi.TRAPS_WITH_ERROR_CODE else 0,
+                         software=software, insn_len=insn_len))
+
+    def _software_int_length(self, vector: int) -> int:
+        """`int n` is two bytes; `int3` and `into` are one."""
+        return 1 if vector in (abi.Trap.BP, abi.Trap.OF) and self._byte_before_eip() != vector else 2
+
+    def _byte_before_eip(self) -> int:
+        gpa = self.mmu.peek(self.get("eip") - 1)
+        return -1 if gpa is None else self.uc.mem_read(gpa, 1)[0]
+
+    def _on_invalid(self, uc: Uc, _data: object) -> bool:
+        self._leave(Exit(ExitKind.TRAP, abi.Trap.UD))
+        return True
+
+    def _user_port_access(self) -> bool:
+        """User code may not touch ports: lguest's TSS has no I/O bitmap, so it's #GP(0).
+
+        Unicorn performs no I/O permission check at all, so the Host makes the #GP
+        itself.  Unicorn cannot stop before the rest of the current translation block,
+        so the #GP is taken with EIP rewound to the in/out instruction afterwards.
+        """
+        self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0, eip=self.get("eip")))
+        return True
+
+    def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+        if self.cpl == 3 and self._user_port_access():
+            return self.get("eax")
+        return self.bus.port_in(port, size)
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+        if self.cpl == 3:
+            self._user_port_access()
+        elif not self.bus.port_out(port, size, value):
+            # The Launcher rejected the write: it becomes a #GP at the out instruction.
+            self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0, eip=self.get("eip")))
+
+    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
+        write = access == UC_MEM_WRITE
+        fetch = access == UC_MEM_FETCH
+        cpl = self.cpl
+        answer = self._switcher_translation(vaddr, write, fetch, cpl)
+        if answer is None:
+            answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
+        if isinstance(answer, int):
+            self._leave(Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr))
+            return False
+        entry.paddr, entry.perms = answer
+        return True
+
+    def _switcher_translation(self, vaddr: int, write: bool, fetch: bool,
+                              cpl: int) -> tuple[int, int] | int | None:
+        """The Switcher's own pages: kernel-only, like the original's mapping."""
+        if vaddr < abi.SWITCHER_ADDR:
+            return None
+        page = vaddr & ~0xFFF
+        error = abi.PF_WRITE * write | abi.PF_USER * (cpl == 3)
+        if page in (CODE_PAGE, STOP_PAGE) and fetch:
+            # Unicorn looks up these code pages itself when it starts and stops, at
+            # whatever ring the Guest is in.  Executing them gains nothing: the
+            # trampoline's `iret` can never raise the privilege level.
+            return page, UC_PROT_EXEC
+        if cpl == 3 or page >= abi.SWITCHER_ADDR + SWITCHER_PAGES * abi.PAGE_SIZE:
+            return error
+        perms = {CODE_PAGE: PERM_EXEC, REGS_PAGE: PERM_WRITE, STATE_PAGE: PERM_READ}.get(page, 0)
+        needed = UC_PROT_WRITE if write else UC_PROT_EXEC if fetch else UC_PROT_READ
+        if not perms & needed:
+            return error | 1
+        return page, perms
+
+
+def context_layout() -> ContextLayout:
+    """The calibrated context-blob offsets (measured once per process)."""
+    global _layout
+    if _layout is None:
+        _layout = calibrate()
+    return _layout
+
+
+class CalibrationError(RuntimeError):
+    pass
+
+
+class _NoPaging:
+    """The calibration probe's MMU: every address maps to itself."""
+
+    def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int]:
+        return vaddr & ~0xFFF, UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
+
+    def peek(self, vaddr: int) -> int:
+        return vaddr
+
+
+class _NoPorts:
+    def port_in(self, port: int, size: int) -> int:
+        return 0xFFFFFFFF
+
+    def port_out(self, port: int, size: int, value: int) -> bool:
+        return True
+
+
+# The probe: at ring 1, load three bad selectors into %ds (three #GPs with known
+# error codes), then `iret` to ring 3 and stop there with `int3`.
+_FLAT_CODE_DPL3 = segment_descriptor(0, 0xFFFFF, 0xFB)
+_FLAT_DATA_DPL3 = segment_descriptor(0, 0xFFFFF, 0xF3)
+_PROBE_BASE = 0x1000
+_PROBE_SELECTORS = (0x13, 0x1B, 0x23)
+
+
+def _probe_code() -> bytes:
+    code = b""
+    for sel in _PROBE_SELECTORS:
+        code += b"\xb8" + struct.pack("<I", sel) + b"\x8e\xd8"  # mov $sel,%eax; mov %eax,%ds
+    ring3 = _PROBE_BASE + len(code) + 23
+    code += b"\x6a" + bytes([abi.USER_DS])  # push $USER_DS (ss)
+    code += b"\x68" + struct.pack("<I", 0x3000)  # push $esp
+    code += b"\x68" + struct.pack("<I", 0x202)  # push $eflags
+    code += b"\x6a" + bytes([abi.USER_CS])  # push $USER_CS
+    code += b"\x68" + struct.pack("<I", ring3)  # push $eip
+    code += b"\xcf" + b"\x90" * 3  # iret (+ padding up to ring3)
+    code += b"\xcc\xeb\xfe"  # int3; jmp .
+    return code
+
+
+def calibrate() -> ContextLayout:
+    """Find the fields the Host needs in Unicorn's saved-context blob.
+
+    Their offsets depend on how Unicorn was built, so we measure them with a probe:
+    three #GPs with known selectors (the error code is the selector with RPL
+    cleared; the in-flight field holds 13 after the first), then an `iret` to
+    ring 3 and an `int3` there (the CPL bits of hflags follow the ring, and the
+    "raised by int" flag sits just before the known return address).  The three
+    #GPs in a row also prove the in-flight reset works: without it the second
+    would be reported as a #DF.
+    """
+    ram = ctypes.create_string_buffer(0x4000)
+    cpu = Switcher(ctypes.addressof(ram), 0x4000, _NoPaging(), _NoPorts(), calibrated=False)
+    code = _probe_code()
+    cpu.uc.mem_write(_PROBE_BASE, code)
+    for index, desc in enumerate((abi.FLAT_CODE_DPL1, abi.FLAT_DATA_DPL1, _FLAT_CODE_DPL3,
+                                  _FLAT_DATA_DPL3), start=abi.GDT_ENTRY_KERNEL_CS):
+        cpu.gdt[index] = desc
+    cpu.write_gdt()
+    idle = _words(bytes(cpu._context_bytes()))
+    cpu.load_frame(_PROBE_BASE, abi.KERNEL_CS, abi.INITIAL_EFLAGS, 0x2000, abi.KERNEL_DS,
+                   abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
+    errors: set[int] | None = None
+    in_flight: set[int] | None = None
+    for sel in _PROBE_SELECTORS:
+        blob = _run_probe_step(cpu, abi.Trap.GP)
+        matches = {i for i, v in enumerate(blob) if v == sel & 0xFFFC}
+        errors = matches if errors is None else errors & matches
+        if in_flight is None:
+            in_flight = {i for i, v in enumerate(blob) if v == abi.Trap.GP and idle[i] == 0xFFFFFFFF}
+        for i in in_flight:
+            struct.pack_into("<i", cpu._context_bytes(), 4 * i, -1)
+            cpu._context_commit()
+        ring1 = blob
+        cpu.set("eip", cpu.get("eip") + 2)  # past the faulting mov to %ds
+    ring3 = _run_probe_step(cpu, abi.Trap.BP)
+    next_eip = _PROBE_BASE + len(code) - 2
+    hflags = [i for i in range(len(ring3)) if ring1[i] & 3 == 1 and ring3[i] & 3 == 3
+              and ring1[i] & ~3 == ring3[i] & ~3 and ring1[i] & HF_PE_MASK]
+    is_int = [i for i in range(len(ring3) - 2) if ring3[i] == 1 and ring1[i] == 0
+              and next_eip in (ring3[i + 1], ring3[i + 2])]
+    found = [errors or set(), in_flight or set(), set(hflags), set(is_int)]
+    if any(len(f) != 1 for f in found):
+        raise CalibrationError("cannot locate the CPU fields in Unicorn's saved context "
+                               f"(candidates: {[len(f) for f in found]})")
+    error_code, old_exception, hflags_word, is_int_word = (4 * next(iter(f)) for f in found)
+    return ContextLayout(hflags_word, old_exception, error_code, is_int_word)
+
+
+def _run_probe_step(cpu: Switcher, expected: int) -> tuple[int, ...]:
+    cpu.exit = None
+    with contextlib.suppress(UcError):
+        cpu.uc.emu_start(cpu.get("eip"), STOP_PAGE)
+    if cpu.exit is None or cpu.exit.trapnum != expected:
+        got = cpu.exit.trapnum if cpu.exit else None
+        raise CalibrationError(f"calibration probe expected trap {expected}, got {got}")
+    return _words(bytes(cpu._context_bytes()))
+
+
+def _words(blob: bytes) -> tuple[int, ...]:
+    return struct.unpack_from(f"<{len(blob) // 4}I", blob)
+
+

@@ -1,0 +1,202 @@
+"""Hypercalls: how the Guest asks the Host for privileged work (hypercalls.c, spec §1).
+
+A hypercall is `int $0x1f` at ring 1 with the call number in %eax and up to four
+arguments in %ebx, %ecx, %edx and %esi.  Nothing is returned: a bad request kills
+the Guest.  Calls the Guest may batch sit in a 64-slot ring inside lguest_data and
+are run, in order, before every synchronous call (`do_async_hcalls`).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lguest import abi
+from lguest.abi import Hcall, LguestData
+
+if TYPE_CHECKING:
+    from lguest.host.core import Guest
+
+HcallArgs = tuple[int, int, int, int, int]  # arg0 (the number) .. arg4
+SHUTDOWN_MESSAGE_BYTES = 128
+
+
+def do_hypercalls(guest: Guest) -> None:
+    """Run the pending synchronous hypercall (and first, the async ring)."""
+    cpu = guest.cpu
+    args: HcallArgs = (cpu.get("eax"), cpu.get("ebx"), cpu.get("ecx"), cpu.get("edx"), cpu.get("esi"))
+    if guest.lguest_data is None:
+        initialize(guest, args)
+        return
+    do_async_hcalls(guest)
+    if not guest.dead:
+        do_hcall(guest, args, queued=False)
+
+
+def initialize(guest: Guest, args: HcallArgs) -> None:
+    """LGUEST_INIT, the first hypercall (§3.6); any other call first is fatal."""
+    nr, gpa = args[0], args[1]
+    guest.trace_hcall(args, queued=False)
+    if nr != Hcall.LGUEST_INIT:
+        guest.kill(f"hypercall {nr} before INIT")
+        return
+    if not guest.mem.ok(gpa, LguestData.SIZE):
+        guest.kill(f"bad guest page {gpa:#010x}")
+        return
+    mem = guest.mem
+    mem.write_u32(gpa + LguestData.TSC_KHZ, 0)  # no constant-rate TSC to offer (DESIGN)
+    syscall_vec = mem.read_u32(gpa + LguestData.SYSCALL_VEC)
+    if syscall_vec not in (abi.SYSCALL_VECTOR, guest.syscall_vector):
+        guest.kill("bad syscall vector")
+        return
+    guest.noirq_iret = mem.read_u32(gpa + LguestData.NOIRQ_IRET)
+    guest.lguest_data = gpa
+    guest.write_timestamp()
+    kernel_address = mem.read_u32(gpa + LguestData.KERNEL_ADDRESS)
+    mem.write_u32(gpa + LguestData.RESERVE_MEM, abi.RESERVE_MEM)
+    if kernel_address >= abi.SWITCHER_ADDR:
+        guest.kill(f"bad kernel address {kernel_address:#x}")
+        return
+    guest.kernel_address = kernel_address
+    # Our own writes above must not be hidden behind a stale translation.
+    guest.pages.flush()
+
+
+def do_async_hcalls(guest: Guest) -> None:
+    """Drain the async ring (§1.4) in order, starting at the Host's cursor."""
+    base = guest.lguest_data
+    assert base is not None
+    mem = guest.mem
+    status = mem.read(base + LguestData.HCALL_STATUS, abi.LHCALL_RING_SIZE)
+    for _ in range(abi.LHCALL_RING_SIZE):
+        n = guest.next_hcall
+        if status[n] == abi.HCALL_FREE:
+            break
+        guest.next_hcall = (n + 1) % abi.LHCALL_RING_SIZE
+        slot = base + LguestData.HCALLS + n * LguestData.HCALL_SIZE
+        if not mem.ok(slot, LguestData.HCALL_SIZE):
+            guest.kill("Fetching async hypercalls")
+            return
+        args: HcallArgs = struct.unpack("<5I", mem.read(slot, LguestData.HCALL_SIZE))
+        do_hcall(guest, args, queued=True)
+        if guest.dead:
+            return
+        if not mem.write(base + LguestData.HCALL_STATUS + n, bytes([abi.HCALL_FREE])):
+            guest.kill("Writing result for async hypercall")
+            return
+
+
+def do_hcall(guest: Guest, args: HcallArgs, queued: bool) -> None:
+    """Execute one hypercall (§1.2)."""
+    guest.trace_hcall(args, queued)
+    handler = HANDLERS.get(args[0])
+    if handler is None:
+        guest.kill(f"Bad hypercall {args[0]}\n")
+        return
+    handler(guest, *args[1:])
+
+
+def hcall_flush_async(guest: Guest, *_: int) -> None:
+    """Nothing to do: entering the Host already drained the ring."""
+
+
+def hcall_init_again(guest: Guest, *_: int) -> None:
+    guest.kill("already have lguest_data")
+
+
+def hcall_shutdown(guest: Guest, reason_gpa: int, how: int, *_: int) -> None:
+    """SHUTDOWN: read exactly 128 bytes of reason; a restart replaces the reason."""
+    raw = bytearray(guest.mem.read(reason_gpa, SHUTDOWN_MESSAGE_BYTES))
+    raw[-1] = 0
+    text = raw[: raw.index(0)].decode("utf-8", "replace")
+    guest.kill(f"CRASH: {text}")
+    guest.shutdown_how = how
+    if how == abi.LGUEST_SHUTDOWN_RESTART:
+        guest.restart = True
+
+
+def hcall_new_pgtable(guest: Guest, pgdir: int, *_: int) -> None:
+    guest.pages.new_pgtable(pgdir)
+
+
+def hcall_flush_tlb(guest: Guest, *_: int) -> None:
+    guest.pages.flush()
+
+
+def hcall_load_idt_entry(guest: Guest, num: int, lo: int, hi: int, *_: int) -> None:
+    guest.idt.load_entry(num, lo, hi)
+
+
+def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> None:
+    """SET_STACK (§6.8): where traps from user mode land; its pages must be usable."""
+    if ss & 3 != abi.GUEST_PL:
+        guest.kill(f"bad stack segment {ss}")
+        return
+    if pages > 2:
+        guest.kill(f"bad stack pages {pages}")
+        return
+    guest.ss1, guest.esp1 = ss, esp
+    for i in range(pages):
+        page = (esp - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
+        if not guest.pages.stack_page_ok(page):
+            guest.kill(f"bad stack page {page:#x}")
+            return
+
+
+def hcall_ts(guest: Guest, ts: int, *_: int) -> None:
+    guest.ts = ts
+
+
+def hcall_set_clockevent(guest: Guest, delta_ns: int, *_: int) -> None:
+    guest.clock.set(delta_ns)
+
+
+def hcall_halt(guest: Guest, *_: int) -> None:
+    guest.halted = True
+
+
+def hcall_set_pte(guest: Guest, pgdir: int, vaddr: int, pte: int, *_: int) -> None:
+    guest.pages.set_pte(pgdir, vaddr, pte)
+
+
+def hcall_set_pgd(guest: Guest, pgdir: int, index: int, *_: int) -> None:
+    guest.pages.set_pgd(pgdir, index)
+
+
+def hcall_load_tls(guest: Guest, gpa: int, *_: int) -> None:
+    guest.segments.load_tls(gpa)
+
+
+def hcall_load_gdt_entry(guest: Guest, num: int, lo: int, hi: int, *_: int) -> None:
+    guest.segments.load_gdt_entry(num, lo, hi)
+
+
+def hcall_send_interrupts(guest: Guest, *_: int) -> None:
+    """Nothing to do: the run loop delivers pending interrupts on the way back in."""
+
+
+HANDLERS: dict[int, Callable[..., None]] = {
+    Hcall.FLUSH_ASYNC: hcall_flush_async,
+    Hcall.LGUEST_INIT: hcall_init_again,
+    Hcall.SHUTDOWN: hcall_shutdown,
+    Hcall.NEW_PGTABLE: hcall_new_pgtable,
+    Hcall.FLUSH_TLB: hcall_flush_tlb,
+    Hcall.LOAD_IDT_ENTRY: hcall_load_idt_entry,
+    Hcall.SET_STACK: hcall_set_stack,
+    Hcall.TS: hcall_ts,
+    Hcall.SET_CLOCKEVENT: hcall_set_clockevent,
+    Hcall.HALT: hcall_halt,
+    Hcall.SET_PTE: hcall_set_pte,
+    Hcall.SET_PGD: hcall_set_pgd,
+    Hcall.LOAD_TLS: hcall_load_tls,
+    Hcall.LOAD_GDT_ENTRY: hcall_load_gdt_entry,
+    Hcall.SEND_INTERRUPTS: hcall_send_interrupts,
+}
+
+
+def timestamp() -> tuple[int, int]:
+    """CLOCK_REALTIME as the (tv_sec, tv_nsec) pair lguest_data.time holds."""
+    now = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    return now // 1_000_000_000, now % 1_000_000_000

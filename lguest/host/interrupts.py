@@ -1,0 +1,139 @@
+"""Interrupts and traps: the Guest's IDT and how the Host enters it (spec §4).
+
+The emulated CPU never delivers through an IDT, so the Host does what the CPU
+would: it keeps the Guest's 256 gates (LOAD_IDT_ENTRY), and to reflect a trap it
+pushes the frame the Guest's handler expects on the right stack and jumps to the
+handler at ring 1 (`deliver_trap`, lguest's push_guest_interrupt_stack and
+guest_run_interrupt).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from lguest import abi
+
+if TYPE_CHECKING:
+    from lguest.host.core import Guest
+
+GATE_PRESENT = 0x8000
+EFLAGS_CLEARED_ON_ENTRY = abi.X86_EFLAGS_TF | abi.X86_EFLAGS_NT | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_VM
+
+
+def gate_type(hi: int) -> int:
+    return (hi >> 8) & 0xF
+
+
+def gate_dpl(hi: int) -> int:
+    return (hi >> 13) & 3
+
+
+class Idt:
+    def __init__(self, guest: Guest) -> None:
+        self.guest = guest
+        self.entries: list[tuple[int, int]] = [(0, 0)] * abi.IDT_ENTRIES
+
+    def load_entry(self, num: int, lo: int, hi: int) -> None:
+        """LOAD_IDT_ENTRY: lguest's set_trap rules (§4.5)."""
+        if num in abi.IDT_IGNORED_VECTORS:
+            return
+        if num >= abi.IDT_ENTRIES:
+            self.guest.kill(f"Setting idt entry {num}")
+            return
+        if not hi & GATE_PRESENT:
+            self.entries[num] = (0, 0)
+            return
+        if gate_type(hi) not in (abi.GATE_INTERRUPT, abi.GATE_TRAP):
+            self.guest.kill(f"bad IDT type {gate_type(hi)}")
+            return
+        # The selector is always the Guest kernel's; the low byte and bit 12 go.
+        self.entries[num] = ((abi.KERNEL_CS << 16) | (lo & 0xFFFF), hi & 0xFFFFEF00)
+
+    def present(self, num: int) -> bool:
+        return num < abi.IDT_ENTRIES and bool(self.entries[num][1] & GATE_PRESENT)
+
+    def software_int_dpl(self, vector: int, syscall_vector: int) -> int:
+        """The DPL of the real gate an `int n` meets (§4.4's Switcher stub gates).
+
+        Vectors that could go direct copy the DPL of the Guest's own gate; the
+        hypercall gate is DPL 1; every other stub is DPL 0.
+        """
+        if vector == abi.LGUEST_TRAP_ENTRY:
+            return abi.GUEST_PL
+        if vector < abi.FIRST_EXTERNAL_VECTOR or vector == syscall_vector:
+            return gate_dpl(self.entries[vector][1])
+        return 0
+
+
+def deliver_trap(guest: Guest, num: int, errcode: int = 0) -> bool:
+    """Reflect trap `num` into the Guest (§4.3 "reflect"); False if it has no handler."""
+    if not guest.idt.present(num):
+        return False
+    lo, hi = guest.idt.entries[num]
+    frame = interrupt_frame(guest, num in abi.TRAPS_WITH_ERROR_CODE, errcode)
+    if frame is not None:
+        run_handler(guest, lo, hi, *frame)
+    return True
+
+
+def deliver_interrupt(guest: Guest, vector: int) -> None:
+    """Deliver a virtual interrupt through IDT entry `vector` (present, checked by caller).
+
+    If the Guest sits on its final `iret` (noirq_iret), the frame that `iret` was
+    about to pop is still on the stack: reuse it instead of pushing another, as
+    if the `iret` had completed and the interrupt arrived right after (§4.7).
+    """
+    lo, hi = guest.idt.entries[vector]
+    cpu = guest.cpu
+    if cpu.get("eip") == guest.noirq_iret:
+        esp = cpu.get("esp")
+        gpa = guest.pages.guest_pa(esp + 8)
+        if gpa is None:
+            return
+        cpu.set("eflags", guest.mem.read_u32(gpa) & ~EFLAGS_CLEARED_ON_ENTRY)
+        run_handler(guest, lo, hi, esp, cpu.get("ss"))
+        return
+    frame = interrupt_frame(guest, False, 0)
+    if frame is not None:
+        run_handler(guest, lo, hi, *frame)
+
+
+def interrupt_frame(guest: Guest, has_err: bool, errcode: int) -> tuple[int, int] | None:
+    """Push the trap frame (§4.6); the new (esp, ss), or None if the Guest died."""
+    cpu = guest.cpu
+    ss, esp = cpu.get("ss"), cpu.get("esp")
+    frame = []
+    if ss & 3 != abi.GUEST_PL:
+        # From user mode: switch to the kernel stack SET_STACK gave us.
+        frame = [ss, esp]
+        ss, esp = guest.ss1, guest.esp1
+    eflags = cpu.get("eflags")
+    if guest.lguest_data is not None and not guest.read_irq_enabled() & abi.X86_EFLAGS_IF:
+        eflags &= ~abi.X86_EFLAGS_IF
+    frame += [eflags, cpu.get("cs"), cpu.get("eip")]
+    if has_err:
+        frame.append(errcode)
+    if not push_frame(guest, esp, frame):
+        return None
+    return esp - 4 * len(frame), ss
+
+
+def run_handler(guest: Guest, lo: int, hi: int, esp: int, ss: int) -> None:
+    """guest_run_interrupt: jump to the gate's handler at ring 1."""
+    handler = (lo & 0xFFFF) | (hi & 0xFFFF0000)
+    eflags = guest.cpu.get("eflags") & ~EFLAGS_CLEARED_ON_ENTRY
+    if (gate_type(hi) == abi.GATE_INTERRUPT and guest.lguest_data is not None
+            and not guest.mem.write_u32(guest.lguest_data + abi.LguestData.IRQ_ENABLED, 0)):
+        guest.kill("Disabling interrupts")
+        return
+    guest.enter(handler, abi.KERNEL_CS, eflags, esp, ss)
+
+
+def push_frame(guest: Guest, esp: int, words: list[int]) -> bool:
+    """Write the frame below `esp`: translate once, then write guest-physically (§4.6)."""
+    gpa = guest.pages.guest_pa(esp)
+    if gpa is None:
+        return False
+    data = struct.pack(f"<{len(words)}I", *reversed(words))
+    return guest.mem.write(gpa - len(data), data)

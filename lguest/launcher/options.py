@@ -1,0 +1,213 @@
+"""The `lguest` command line (spec §8.1).
+
+    lguest [options] <mem-in-MiB> <vmlinux|bzImage> [kernel args...]
+    lguest run [options] [<mem-in-MiB>] [kernel args...]
+
+As in the original Launcher, the memory size is the first word that does not start with
+`-`, so options that take a value must be written `--name=value`.  Options may appear before
+the memory size and between it and the kernel; the first word after the kernel and every word
+after it (even `-x` ones) belong to the kernel command line, joined by single spaces.  A `--`
+before the kernel ends option parsing.
+
+`lguest run` boots the bundled puppy kernel: `kernel` is None, `bundled` is True, and the
+memory is 64 MiB unless the first positional word after `run` is a number of MiB (so a
+numeric first kernel argument, e.g. a runlevel, needs an explicit size: `lguest run 64 3`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lguest import abi
+
+BUNDLED_DEFAULT_MEM_MIB = 64
+TRACE_CHOICES = ("hcalls", "traps", "irqs")
+# Vectors below 32 are CPU exceptions (and the hypercall vector 0x1f).
+SYSCALL_VECTOR_MIN = abi.FIRST_EXTERNAL_VECTOR
+SYSCALL_VECTOR_MAX = abi.IDT_ENTRIES - 1
+
+USAGE = f"""\
+usage: lguest [options] <mem-in-MiB> <vmlinux|bzImage> [kernel args...]
+       lguest run [options] [<mem-in-MiB>] [kernel args...]
+
+`lguest run` boots the bundled puppy kernel ({BUNDLED_DEFAULT_MEM_MIB} MiB unless a size is given).
+Options go before the kernel and need '=' for their values; every word after the
+kernel is passed to it on its command line.
+
+options:
+  -v, --verbose              describe the Guest's memory, devices and I/O as it runs
+  --initrd=<file>            load <file> as the initial ramdisk
+  --block=<file>             add a virtio block device backed by <file> (repeatable)
+  --rng                      add a virtio entropy device (reads /dev/urandom)
+  --tunnet=<ipaddr>[:<mac>]  add a virtio network device on a tap interface
+  --tunnet=bridge:<bridge>[:<mac>]
+                             ... or one attached to an existing bridge (repeatable)
+  --trace=<list>             trace events, a comma list of: {", ".join(TRACE_CHOICES)}
+  --syscall-vector=<n>       system call vector, {SYSCALL_VECTOR_MIN}..{SYSCALL_VECTOR_MAX} \
+(decimal or 0x hex, default {abi.SYSCALL_VECTOR:#x})
+  -h, --help                 show this help
+"""
+
+_MEM_RE = re.compile(r"[0-9]+")
+_VECTOR_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
+_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--rng"})
+# Options that need a value, with the placeholder shown when it is missing.
+_VALUED = {
+    "--initrd": "file",
+    "--block": "file",
+    "--tunnet": "arg",
+    "--trace": "list",
+    "--syscall-vector": "n",
+}
+_ONCE = frozenset({"--initrd", "--syscall-vector"})
+
+
+class UsageError(Exception):
+    """A bad command line; str() is one line, to be followed by USAGE."""
+
+
+class HelpRequested(Exception):
+    """`-h` or `--help` was given: not an error, the caller prints USAGE and exits 0."""
+
+
+@dataclass(frozen=True)
+class Options:
+    mem_mib: int
+    kernel: str | None  # None with `lguest run`: boot the bundled kernel
+    cmdline: str = ""
+    initrd: str | None = None
+    verbose: bool = False
+    trace: frozenset[str] = frozenset()
+    syscall_vector: int = abi.SYSCALL_VECTOR
+    blocks: tuple[str, ...] = ()
+    rng: bool = False
+    tunnets: tuple[str, ...] = ()
+    bundled: bool = False
+    # ("block", file) / ("rng", None) / ("tunnet", arg) in command-line order: the original
+    # creates devices (and so assigns PCI slots) in option order.
+    devices: tuple[tuple[str, str | None], ...] = ()
+
+
+def _parse_mem(word: str) -> int:
+    if not _MEM_RE.fullmatch(word) or int(word) < 1:
+        raise UsageError(f"Bad memory size '{word}'")
+    return int(word)
+
+
+def _parse_trace(value: str) -> frozenset[str]:
+    names = value.split(",")
+    for name in names:
+        if name not in TRACE_CHOICES:
+            raise UsageError(f"Unknown trace '{name}' (choose from {', '.join(TRACE_CHOICES)})")
+    return frozenset(names)
+
+
+def _parse_vector(value: str) -> int:
+    if _VECTOR_RE.fullmatch(value):
+        # Decimal even with leading zeros; only an explicit 0x means hex.
+        n = int(value, 16) if value[:2].lower() == "0x" else int(value, 10)
+        if SYSCALL_VECTOR_MIN <= n <= SYSCALL_VECTOR_MAX:
+            return n
+    raise UsageError(
+        f"Bad syscall vector '{value}' "
+        f"(must be {SYSCALL_VECTOR_MIN}..{SYSCALL_VECTOR_MAX}, decimal or 0x hex)"
+    )
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.verbose = False
+        self.rng = False
+        self.initrd: str | None = None
+        self.syscall_vector = abi.SYSCALL_VECTOR
+        self.seen: set[str] = set()
+        self.trace: set[str] = set()
+        self.blocks: list[str] = []
+        self.tunnets: list[str] = []
+        self.devices: list[tuple[str, str | None]] = []
+
+    def option(self, word: str) -> None:
+        name, eq, value = word.partition("=")
+        if name in _FLAGS:
+            if eq:
+                raise UsageError(f"Option {name} takes no value")
+            if name in ("-h", "--help"):
+                raise HelpRequested()
+            if name == "--rng":
+                self.rng = True
+                self.devices.append(("rng", None))
+            else:
+                self.verbose = True
+            return
+        if name not in _VALUED:
+            raise UsageError(f"Unknown argument {word}")
+        if not value:
+            raise UsageError(f"Option {name} needs a value: write {name}=<{_VALUED[name]}>")
+        if name in _ONCE and name in self.seen:
+            raise UsageError(f"Option {name} given twice")
+        self.seen.add(name)
+        if name == "--initrd":
+            self.initrd = value
+        elif name == "--syscall-vector":
+            self.syscall_vector = _parse_vector(value)
+        elif name == "--trace":
+            self.trace |= _parse_trace(value)
+        elif name == "--block":
+            self.blocks.append(value)
+            self.devices.append(("block", value))
+        else:
+            self.tunnets.append(value)
+            self.devices.append(("tunnet", value))
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Parse the command line (without the program name)."""
+    p = _Parser()
+    mem: int | None = None
+    kernel: str | None = None
+    bundled = False
+    kernel_args: list[str] = []
+    options_done = False  # after "--" every word is positional
+    for i, word in enumerate(argv):
+        if not options_done and word.startswith("-"):
+            if word == "--":
+                options_done = True
+            else:
+                p.option(word)
+            continue
+        if mem is None and not bundled:
+            if word == "run":
+                bundled = True
+            else:
+                mem = _parse_mem(word)
+            continue
+        if not bundled:
+            kernel, kernel_args = word, argv[i + 1 :]
+            break
+        if mem is None and _MEM_RE.fullmatch(word):
+            mem = _parse_mem(word)
+            continue
+        kernel_args = argv[i:]
+        break
+
+    if bundled:
+        mem = BUNDLED_DEFAULT_MEM_MIB if mem is None else mem
+    elif mem is None:
+        raise UsageError("missing memory size")
+    elif kernel is None:
+        raise UsageError("missing kernel")
+    return Options(
+        mem_mib=mem,
+        kernel=kernel,
+        cmdline=" ".join(kernel_args),
+        initrd=p.initrd,
+        verbose=p.verbose,
+        trace=frozenset(p.trace),
+        syscall_vector=p.syscall_vector,
+        blocks=tuple(p.blocks),
+        rng=p.rng,
+        tunnets=tuple(p.tunnets),
+        bundled=bundled,
+        devices=tuple(p.devices),
+    )

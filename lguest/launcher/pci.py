@@ -1,0 +1,263 @@
+"""The Launcher's PCI bus: type-1 configuration space on bus 0 (spec §7.2).
+
+A 4.x Guest finds its devices the way a PC does: it writes a configuration
+address to port 0xCF8 and reads or writes the data at 0xCFC..0xCFF.  Slot 0 is a
+dummy host bridge (it exists only so Linux's type-1 probe succeeds); slots 1..31
+are virtio devices, the console always first.  Each virtio device's config space
+carries the virtio 1.0 capabilities, including the PCI_CFG window through which
+the Guest's early console reaches the console's `emerg_wr` before any driver runs.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from lguest import abi
+from lguest.abi import PciCfg, VirtioCap, VirtioMmio
+
+CONFIG_ENABLE = 1 << 31
+MMIO_FIRST_OFFSET = abi.DEVICE_PAGES * abi.PAGE_SIZE  # BARs start 1 MiB above RAM
+
+
+class BadDriver(Exception):
+    """The Guest's driver broke the virtio protocol: fatal, `<dev>: bad driver: <msg>`."""
+
+
+class PciFunction:
+    """One function's 152-byte configuration space, with the writes PCI allows."""
+
+    name = "pci"
+
+    def __init__(self) -> None:
+        self.config = bytearray(abi.PCI_CONFIG_SIZE)
+
+    def config_read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.config[offset:offset + size], "little")
+
+    def config_write(self, offset: int, size: int, value: int) -> bool:
+        """Store a Guest write; False rejects it (the Guest gets a #GP)."""
+        return False
+
+
+class HostBridge(PciFunction):
+    """Slot 0: all zeroes but the class code (so vendor 0 makes Linux skip it)."""
+
+    name = "host-bridge"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config[PciCfg.CLASS] = abi.PCI_CLASS_BRIDGE_HOST
+
+
+class VirtioPciDevice(PciFunction):
+    """A virtio 1.0 device's PCI face: config space, capabilities, BAR0 window.
+
+    What lies behind BAR0 (common configuration, notify, ISR, device config) is
+    served by `mmio_read`/`mmio_write`; the device-specific part is `device_config`.
+    """
+
+    def __init__(self, name: str, virtio_id: int, class_code: int, subclass: int, irq: int,
+                 device_config: bytes) -> None:
+        super().__init__()
+        self.name = name
+        self.virtio_id = virtio_id
+        self.irq = irq
+        self.device_config = bytearray(device_config)
+        self.mmio_size = _power_of_two_at_least(VirtioMmio.DEVICE + len(device_config))
+        self.mmio_addr = 0
+        self.fatal: Callable[[str], None] = _no_fatal
+        self._build_config(class_code, subclass)
+
+    def _build_config(self, class_code: int, subclass: int) -> None:
+        c = self.config
+        struct.pack_into("<HH", c, PciCfg.VENDOR_ID, abi.PCI_VENDOR_REDHAT_QUMRANET,
+                         abi.VIRTIO_PCI_DEVICE_BASE + self.virtio_id)
+        struct.pack_into("<H", c, PciCfg.STATUS, abi.PCI_STATUS_CAP_LIST)
+        c[PciCfg.REVISION] = 1
+        c[PciCfg.SUBCLASS] = subclass
+        c[PciCfg.CLASS] = class_code
+        struct.pack_into("<H", c, PciCfg.SUBSYS_ID, abi.PCI_SUBSYS_ID_VIRTIO)
+        c[PciCfg.CAP_PTR] = PciCfg.CAP_COMMON
+        c[PciCfg.INTERRUPT_LINE] = self.irq
+        has_device_cfg = bool(self.device_config)
+        self._cap(PciCfg.CAP_COMMON, PciCfg.CAP_NOTIFY, VirtioCap.COMMON, VirtioCap.SIZE,
+                  VirtioMmio.COMMON, VirtioMmio.COMMON_SIZE)
+        self._cap(PciCfg.CAP_NOTIFY, PciCfg.CAP_ISR, VirtioCap.NOTIFY, VirtioCap.NOTIFY_SIZE,
+                  VirtioMmio.NOTIFY, VirtioMmio.NOTIFY_SIZE)  # notify_off_multiplier stays 0
+        self._cap(PciCfg.CAP_ISR, PciCfg.CAP_PCI_CFG, VirtioCap.ISR, VirtioCap.SIZE,
+                  VirtioMmio.ISR, VirtioMmio.ISR_SIZE)
+        if has_device_cfg:
+            self._cap(PciCfg.CAP_DEVICE, 0, VirtioCap.DEVICE, VirtioCap.SIZE, VirtioMmio.DEVICE,
+                      len(self.device_config))
+        self._cap(PciCfg.CAP_PCI_CFG, PciCfg.CAP_DEVICE if has_device_cfg else 0, VirtioCap.PCI,
+                  VirtioCap.PCI_CFG_SIZE, 0, 0)
+
+    def _cap(self, at: int, next_: int, cfg_type: int, length: int, offset: int, size: int) -> None:
+        struct.pack_into("<BBBBB3xII", self.config, at, VirtioCap.VENDOR_ID, next_, length, cfg_type,
+                         0, offset, size)
+
+    def bad_driver(self, msg: str) -> None:
+        """The Guest broke the protocol: the Launcher ends it (`<dev>: bad driver: <msg>`)."""
+        self.fatal(f"{self.name}: bad driver: {msg}")
+
+    def place(self, mmio_addr: int) -> None:
+        """Give the device its BAR0 window at `mmio_addr` (a guest-physical address)."""
+        self.mmio_addr = mmio_addr
+        struct.pack_into("<I", self.config, PciCfg.BAR0, mmio_addr)
+
+    # --- configuration writes (§7.2: only these are accepted) -----------------------------
+    def config_write(self, offset: int, size: int, value: int) -> bool:
+        if offset == PciCfg.BAR0 and size == 4:
+            # Sizing: the bits below the window size read back as zero.
+            struct.pack_into("<I", self.config, offset, value & ~(self.mmio_size - 1) & 0xFFFFFFFF)
+            return True
+        if _within(offset, size, PciCfg.BAR0 + 4, PciCfg.BAR5_END) or _within(
+                offset, size, PciCfg.EXPANSION_ROM, PciCfg.EXPANSION_ROM + 4):
+            self._store(offset, size, value)
+            return True
+        if _within(offset, size, PciCfg.CACHELINE_LATENCY, PciCfg.CACHELINE_LATENCY + 2):
+            self._store(offset, size, value)
+            return True
+        if offset == PciCfg.CACHELINE_LATENCY and size == 4:
+            self._store(offset, 2, value)
+            return True
+        if offset == PciCfg.COMMAND and size == 2:
+            return True  # accepted and ignored
+        if self._pci_cfg_field(offset, size):
+            self._store(offset, size, value)
+            return True
+        if offset == PciCfg.PCI_CFG_DATA:
+            return self._window_write(size, value)
+        return False
+
+    def config_read(self, offset: int, size: int) -> int:
+        if _within(offset, size, PciCfg.PCI_CFG_DATA, PciCfg.PCI_CFG_DATA + 4):
+            return self._window_read()
+        return super().config_read(offset, size)
+
+    def _store(self, offset: int, size: int, value: int) -> None:
+        self.config[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+
+    @staticmethod
+    def _pci_cfg_field(offset: int, size: int) -> bool:
+        cap = PciCfg.CAP_PCI_CFG
+        return ((offset, size) == (cap + VirtioCap.BAR, 1)
+                or (offset, size) in ((cap + VirtioCap.OFFSET, 4), (cap + VirtioCap.LENGTH, 4)))
+
+    # --- the PCI_CFG window: BAR0 accesses through config space ---------------------------
+    def _window(self) -> tuple[int, int, int]:
+        cap = PciCfg.CAP_PCI_CFG
+        bar = self.config[cap + VirtioCap.BAR]
+        offset, length = struct.unpack_from("<II", self.config, cap + VirtioCap.OFFSET)
+        return bar, offset, length
+
+    def _window_valid(self) -> bool:
+        bar, offset, length = self._window()
+        return (bar == 0 and length in (1, 2, 4) and offset % length == 0
+                and offset + length <= self.mmio_size)
+
+    def _window_read(self) -> int:
+        if not self._window_valid():
+            bar, offset, length = self._window()
+            self.bad_driver(f"Invalid cfg_access to bar{bar}, offset {offset} len {length}")
+            return 0xFFFFFFFF
+        _, offset, length = self._window()
+        return self.mmio_read(offset, length)
+
+    def _window_write(self, size: int, value: int) -> bool:
+        if not self._window_valid():
+            return False
+        _, offset, length = self._window()
+        self.mmio_write(offset, length, value & ((1 << 8 * length) - 1))
+        return True
+
+    # --- BAR0 ----------------------------------------------------------------------------
+    def mmio_read(self, offset: int, size: int) -> int:
+        if offset >= VirtioMmio.DEVICE:
+            at = offset - VirtioMmio.DEVICE
+            if at + size > len(self.device_config):
+                self.bad_driver("read past end")
+                return 0
+            return int.from_bytes(self.device_config[at:at + size], "little")
+        return self.transport_read(offset, size)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if offset >= VirtioMmio.DEVICE:
+            self.device_config_write(offset - VirtioMmio.DEVICE, size, value)
+            return
+        self.transport_write(offset, size, value)
+
+    def device_config_write(self, at: int, size: int, value: int) -> None:
+        """Device config is read-only (the console's emerg_wr is the one exception)."""
+        self.bad_driver(f"Unexpected write to offset {VirtioMmio.DEVICE + at}")
+
+    def transport_read(self, offset: int, size: int) -> int:
+        """Common configuration, notify and ISR: the virtio transport (not yet built)."""
+        self.bad_driver(f"the virtio transport at offset {offset} is not implemented yet")
+        return 0
+
+    def transport_write(self, offset: int, size: int, value: int) -> None:
+        self.bad_driver(f"the virtio transport at offset {offset} is not implemented yet")
+
+
+class PciBus:
+    """Bus 0: the config address latch and the functions in its 32 slots."""
+
+    def __init__(self) -> None:
+        self.slots: list[PciFunction | None] = [None] * abi.MAX_PCI_DEVICES
+        self.slots[0] = HostBridge()
+        self.address = 0
+
+    def add(self, device: PciFunction) -> int:
+        """Put a device in the next free slot; its slot number."""
+        for slot, present in enumerate(self.slots):
+            if present is None:
+                self.slots[slot] = device
+                return slot
+        raise ValueError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
+
+    def _target(self) -> tuple[PciFunction, int] | None:
+        """The function and register the latched address selects, if it routes anywhere."""
+        addr = self.address
+        reg = addr & 0xFC
+        bus, slot, function = (addr >> 16) & 0xFF, (addr >> 11) & 0x1F, (addr >> 8) & 7
+        if not addr & CONFIG_ENABLE or bus or function or reg >= abi.PCI_CONFIG_SIZE:
+            return None
+        device = self.slots[slot]
+        return (device, reg) if device is not None else None
+
+    def address_write(self, byte: int, size: int, value: int) -> None:
+        mask = ((1 << 8 * size) - 1) << 8 * byte
+        self.address = (self.address & ~mask) | ((value << 8 * byte) & mask)
+
+    def address_read(self, byte: int, size: int) -> int:
+        return (self.address >> 8 * byte) & ((1 << 8 * size) - 1)
+
+    def data_read(self, byte: int, size: int) -> int:
+        target = self._target()
+        if target is None:
+            return (1 << 8 * size) - 1
+        device, reg = target
+        if reg + byte + size > abi.PCI_CONFIG_SIZE:
+            return (1 << 8 * size) - 1
+        return device.config_read(reg + byte, size)
+
+    def data_write(self, byte: int, size: int, value: int) -> bool:
+        target = self._target()
+        if target is None:
+            return False
+        device, reg = target
+        return device.config_write(reg + byte, size, value)
+
+
+def _within(offset: int, size: int, start: int, end: int) -> bool:
+    return start <= offset and offset + size <= end
+
+
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _no_fatal(reason: str) -> None:
+    raise BadDriver(reason)

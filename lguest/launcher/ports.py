@@ -1,0 +1,45 @@
+"""Port I/O as the Launcher answers it (spec §7.1).
+
+The Host hands every `in`/`out` the Guest kernel executes to `port_in` and
+`port_out`.  Only the PCI configuration ports mean anything; the PS/2 status port
+reads 1 (nothing to read, so Linux's i8042 probe gives up), every other port reads
+all ones and ignores writes, as an empty ISA bus would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lguest import abi
+from lguest.launcher.pci import PciBus
+
+ALL_ONES = 0xFFFFFFFF
+
+
+class Ports:
+    def __init__(self, pci: PciBus, warn: Callable[[str], None]) -> None:
+        self.pci = pci
+        self.warn = warn
+        self.count = 0
+
+    def port_in(self, port: int, size: int) -> int:
+        self.count += 1
+        if abi.PCI_CONFIG_ADDR <= port < abi.PCI_CONFIG_ADDR + 4:
+            return self.pci.address_read(port - abi.PCI_CONFIG_ADDR, size)
+        if abi.PCI_CONFIG_DATA <= port < abi.PCI_CONFIG_DATA + 4:
+            return self.pci.data_read(port - abi.PCI_CONFIG_DATA, size)
+        if port == abi.PORT_PS2_STATUS:
+            return 1
+        return ALL_ONES >> (32 - 8 * size)
+
+    def port_out(self, port: int, size: int, value: int) -> bool:
+        """False when the write is refused (a rejected PCI config write)."""
+        self.count += 1
+        if abi.PCI_CONFIG_ADDR <= port < abi.PCI_CONFIG_ADDR + 4:
+            self.pci.address_write(port - abi.PCI_CONFIG_ADDR, size, value)
+        elif abi.PCI_CONFIG_DATA <= port < abi.PCI_CONFIG_DATA + 4 and not self.pci.data_write(
+                port - abi.PCI_CONFIG_DATA, size, value):
+            mask = ALL_ONES >> (32 - 8 * size)
+            self.warn(f"Attempt to write to port {port} ({mask:#x} mask)")
+            return False
+        return True

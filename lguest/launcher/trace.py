@@ -1,0 +1,61 @@
+"""`--trace`: one line on stderr per hypercall, trap or interrupt.
+
+Trap lines show the instruction at the faulting address, disassembled with
+capstone, read from Guest memory without disturbing the Guest.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import capstone
+
+from lguest import abi
+from lguest.host.core import Guest
+from lguest.host.cpu import Exit, ExitKind
+
+HCALL_NAMES = {int(h): h.name for h in abi.Hcall}
+TRAP_NAMES = {int(t): t.name for t in abi.Trap}
+
+
+class StderrTracer:
+    def __init__(self, kinds: frozenset[str], out: TextIO = sys.stderr) -> None:
+        self.kinds = kinds
+        self.out = out
+        self._disasm = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+
+    def _line(self, text: str) -> None:
+        print(f"lguest trace: {text}", file=self.out, flush=True)
+
+    def hcall(self, guest: Guest, args: tuple[int, ...], queued: bool) -> None:
+        if "hcalls" not in self.kinds:
+            return
+        name = HCALL_NAMES.get(args[0], f"#{args[0]}")
+        shown = ", ".join(f"{a:#x}" for a in args[1:])
+        self._line(f"hcall {name}({shown}){' async' if queued else ''}")
+
+    def trap(self, guest: Guest, exit_: Exit) -> None:
+        if "traps" not in self.kinds or exit_.kind is ExitKind.HALTED:
+            return
+        if exit_.trapnum == abi.LGUEST_TRAP_ENTRY and guest.cpu.cpl <= abi.GUEST_PL:
+            return  # hypercalls have their own lines
+        eip = exit_.eip if exit_.eip is not None else guest.cpu.get("eip")
+        if exit_.kind is ExitKind.PAGE_FAULT:
+            what = f"#PF cr2={exit_.address:#x} err={exit_.errcode:#x}"
+        else:
+            what = f"trap {exit_.trapnum} ({TRAP_NAMES.get(exit_.trapnum, 'int')}) err={exit_.errcode:#x}"
+        self._line(f"{what} at {guest.cpu.get('cs'):#x}:{eip:#x} {self._instruction(guest, eip)}")
+
+    def irq(self, guest: Guest, irq: int) -> None:
+        if "irqs" in self.kinds:
+            self._line(f"irq {irq} delivered")
+
+    def _instruction(self, guest: Guest, eip: int) -> str:
+        gpa = guest.pages.peek(eip)
+        if gpa is None:
+            return "<unmapped>"
+        code = guest.mem.ram[gpa:min(gpa + 15, guest.mem.size)]
+        for insn in self._disasm.disasm(code, eip, count=1):
+            return f"{insn.mnemonic} {insn.op_str}".strip()
+        return "<undecodable>"

@@ -1,0 +1,301 @@
+/*
+ * early_console.c - lguest 4.x's emergency console, the Guest's first words.
+ *
+ * lguest 4.x devices are virtio 1.0 over an emulated PCI bus, and the
+ * console is always in slot 1.  Long before a virtio driver could set up
+ * queues, the Guest can already print: the console device's config space
+ * has an "emerg_wr" register (offset 8) and every byte written there goes
+ * straight to the Launcher's stdout.  We reach it the slow, simple way,
+ * through the virtio PCI_CFG capability, a window onto BAR0 that lives in
+ * PCI configuration space: point the window at emerg_wr, then write the
+ * character into it.  Each configuration access is two port I/Os (address
+ * to 0xCF8, data via 0xCFC), and each port I/O traps to the Host and on to
+ * the Launcher, so this is 8 exits per character -- which is exactly what
+ * a 4.x Linux Guest does, and why its boot log is slow to print.
+ */
+#include "puppy.h"
+
+/* --- port I/O: at ring 1 every one of these traps (#GP) to the Host --- */
+static inline void outb(u8 v, u16 port)
+{
+	asm volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline void outl(u32 v, u16 port)
+{
+	asm volatile("outl %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline u8 inb(u16 port)
+{
+	u8 v;
+
+	asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline u32 inl(u16 port)
+{
+	u32 v;
+
+	asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+/* --- PCI "type 1" configuration access, bus 0, function 0 --- */
+#define PCI_CONF_ADDR	0xCF8
+#define PCI_CONF_DATA	0xCFC
+#define CONSOLE_SLOT	1
+
+static void pci_select(unsigned int slot, unsigned int reg)
+{
+	outl(0x80000000u | (slot << 11) | (reg & ~3u), PCI_CONF_ADDR);
+}
+
+static u8 pci_read8(unsigned int slot, unsigned int reg)
+{
+	pci_select(slot, reg);
+	return inb(PCI_CONF_DATA + (reg & 3));
+}
+
+static u32 pci_read32(unsigned int slot, unsigned int reg)
+{
+	pci_select(slot, reg);
+	return inl(PCI_CONF_DATA);
+}
+
+static void pci_write8(unsigned int slot, unsigned int reg, u8 v)
+{
+	pci_select(slot, reg);
+	outb(v, PCI_CONF_DATA + (reg & 3));
+}
+
+static void pci_write32(unsigned int slot, unsigned int reg, u32 v)
+{
+	pci_select(slot, reg);
+	outl(v, PCI_CONF_DATA);
+}
+
+/* --- the virtio bits we need --- */
+#define VIRTIO_CONSOLE_PCI_ID	0x10431AF4	/* device 0x1043, vendor 0x1AF4 */
+#define PCI_CAPABILITY_LIST	0x34
+#define PCI_CAP_ID_VNDR		0x09
+
+/* struct virtio_pci_cap: vndr, next, len, cfg_type, bar, pad[3], offset, length */
+#define CAP_VNDR	0
+#define CAP_NEXT	1
+#define CAP_CFG_TYPE	3
+#define CAP_BAR		4
+#define CAP_OFFSET	8
+#define CAP_LENGTH	12
+#define CAP_PCI_CFG_DATA 16	/* only in the PCI_CFG capability */
+
+#define VIRTIO_PCI_CAP_DEVICE_CFG 4
+#define VIRTIO_PCI_CAP_PCI_CFG	5
+
+/* struct virtio_console_config: cols, rows, max_nr_ports, then emerg_wr. */
+#define VIRTIO_CONSOLE_EMERG_WR	8
+#define VIRTIO_CONSOLE_CFG_MIN	12
+
+static unsigned int pci_cfg_cap;	/* 0 = no console: output is dropped */
+static u32 device_cfg_offset;		/* where the console config is in BAR0 */
+
+/*
+ * Find the console and the two capabilities we need.  Returns 0 on success;
+ * on failure printing silently does nothing, as in Linux.
+ */
+int early_console_init(void)
+{
+	unsigned int pos, cfg_cap = 0, limit;
+	u32 dev_off = 0, dev_len = 0;
+	int have_dev = 0;
+
+	if (pci_read32(CONSOLE_SLOT, 0) != VIRTIO_CONSOLE_PCI_ID)
+		return -1;
+
+	/* Walk the capability list (bounded: a broken list must not hang us). */
+	pos = pci_read8(CONSOLE_SLOT, PCI_CAPABILITY_LIST);
+	for (limit = 48; pos && limit; limit--) {
+		pos &= ~3u;
+		if (pci_read8(CONSOLE_SLOT, pos + CAP_VNDR) == PCI_CAP_ID_VNDR) {
+			u8 type = pci_read8(CONSOLE_SLOT, pos + CAP_CFG_TYPE);
+			u8 bar = pci_read8(CONSOLE_SLOT, pos + CAP_BAR);
+
+			if (type == VIRTIO_PCI_CAP_DEVICE_CFG && bar == 0 && !have_dev) {
+				dev_off = pci_read32(CONSOLE_SLOT, pos + CAP_OFFSET);
+				dev_len = pci_read32(CONSOLE_SLOT, pos + CAP_LENGTH);
+				have_dev = 1;
+			} else if (type == VIRTIO_PCI_CAP_PCI_CFG && !cfg_cap) {
+				cfg_cap = pos;
+			}
+		}
+		pos = pci_read8(CONSOLE_SLOT, pos + CAP_NEXT);
+	}
+
+	/* emerg_wr is the u32 at offset 8 of the console config. */
+	if (!have_dev || !cfg_cap || dev_len < VIRTIO_CONSOLE_CFG_MIN)
+		return -1;
+
+	device_cfg_offset = dev_off;
+	pci_cfg_cap = cfg_cap;
+	return 0;
+}
+
+/*
+ * One character: aim the PCI_CFG window at BAR0's emerg_wr (bar 0, 4 bytes,
+ * at the device config's offset + 8), then write through it.  The window is
+ * set up again for every character, as the original does.
+ */
+static void emerg_wr(unsigned char c)
+{
+	pci_write8(CONSOLE_SLOT, pci_cfg_cap + CAP_BAR, 0);
+	pci_write32(CONSOLE_SLOT, pci_cfg_cap + CAP_LENGTH, 4);
+	pci_write32(CONSOLE_SLOT, pci_cfg_cap + CAP_OFFSET,
+		    device_cfg_offset + VIRTIO_CONSOLE_EMERG_WR);
+	pci_write32(CONSOLE_SLOT, pci_cfg_cap + CAP_PCI_CFG_DATA, c);
+}
+
+/* "\n" goes out as it is: the Launcher's terminal does the rest. */
+void console_write(const char *s, unsigned int len)
+{
+	if (!pci_cfg_cap)
+		return;
+	while (len--)
+		emerg_wr((unsigned char)*s++);
+}
+
+int puts(const char *s)
+{
+	unsigned int len = strlen(s);
+
+	console_write(s, len);
+	console_write("\n", 1);
+	return len + 1;
+}
+
+/* --- printk: a tiny printf for %s %d %u %x %c %%, with width and '0' --- */
+
+static char pbuf[256];		/* one line at a time is plenty */
+static unsigned int plen;
+
+static void pchar(char c)
+{
+	if (plen == sizeof(pbuf)) {
+		console_write(pbuf, plen);
+		plen = 0;
+	}
+	pbuf[plen++] = c;
+}
+
+static int pnumber(u32 v, unsigned int base, int neg, unsigned int width, char pad)
+{
+	char digits[12];
+	unsigned int n = 0, out = 0;
+
+	do {
+		digits[n++] = "0123456789abcdef"[v % base];
+		v /= base;
+	} while (v);
+	if (neg)
+		digits[n++] = '-';
+	/* Zero padding goes after the sign, space padding before it. */
+	if (neg && pad == '0') {
+		pchar(digits[--n]);
+		out++;
+		if (width)
+			width--;
+	}
+	for (; width > n; width--, out++)
+		pchar(pad);
+	while (n) {
+		pchar(digits[--n]);
+		out++;
+	}
+	return out;
+}
+
+int vprintk(const char *fmt, va_list ap)
+{
+	int count = 0;
+
+	plen = 0;
+	for (; *fmt; fmt++) {
+		unsigned int width = 0;
+		char pad = ' ';
+
+		if (*fmt != '%') {
+			pchar(*fmt);
+			count++;
+			continue;
+		}
+		fmt++;
+		if (*fmt == '0') {
+			pad = '0';
+			fmt++;
+		}
+		while (*fmt >= '0' && *fmt <= '9')
+			width = width * 10 + (*fmt++ - '0');
+		while (*fmt == 'l')	/* long is int here */
+			fmt++;
+
+		switch (*fmt) {
+		case 'd': {
+			int v = va_arg(ap, int);
+			u32 mag = v < 0 ? 0u - (u32)v : (u32)v;
+
+			count += pnumber(mag, 10, v < 0, width, pad);
+			break;
+		}
+		case 'u':
+			count += pnumber(va_arg(ap, u32), 10, 0, width, pad);
+			break;
+		case 'x':
+		case 'p':
+			count += pnumber(va_arg(ap, u32), 16, 0, width, pad);
+			break;
+		case 'c':
+			pchar((char)va_arg(ap, int));
+			count++;
+			break;
+		case 's': {
+			const char *s = va_arg(ap, const char *);
+			unsigned int len;
+
+			if (!s)
+				s = "(null)";
+			len = strlen(s);
+			for (; width > len; width--, count++)
+				pchar(' ');
+			for (; *s; s++, count++)
+				pchar(*s);
+			break;
+		}
+		case '%':
+			pchar('%');
+			count++;
+			break;
+		case '\0':		/* a lone '%' at the very end */
+			fmt--;
+			break;
+		default:		/* unknown: show it as written */
+			pchar('%');
+			pchar(*fmt);
+			count += 2;
+			break;
+		}
+	}
+	console_write(pbuf, plen);
+	plen = 0;
+	return count;
+}
+
+int printk(const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vprintk(fmt, ap);
+	va_end(ap);
+	return n;
+}

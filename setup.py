@@ -1,0 +1,21 @@
+"""Build hook: compile the bundled puppy kernel into the package (lguest/guests/)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithPuppy(build_py):
+    def run(self) -> None:
+        super().run()
+        source = Path(__file__).resolve().parent / "puppy"
+        subprocess.run(["make", "-s", "-C", str(source)], check=True)
+        target = Path(self.build_lib) / "lguest" / "guests"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "build" / "puppy.elf", target / "puppy.elf")
+
+
+setup(cmdclass={"build_py": BuildWithPuppy})
