@@ -21,6 +21,7 @@ from lguest.abi import LguestData, PtRegs
 from lguest.host import hypercalls
 from lguest.host.clock import Clock
 from lguest.host.cpu import Exit, ExitKind, PortBus, Switcher
+from lguest.host.faultaddr import fault_address
 from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap
 from lguest.host.memory import GuestMemory
 from lguest.host.page_tables import PageTables
@@ -53,7 +54,7 @@ PT_REG_NAMES = {
     PtRegs.SS: "ss",
 }
 
-INSN_BYTES = 7  # how much of a faulting instruction lguest copies out for emulation
+INSN_MAX = 15  # the longest x86 instruction
 
 
 class Guest:
@@ -190,11 +191,19 @@ class Guest:
 
     def _reflect_page_fault(self, exit_: Exit) -> None:
         """A fault demand paging could not fix (§4.3, trap 14): the Guest's to handle."""
-        if self.lguest_data is None or not self.mem.write_u32(self.lguest_data + LguestData.CR2,
-                                                              exit_.address):
+        cr2 = self.fault_address(exit_)
+        if self.lguest_data is None or not self.mem.write_u32(self.lguest_data + LguestData.CR2, cr2):
             self.kill("Writing cr2")
             return
-        self.reflect(abi.Trap.PF, exit_.errcode, exit_.address)
+        self.reflect(abi.Trap.PF, exit_.errcode, cr2)
+
+    def fault_address(self, exit_: Exit) -> int:
+        """The exact faulting address (the emulator only names the page)."""
+        eip = self.cpu.get("eip")
+        gpa = self.pages.peek(eip)
+        code = b"" if gpa is None else self.mem.ram[gpa:min(gpa + INSN_MAX, self.mem.size)]
+        return fault_address(exit_.address, eip, code, exit_.fetch, self.cpu.get,
+                             lambda seg: self.segments.base(self.cpu.get(seg)))
 
     def _emulate_insn(self) -> bool:
         """A #GP(0) at ring 1 the Host can finish for the Guest (§7.1): only `cli`.

@@ -30,6 +30,8 @@ from typing import Protocol
 
 from unicorn import (
     UC_ARCH_X86,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
     UC_ERR_EXCEPTION,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -127,7 +129,8 @@ class Exit:
     kind: ExitKind
     trapnum: int = abi.TRAPNUM_IN_SWITCHER
     errcode: int = 0
-    address: int = 0  # faulting virtual address for PAGE_FAULT
+    address: int = 0  # the page that faulted, for PAGE_FAULT
+    fetch: bool = False  # the fault was an instruction fetch
     software: bool = False  # raised by an `int n`-style instruction (EIP is past it)
     insn_len: int = 0  # length of that instruction
     eip: int | None = None  # where the trap really happened, when EIP moved on since
@@ -197,6 +200,8 @@ class Switcher:
         self.mmu = mmu
         self.bus = bus
         self.exit: Exit | None = None
+        self._undo: dict[str, int] | None = None  # registers to restore after a faulting in/out
+        self._switching = False  # the Host is loading ring-0 segments
         self.cpl_switches = 0
         self._context = self.uc.context_save()
         self._install_switcher_pages()
@@ -239,7 +244,8 @@ class Switcher:
 
     @property
     def cpl(self) -> int:
-        return self.get("cs") & 3
+        """The ring the CPU runs in (0 while the Host itself is switching)."""
+        return 0 if self._switching else self.get("cs") & 3
 
     # --- the saved-context blob -------------------------------------------------------------
     def _context_bytes(self) -> ctypes.Array[ctypes.c_char]:
@@ -273,8 +279,14 @@ class Switcher:
         hflags = struct.unpack_from("<I", blob, layout.hflags)[0]
         struct.pack_into("<I", blob, layout.hflags, hflags & ~HF_CPL_MASK)
         self._context_commit()
-        self.uc.reg_write(UC_X86_REG_SS, abi.LGUEST_DS)
-        self.uc.reg_write(UC_X86_REG_CS, abi.LGUEST_CS)
+        # Loading these reads the GDT, which may miss in the TLB: the fill must
+        # see ring 0 (a refused fill outside emulation would crash Unicorn).
+        self._switching = True
+        try:
+            self.uc.reg_write(UC_X86_REG_SS, abi.LGUEST_DS)
+            self.uc.reg_write(UC_X86_REG_CS, abi.LGUEST_CS)
+        finally:
+            self._switching = False
         self.cpl_switches += 1
 
     # --- entering -------------------------------------------------------------------------
@@ -300,10 +312,18 @@ class Switcher:
                 return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
             if err.errno != UC_ERR_EXCEPTION:
                 raise
+        if self._undo is not None:
+            for reg, value in self._undo.items():
+                self.set(reg, value)
+            self._undo = None
         exit_ = self.exit
         if exit_ is None:
             return Exit(ExitKind.HALTED)
         return exit_
+
+    def flush_tlb(self) -> None:
+        """Forget every translation the emulator has cached (our shadow page tables)."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def stop(self) -> None:
         """Kick the vCPU out of the emulator (safe from another thread)."""
@@ -341,29 +361,38 @@ class Switcher:
         self._leave(Exit(ExitKind.TRAP, abi.Trap.UD))
         return True
 
-    def _user_port_access(self) -> bool:
-        """User code may not touch ports: lguest's TSS has no I/O bitmap, so it's #GP(0).
+    def _fault_here(self, exit_: Exit) -> None:
+        """Make the in/out instruction being executed fault, precisely.
 
-        Unicorn performs no I/O permission check at all, so the Host makes the #GP
-        itself.  Unicorn cannot stop before the rest of the current translation block,
-        so the #GP is taken with EIP rewound to the in/out instruction afterwards.
+        A hook cannot stop Unicorn before the rest of the current translation
+        block runs.  So we remember the registers as they are at this instruction,
+        and make every further memory access fail (flush the TLB, refuse every
+        fill) so nothing after it can touch memory; port I/O is ignored once an
+        exit is pending.  When the emulator stops, `run` puts the registers back.
         """
-        self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0, eip=self.get("eip")))
-        return True
+        self._undo = {reg: self.get(reg) for reg in GENERAL_REGS}
+        self.flush_tlb()
+        self._leave(exit_)
 
     def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
-        if self.cpl == 3 and self._user_port_access():
+        if self.exit is not None:
+            return self.get("eax")
+        if self.cpl == 3:
+            # lguest's TSS has no I/O bitmap: user code touching a port is #GP(0).
+            self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
             return self.get("eax")
         return self.bus.port_in(port, size)
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
-        if self.cpl == 3:
-            self._user_port_access()
-        elif not self.bus.port_out(port, size, value):
-            # The Launcher rejected the write: it becomes a #GP at the out instruction.
-            self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0, eip=self.get("eip")))
+        if self.exit is not None:
+            return
+        if self.cpl == 3 or not self.bus.port_out(port, size, value):
+            # User code, or a write the Launcher rejected: #GP(0) at the out.
+            self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
 
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
+        if self._undo is not None:
+            return False  # an in/out already faulted: nothing after it may run
         write = access == UC_MEM_WRITE
         fetch = access == UC_MEM_FETCH
         cpl = self.cpl
@@ -371,7 +400,7 @@ class Switcher:
         if answer is None:
             answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
-            self._leave(Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr))
+            self._leave(Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch))
             return False
         entry.paddr, entry.perms = answer
         return True

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
-
 from lguest import abi
 from lguest.host.cpu import PERM_EXEC, PERM_READ, PERM_WRITE
 
@@ -109,7 +107,7 @@ class PageTables:
     # --- what the hypercalls change ---------------------------------------------------------
     def flush(self) -> None:
         """Forget every translation the emulator has cached."""
-        self.guest.cpu.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.guest.cpu.flush_tlb()
 
     def new_pgtable(self, pgdir: int) -> None:
         """NEW_PGTABLE (§6.4): switch to the Guest's page directory at `pgdir`."""

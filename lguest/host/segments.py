@@ -51,6 +51,11 @@ class Segments:
         self.gdt[abi.GDT_ENTRY_KERNEL_DS] = abi.FLAT_DATA_DPL1
         self.copy_to_cpu()
 
+    def base(self, selector: int) -> int:
+        """The base address of the segment a selector names (0 for the null selector)."""
+        lo, hi = self.gdt[(selector >> 3) % abi.GDT_ENTRIES] if selector >> 2 else (0, 0)
+        return (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
+
     def load_gdt_entry(self, num: int, lo: int, hi: int) -> None:
         """LOAD_GDT_ENTRY (§5.2)."""
         if num >= abi.GDT_ENTRIES:

@@ -1,0 +1,69 @@
+"""Which byte a page fault was about: the CR2 the Guest must see.
+
+The emulator's TLB-fill hook only tells us the page that missed, but a Guest's
+page-fault handler needs the exact address (Linux checks, for instance, how far
+below the stack pointer a fault is before it grows a stack).  So for a refused
+access we decode the faulting instruction (capstone) and work out the address
+it used: its explicit memory operand, or the stack slot that push/pop/call/ret
+touch.  If the access straddled into the faulting page, the fault is at that
+page's first byte, as on a real CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import capstone
+from capstone import x86_const as X86
+
+_decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+_decoder.detail = True
+
+_REGS = {
+    X86.X86_REG_EAX: "eax", X86.X86_REG_EBX: "ebx", X86.X86_REG_ECX: "ecx", X86.X86_REG_EDX: "edx",
+    X86.X86_REG_ESI: "esi", X86.X86_REG_EDI: "edi", X86.X86_REG_EBP: "ebp", X86.X86_REG_ESP: "esp",
+}
+_SEGMENTS = {X86.X86_REG_FS: "fs", X86.X86_REG_GS: "gs", X86.X86_REG_ES: "es", X86.X86_REG_DS: "ds",
+             X86.X86_REG_SS: "ss", X86.X86_REG_CS: "cs"}
+_PUSHES = {"push", "pushal", "pushfd", "call", "enter", "pushf", "pusha"}
+_POPS = {"pop", "popal", "popfd", "ret", "retf", "iretd", "popf", "popa", "leave"}
+
+
+def fault_address(page: int, eip: int, code: bytes, fetch: bool, reg: Callable[[str], int],
+                  segment_base: Callable[[str], int]) -> int:
+    """The faulting linear address inside `page` (falls back to the page itself)."""
+    if fetch:
+        return eip if eip & ~0xFFF == page else page
+    for insn in _decoder.disasm(code, eip, count=1):
+        for start, size in _accesses(insn, reg, segment_base):
+            start &= 0xFFFFFFFF
+            if start & ~0xFFF == page:
+                return start
+            if start < page < start + size:
+                return page
+    return page
+
+
+def _accesses(insn: capstone.CsInsn, reg: Callable[[str], int],
+              segment_base: Callable[[str], int]) -> list[tuple[int, int]]:
+    """(address, size) of every memory access the instruction makes that we can name."""
+    found = []
+    for op in insn.operands:
+        if op.type != X86.X86_OP_MEM:
+            continue
+        mem = op.mem
+        address = mem.disp
+        if mem.base in _REGS:
+            address += reg(_REGS[mem.base])
+        if mem.index in _REGS:
+            address += reg(_REGS[mem.index]) * mem.scale
+        if mem.segment in _SEGMENTS:
+            address += segment_base(_SEGMENTS[mem.segment])
+        found.append((address, op.size or 4))
+    if insn.mnemonic in _PUSHES:
+        found.append((reg("esp") - 4, 4))
+    elif insn.mnemonic == "leave":
+        found.append((reg("ebp"), 4))
+    elif insn.mnemonic in _POPS:
+        found.append((reg("esp"), 4))
+    return found

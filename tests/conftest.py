@@ -1,0 +1,68 @@
+"""Shared fixtures: build puppy once, assemble test guests, run the `lguest` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUESTS = Path(__file__).resolve().parent / "guests"
+RUN_TIMEOUT = 120  # seconds: a hang guard, not a performance check
+
+
+@dataclass(frozen=True)
+class Run:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def reason(self) -> str:
+        """The Launcher's last `lguest: ...` line."""
+        lines = [line for line in self.stderr.splitlines() if line.startswith("lguest: ")]
+        return lines[-1].removeprefix("lguest: ") if lines else ""
+
+
+def lguest(*args: str, stdin: str | None = None) -> Run:
+    proc = subprocess.run([sys.executable, "-m", "lguest.launcher.main", *args], capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT, input=stdin, cwd=ROOT)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def puppy() -> Path:
+    subprocess.run(["make", "-s", "-C", str(ROOT / "puppy")], check=True)
+    return ROOT / "puppy" / "build" / "puppy.elf"
+
+
+@pytest.fixture
+def asm_guest(tmp_path: Path) -> Callable[[str], Path]:
+    """Assemble a test guest: the prelude, then `source` (which defines test_main)."""
+    counter = iter(range(1000))
+
+    def build(source: str) -> Path:
+        n = next(counter)
+        src = tmp_path / f"guest{n}.S"
+        src.write_text((GUESTS / "prelude.S").read_text() + "\n\t.text\n" + source + "\n")
+        obj, elf = tmp_path / f"guest{n}.o", tmp_path / f"guest{n}.elf"
+        subprocess.run(["gcc", "-m32", "-c", "-o", str(obj), str(src)], check=True)
+        subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "start", "--no-warn-rwx-segments",
+                        "-o", str(elf), str(obj)], check=True)
+        return elf
+
+    return build
+
+
+def symbol(elf: Path, name: str) -> int:
+    """The address of a symbol in a test guest."""
+    from elftools.elf.elffile import ELFFile
+
+    with elf.open("rb") as f:
+        table = ELFFile(f).get_section_by_name(".symtab")
+        return table.get_symbol_by_name(name)[0]["st_value"]
