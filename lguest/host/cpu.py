@@ -21,7 +21,6 @@ after every handled fault or the next fault becomes a #DF, and the CPL bits of
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import struct
 from dataclasses import dataclass
@@ -85,8 +84,8 @@ TSS_ADDR = STATE_PAGE + 0x800
 
 # pop %gs; pop %fs; pop %es; pop %ds; iret
 TRAMPOLINE = bytes([0x0F, 0xA9, 0x0F, 0xA1, 0x07, 0x1F, 0xCF])
-ENTRY_FRAME_WORDS = 9  # gs fs es ds eip cs eflags esp ss
-ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - 4 * ENTRY_FRAME_WORDS
+ENTRY_FRAME_REGS = ("gs", "fs", "es", "ds", "eip", "cs", "eflags", "esp", "ss")  # popped in this order
+ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - 4 * len(ENTRY_FRAME_REGS)
 
 GENERAL_REGS = {
     "eax": UC_X86_REG_EAX,
@@ -202,6 +201,7 @@ class Switcher:
         self.exit: Exit | None = None
         self._undo: dict[str, int] | None = None  # registers to restore after a faulting in/out
         self._switching = False  # the Host is loading ring-0 segments
+        self._frame: dict[str, int] | None = None  # the trampoline's entry frame, while pending
         self.cpl_switches = 0
         self._context = self.uc.context_save()
         self._install_switcher_pages()
@@ -237,10 +237,17 @@ class Switcher:
 
     # --- registers ------------------------------------------------------------------------
     def get(self, reg: str) -> int:
+        """A Guest register (from the entry frame, if one is waiting)."""
+        if self._frame is not None and reg in self._frame:
+            return self._frame[reg]
         return self.uc.reg_read(ALL_REGS[reg]) & 0xFFFFFFFF
 
     def set(self, reg: str, value: int) -> None:
-        self.uc.reg_write(GENERAL_REGS[reg], value & 0xFFFFFFFF)
+        """Set a general register, eip, esp or eflags."""
+        if self._frame is not None and reg in self._frame:
+            self._frame[reg] = value & 0xFFFFFFFF
+        else:
+            self.uc.reg_write(GENERAL_REGS[reg], value & 0xFFFFFFFF)
 
     @property
     def cpl(self) -> int:
@@ -292,19 +299,30 @@ class Switcher:
     # --- entering -------------------------------------------------------------------------
     def load_frame(self, eip: int, cs: int, eflags: int, esp: int, ss: int, ds: int, es: int,
                    fs: int, gs: int) -> None:
-        """Arrange for the next `run` to enter through the trampoline with this frame."""
-        frame = struct.pack("<9I", gs, fs, es, ds, eip, cs, eflags, esp, ss)
-        if self.get("cs") & 3:
+        """Enter the Guest through the trampoline with this frame on the next `run`.
+
+        Until then the frame is the Guest's state: `get` and `set` see it.
+        """
+        self._frame = {"gs": gs, "fs": fs, "es": es, "ds": ds, "eip": eip, "cs": cs, "eflags": eflags,
+                       "esp": esp, "ss": ss}
+
+    def _start_address(self) -> int:
+        """Where emulation starts: the trampoline if a frame waits, else the Guest's eip."""
+        if self._frame is None:
+            return self.get("eip")
+        frame = struct.pack("<9I", *(self._frame[reg] for reg in ENTRY_FRAME_REGS))
+        self._frame = None
+        if self.uc.reg_read(UC_X86_REG_CS) & 3:
             self._drop_to_ring0()
         self.uc.mem_write(ENTRY_FRAME_ADDR, frame)
         self.uc.reg_write(UC_X86_REG_ESP, ENTRY_FRAME_ADDR)
-        self.uc.reg_write(UC_X86_REG_EIP, CODE_PAGE)
+        return CODE_PAGE
 
     def run(self, timeout_us: int = 0) -> Exit:
         """Run the Guest from its current state until it traps back to the Host."""
         self.exit = None
         try:
-            self.uc.emu_start(self.get("eip"), STOP_PAGE, timeout=timeout_us)
+            self.uc.emu_start(self._start_address(), STOP_PAGE, timeout=timeout_us)
         except UcError as err:
             if self.exit is None:
                 # A fault the hooks did not explain, e.g. inside the trampoline
@@ -529,11 +547,9 @@ def calibrate() -> ContextLayout:
 
 
 def _run_probe_step(cpu: Switcher, expected: int) -> tuple[int, ...]:
-    cpu.exit = None
-    with contextlib.suppress(UcError):
-        cpu.uc.emu_start(cpu.get("eip"), STOP_PAGE)
-    if cpu.exit is None or cpu.exit.trapnum != expected:
-        got = cpu.exit.trapnum if cpu.exit else None
+    exit_ = cpu.run()
+    if exit_.trapnum != expected:
+        got = exit_.trapnum
         raise CalibrationError(f"calibration probe expected trap {expected}, got {got}")
     return _words(bytes(cpu._context_bytes()))
 

@@ -1,0 +1,94 @@
+"""The Switcher on Unicorn: calibration, rings, and the Host API (spec §3.4, §8.2)."""
+
+from __future__ import annotations
+
+from lguest import abi
+from lguest.host import cpu
+from lguest.host.core import Guest
+from lguest.launcher.boot import allocate_guest_ram, load_kernel, write_boot_params
+from lguest.launcher.pci import PciBus
+from lguest.launcher.ports import Ports
+
+MEM = 32 << 20
+
+
+def test_calibration_finds_each_field_once() -> None:
+    layout = cpu.calibrate()
+    offsets = {layout.hflags, layout.old_exception, layout.error_code, layout.exception_is_int}
+    assert len(offsets) == 4
+    assert layout == cpu.context_layout()  # measured once per process, stable
+
+
+def make_guest(elf) -> Guest:
+    ram = allocate_guest_ram(MEM)
+    kernel = load_kernel(ram, MEM, str(elf))
+    write_boot_params(ram, MEM, "", None)
+    return Guest(ram, MEM, kernel.entry, Ports(PciBus(), print))
+
+
+def test_initial_vcpu_state(asm_guest) -> None:
+    guest = make_guest(asm_guest("test_main: ud2"))
+    regs = {name: guest.get_reg(off) for off, name in
+            ((abi.PtRegs.CS, "cs"), (abi.PtRegs.SS, "ss"), (abi.PtRegs.DS, "ds"), (abi.PtRegs.ES, "es"),
+             (abi.PtRegs.FS, "fs"), (abi.PtRegs.GS, "gs"), (abi.PtRegs.SI, "esi"), (abi.PtRegs.AX, "eax"))}
+    assert regs == {"cs": 0x61, "ss": 0x69, "ds": 0x69, "es": 0x69, "fs": 0, "gs": 0, "esi": 0, "eax": 0}
+    result = guest.run()
+    assert result.reason.startswith("unhandled trap 6 at 0x10")
+
+
+def test_set_reg_only_the_settable_ones(asm_guest) -> None:
+    guest = make_guest(asm_guest("test_main: ud2"))
+    assert guest.set_reg(abi.PtRegs.AX, 0x1234)
+    assert guest.get_reg(abi.PtRegs.AX) == 0x1234
+    assert not guest.set_reg(abi.PtRegs.CS, 0x73)
+    assert not guest.set_reg(abi.PtRegs.FLAGS, 0)
+
+
+def test_set_reg_redirects_the_guest(asm_guest) -> None:
+    """The Launcher may move eip and set registers before the Guest runs (LHREQ_SETREG)."""
+    from conftest import symbol
+
+    elf = asm_guest("test_main: ud2\nalt: INIT\n SHUTDOWN %ebp\nmsg: .asciz \"moved\"")
+    guest = make_guest(elf)
+    guest.set_reg(abi.PtRegs.IP, symbol(elf, "alt"))
+    guest.set_reg(abi.PtRegs.BP, symbol(elf, "msg"))
+    assert guest.run().reason == "CRASH: moved"
+
+
+def test_inject_trap_needs_a_handler(asm_guest) -> None:
+    guest = make_guest(asm_guest("test_main: ud2"))
+    assert not guest.inject_trap(13)
+
+
+def test_interrupt_rejects_irq_32(asm_guest) -> None:
+    guest = make_guest(asm_guest("test_main: ud2"))
+    assert not guest.interrupt(32)
+    assert guest.interrupt(31)
+
+
+def test_kill_keeps_the_first_reason(asm_guest) -> None:
+    guest = make_guest(asm_guest("test_main: ud2"))
+    guest.kill("first")
+    guest.kill("second")
+    assert guest.run().reason == "first"
+
+
+def test_bad_segment_in_the_switcher_is_trap_256(asm_guest) -> None:
+    """The trampoline loading a descriptor the Guest broke: `unhandled trap 256` (§4.1)."""
+    from conftest import lguest
+
+    run = lguest("32", str(asm_guest("""
+gp_handler:
+	POWEROFF
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 0x80, gp_handler, 0xF, 3
+	/* make the kernel data segment (SET_STACK's ss) not present */
+	HCALL LHCALL_LOAD_GDT_ENTRY, $13, $0x0000ffff, $0x00cf3300
+	TO_USER user
+user:
+	int $0x80
+""")))
+    assert run.reason.startswith("unhandled trap 256 at 0x")
+    assert run.status == 1
