@@ -202,6 +202,9 @@ class Switcher:
         self._undo: dict[str, int] | None = None  # registers to restore after a faulting in/out
         self._switching = False  # the Host is loading ring-0 segments
         self._frame: dict[str, int] | None = None  # the trampoline's entry frame, while pending
+        self._uch = self.uc._uch
+        self._reg_buf = ctypes.c_uint64()
+        self._reg_ref = ctypes.byref(self._reg_buf)
         self.cpl_switches = 0
         self._context = self.uc.context_save()
         self._install_switcher_pages()
@@ -236,18 +239,25 @@ class Switcher:
         self.uc.mem_write(GDT_ADDR, b"".join(struct.pack("<II", lo, hi) for lo, hi in self.gdt))
 
     # --- registers ------------------------------------------------------------------------
+    # Registers are read and written straight through Unicorn's C API: the Python
+    # binding's generic path costs several microseconds a register, on every exit.
     def get(self, reg: str) -> int:
         """A Guest register (from the entry frame, if one is waiting)."""
         if self._frame is not None and reg in self._frame:
             return self._frame[reg]
-        return self.uc.reg_read(ALL_REGS[reg]) & 0xFFFFFFFF
+        buf = self._reg_buf
+        buf.value = 0
+        uclib.uc_reg_read(self._uch, ALL_REGS[reg], self._reg_ref)
+        return buf.value & 0xFFFFFFFF
 
     def set(self, reg: str, value: int) -> None:
         """Set a general register, eip, esp or eflags."""
         if self._frame is not None and reg in self._frame:
             self._frame[reg] = value & 0xFFFFFFFF
-        else:
-            self.uc.reg_write(GENERAL_REGS[reg], value & 0xFFFFFFFF)
+            return
+        self._reg_buf.value = value & 0xFFFFFFFF
+        if uclib.uc_reg_write(self._uch, GENERAL_REGS[reg], self._reg_ref):
+            raise ValueError(f"cannot set {reg}")
 
     @property
     def cpl(self) -> int:
