@@ -41,11 +41,19 @@ def test_kernel_args_joined_by_single_spaces() -> None:
     assert o.cmdline == "root=/dev/vda console=hvc0 init=/bin/sh"
 
 
-def test_every_word_after_the_kernel_is_a_kernel_arg() -> None:
-    o = parse_args(["64", "vmlinux", "root=/dev/vda", "--block=x", "-v", "--", "-s", "--help", "64"])
+def test_launcher_options_after_the_kernel_still_count() -> None:
+    """The original's documented example puts --tunnet/--block after the kernel (getopt permutes)."""
+    o = parse_args(["64", "vmlinux", "--tunnet=192.168.19.1", "--block=rootfile", "root=/dev/vda"])
+    assert o.kernel == "vmlinux" and o.cmdline == "root=/dev/vda"
+    assert o.tunnets == ("192.168.19.1",) and o.blocks == ("rootfile",)
+
+
+def test_other_words_after_the_kernel_are_kernel_args() -> None:
+    o = parse_args(["64", "vmlinux", "root=/dev/vda", "--block=x", "-v", "-s", "init=/bin/sh", "--",
+                    "--help", "64"])
     assert o.kernel == "vmlinux"
-    assert o.cmdline == "root=/dev/vda --block=x -v -- -s --help 64"
-    assert o.blocks == () and not o.verbose
+    assert o.cmdline == "root=/dev/vda -s init=/bin/sh --help 64"
+    assert o.blocks == ("x",) and o.verbose
 
 
 def test_word_starting_with_dash_right_after_the_kernel() -> None:
@@ -134,8 +142,10 @@ def test_help(flag: str) -> None:
         parse_args(["run", flag])
 
 
-def test_help_after_the_kernel_is_a_kernel_arg() -> None:
-    assert parse_args(["64", "vmlinux", "--help"]).cmdline == "--help"
+def test_help_after_the_kernel_asks_for_help() -> None:
+    with pytest.raises(HelpRequested):
+        parse_args(["64", "vmlinux", "--help"])
+    assert parse_args(["64", "vmlinux", "--", "--help"]).cmdline == "--help"
 
 
 def test_usage_text() -> None:
@@ -256,10 +266,10 @@ def test_run_with_memory_and_kernel_args() -> None:
     assert o.mem_mib == 256 and o.cmdline == "3"
 
 
-def test_run_with_options_everywhere_before_the_kernel_args() -> None:
+def test_run_with_options_everywhere() -> None:
     o = parse_args(["-v", "run", "--rng", "96", "--block=disk", "quiet", "--block=other"])
-    assert o.verbose and o.rng and o.blocks == ("disk",)
-    assert o.mem_mib == 96 and o.cmdline == "quiet --block=other"
+    assert o.verbose and o.rng and o.blocks == ("disk", "other")
+    assert o.mem_mib == 96 and o.cmdline == "quiet"
 
 
 def test_run_bad_memory() -> None:

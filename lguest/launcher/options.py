@@ -4,10 +4,10 @@
     lguest run [options] [<mem-in-MiB>] [kernel args...]
 
 As in the original Launcher, the memory size is the first word that does not start with
-`-`, so options that take a value must be written `--name=value`.  Options may appear before
-the memory size and between it and the kernel; the first word after the kernel and every word
-after it (even `-x` ones) belong to the kernel command line, joined by single spaces.  A `--`
-before the kernel ends option parsing.
+`-`, so options that take a value must be written `--name=value`.  Options may appear anywhere
+(the original's getopt permuted its arguments); after the kernel, every word that is not one of
+our options (even `-x` ones) belongs to the kernel command line, joined by single spaces.  A `--`
+ends option parsing: every later word is positional (after the kernel: the kernel's).
 
 `lguest run` boots the bundled puppy kernel: `kernel` is None, `bundled` is True, and the
 memory is 64 MiB unless the first positional word after `run` is a number of MiB (so a
@@ -32,8 +32,8 @@ usage: lguest [options] <mem-in-MiB> <vmlinux|bzImage> [kernel args...]
        lguest run [options] [<mem-in-MiB>] [kernel args...]
 
 `lguest run` boots the bundled puppy kernel ({BUNDLED_DEFAULT_MEM_MIB} MiB unless a size is given).
-Options go before the kernel and need '=' for their values; every word after the
-kernel is passed to it on its command line.
+Options need '=' for their values and may come anywhere; every other word after
+the kernel is passed to it on its command line ('--' ends the options).
 
 options:
   -v, --verbose              describe the Guest's memory, devices and I/O as it runs
@@ -161,6 +161,24 @@ class _Parser:
             self.devices.append(("tunnet", value))
 
 
+    def split_kernel_words(self, words: list[str]) -> list[str]:
+        """Words after the kernel: the Launcher's own options among them still count.
+
+        The original's getopt permuted its arguments, so its documented example
+        `lguest 64 vmlinux --tunnet=... --block=rootfile root=/dev/vda` works; any
+        other word (even one starting with `-`) goes to the kernel.
+        """
+        kernel_words: list[str] = []
+        for i, word in enumerate(words):
+            if word == "--":
+                return kernel_words + words[i + 1:]  # everything after `--` is the kernel's
+            if word.partition("=")[0] in _FLAGS | _VALUED.keys():
+                self.option(word)
+            else:
+                kernel_words.append(word)
+        return kernel_words
+
+
 def parse_args(argv: list[str]) -> Options:
     """Parse the command line (without the program name)."""
     p = _Parser()
@@ -183,12 +201,13 @@ def parse_args(argv: list[str]) -> Options:
                 mem = _parse_mem(word)
             continue
         if not bundled:
-            kernel, kernel_args = word, argv[i + 1 :]
+            kernel = word
+            kernel_args = p.split_kernel_words(argv[i + 1 :])
             break
         if mem is None and _MEM_RE.fullmatch(word):
             mem = _parse_mem(word)
             continue
-        kernel_args = argv[i:]
+        kernel_args = p.split_kernel_words(argv[i:])
         break
 
     if bundled:
