@@ -77,6 +77,7 @@ class LguestData:
     SIZE = 1388
 
 
+SHUTDOWN_REASON_BYTES = 128  # SHUTDOWN reads exactly this much of its reason string
 HCALL_FREE = 0xFF  # hcall_status value: slot free / done (Host writes)
 HCALL_READY = 0x00  # hcall_status value: call queued (Guest writes)
 
@@ -132,6 +133,10 @@ KERNEL_CS = GDT_ENTRY_KERNEL_CS * 8 | GUEST_PL  # 0x61
 KERNEL_DS = GDT_ENTRY_KERNEL_DS * 8 | GUEST_PL  # 0x69
 USER_CS = 0x73
 USER_DS = 0x7B
+
+# The Host's TSS (§5.1): 104 bytes, and an I/O bitmap offset past its end (no bitmap).
+TSS_SIZE = 104
+TSS_IO_BITMAP_OFFSET = 102  # where the u16 io_bitmap_base lives in the TSS
 
 # Descriptors the Host writes itself (§3.4, §5.1), as (low dword, high dword).
 FLAT_CODE_DPL0 = (0x0000FFFF, 0x00CF9B00)
@@ -237,6 +242,12 @@ class PciCfg:
 
 
 PCI_STATUS_CAP_LIST = 0x0010
+# (class, subclass) of each virtio device (§7.2), and the console's fixed place.
+PCI_CLASS_CONSOLE = (0x07, 0x00)
+PCI_CLASS_NET = (0x02, 0x00)
+PCI_CLASS_BLOCK = (0x01, 0x80)
+PCI_CLASS_RNG = (0xFF, 0x00)
+CONSOLE_IRQ = 1  # irq 0 is the timer; devices take 1, 2, 3... in creation order
 PCI_SUBSYS_ID_VIRTIO = 0x40
 
 

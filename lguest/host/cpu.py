@@ -223,14 +223,14 @@ class Switcher:
         self.gdt[abi.GDT_ENTRY_LGUEST_CS] = abi.FLAT_CODE_DPL0
         self.gdt[abi.GDT_ENTRY_LGUEST_DS] = abi.FLAT_DATA_DPL0
         # An available 32-bit TSS with no I/O bitmap, as lguest's (type 9, DPL 0).
-        tss = bytearray(104)
-        struct.pack_into("<HH", tss, 100, 0, 104)
+        tss = bytearray(abi.TSS_SIZE)
+        struct.pack_into("<H", tss, abi.TSS_IO_BITMAP_OFFSET, abi.TSS_SIZE)
         self.uc.mem_write(TSS_ADDR, bytes(tss))
-        self.gdt[abi.GDT_ENTRY_TSS] = segment_descriptor(TSS_ADDR, 0x67, 0x89, 0)
+        self.gdt[abi.GDT_ENTRY_TSS] = segment_descriptor(TSS_ADDR, abi.TSS_SIZE - 1, 0x89, 0)
         self.write_gdt()
         self.uc.reg_write(UC_X86_REG_GDTR, (0, GDT_ADDR, abi.GDT_ENTRIES * 8 - 1, 0))
         self.uc.reg_write(UC_X86_REG_IDTR, (0, STATE_PAGE + 0x400, 0, 0))
-        self.uc.reg_write(UC_X86_REG_TR, (abi.GDT_ENTRY_TSS * 8, TSS_ADDR, 0x67, 0x8900))
+        self.uc.reg_write(UC_X86_REG_TR, (abi.GDT_ENTRY_TSS * 8, TSS_ADDR, abi.TSS_SIZE - 1, 0x8900))
         self.uc.reg_write(UC_X86_REG_CS, abi.LGUEST_CS)
         self.uc.reg_write(UC_X86_REG_SS, abi.LGUEST_DS)
 

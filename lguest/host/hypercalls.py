@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from lguest.host.core import Guest
 
 HcallArgs = tuple[int, int, int, int, int]  # arg0 (the number) .. arg4
-SHUTDOWN_MESSAGE_BYTES = 128
 
 
 def do_hypercalls(guest: Guest) -> None:
@@ -108,7 +107,7 @@ def hcall_init_again(guest: Guest, *_: int) -> None:
 
 def hcall_shutdown(guest: Guest, reason_gpa: int, how: int, *_: int) -> None:
     """SHUTDOWN: read exactly 128 bytes of reason; a restart replaces the reason."""
-    raw = bytearray(guest.mem.read(reason_gpa, SHUTDOWN_MESSAGE_BYTES))
+    raw = bytearray(guest.mem.read(reason_gpa, abi.SHUTDOWN_REASON_BYTES))
     raw[-1] = 0
     text = raw[: raw.index(0)].decode("utf-8", "replace")
     guest.kill(f"CRASH: {text}")

@@ -12,15 +12,12 @@ from collections.abc import Callable
 from lguest import abi
 from lguest.launcher.pci import VirtioPciDevice
 
-CONSOLE_CLASS = 0x07  # simple communication controller
-CONSOLE_SUBCLASS = 0x00
-
 
 class ConsoleDevice(VirtioPciDevice):
     """The virtio console (slot 1, irq 1); so far only its emergency write register."""
 
     def __init__(self, irq: int, write: Callable[[bytes], None]) -> None:
-        super().__init__("console", abi.VirtioId.CONSOLE, CONSOLE_CLASS, CONSOLE_SUBCLASS, irq,
+        super().__init__("console", abi.VirtioId.CONSOLE, *abi.PCI_CLASS_CONSOLE, irq,
                          bytes(abi.VIRTIO_CONSOLE_CONFIG_SIZE))
         self.write = write
 

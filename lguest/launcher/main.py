@@ -30,7 +30,6 @@ from lguest.launcher.ports import Ports
 from lguest.launcher.trace import StderrTracer
 
 MIB = 1 << 20
-CONSOLE_IRQ = 1
 # The reason Linux (and puppy) give when they power off cleanly.
 POWER_OFF_REASON = "CRASH: Power down"
 
@@ -72,7 +71,7 @@ def build_machine(opts: Options, kernel_path: str, console: ConsoleOutput,
     initrd = load_initrd(ram, mem, opts.initrd, kernel) if opts.initrd else None
     write_boot_params(ram, mem, opts.cmdline, initrd)
     pci = PciBus()
-    device = ConsoleDevice(CONSOLE_IRQ, console.write)
+    device = ConsoleDevice(abi.CONSOLE_IRQ, console.write)
     slot = pci.add(device)
     mmio = mem + abi.DEVICE_PAGES * abi.PAGE_SIZE
     device.place(mmio)
