@@ -5,7 +5,11 @@
 (a) compute: puppy's CPU-bound benchmark (CRC32, LCG fill, quicksort) as a Guest,
     against the same C compiled with `gcc -m32 -O2` and run natively;
 (b) hypercall round trip: `int $0x1f` into the Host and back, against the bare
-    emulator's exit and re-entry (a Unicorn hook that stops, and emu_start again).
+    emulator's exit and re-entry (a Unicorn hook that stops, and emu_start again);
+(c) system call round trip from ring 3: through a trap gate (delivered by the
+    Host's fast path inside the emulator hook, as lguest's direct traps) and
+    through an interrupt gate (reflected by the Host's run loop), each against
+    the same bare exit and re-entry.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from lguest.launcher.ports import Ports
 ROOT = Path(__file__).resolve().parent.parent
 MEM = 64 << 20
 HCALL_ROUNDS = 20000
+SYSCALL_ROUNDS = 20000
 BARE_ROUNDS = 20000
 
 
@@ -60,10 +65,11 @@ def compute() -> tuple[float, float]:
     return busy - idle, float(native[3])
 
 
-def build_asm_guest(source: Path, rounds: int, workdir: Path) -> Path:
+def build_asm_guest(source: Path, rounds: int, workdir: Path, **symbols: int) -> Path:
     text = (ROOT / "tests" / "guests" / "prelude.S").read_text()
     src = workdir / "guest.S"
-    src.write_text(f"{text}\n\t.set ROUNDS, {rounds}\n\t.text\n{source.read_text()}")
+    sets = "".join(f"\t.set {name}, {value}\n" for name, value in {"ROUNDS": rounds, **symbols}.items())
+    src.write_text(f"{text}\n{sets}\t.text\n{source.read_text()}")
     subprocess.run(["gcc", "-m32", "-c", "-o", str(workdir / "guest.o"), str(src)], check=True)
     elf = workdir / "guest.elf"
     subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "start", "--no-warn-rwx-segments",
@@ -71,13 +77,13 @@ def build_asm_guest(source: Path, rounds: int, workdir: Path) -> Path:
     return elf
 
 
-def hypercall_round_trip() -> float:
+def round_trip(guest_source: str, rounds: int, **symbols: int) -> float:
+    """Seconds per round of a benchmark guest: a long run minus a one-round run."""
+    source = ROOT / "benchmarks" / guest_source
     with tempfile.TemporaryDirectory() as tmp:
-        few = build_asm_guest(ROOT / "benchmarks" / "hypercalls.S", 1, Path(tmp))
-        base, _ = boot(few, "")
-        many = build_asm_guest(ROOT / "benchmarks" / "hypercalls.S", HCALL_ROUNDS + 1, Path(tmp))
-        total, _ = boot(many, "")
-    return (total - base) / HCALL_ROUNDS
+        base, _ = boot(build_asm_guest(source, 1, Path(tmp), **symbols), "")
+        total, _ = boot(build_asm_guest(source, rounds + 1, Path(tmp), **symbols), "")
+    return (total - base) / rounds
 
 
 def bare_exit_reentry() -> float:
@@ -94,16 +100,22 @@ def bare_exit_reentry() -> float:
 
 def main() -> int:
     guest_s, native_s = compute()
-    hcall = hypercall_round_trip()
+    hcall = round_trip("hypercalls.S", HCALL_ROUNDS)
+    direct = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xF)
+    reflected = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xE)
     bare = bare_exit_reentry()
     rows = [
         ("compute (CRC32+LCG+quicksort)", f"{guest_s:.3f} s guest", f"{native_s:.3f} s native",
          guest_s / native_s),
         ("hypercall round trip", f"{hcall * 1e6:.2f} us", f"{bare * 1e6:.2f} us bare exit", hcall / bare),
+        ("syscall, trap gate (direct)", f"{direct * 1e6:.2f} us", f"{bare * 1e6:.2f} us bare exit",
+         direct / bare),
+        ("syscall, interrupt gate (reflected)", f"{reflected * 1e6:.2f} us", f"{bare * 1e6:.2f} us bare exit",
+         reflected / bare),
     ]
-    print(f"{'benchmark':32} {'lguest':>16} {'baseline':>20} {'ratio':>8}")
+    print(f"{'benchmark':36} {'lguest':>16} {'baseline':>20} {'ratio':>8}")
     for name, ours, theirs, ratio in rows:
-        print(f"{name:32} {ours:>16} {theirs:>20} {ratio:>7.1f}x")
+        print(f"{name:36} {ours:>16} {theirs:>20} {ratio:>7.1f}x")
     return 0
 
 

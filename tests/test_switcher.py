@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import make_guest
+
 from lguest import abi
 from lguest.host import cpu
-from lguest.host.core import Guest
-from lguest.launcher.boot import allocate_guest_ram, load_kernel, write_boot_params
-from lguest.launcher.pci import PciBus
-from lguest.launcher.ports import Ports
-
-MEM = 32 << 20
 
 
 def test_calibration_finds_each_field_once() -> None:
@@ -17,13 +13,6 @@ def test_calibration_finds_each_field_once() -> None:
     offsets = {layout.hflags, layout.old_exception, layout.error_code, layout.exception_is_int}
     assert len(offsets) == 4
     assert layout == cpu.context_layout()  # measured once per process, stable
-
-
-def make_guest(elf) -> Guest:
-    ram = allocate_guest_ram(MEM)
-    kernel = load_kernel(ram, MEM, str(elf))
-    write_boot_params(ram, MEM, "", None)
-    return Guest(ram, MEM, kernel.entry, Ports(PciBus(), print))
 
 
 def test_initial_vcpu_state(asm_guest) -> None:

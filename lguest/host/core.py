@@ -22,7 +22,8 @@ from lguest.host import hypercalls
 from lguest.host.clock import Clock
 from lguest.host.cpu import Exit, ExitKind, PortBus, Switcher
 from lguest.host.faultaddr import fault_address
-from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap
+from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap, direct_trap
+from lguest.host.kick import Kicker
 from lguest.host.memory import GuestMemory
 from lguest.host.page_tables import PageTables
 from lguest.host.segments import Segments
@@ -74,6 +75,8 @@ class Guest:
         self.idt = Idt(self)
         self.segments = Segments(self)
         self.clock = Clock(self.interrupt)
+        self.kicker = Kicker(self.cpu.stop)
+        self.cpu.direct_trap = lambda vector, errcode, software: direct_trap(self, vector, errcode, software)
         # lguest_data and what INIT read from it
         self.lguest_data: int | None = None
         self.noirq_iret = 0
@@ -99,10 +102,11 @@ class Guest:
 
     # --- death ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
-        """kill_guest: the first reason is the one that counts."""
+        """kill_guest: the first reason is the one that counts.  Any thread may call it."""
         if self.dead is None:
             self.dead = reason
-        self.cpu.stop()
+        self._wake.set()
+        self.kicker.kick()
 
     # --- the Launcher's API (LHREQ_*) ----------------------------------------------------
     def interrupt(self, irq: int) -> bool:
@@ -112,7 +116,7 @@ class Guest:
         with self._irq_lock:
             self.irqs_pending |= 1 << irq
         self._wake.set()
-        self.cpu.stop()
+        self.kicker.kick()
         return True
 
     def get_reg(self, offset: int) -> int:
@@ -134,6 +138,7 @@ class Guest:
         """The run loop (§4.2): returns when the Guest is dead or wants a restart."""
         try:
             while not self.dead:
+                self.kicker.acknowledge()
                 if self.hcall_pending:
                     self.hcall_pending = False
                     hypercalls.do_hypercalls(self)
@@ -147,7 +152,8 @@ class Guest:
                     continue
                 self.handle_trap(self.cpu.run())
         finally:
-            self.clock.stop()
+            self.clock.close()
+            self.kicker.close()
         return RunResult(self.dead or "", self.restart, self.shutdown_how)
 
     # --- traps ---------------------------------------------------------------------------
@@ -225,13 +231,13 @@ class Guest:
     def enter(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
         """Resume the Guest at a new frame: directly, or through the trampoline."""
         cpu = self.cpu
-        if cpu.get("cs") == cs and cpu.get("ss") == ss:
+        now_cs, now_ss, ds, es, fs, gs = cpu.get_many(("cs", "ss", "ds", "es", "fs", "gs"))
+        if now_cs == cs and now_ss == ss:
             cpu.set("esp", esp)
             cpu.set("eflags", eflags)
             cpu.set("eip", eip)
             return
-        cpu.load_frame(eip, cs, eflags, esp, ss, cpu.get("ds"), cpu.get("es"), cpu.get("fs"),
-                       cpu.get("gs"))
+        cpu.load_frame(eip, cs, eflags, esp, ss, ds, es, fs, gs)
 
     # --- interrupts ------------------------------------------------------------------------
     def read_irq_enabled(self) -> int:
@@ -286,6 +292,7 @@ class Guest:
         while self._deliverable_irq() is None and not self.dead:
             self._wake.wait()
             self._wake.clear()
+            self.kicker.acknowledge()
 
     def write_timestamp(self) -> None:
         assert self.lguest_data is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol
@@ -50,6 +51,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
+    UC_X86_REG_CR0,
     UC_X86_REG_CS,
     UC_X86_REG_DS,
     UC_X86_REG_EAX,
@@ -166,6 +168,7 @@ class ContextLayout:
 
 
 HF_CPL_MASK = 3
+CR0_TS = 1 << 3
 HF_PE_MASK = 0x80  # protected mode
 _layout: ContextLayout | None = None
 
@@ -205,7 +208,12 @@ class Switcher:
         self._uch = self.uc._uch
         self._reg_buf = ctypes.c_uint64()
         self._reg_ref = ctypes.byref(self._reg_buf)
+        self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
         self.cpl_switches = 0
+        # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
+        # called in the interrupt hook; True means delivered, keep emulating.
+        self.direct_trap: Callable[[int, int, bool], bool] | None = None
+        self.direct_traps = 0
         self._context = self.uc.context_save()
         self._install_switcher_pages()
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -250,6 +258,23 @@ class Switcher:
         uclib.uc_reg_read(self._uch, ALL_REGS[reg], self._reg_ref)
         return buf.value & 0xFFFFFFFF
 
+    def get_many(self, regs: tuple[str, ...]) -> list[int]:
+        """Several registers in one call into Unicorn (the hot paths read five at once)."""
+        batch = self._batches.get(regs)
+        if batch is None:
+            values = (ctypes.c_uint64 * len(regs))()
+            ids = (ctypes.c_int * len(regs))(*(ALL_REGS[r] for r in regs))
+            base = ctypes.addressof(values)
+            ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
+            batch = self._batches[regs] = (ids, ptrs, values)
+        ids, ptrs, values = batch
+        ctypes.memset(values, 0, ctypes.sizeof(values))
+        uclib.uc_reg_read_batch(self._uch, ids, ptrs, len(regs))
+        result = [v & 0xFFFFFFFF for v in values]
+        if self._frame is not None:
+            result = [self._frame.get(r, v) for r, v in zip(regs, result, strict=True)]
+        return result
+
     def set(self, reg: str, value: int) -> None:
         """Set a general register, eip, esp or eflags."""
         if self._frame is not None and reg in self._frame:
@@ -289,6 +314,11 @@ class Switcher:
         self._context_commit()
         return errcode, software
 
+    def _write_segment(self, reg: int, selector: int) -> None:
+        self._reg_buf.value = selector
+        if uclib.uc_reg_write(self._uch, reg, self._reg_ref):
+            raise ValueError(f"cannot load selector {selector:#x}")
+
     def _drop_to_ring0(self) -> None:
         """Put the CPU back at CPL 0 so the trampoline may load any Guest ring."""
         layout = context_layout()
@@ -300,8 +330,8 @@ class Switcher:
         # see ring 0 (a refused fill outside emulation would crash Unicorn).
         self._switching = True
         try:
-            self.uc.reg_write(UC_X86_REG_SS, abi.LGUEST_DS)
-            self.uc.reg_write(UC_X86_REG_CS, abi.LGUEST_CS)
+            self._write_segment(UC_X86_REG_SS, abi.LGUEST_DS)
+            self._write_segment(UC_X86_REG_CS, abi.LGUEST_CS)
         finally:
             self._switching = False
         self.cpl_switches += 1
@@ -325,7 +355,7 @@ class Switcher:
         if self.uc.reg_read(UC_X86_REG_CS) & 3:
             self._drop_to_ring0()
         self.uc.mem_write(ENTRY_FRAME_ADDR, frame)
-        self.uc.reg_write(UC_X86_REG_ESP, ENTRY_FRAME_ADDR)
+        self.set("esp", ENTRY_FRAME_ADDR)
         return CODE_PAGE
 
     def run(self, timeout_us: int = 0) -> Exit:
@@ -349,6 +379,11 @@ class Switcher:
             return Exit(ExitKind.HALTED)
         return exit_
 
+    def set_task_switched(self, ts: bool) -> None:
+        """Mirror the Guest's wish for CR0.TS: then the first FPU instruction is #NM."""
+        cr0 = self.uc.reg_read(UC_X86_REG_CR0)
+        self.uc.reg_write(UC_X86_REG_CR0, cr0 | CR0_TS if ts else cr0 & ~CR0_TS)
+
     def flush_tlb(self) -> None:
         """Forget every translation the emulator has cached (our shadow page tables)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
@@ -366,16 +401,26 @@ class Switcher:
     def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
         if vector == abi.LGUEST_TRAP_ENTRY or vector >= abi.FIRST_EXTERNAL_VECTOR:
             # Only `int n` raises these on our CPU (there is no hardware to interrupt).
-            self._leave(Exit(ExitKind.TRAP, vector, 0, software=True, insn_len=2))
+            errcode, software, insn_len = 0, True, 2
+        else:
+            errcode, software = self._fault_state() if self.calibrated else (0, False)
+            if self.get("eip") >> 12 == CODE_PAGE >> 12:
+                # A fault in the trampoline: the Guest's segments or frame were bad.
+                self._leave(Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, errcode))
+                return
+            if vector not in abi.TRAPS_WITH_ERROR_CODE:
+                errcode = 0
+            insn_len = self._software_int_length(vector) if software else 0
+        self._trap(vector, errcode, software, insn_len)
+
+    def _trap(self, vector: int, errcode: int, software: bool = False, insn_len: int = 0) -> None:
+        """A trap: straight into the Guest if the Host's fast path takes it, else exit."""
+        if self.direct_trap is not None and self.direct_trap(vector, errcode, software):
+            self.direct_traps += 1
+            if self._frame is not None:  # the handler is in another ring: via the trampoline
+                self.set("eip", self._start_address())
             return
-        errcode, software = self._fault_state() if self.calibrated else (0, False)
-        if self.get("eip") >> 12 == CODE_PAGE >> 12:
-            # A fault in the trampoline: the Guest's segments or frame were bad.
-            self._leave(Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, errcode))
-            return
-        insn_len = self._software_int_length(vector) if software else 0
-        self._leave(Exit(ExitKind.TRAP, vector, errcode if vector in abi.TRAPS_WITH_ERROR_CODE else 0,
-                         software=software, insn_len=insn_len))
+        self._leave(Exit(ExitKind.TRAP, vector, errcode, software=software, insn_len=insn_len))
 
     def _software_int_length(self, vector: int) -> int:
         """`int n` is two bytes; `int3` and `into` are one."""
@@ -386,7 +431,7 @@ class Switcher:
         return -1 if gpa is None else self.uc.mem_read(gpa, 1)[0]
 
     def _on_invalid(self, uc: Uc, _data: object) -> bool:
-        self._leave(Exit(ExitKind.TRAP, abi.Trap.UD))
+        self._trap(abi.Trap.UD, 0)
         return True
 
     def _fault_here(self, exit_: Exit) -> None:

@@ -145,7 +145,9 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
 
 
 def hcall_ts(guest: Guest, ts: int, *_: int) -> None:
+    """TS (§7.5): the Guest wants CR0.TS, to catch its next FPU use (lazy FPU)."""
     guest.ts = ts
+    guest.cpu.set_task_switched(bool(ts))
 
 
 def hcall_set_clockevent(guest: Guest, delta_ns: int, *_: int) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from lguest.host.core import Guest
 
 GATE_PRESENT = 0x8000
+FRAME_REGS = ("eip", "cs", "eflags", "esp", "ss")
 EFLAGS_CLEARED_ON_ENTRY = abi.X86_EFLAGS_TF | abi.X86_EFLAGS_NT | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_VM
 
 
@@ -66,6 +67,43 @@ class Idt:
         return 0
 
 
+def could_be_direct(vector: int, syscall_vector: int) -> bool:
+    """§4.4: the vectors lguest let the CPU deliver straight through the real IDT."""
+    return ((vector < abi.FIRST_EXTERNAL_VECTOR or vector == syscall_vector)
+            and vector not in (abi.Trap.NM, abi.Trap.GP, abi.Trap.PF, abi.LGUEST_TRAP_ENTRY))
+
+
+def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool:
+    """The fast path: deliver a trap without leaving the emulator, as lguest's real IDT did.
+
+    Only for a present trap gate of a vector that could go direct, whose DPL lets
+    an `int n` through.  As on the real CPU, the Host does not touch irq_enabled
+    and the pushed EFLAGS keeps IF set.  Anything unusual (no lguest_data yet, a
+    stack we cannot see) takes the slow path through the Host's run loop instead.
+    """
+    if guest.lguest_data is None or not could_be_direct(vector, guest.syscall_vector):
+        return False
+    lo, hi = guest.idt.entries[vector]
+    if not hi & GATE_PRESENT or gate_type(hi) != abi.GATE_TRAP:
+        return False
+    eip, cs, eflags, esp, ss = guest.cpu.get_many(FRAME_REGS)
+    if software and cs & 3 > gate_dpl(hi):
+        return False
+    words = [eflags, cs, eip]
+    if ss & 3 != abi.GUEST_PL:
+        words = [ss, esp, *words]
+        ss, esp = guest.ss1, guest.esp1
+    if vector in abi.TRAPS_WITH_ERROR_CODE:
+        words.append(errcode)
+    gpa = guest.pages.peek(esp)
+    if gpa is None or not guest.mem.ok(gpa - 4 * len(words), 4 * len(words)):
+        return False
+    guest.mem.write(gpa - 4 * len(words), struct.pack(f"<{len(words)}I", *reversed(words)))
+    guest.enter(gate_handler(lo, hi), abi.KERNEL_CS, eflags & ~EFLAGS_CLEARED_ON_ENTRY,
+                esp - 4 * len(words), ss)
+    return True
+
+
 def deliver_trap(guest: Guest, num: int, errcode: int = 0) -> bool:
     """Reflect trap `num` into the Guest (§4.3 "reflect"); False if it has no handler."""
     if not guest.idt.present(num):
@@ -99,17 +137,27 @@ def deliver_interrupt(guest: Guest, vector: int) -> None:
         run_handler(guest, lo, hi, *frame)
 
 
-def interrupt_frame(guest: Guest, has_err: bool, errcode: int) -> tuple[int, int] | None:
-    """Push the trap frame (§4.6); the new (esp, ss), or None if the Guest died."""
+def _handler_stack(guest: Guest) -> tuple[int, int]:
+    """(ss, esp) the handler starts on: the kernel stack SET_STACK gave us, from user mode."""
     cpu = guest.cpu
-    ss, esp = cpu.get("ss"), cpu.get("esp")
+    if cpu.get("ss") & 3 != abi.GUEST_PL:
+        return guest.ss1, guest.esp1
+    return cpu.get("ss"), cpu.get("esp")
+
+
+def interrupt_frame(guest: Guest, has_err: bool, errcode: int,
+                    virtual_if: bool = True) -> tuple[int, int] | None:
+    """Push the trap frame (§4.6); the new (esp, ss), or None if the Guest died.
+
+    With `virtual_if` the pushed EFLAGS says what lguest_data.irq_enabled says.
+    """
+    cpu = guest.cpu
     frame = []
-    if ss & 3 != abi.GUEST_PL:
-        # From user mode: switch to the kernel stack SET_STACK gave us.
-        frame = [ss, esp]
-        ss, esp = guest.ss1, guest.esp1
+    ss, esp = _handler_stack(guest)
+    if cpu.get("ss") & 3 != abi.GUEST_PL:
+        frame = [cpu.get("ss"), cpu.get("esp")]
     eflags = cpu.get("eflags")
-    if guest.lguest_data is not None and not guest.read_irq_enabled() & abi.X86_EFLAGS_IF:
+    if virtual_if and guest.lguest_data is not None and not guest.read_irq_enabled() & abi.X86_EFLAGS_IF:
         eflags &= ~abi.X86_EFLAGS_IF
     frame += [eflags, cpu.get("cs"), cpu.get("eip")]
     if has_err:
@@ -119,9 +167,13 @@ def interrupt_frame(guest: Guest, has_err: bool, errcode: int) -> tuple[int, int
     return esp - 4 * len(frame), ss
 
 
+def gate_handler(lo: int, hi: int) -> int:
+    return (lo & 0xFFFF) | (hi & 0xFFFF0000)
+
+
 def run_handler(guest: Guest, lo: int, hi: int, esp: int, ss: int) -> None:
     """guest_run_interrupt: jump to the gate's handler at ring 1."""
-    handler = (lo & 0xFFFF) | (hi & 0xFFFF0000)
+    handler = gate_handler(lo, hi)
     eflags = guest.cpu.get("eflags") & ~EFLAGS_CLEARED_ON_ENTRY
     if (gate_type(hi) == abi.GATE_INTERRUPT and guest.lguest_data is not None
             and not guest.mem.write_u32(guest.lguest_data + abi.LguestData.IRQ_ENABLED, 0)):
