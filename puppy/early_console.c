@@ -175,19 +175,29 @@ int puts(const char *s)
 
 /* --- printk: a tiny printf for %s %d %u %x %c %%, with width and '0' --- */
 
-static char pbuf[256];		/* one line at a time is plenty */
-static unsigned int plen;
+/*
+ * Where formatted characters go: a buffer that is either written to the
+ * console whenever it fills (printk) or simply truncated (snprintk).
+ */
+struct sink {
+	char *buf;
+	unsigned int size, len;
+	int to_console;
+};
 
-static void pchar(char c)
+static void pchar(struct sink *out, char c)
 {
-	if (plen == sizeof(pbuf)) {
-		console_write(pbuf, plen);
-		plen = 0;
+	if (out->len == out->size) {
+		if (!out->to_console)
+			return;		/* snprintk: the rest is dropped */
+		console_write(out->buf, out->len);
+		out->len = 0;
 	}
-	pbuf[plen++] = c;
+	out->buf[out->len++] = c;
 }
 
-static int pnumber(u32 v, unsigned int base, int neg, unsigned int width, char pad)
+static int pnumber(struct sink *o, u32 v, unsigned int base, int neg,
+		   unsigned int width, char pad)
 {
 	char digits[12];
 	unsigned int n = 0, out = 0;
@@ -200,31 +210,30 @@ static int pnumber(u32 v, unsigned int base, int neg, unsigned int width, char p
 		digits[n++] = '-';
 	/* Zero padding goes after the sign, space padding before it. */
 	if (neg && pad == '0') {
-		pchar(digits[--n]);
+		pchar(o, digits[--n]);
 		out++;
 		if (width)
 			width--;
 	}
 	for (; width > n; width--, out++)
-		pchar(pad);
+		pchar(o, pad);
 	while (n) {
-		pchar(digits[--n]);
+		pchar(o, digits[--n]);
 		out++;
 	}
 	return out;
 }
 
-int vprintk(const char *fmt, va_list ap)
+static int vformat(struct sink *o, const char *fmt, va_list ap)
 {
 	int count = 0;
 
-	plen = 0;
 	for (; *fmt; fmt++) {
 		unsigned int width = 0;
 		char pad = ' ';
 
 		if (*fmt != '%') {
-			pchar(*fmt);
+			pchar(o, *fmt);
 			count++;
 			continue;
 		}
@@ -243,18 +252,18 @@ int vprintk(const char *fmt, va_list ap)
 			int v = va_arg(ap, int);
 			u32 mag = v < 0 ? 0u - (u32)v : (u32)v;
 
-			count += pnumber(mag, 10, v < 0, width, pad);
+			count += pnumber(o, mag, 10, v < 0, width, pad);
 			break;
 		}
 		case 'u':
-			count += pnumber(va_arg(ap, u32), 10, 0, width, pad);
+			count += pnumber(o, va_arg(ap, u32), 10, 0, width, pad);
 			break;
 		case 'x':
 		case 'p':
-			count += pnumber(va_arg(ap, u32), 16, 0, width, pad);
+			count += pnumber(o, va_arg(ap, u32), 16, 0, width, pad);
 			break;
 		case 'c':
-			pchar((char)va_arg(ap, int));
+			pchar(o, (char)va_arg(ap, int));
 			count++;
 			break;
 		case 's': {
@@ -265,27 +274,39 @@ int vprintk(const char *fmt, va_list ap)
 				s = "(null)";
 			len = strlen(s);
 			for (; width > len; width--, count++)
-				pchar(' ');
+				pchar(o, ' ');
 			for (; *s; s++, count++)
-				pchar(*s);
+				pchar(o, *s);
 			break;
 		}
 		case '%':
-			pchar('%');
+			pchar(o, '%');
 			count++;
 			break;
 		case '\0':		/* a lone '%' at the very end */
 			fmt--;
 			break;
 		default:		/* unknown: show it as written */
-			pchar('%');
-			pchar(*fmt);
+			pchar(o, '%');
+			pchar(o, *fmt);
 			count += 2;
 			break;
 		}
 	}
-	console_write(pbuf, plen);
-	plen = 0;
+	return count;
+}
+
+/*
+ * Each call formats into a buffer on its own stack, so an oops printed from
+ * a trap handler does not reuse the buffer of a printk it interrupted.
+ */
+int vprintk(const char *fmt, va_list ap)
+{
+	char buf[128];
+	struct sink out = { buf, sizeof(buf), 0, 1 };
+	int count = vformat(&out, fmt, ap);
+
+	console_write(out.buf, out.len);
 	return count;
 }
 
@@ -297,5 +318,20 @@ int printk(const char *fmt, ...)
 	va_start(ap, fmt);
 	n = vprintk(fmt, ap);
 	va_end(ap);
+	return n;
+}
+
+/* Format into @buf (always NUL-terminated if @size > 0), like snprintf. */
+int snprintk(char *buf, size_t size, const char *fmt, ...)
+{
+	struct sink out = { buf, size ? size - 1 : 0, 0, 0 };
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vformat(&out, fmt, ap);
+	va_end(ap);
+	if (size)
+		buf[out.len] = '\0';
 	return n;
 }

@@ -7,6 +7,7 @@
  * of the next synchronous hypercall, in order, and marks each slot free again.
  */
 #include "lguest.h"
+#include "irq.h"
 
 /* The address of the one instruction at which the Host may deliver an
  * interrupt "on top of" our iret frame (see lguest_iret in head.S). */
@@ -33,15 +34,18 @@ static unsigned int next_call;
  * ring is full: make this call synchronously, which makes the Host drain the
  * ring first, so the calls still happen in the order we issued them.
  *
- * (Linux disables interrupts around this; puppy never enables them.)
+ * Interrupts are off throughout: a handler that queued a call of its own
+ * between our look at the cursor and our advancing it would take our slot.
  */
 void async_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3, u32 arg4)
 {
+	u32 flags = local_irq_save();
 	volatile u8 *status = &lguest_data.hcall_status[next_call];
 	struct hcall_args *slot = &lguest_data.hcalls[next_call];
 
 	if (*status != HCALL_STATUS_FREE) {
 		hcall(call, arg1, arg2, arg3, arg4);
+		local_irq_restore(flags);
 		return;
 	}
 
@@ -61,4 +65,5 @@ void async_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3, u32 arg4)
 
 	if (++next_call == LHCALL_RING_SIZE)
 		next_call = 0;
+	local_irq_restore(flags);
 }

@@ -49,8 +49,19 @@
 #define BP_E820_MAP		0x2D0	/* { u64 addr; u64 size; u32 type; } */
 #define X86_SUBARCH_LGUEST	1
 
-/* Offset of lguest_data.irq_enabled, for the iret stub in head.S. */
+/* Offsets into lguest_data for the assembly stubs (head.S, entry.S). */
 #define LGUEST_DATA_irq_enabled	0
+#define LGUEST_DATA_irq_pending	20
+
+/* Our virtual EFLAGS.IF: the only "enabled" value we ever store. */
+#define X86_EFLAGS_IF		0x200
+
+/* Virtual irq n arrives through IDT vector FIRST_EXTERNAL_VECTOR + n. */
+#define FIRST_EXTERNAL_VECTOR	0x20
+#define PUPPY_NR_IRQS		16	/* vectors 0x20..0x2F */
+
+/* The kernel code selector the Host forces into every IDT gate. */
+#define KERNEL_CS		0x61
 
 #ifndef __ASSEMBLY__
 
@@ -88,6 +99,7 @@ struct lguest_data {
 };
 
 _Static_assert(sizeof(struct lguest_data) == 1388, "lguest_data size");
+_Static_assert(__builtin_offsetof(struct lguest_data, irq_pending) == LGUEST_DATA_irq_pending, "pending");
 _Static_assert(__builtin_offsetof(struct lguest_data, hcall_status) == 24, "status");
 _Static_assert(__builtin_offsetof(struct lguest_data, hcalls) == 88, "hcalls");
 _Static_assert(__builtin_offsetof(struct lguest_data, reserve_mem) == 1368, "reserve");

@@ -58,3 +58,20 @@ size_t strlen(const char *s)
 		n++;
 	return n;
 }
+
+/*
+ * 64-bit by 32-bit division without libgcc: long division in two steps of
+ * the CPU's own 64/32 "divl".  The high word is divided first; its
+ * remainder (< d) becomes the top half of the second dividend, which keeps
+ * the second quotient within 32 bits, so divl cannot overflow.
+ */
+u64 div_u64_rem(u64 n, u32 d, u32 *rem)
+{
+	u32 hi = (u32)(n >> 32), lo = (u32)n;
+	u32 q_hi = hi / d, r = hi % d, q_lo;
+
+	asm("divl %4" : "=a"(q_lo), "=d"(r) : "a"(lo), "d"(r), "rm"(d));
+	if (rem)
+		*rem = r;
+	return ((u64)q_hi << 32) | q_lo;
+}

@@ -1,13 +1,15 @@
 /*
- * main.c - puppy's C entry: a Guest that says hello and asks to be stopped.
+ * main.c - puppy's C entry: the order in which an lguest Guest comes alive.
  *
  * By the time head.S jumps here, the Host knows where lguest_data is and we
  * run on our own page table at our linked (virtual) addresses.  We show the
- * three ways a Guest talks to its Host: port I/O that the Launcher emulates
- * (the early console), hypercalls batched on the async ring, and plain
- * synchronous hypercalls (FLUSH_ASYNC, SHUTDOWN).
+ * ways a Guest talks to its Host: port I/O that the Launcher emulates (the
+ * early console), hypercalls batched on the async ring, plain synchronous
+ * hypercalls, and -- once the IDT is loaded -- traps and interrupts coming
+ * the other way.  Words on the command line run small demonstrations.
  */
 #include "puppy.h"
+#include "irq.h"
 #include "bench/bench.h"
 
 /* The boot page table maps at most this much, so it is all we may touch. */
@@ -15,10 +17,15 @@
 
 static const char *cmdline = "";
 
-/* Does the command line contain @word as a whole, space-separated word? */
-static int cmdline_has(const char *word)
+/*
+ * Find the whole, space-separated word on the command line that is @word,
+ * or (if @word ends in '=') that starts with it.  Returns what follows
+ * @word in it, or NULL if there is no such word.
+ */
+static const char *cmdline_find(const char *word)
 {
 	unsigned int len = strlen(word);
+	int prefix = len && word[len - 1] == '=';
 	const char *p = cmdline;
 
 	while (*p) {
@@ -29,13 +36,35 @@ static int cmdline_has(const char *word)
 		start = p;
 		while (*p && *p != ' ')
 			p++;
-		if ((unsigned int)(p - start) == len && !memcmp(start, word, len))
-			return 1;
+		if ((unsigned int)(p - start) < len || memcmp(start, word, len))
+			continue;
+		if (prefix || (unsigned int)(p - start) == len)
+			return start + len;
 	}
-	return 0;
+	return NULL;
 }
 
-static void __attribute__((noreturn)) shutdown(const char *why, u32 how)
+static int cmdline_has(const char *word)
+{
+	return cmdline_find(word) != NULL;
+}
+
+/* The decimal number after "@word=" (up to 9 digits), or -1 if none. */
+static int cmdline_number(const char *word)
+{
+	const char *p = cmdline_find(word);
+	int v = 0, digits = 0;
+
+	if (!p)
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++, digits++)
+		v = v * 10 + (*p - '0');
+	if (!digits || digits > 9 || (*p && *p != ' '))
+		return -1;
+	return v;
+}
+
+void shutdown(const char *why, u32 how)
 {
 	/* The Host wants a guest-physical address for the reason string. */
 	hcall(LHCALL_SHUTDOWN, __pa(why), how, 0, 0);
@@ -44,11 +73,70 @@ static void __attribute__((noreturn)) shutdown(const char *why, u32 how)
 		;
 }
 
+/* What the Host's processor looks like to us, once filtered. */
+static void show_cpu(void)
+{
+	u32 vendor[4], eax, ebx, ecx, edx;
+
+	/* The vendor string is spelled out in ebx, edx, ecx, in that order. */
+	puppy_cpuid(0, &eax, &vendor[0], &vendor[2], &vendor[1]);
+	vendor[3] = 0;
+	puppy_cpuid(1, &eax, &ebx, &ecx, &edx);
+	printk("puppy: cpu: %s family %u, features edx %08x ecx %08x\n",
+	       (const char *)vendor, (eax >> 8) & 0xF, edx, ecx);
+}
+
+/*
+ * sleep=<ms>: idle that long, then compare the ticks we counted with how
+ * far the Host's clock moved.  The difference of two nearby clock readings
+ * fits a 32-bit word for any sleep under four seconds; div_u64_rem copes
+ * with longer ones without needing 64-bit division from libgcc.
+ */
+static void sleep_test(u32 ms)
+{
+	u32 start, ticks;
+	u64 before, after;
+
+	/*
+	 * The clock only moves when an interrupt is delivered, so start on a
+	 * tick: then both readings are stamps of a tick's delivery, and we
+	 * measure the sleep rather than how long ago the last stamp was.
+	 */
+	start = jiffies;
+	while (jiffies == start)
+		idle();
+	start = jiffies;
+	before = clock_ns();
+	sleep_ms(ms);
+	ticks = jiffies - start;
+	after = clock_ns();
+	printk("puppy: slept %u ms: %u ticks, clock advanced %u ms\n",
+	       ms, ticks, (u32)div_u64_rem(after - before, 1000000, NULL));
+}
+
+/*
+ * fpu: lazy FPU switching.  With TS set the first FPU instruction traps
+ * (#NM); our handler clears TS and the instruction is retried.  This is
+ * the kernel's only FPU instruction, and it exists to be trapped.
+ */
+static void fpu_test(void)
+{
+	u32 before = nm_traps;
+
+	write_cr0(read_cr0() | 0x8);
+	asm volatile("fninit" ::: "memory");
+	if (nm_traps - before == 1)
+		printk("puppy: lazy FPU switch ok\n");
+	else
+		printk("puppy: lazy FPU switch FAILED\n");
+}
+
 void puppy_main(u32 boot_params_pa)
 {
 	const u8 *bp = __va(boot_params_pa);
 	u64 ram = *(const u64 *)(bp + BP_E820_MAP + 8);
 	u32 cmd_pa = *(const u32 *)(bp + BP_CMD_LINE_PTR);
+	int ms;
 
 	early_console_init();
 
@@ -70,14 +158,39 @@ void puppy_main(u32 boot_params_pa)
 	hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0, 0);
 	printk("puppy: async hypercalls flushed\n");
 
+	show_cpu();
+
+	/*
+	 * Gates first (until then any exception the Host must reflect kills
+	 * us), then the timer and its handler, and interrupts on last.
+	 */
+	idt_init();
+	time_init();
+	irq_enable();
+	printk("puppy: timer ticking at %u Hz\n", HZ);
+
+	ms = cmdline_number("sleep=");
+	if (ms >= 0)
+		sleep_test(ms);
+
+	if (cmdline_has("fpu"))
+		fpu_test();
+
 	if (cmdline_has("bench"))
 		printk("puppy: bench checksum 0x%08x\n", puppy_bench());
+
+	if (cmdline_has("oops"))
+		asm volatile("ud2");
+
+	if (cmdline_has("pf"))
+		(void)*(volatile u32 *)0xA0000000;
 
 	if (cmdline_has("restart")) {
 		printk("puppy: restart\n");
 		shutdown("Restarting", LGUEST_SHUTDOWN_RESTART);
 	}
 
+	printk("puppy: %u timer ticks\n", jiffies);
 	printk("puppy: power off\n");
 	shutdown("Power down", LGUEST_SHUTDOWN_POWEROFF);
 }

@@ -12,13 +12,17 @@ BANNER = "puppy 0.1: a paravirtualized guest for lguest (Linux 4.x ABI)"
 
 def test_lguest_run_boots_puppy(puppy) -> None:
     run = lguest("run")
-    assert run.stdout.splitlines() == [
-        BANNER,
-        'puppy: command line: ""',
-        "puppy: 64 MiB of RAM, lguest_data at 0x102020",
+    lines = run.stdout.splitlines()
+    assert lines[:2] == [BANNER, 'puppy: command line: ""']
+    assert lines[2].startswith("puppy: 64 MiB of RAM, lguest_data at 0x")
+    assert lines[3:] == [
         "puppy: async hypercalls flushed",
+        "puppy: cpu: GenuineIntel family 5, features edx 0780a151 ecx 00002201",
+        "puppy: timer ticking at 100 Hz",
+        lines[6],
         "puppy: power off",
     ]
+    assert lines[6].endswith(" timer ticks")
     assert (run.status, run.reason) == (0, "CRASH: Power down")
 
 
@@ -34,8 +38,9 @@ def test_puppy_follows_the_linux_boot_sequence(puppy) -> None:
     run = lguest("--trace=hcalls", "run")
     calls = [line.split("hcall ")[1].split("(")[0] for line in run.stderr.splitlines() if "hcall " in line]
     assert calls[:2] == ["LGUEST_INIT", "NEW_PGTABLE"]
-    assert calls[2:5] == ["TS", "TS", "FLUSH_TLB"]
-    assert calls[-2:] == ["FLUSH_ASYNC", "SHUTDOWN"]
+    assert calls[2:6] == ["TS", "TS", "FLUSH_TLB", "FLUSH_ASYNC"]
+    assert "LOAD_IDT_ENTRY" in calls and "SET_CLOCKEVENT" in calls
+    assert calls[-1] == "SHUTDOWN"
     assert " async" in run.stderr
 
 
@@ -56,3 +61,48 @@ def test_restart_reboots_the_guest_in_process(puppy) -> None:
         proc.kill()
         out, _ = proc.communicate()
     assert out.decode().count(BANNER) >= 3
+
+
+def child_cpu_seconds(*args: str):
+    """Run lguest; (its result, the CPU time the child process used)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = lguest(*args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return run, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def test_puppy_sleeps_on_timer_ticks_without_spinning(puppy) -> None:
+    """sleep=1000: ~100 ticks of the 100 Hz clock, the vCPU halted (not spinning) meanwhile."""
+    run, cpu_sleeping = child_cpu_seconds("run", "sleep=1000")
+    assert run.status == 0
+    line = next(line for line in run.stdout.splitlines() if line.startswith("puppy: slept"))
+    words = line.split()  # "puppy: slept 1000 ms: 100 ticks, clock advanced N ms"
+    assert words[2:5] == ["1000", "ms:", "100"]
+    assert 1000 <= int(words[8]) < 2000
+    _, cpu_plain = child_cpu_seconds("run")
+    # A spinning vCPU would burn about a second more than a plain boot; a halted one, little.
+    assert cpu_sleeping - cpu_plain < 0.5, (cpu_sleeping, cpu_plain)
+
+
+def test_puppy_lazy_fpu(puppy) -> None:
+    run = lguest("--trace=hcalls,traps", "run", "fpu")
+    assert "puppy: lazy FPU switch ok" in run.stdout
+    assert "trap 7 (NM)" in run.stderr
+    assert run.status == 0
+
+
+def test_puppy_oops_line_for_an_invalid_opcode(puppy) -> None:
+    run = lguest("run", "oops")
+    assert run.status == 1
+    assert run.reason.startswith("CRASH: oops: vector 6 (UD) at eip c01")
+    assert run.reason.endswith(" error 00000000 cr2 00000000")
+    assert f"puppy: {run.reason.removeprefix('CRASH: ')}" in run.stdout
+
+
+def test_puppy_oops_line_for_a_page_fault(puppy) -> None:
+    run = lguest("run", "pf")
+    assert run.status == 1
+    assert run.reason.startswith("CRASH: oops: vector 14 (PF) at eip c01")
+    assert run.reason.endswith(" error 00000000 cr2 a0000000")

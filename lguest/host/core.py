@@ -88,6 +88,7 @@ class Guest:
         self.ts = 0
         self.ss1 = 0
         self.esp1 = 0
+        self.stack_pages = 0
         self.irqs_pending = 0
         self._irq_lock = threading.Lock()
         self._wake = threading.Event()

@@ -60,7 +60,7 @@ def initialize(guest: Guest, args: HcallArgs) -> None:
         return
     guest.kernel_address = kernel_address
     # Our own writes above must not be hidden behind a stale translation.
-    guest.pages.flush()
+    guest.pages.clear_all()
 
 
 def do_async_hcalls(guest: Guest) -> None:
@@ -120,8 +120,8 @@ def hcall_new_pgtable(guest: Guest, pgdir: int, *_: int) -> None:
     guest.pages.new_pgtable(pgdir)
 
 
-def hcall_flush_tlb(guest: Guest, *_: int) -> None:
-    guest.pages.flush()
+def hcall_flush_tlb(guest: Guest, everything: int, *_: int) -> None:
+    guest.pages.flush_tlb(everything)
 
 
 def hcall_load_idt_entry(guest: Guest, num: int, lo: int, hi: int, *_: int) -> None:
@@ -136,12 +136,8 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
     if pages > 2:
         guest.kill(f"bad stack pages {pages}")
         return
-    guest.ss1, guest.esp1 = ss, esp
-    for i in range(pages):
-        page = (esp - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
-        if not guest.pages.stack_page_ok(page):
-            guest.kill(f"bad stack page {page:#x}")
-            return
+    guest.ss1, guest.esp1, guest.stack_pages = ss, esp, pages
+    guest.pages.pin_stack()
 
 
 def hcall_ts(guest: Guest, ts: int, *_: int) -> None:

@@ -4,13 +4,20 @@ The Guest keeps ordinary two-level i386 page tables in its own RAM.  The CPU nev
 walks them: every TLB miss in the emulator asks `translate`, which is lguest's
 `demand_page()`: walk the Guest's tables, check them, set ACCESSED/DIRTY, and
 answer with the physical page and the permissions the access may have, or refuse
-(the Switcher then reports a #PF with the error code we return).  Whatever the
-Guest changes in its tables reaches the CPU only after it tells us with a
-hypercall, which flushes the emulator's TLB.
+(the Switcher then reports a #PF with the error code we return).
+
+Like lguest we keep up to four shadows, one per Guest page directory recently
+used (`Shadow`): the Guest entries we validated, so that switching back to an
+address space answers misses without walking the Guest's tables again.  What the
+Guest changes in its tables reaches us only through hypercalls (SET_PTE,
+SET_PGD, FLUSH_TLB, NEW_PGTABLE); each drops what it invalidates, here and in the
+emulator's TLB.
 """
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lguest import abi
@@ -19,38 +26,85 @@ from lguest.host.cpu import PERM_EXEC, PERM_READ, PERM_WRITE
 if TYPE_CHECKING:
     from lguest.host.core import Guest
 
+SHADOW_SLOTS = 4
 # What linear mode pretends the Guest's tables say (§6.2).
-LINEAR_PGD = abi.PAGE_TABLE_FLAGS
 LINEAR_PTE_FLAGS = abi.PTE_PRESENT | abi.PTE_RW
+PGD_SPAN = 1 << abi.PGDIR_SHIFT
+
+
+@dataclass
+class Shadow:
+    """One shadowed Guest page directory: the Guest PTEs we have validated, by page."""
+
+    pgdir: int
+    ptes: dict[int, int] = field(default_factory=dict)
+
+    def drop_user_part(self, kernel_address: int) -> None:
+        self.ptes = {page: pte for page, pte in self.ptes.items() if page >= kernel_address}
+
+    def drop_range(self, start: int, end: int) -> None:
+        self.ptes = {page: pte for page, pte in self.ptes.items() if not start <= page < end}
 
 
 class PageTables:
     def __init__(self, guest: Guest) -> None:
         self.guest = guest
         self.linear = True  # until the first NEW_PGTABLE
-        self.pgdir = 0  # gpa of the Guest's current page directory
+        self.shadows: list[Shadow] = []
+        self.current = Shadow(0)  # linear mode's blank shadow
         self.pfn_limit = guest.mem.size >> abi.PAGE_SHIFT
         self.device_limit = self.pfn_limit
+        self.filled: set[int] = set()  # pages the emulator's TLB may hold since its last flush
+
+    @property
+    def pgdir(self) -> int:
+        return self.current.pgdir
 
     # --- demand_page ------------------------------------------------------------------------
     def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int] | int:
         """Answer one TLB miss (§6.3): (physical page, permissions) or a #PF error code."""
+        page = vaddr & ~0xFFF
+        gpte = self.current.ptes.get(page)
+        if gpte is None or not self._allows(gpte, write, user) or (write and not gpte & abi.PTE_DIRTY):
+            gpte, error = self.demand_page(vaddr, write, user)
+            if gpte is None:
+                return error
+        self.filled.add(page)
+        return (gpte & ~0xFFF), self._permissions(gpte, write, fetch)
+
+    def demand_page(self, vaddr: int, write: bool, user: bool) -> tuple[int | None, int]:
+        """Walk and check the Guest's tables; remember the PTE.
+
+        (the Guest PTE, with ACCESSED/DIRTY set, 0) if fixed, else (None, #PF error code).
+        """
         error = abi.PF_WRITE * write | abi.PF_USER * user
         pte_gpa, gpte = self._walk(vaddr)
         if pte_gpa is None or not gpte & abi.PTE_PRESENT:
-            return error
-        if (write and not gpte & abi.PTE_RW) or (user and not gpte & abi.PTE_USER):
-            return error | 1  # present, but this access is not allowed
-        pfn = gpte >> abi.PAGE_SHIFT
-        if not gpte & abi.PTE_PSE and self.pfn_limit <= pfn < self.device_limit:
-            return error  # MMIO: never mapped as RAM
-        if gpte & abi.PTE_PSE or pfn >= self.pfn_limit:
-            self.guest.kill("bad page table entry")
-            return error
+            return None, error
+        if not self._allows(gpte, write, user):
+            return None, error | 1  # present, but this access is not allowed
+        if self._is_mmio(gpte) or not self._valid(gpte):
+            return None, error
         new = gpte | abi.PTE_ACCESSED | (abi.PTE_DIRTY if write else 0)
         if new != gpte and not self.linear:
             self.guest.mem.write_u32(pte_gpa, new)
-        return pfn << abi.PAGE_SHIFT, self._permissions(new, write, fetch)
+        self.current.ptes[vaddr & ~0xFFF] = new
+        return new, 0
+
+    @staticmethod
+    def _allows(gpte: int, write: bool, user: bool) -> bool:
+        return not ((write and not gpte & abi.PTE_RW) or (user and not gpte & abi.PTE_USER))
+
+    def _is_mmio(self, gpte: int) -> bool:
+        """A page of a device's window: never mapped as RAM (§6.3 step 5)."""
+        return not gpte & abi.PTE_PSE and self.pfn_limit <= gpte >> abi.PAGE_SHIFT < self.device_limit
+
+    def _valid(self, gpte: int) -> bool:
+        """No 4 MiB pages and nothing outside RAM (§6.3 step 6): else the Guest dies."""
+        if gpte & abi.PTE_PSE or gpte >> abi.PAGE_SHIFT >= self.pfn_limit:
+            self.guest.kill("bad page table entry")
+            return False
+        return True
 
     @staticmethod
     def _permissions(gpte: int, write: bool, fetch: bool) -> int:
@@ -58,7 +112,8 @@ class PageTables:
 
         Code is never writable through the TLB, so Guest stores don't hit QEMU's
         self-modifying-code path; data is writable only once the Guest PTE is dirty,
-        so the first write to a clean page comes back to us to set DIRTY.
+        so the first write to a clean page comes back to us to set DIRTY (a read
+        fault maps it write-protected, as lguest's shadow does).
         """
         if fetch:
             return PERM_EXEC
@@ -104,31 +159,95 @@ class PageTables:
             return None
         return (gpte & ~0xFFF) | (vaddr & 0xFFF)
 
-    # --- what the hypercalls change ---------------------------------------------------------
+    # --- the emulator's TLB ---------------------------------------------------------------
     def flush(self) -> None:
         """Forget every translation the emulator has cached."""
         self.guest.cpu.flush_tlb()
+        self.filled.clear()
 
+    def _flush_if_filled(self, start: int, end: int) -> None:
+        """Flush only if the emulator may hold a translation in [start, end)."""
+        if any(start <= page < end for page in self.filled):
+            self.flush()
+
+    # --- what the hypercalls change ---------------------------------------------------------
     def new_pgtable(self, pgdir: int) -> None:
-        """NEW_PGTABLE (§6.4): switch to the Guest's page directory at `pgdir`."""
-        self.linear = False
-        self.pgdir = pgdir
+        """NEW_PGTABLE (§6.4): switch to the shadow of the Guest's directory at `pgdir`."""
+        if self.linear:
+            self.linear = False
+            self.shadows = []
+        shadow = next((s for s in self.shadows if s.pgdir == pgdir), None)
+        if shadow is None:
+            shadow = self._new_shadow(pgdir)
+        self.current = shadow
+        self.flush()
+        if not shadow.ptes:
+            self.pin_stack()
+
+    def _new_shadow(self, pgdir: int) -> Shadow:
+        """A free slot, or a random victim keeping its kernel part (identical in all)."""
+        if len(self.shadows) < SHADOW_SLOTS:
+            shadow = Shadow(pgdir)
+            self.shadows.append(shadow)
+            return shadow
+        shadow = random.choice(self.shadows)
+        shadow.pgdir = pgdir
+        shadow.drop_user_part(self.guest.kernel_address)
+        return shadow
+
+    def flush_tlb(self, everything: int) -> None:
+        """FLUSH_TLB (§6.5): 0 drops the current user part; else every shadow entirely."""
+        if everything:
+            self.clear_all()
+            return
+        self.current.drop_user_part(self.guest.kernel_address)
         self.flush()
 
+    def clear_all(self) -> None:
+        """Throw away every shadow entry, kernel part included, and re-pin the stack."""
+        for shadow in self.shadows:
+            shadow.ptes.clear()
+        self.current.ptes.clear()
+        self.flush()
+        self.pin_stack()
+
     def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
-        """SET_PTE (§6.6): the Guest changed one PTE."""
+        """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used."""
         if vaddr >= abi.SWITCHER_ADDR:
             self.guest.kill("attempt to set pte into Switcher pages")
             return
-        self.flush()
+        page = vaddr & ~0xFFF
+        kernel = vaddr >= self.guest.kernel_address
+        shadows = self.shadows if kernel else [s for s in self.shadows if s.pgdir == pgdir]
+        prefill = bool(pte & (abi.PTE_ACCESSED | abi.PTE_DIRTY)) and pte & abi.PTE_PRESENT
+        if prefill and (self._is_mmio(pte) or not self._valid(pte)):
+            prefill = False
+        for shadow in shadows:
+            if prefill:
+                shadow.ptes[page] = pte
+            else:
+                shadow.ptes.pop(page, None)
+        if kernel or self.current in shadows:
+            self._flush_if_filled(page, page + abi.PAGE_SIZE)
 
     def set_pgd(self, pgdir: int, index: int) -> None:
         """SET_PGD (§6.7).  We reject index 1024 too, where the original tested `>`."""
         if index >= abi.PTRS_PER_PGD:
             self.guest.kill(f"Attempt to set pgd {index}/{abi.PTRS_PER_PGD}")
             return
-        self.flush()
+        start = index << abi.PGDIR_SHIFT
+        for shadow in self.shadows:
+            if shadow.pgdir == pgdir:
+                shadow.drop_range(start, start + PGD_SPAN)
+                if shadow is self.current:
+                    self._flush_if_filled(start, start + PGD_SPAN)
 
-    def stack_page_ok(self, vaddr: int) -> bool:
-        """Is this stack page present and writable for the Guest kernel (§6.8)?"""
-        return not isinstance(self.translate(vaddr, True, False, False), int)
+    # --- the kernel stack (§6.8) ----------------------------------------------------------------
+    def pin_stack(self) -> None:
+        """Make sure the SET_STACK pages are mapped and writable (else `bad stack page`)."""
+        guest = self.guest
+        for i in range(guest.stack_pages):
+            page = (guest.esp1 - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
+            if isinstance(self.translate(page, True, False, False), int):
+                guest.kill(f"bad stack page {page:#x}")
+                return

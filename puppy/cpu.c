@@ -1,0 +1,79 @@
+/*
+ * cpu.c - the CPU a Guest believes it has: filtered cpuid, a virtual CR0.
+ *
+ * cpuid is not privileged, so a Guest sees the real processor.  But some
+ * of what it advertises cannot work under lguest (sysenter, NX, PGE's
+ * global pages, the APIC...) or would lead the kernel to instructions that
+ * trap (family 6 Intel early setup reads an MSR).  So the Guest masks what
+ * cpuid says before believing it.
+ *
+ * CR0 is privileged.  The only bit a Guest cares about is TS (task
+ * switched), which makes the next FPU instruction trap with #NM: the basis
+ * of lazy FPU switching.  We keep our own copy of CR0 and tell the Host
+ * about TS with the TS hypercall.
+ */
+#include "puppy.h"
+
+#define X86_CR0_TS	0x8
+
+void puppy_cpuid(u32 leaf, u32 *eax, u32 *ebx, u32 *ecx, u32 *edx)
+{
+	u32 a, b, c, d;
+
+	asm volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(0));
+
+	switch (leaf) {
+	case 0:			/* highest standard leaf: no more than 5 */
+		if (a > 5)
+			a = 5;
+		break;
+	case 1:
+		/* Keep SSE3, SSSE3 and CMPXCHG16B, nothing else. */
+		c &= 0x00002201;
+		/* FPU, TSC, PAE, CX8, CMOV, MMX, FXSR, SSE, SSE2 only... */
+		d &= 0x07808151;
+		/* ...plus PGE, so that the kernel tells the Host which TLB
+		 * flushes may keep kernel mappings (FLUSH_TLB's argument). */
+		d |= 0x00002000;
+		/* Family 5: a "Pentium" skips the MSR-reading Intel quirks. */
+		a = (a & ~0xF00u) | 0x500;
+		break;
+	case 0x40000000:	/* a hypervisor signature: not ours, hide it */
+		b = c = d = 0;
+		break;
+	case 0x80000000:	/* highest extended leaf */
+		if (a > 0x80000008)
+			a = 0x80000008;
+		break;
+	case 0x80000001:	/* no NX: 2-level page tables have no NX bit */
+		d &= ~(1u << 20);
+		break;
+	}
+	*eax = a;
+	*ebx = b;
+	*ecx = c;
+	*edx = d;
+}
+
+/* Our private CR0: the Host only ever hears about TS. */
+static u32 current_cr0;
+
+u32 read_cr0(void)
+{
+	return current_cr0;
+}
+
+/* A hypercall costs a trip to the Host: only make one if TS changes. */
+void write_cr0(u32 val)
+{
+	if ((val ^ current_cr0) & X86_CR0_TS)
+		hcall(LHCALL_TS, val & X86_CR0_TS, 0, 0, 0);
+	current_cr0 = val;
+}
+
+/* "clts": clear TS, always telling the Host (it is what #NM waits for). */
+void clts(void)
+{
+	current_cr0 &= ~X86_CR0_TS;
+	hcall(LHCALL_TS, 0, 0, 0, 0);
+}

@@ -1,0 +1,68 @@
+/*
+ * irq.h - the Guest's interrupt flag is a word in memory.
+ *
+ * A native kernel turns interrupts off and on with cli/sti/pushf/popf.  An
+ * lguest Guest runs at ring 1, where those cannot touch the real flag, so
+ * the "flag" is lguest_data.irq_enabled: 0 means disabled, 0x200 enabled.
+ * Disabling and reading are single memory accesses (Linux patches them in
+ * inline); enabling may have to tell the Host about an interrupt it has been
+ * holding back, so that part lives in entry.S.
+ */
+#ifndef PUPPY_IRQ_H
+#define PUPPY_IRQ_H
+
+#include "lguest.h"
+
+/* "cli": the Host simply will not deliver while this is 0. */
+static inline void irq_disable(void)
+{
+	asm volatile("movl $0, %0" : "=m"(lguest_data.irq_enabled) : : "memory");
+}
+
+/* "pushf": only the IF bit means anything to the Host. */
+static inline u32 save_fl(void)
+{
+	u32 flags;
+
+	asm volatile("movl %1, %0" : "=r"(flags) : "m"(lguest_data.irq_enabled) : "memory");
+	return flags;
+}
+
+/* "sti" and "popf": lg_irq_enable / lg_restore_fl keep every register. */
+static inline void irq_enable(void)
+{
+	asm volatile("call lg_irq_enable" : : : "memory", "cc");
+}
+
+static inline void restore_fl(u32 flags)
+{
+	asm volatile("call lg_restore_fl" : : "a"(flags) : "memory", "cc");
+}
+
+/* A critical section that nests: remember the old state, then disable. */
+static inline u32 local_irq_save(void)
+{
+	u32 flags = save_fl();
+
+	irq_disable();
+	return flags;
+}
+
+#define local_irq_restore(flags)	restore_fl(flags)
+
+/* irq.c: the IDT, the lguest "interrupt controller", traps. */
+typedef void (*irq_handler_t)(unsigned int irq);
+
+struct trap_frame {		/* what the Host pushes (ring 1 to ring 1) */
+	u32 eip, cs, eflags;
+};
+
+void idt_init(void);
+void irq_mask(unsigned int irq);
+void irq_unmask(unsigned int irq);
+void request_irq(unsigned int irq, irq_handler_t handler);
+void do_trap(u32 vector, u32 error, struct trap_frame *frame);
+extern volatile int irq_work;		/* set by every irq handled */
+extern volatile unsigned int nm_traps;		/* #NM traps taken */
+
+#endif /* PUPPY_IRQ_H */
