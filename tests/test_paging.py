@@ -1,0 +1,473 @@
+"""Shadow paging (spec §6) and segments (§5), from real guests, hostile ones included."""
+
+from __future__ import annotations
+
+from conftest import lguest, make_guest
+
+POWER_OFF = (0, "CRASH: Power down")
+FAIL = """
+fail:	SHUTDOWN $failed
+failed:	.asciz "check failed"
+"""
+
+# A second page table and page directories to play with, and helpers in assembly:
+# map_page(pt in %ebx, vaddr in %ecx, pte in %edx) stores a PTE and tells the Host.
+EXTRA = """
+	.bss
+	.p2align 12
+pt2:	.space 4096
+dir_a:	.space 4096
+dir_b:	.space 4096
+frames:	.space 4096 * 8
+	.text
+/* Store PTE %edx for vaddr %ecx in the page table at %ebx (index from bits 12-21). */
+set_pte_in:
+	pushl %eax
+	movl %ecx, %eax
+	shrl $12, %eax
+	andl $0x3ff, %eax
+	movl %edx, (%ebx,%eax,4)
+	popl %eax
+	ret
+"""
+
+
+def run_ok(elf) -> None:
+    run = lguest("32", str(elf))
+    assert (run.status, run.reason) == POWER_OFF, run.stderr
+
+
+def kill_reason(elf) -> str:
+    run = lguest("32", str(elf))
+    assert run.status == 1
+    return run.reason
+
+
+# --- malformed Guest page tables kill (§6.3) ---------------------------------------------------
+
+def test_directory_entry_with_extra_flags(asm_guest) -> None:
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $pt2 + 0x0e7, page_dir + 4		/* PSE: 4 MiB pages are not allowed */
+	HCALL LHCALL_SET_PGD, $page_dir, $1
+	movl 0x400000, %eax
+""")) == "bad page directory entry"
+
+
+def test_directory_entry_outside_ram(asm_guest) -> None:
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $0x3000067, page_dir + 4		/* page table at 48 MiB: beyond 32 MiB of RAM */
+	HCALL LHCALL_SET_PGD, $page_dir, $1
+	movl 0x400000, %eax
+""")) == "bad page directory entry"
+
+
+def test_pte_with_pse_bit(asm_guest) -> None:
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $0x3000e7, %edx
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+	movl 0x300000, %eax
+""")) == "bad page table entry"
+
+
+def test_pte_outside_ram_and_devices(asm_guest) -> None:
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $0x8000067, %edx			/* 128 MiB: no RAM, no device */
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+	movl 0x300000, %eax
+""")) == "bad page table entry"
+
+
+def test_set_pte_of_a_bad_entry_kills_at_once_when_prefilled(asm_guest) -> None:
+    """SET_PTE with ACCESSED set is validated and installed immediately (§6.6)."""
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	HCALL LHCALL_SET_PTE, $page_dir, $0x300000, $0x8000067
+	POWEROFF
+""")) == "bad page table entry"
+
+
+def test_pte_pointing_at_a_device_is_never_ram(asm_guest) -> None:
+    """The Launcher's MMIO pages fault instead of being mapped (§6.3 step 5)."""
+    run_ok(asm_guest(EXTRA + """
+pf_handler:
+	cmpl $0x300010, lguest_data + LD_CR2
+	jne fail
+	POWEROFF
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 14, pf_handler
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $0x2100067, %edx			/* the console's BAR0 page */
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+	movl 0x300010, %eax
+	jmp fail
+""" + FAIL))
+
+
+# --- permissions and error codes (§6.3 step 4) -------------------------------------------------
+
+PF_CHECK = """
+pf_handler:
+	movl (%esp), %eax
+	cmpl expected, %eax
+	jne fail
+	movl lguest_data + LD_CR2, %eax
+	cmpl expected_cr2, %eax
+	jne fail
+	POWEROFF
+	.data
+expected: .long 0
+expected_cr2: .long 0
+	.text
+""" + FAIL
+
+
+def pf_guest(asm_guest, pte: int, access: str, err: int, user: bool = False):
+    to_user = "TO_USER user\nuser:" if user else ""
+    return asm_guest(EXTRA + PF_CHECK + f"""
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 14, pf_handler
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl ${pte:#x}, %edx
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+	movl ${err}, expected
+	movl $0x300008, expected_cr2
+	{to_user}
+	{access}
+	jmp .
+""")
+
+
+def test_write_to_read_only_page_from_ring1(asm_guest) -> None:
+    run_ok(pf_guest(asm_guest, 0x300065, "movl $1, 0x300008", 3))
+
+
+def test_write_to_read_only_page_from_ring3(asm_guest) -> None:
+    run_ok(pf_guest(asm_guest, 0x300065, "movl $1, 0x300008", 7, user=True))
+
+
+def test_user_read_of_supervisor_page(asm_guest) -> None:
+    run_ok(pf_guest(asm_guest, 0x300063, "movl 0x300008, %eax", 5, user=True))
+
+
+def test_not_present_read_and_write(asm_guest) -> None:
+    run_ok(pf_guest(asm_guest, 0x300066, "movl 0x300008, %eax", 0))
+    run_ok(pf_guest(asm_guest, 0x300066, "movl %eax, 0x300008", 6, user=True))
+
+
+# --- accessed and dirty (§6.3 steps 7-10) ---------------------------------------------------
+
+def test_accessed_and_dirty_bits_are_written_back(asm_guest) -> None:
+    run_ok(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $0x300007, %edx			/* present, rw, user; not accessed, not dirty */
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+	movl 0x300000, %eax			/* a read: accessed, still clean */
+	movl page_table + 0x300 * 4, %eax
+	cmpl $0x300027, %eax
+	jne fail
+	movl $5, 0x300004			/* the first write faults again: now dirty */
+	movl page_table + 0x300 * 4, %eax
+	cmpl $0x300067, %eax
+	jne fail
+	POWEROFF
+""" + FAIL))
+
+
+# --- what the hypercalls change ------------------------------------------------------------
+
+def test_set_pte_remaps_and_a_silent_change_stays_stale(asm_guest) -> None:
+    """Changing a PTE without telling the Host keeps the old mapping until a flush."""
+    run_ok(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $0x11111111, frames
+	movl $0x22222222, frames + 4096
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $frames + 0x67, %edx
+	call set_pte_in
+	HCALL LHCALL_SET_PTE, $page_dir, $0x300000, $frames + 0x67
+	cmpl $0x11111111, 0x300000
+	jne fail
+	movl $page_table, %ebx			/* (HCALL clobbers ebx, ecx, edx, esi) */
+	movl $0x300000, %ecx
+	movl $frames + 4096 + 0x67, %edx
+	call set_pte_in				/* silently */
+	cmpl $0x11111111, 0x300000		/* the shadow still has the old page */
+	jne fail
+	HCALL LHCALL_FLUSH_TLB, $0		/* the user part is dropped */
+	cmpl $0x22222222, 0x300000
+	jne fail
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $frames + 0x67, %edx
+	call set_pte_in
+	HCALL LHCALL_SET_PTE, $page_dir, $0x300000, $frames + 0x67
+	cmpl $0x11111111, 0x300000
+	jne fail
+	POWEROFF
+""" + FAIL))
+
+
+def test_set_pgd_replaces_a_whole_table(asm_guest) -> None:
+    run_ok(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $0x33333333, frames
+	movl $pt2, %ebx
+	movl $0x400000, %ecx
+	movl $frames + 0x67, %edx
+	call set_pte_in
+	movl $pt2 + 0x67, page_dir + 4
+	HCALL LHCALL_SET_PGD, $page_dir, $1
+	cmpl $0x33333333, 0x400000
+	jne fail
+	movl $0, page_dir + 4
+	HCALL LHCALL_SET_PGD, $page_dir, $1
+	GATE 14, gone
+	movl 0x400000, %eax
+	jmp fail
+gone:	POWEROFF
+""" + FAIL))
+
+
+# Two address spaces sharing the first 4 MiB (identity) and the kernel half at 0xC0000000.
+TWO_SPACES = EXTRA + """
+	.bss
+	.p2align 12
+kernel_pt: .space 4096
+user_a:	.space 4096
+user_b:	.space 4096
+	.text
+make_spaces:
+	movl $page_table + 0x67, dir_a
+	movl $page_table + 0x67, dir_b
+	movl $kernel_pt + 0x67, dir_a + 768 * 4
+	movl $kernel_pt + 0x67, dir_b + 768 * 4
+	movl $user_a + 0x67, dir_a + 1 * 4	/* 0x400000: private in each */
+	movl $user_b + 0x67, dir_b + 1 * 4
+	movl $frames + 0x67, kernel_pt		/* 0xC0000000 -> frame 0 */
+	movl $frames + 4096 + 0x67, user_a	/* 0x400000 in A -> frame 1 */
+	movl $frames + 8192 + 0x67, user_b	/* 0x400000 in B -> frame 2 */
+	movl $0xaaaa, frames + 4096
+	movl $0xbbbb, frames + 8192
+	movl $0xc0c0, frames
+	ret
+"""
+
+
+def test_kernel_half_changes_reach_every_shadow(asm_guest) -> None:
+    run_ok(asm_guest(TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	HCALL LHCALL_NEW_PGTABLE, $dir_b
+	cmpl $0xc0c0, 0xc0000000
+	jne fail
+	cmpl $0xbbbb, 0x400000
+	jne fail
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	movl $frames + 12288 + 0x67, kernel_pt	/* the kernel page moves */
+	movl $0xdddd, frames + 12288
+	HCALL LHCALL_SET_PTE, $dir_a, $0xc0000000, $frames + 12288 + 0x67
+	HCALL LHCALL_NEW_PGTABLE, $dir_b
+	cmpl $0xdddd, 0xc0000000		/* B's shadow saw it too */
+	jne fail
+	POWEROFF
+""" + FAIL))
+
+
+def test_more_address_spaces_than_shadow_slots(asm_guest) -> None:
+    """Eight directories, one private page each, visited round and round: evictions are safe."""
+    run_ok(asm_guest(EXTRA + """
+	.bss
+	.p2align 12
+dirs:	.space 4096 * 8
+pts:	.space 4096 * 8
+	.text
+test_main:
+	INIT
+	call setup_user_paging
+	xorl %esi, %esi
+1:	movl %esi, %eax
+	shll $12, %eax
+	leal dirs(%eax), %edi			/* directory esi */
+	movl $page_table + 0x67, (%edi)
+	leal pts(%eax), %ebx
+	leal 0x67(%ebx), %edx
+	movl %edx, 4(%edi)			/* 0x400000 -> its own table */
+	leal frames(%eax), %edx
+	movl %esi, (%edx)			/* the frame holds its number */
+	orl $0x67, %edx
+	movl %edx, (%ebx)
+	incl %esi
+	cmpl $8, %esi
+	jne 1b
+	movl $200, %ebp				/* rounds */
+2:	xorl %edi, %edi				/* (HCALL clobbers ebx, ecx, edx, esi) */
+3:	movl %edi, %eax
+	shll $12, %eax
+	leal dirs(%eax), %edx
+	HCALL LHCALL_NEW_PGTABLE, %edx
+	cmpl %edi, 0x400000
+	jne fail
+	incl %edi
+	cmpl $8, %edi
+	jne 3b
+	decl %ebp
+	jnz 2b
+	POWEROFF
+""" + FAIL))
+
+
+# --- the kernel stack (§6.8) ------------------------------------------------------------------
+
+def test_stack_must_be_mapped_in_every_new_space(asm_guest) -> None:
+    """A blank shadow re-pins the SET_STACK pages: a space without them is fatal."""
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging			/* SET_STACK(kstack_top, 1 page) */
+	HCALL LHCALL_NEW_PGTABLE, $dir_a	/* an empty directory */
+""")).startswith("bad stack page 0x")
+
+
+def test_set_stack_on_unmapped_pages(asm_guest) -> None:
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	HCALL LHCALL_SET_STACK, $0x69, $0x900000, $2
+""")) == "bad stack page 0x8fffff"
+
+
+# --- isolation: what a hostile Guest kernel cannot make the Host do -----------------------------
+
+def test_guest_kernel_cannot_map_host_memory(asm_guest) -> None:
+    """Every PTE the Host installs points inside Guest RAM: beyond it the Guest dies."""
+    assert kill_reason(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $0xfffff067, %edx
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+	movl $1, 0x300000
+""")) == "bad page table entry"
+
+
+def test_guest_cannot_map_the_switcher(asm_guest) -> None:
+    """Directory entry 1023 pointing at a table: addresses there still fault (§6.3 step 1)."""
+    run_ok(asm_guest(EXTRA + PF_CHECK + """
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 14, pf_handler
+	movl $pt2 + 0x67, page_dir + 1023 * 4
+	movl $frames + 0x67, pt2 + 0x100 * 4	/* 0xFFD00000 -> a frame of ours */
+	HCALL LHCALL_SET_PGD, $page_dir, $1023
+	movl $0, expected
+	movl $0xffd00008, expected_cr2
+	movl 0xffd00008, %eax
+	jmp fail
+"""))
+
+
+# --- segments (§5) ------------------------------------------------------------------------------
+
+def test_gdt_entries_are_fixed_up(asm_guest) -> None:
+    elf = asm_guest("""
+test_main:
+	INIT
+	HCALL LHCALL_LOAD_GDT_ENTRY, $20, $0x0000ffff, $0x00cf9200	/* DPL 0, not accessed */
+	HCALL LHCALL_LOAD_GDT_ENTRY, $21, $0x0000ffff, $0x00cff200	/* DPL 3 */
+	HCALL LHCALL_LOAD_GDT_ENTRY, $10, $0x12345678, $0x9abcdef0	/* the Host's own */
+	movl $0xa1, %eax
+	movl %eax, %fs				/* usable at ring 1 now */
+	movl %fs:lguest_data, %eax
+	POWEROFF
+""")
+    guest = make_guest(elf)
+    assert guest.run().reason == "CRASH: Power down"
+    assert guest.segments.gdt[20] == (0x0000FFFF, 0x00CFB300)  # DPL 1, accessed
+    assert guest.segments.gdt[21] == (0x0000FFFF, 0x00CFF300)  # DPL 3 kept, accessed
+    assert guest.cpu.gdt[10] == (0x0000FFFF, 0x00CF9B00)  # the Switcher's, untouched
+
+
+def test_load_tls(asm_guest) -> None:
+    elf = asm_guest("""
+test_main:
+	INIT
+	HCALL LHCALL_LOAD_TLS, $tls
+	movl $0x33, %eax			/* entry 6, RPL 3: DPL 3 */
+	movl %eax, %gs
+	cmpl $0x5678, %gs:8			/* the word after the descriptor */
+	jne fail
+	POWEROFF
+	.data
+	.p2align 12
+tls:	.long 0x0000ffff, 0x00cff200		/* base filled in below */
+	.long 0x5678
+	.long 0, 0, 0, 0
+	.text
+""" + FAIL)
+    guest = make_guest(elf)
+    # The descriptor's base is the address of `tls` itself: patch it in before running.
+    from conftest import symbol
+    tls = symbol(elf, "tls")
+    lo, hi = 0x0000FFFF | (tls & 0xFFFF) << 16, 0x00CFF200 | (tls >> 16) & 0xFF | tls & 0xFF000000
+    guest.mem.write(tls, lo.to_bytes(4, "little") + hi.to_bytes(4, "little"))
+    assert guest.run().reason == "CRASH: Power down"
+    assert guest.segments.gdt[6][1] & 0x100  # accessed
+
+
+def test_call_gate_is_never_installed(asm_guest) -> None:
+    """A call gate to the Switcher's ring-0 code would be a door out: it never reaches the GDT."""
+    reason = kill_reason(asm_guest("""
+test_main:
+	INIT
+	/* a 32-bit call gate, DPL 3, to 0x50:0x1000 */
+	HCALL LHCALL_LOAD_GDT_ENTRY, $20, $0x00501000, $0x0000ec00
+	lcall $0xa3, $0
+"""))
+    assert reason.startswith("unhandled trap 13 at 0x")
