@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from lguest.host.core import Guest
 
 HcallArgs = tuple[int, int, int, int, int]  # arg0 (the number) .. arg4
+HCALL_REGS = ("eax", "ebx", "ecx", "edx", "esi")  # §1.1: where arg0..arg4 travel
 
 
 def do_hypercalls(guest: Guest) -> None:
     """Run the pending synchronous hypercall (and first, the async ring)."""
-    cpu = guest.cpu
-    args: HcallArgs = (cpu.get("eax"), cpu.get("ebx"), cpu.get("ecx"), cpu.get("edx"), cpu.get("esi"))
+    args: HcallArgs = tuple(guest.cpu.get_many(HCALL_REGS))  # type: ignore[assignment]
     if guest.lguest_data is None:
         initialize(guest, args)
         return
