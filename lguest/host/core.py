@@ -13,6 +13,7 @@ import ctypes
 import mmap
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -130,6 +131,12 @@ class Guest:
             return False
         self.cpu.set(PT_REG_NAMES[offset], value)
         return True
+
+    def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        """Give a Launcher device window (page-aligned) to the Guest's physical map."""
+        self.cpu.map_mmio(gpa, size, read, write)
+        self.pages.mmio_pages.update(range(gpa >> abi.PAGE_SHIFT, (gpa + size) >> abi.PAGE_SHIFT))
 
     def inject_trap(self, num: int, errcode: int = 0) -> bool:
         """LHREQ_TRAP: deliver a trap into the Guest now; False if it has no handler."""

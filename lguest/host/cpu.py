@@ -379,6 +379,13 @@ class Switcher:
             return Exit(ExitKind.HALTED)
         return exit_
 
+    def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        """Put a device window in the emulator's physical map: its loads and stores
+        become calls, whatever instruction makes them (no decoding, unlike lguest)."""
+        self.uc.mmio_map(gpa, size, lambda uc, offset, width, _: read(offset, width), None,
+                         lambda uc, offset, width, value, _: write(offset, width, value), None)
+
     def set_task_switched(self, ts: bool) -> None:
         """Mirror the Guest's wish for CR0.TS: then the first FPU instruction is #NM."""
         cr0 = self.uc.reg_read(UC_X86_REG_CR0)

@@ -55,6 +55,7 @@ class PageTables:
         self.pfn_limit = guest.mem.size >> abi.PAGE_SHIFT
         self.device_limit = self.pfn_limit
         self.filled: set[int] = set()  # pages the emulator's TLB may hold since its last flush
+        self.mmio_pages: set[int] = set()  # device windows the Launcher mapped (pfns)
 
     @property
     def pgdir(self) -> int:
@@ -66,13 +67,14 @@ class PageTables:
         page = vaddr & ~0xFFF
         gpte = self.current.ptes.get(page)
         if gpte is None or not self._allows(gpte, write, user) or (write and not gpte & abi.PTE_DIRTY):
-            gpte, error = self.demand_page(vaddr, write, user)
+            gpte, error = self.demand_page(vaddr, write, user, fetch)
             if gpte is None:
                 return error
         self.filled.add(page)
         return (gpte & ~0xFFF), self._permissions(gpte, write, fetch)
 
-    def demand_page(self, vaddr: int, write: bool, user: bool) -> tuple[int | None, int]:
+    def demand_page(self, vaddr: int, write: bool, user: bool,
+                    fetch: bool = False) -> tuple[int | None, int]:
         """Walk and check the Guest's tables; remember the PTE.
 
         (the Guest PTE, with ACCESSED/DIRTY set, 0) if fixed, else (None, #PF error code).
@@ -83,7 +85,12 @@ class PageTables:
             return None, error
         if not self._allows(gpte, write, user):
             return None, error | 1  # present, but this access is not allowed
-        if self._is_mmio(gpte) or not self._valid(gpte):
+        if self._is_mmio(gpte):
+            # A device window: straight to the device's registers (never to RAM, never run).
+            if gpte >> abi.PAGE_SHIFT in self.mmio_pages and not fetch:
+                return gpte | abi.PTE_DIRTY, 0
+            return None, error
+        if not self._valid(gpte):
             return None, error
         new = gpte | abi.PTE_ACCESSED | (abi.PTE_DIRTY if write else 0)
         if new != gpte and not self.linear:

@@ -1,0 +1,1 @@
+"""virtio 1.0 devices over PCI: the transport, the split virtqueues, and the devices."""

@@ -1,0 +1,154 @@
+"""Split virtqueues (virtio 1.0 §2.4), as the Launcher's devices consume them.
+
+The Guest puts chains of descriptors in a ring in its own memory; a device takes
+them (`pop`), reads the "out" buffers, fills the "in" ones, and hands the chain
+back on the used ring (`push`).  Every pointer and index comes from the Guest, so
+each is checked (spec §8.4) and a violation ends the Guest with the original's
+message: `<dev> vq <name>: bad driver: <msg>`.  Buffers are memoryviews straight
+into Guest RAM: no copies.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+DESC_SIZE = 16
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+VRING_AVAIL_F_NO_INTERRUPT = 1
+VIRTIO_RING_F_INDIRECT_DESC = 28
+DEFAULT_SIZE = 256
+
+
+class BadDriver(Exception):
+    """Raised inside the queue code; the device turns it into a fatal Guest death."""
+
+
+@dataclass
+class Chain:
+    """One request: its head index, readable ("out") and writable ("in") buffers."""
+
+    head: int
+    out: list[memoryview] = field(default_factory=list)
+    into: list[memoryview] = field(default_factory=list)
+
+    def out_bytes(self) -> bytes:
+        return b"".join(bytes(b) for b in self.out)
+
+
+class Virtqueue:
+    def __init__(self, name: str, ram: mmap.mmap, ram_size: int) -> None:
+        self.name = name
+        self.ram = ram
+        self.view = memoryview(ram)
+        self.ram_size = ram_size
+        self.notified = threading.Event()
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state after a device reset (§7.3: size 256, disabled)."""
+        self.size = DEFAULT_SIZE
+        self.enabled = False
+        self.desc = self.avail = self.used = 0
+        self.high = 0  # OR of the three high halves: must stay 0 on a 32-bit Guest
+        self.last_avail = 0
+        self.indirect = False  # VIRTIO_RING_F_INDIRECT_DESC negotiated
+
+    # --- enabling --------------------------------------------------------------------
+    def check(self) -> None:
+        """What the Launcher checks when the Guest enables the queue (§7.3)."""
+        if self.high:
+            raise BadDriver("invalid 64-bit queue address")
+        if self.desc % 16 or self.avail % 2 or self.used % 4:
+            raise BadDriver("invalid alignment in queue addresses")
+        self._pointer(self.desc, DESC_SIZE * self.size)
+        self._pointer(self.avail, 4 + 2 * self.size)
+        self._pointer(self.used, 4 + 8 * self.size)
+        flags = self._u16(self.used)
+        if flags:
+            raise BadDriver(f"invalid initial used.flags {flags:#x}")
+
+    def _pointer(self, gpa: int, size: int) -> memoryview:
+        """A window of Guest RAM the Guest handed us: entirely inside RAM, or fatal."""
+        if gpa < 0 or gpa + size > self.ram_size or gpa + size < gpa:
+            raise BadDriver(f"Invalid address {gpa:#x}")
+        return self.view[gpa:gpa + size]
+
+    def _u16(self, gpa: int) -> int:
+        return struct.unpack_from("<H", self.ram, gpa)[0]
+
+    # --- the driver's side of the rings ------------------------------------------------
+    def available(self) -> bool:
+        return self.enabled and self._u16(self.avail + 2) != self.last_avail
+
+    def wants_interrupt(self) -> bool:
+        return not self._u16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT
+
+    def pop(self) -> Chain | None:
+        """The next available chain, validated; None if the Guest has offered none."""
+        avail_idx = self._u16(self.avail + 2)
+        if avail_idx == self.last_avail:
+            return None
+        if (avail_idx - self.last_avail) & 0xFFFF > self.size:
+            raise BadDriver(f"Guest moved used index from {self.last_avail} to {avail_idx}")
+        head = self._u16(self.avail + 4 + 2 * (self.last_avail % self.size))
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        if head >= self.size:
+            raise BadDriver(f"Guest says index {head} is available")
+        return self._chain(head)
+
+    def _chain(self, head: int) -> Chain:
+        chain = Chain(head)
+        table, limit, i = self.desc, self.size, head
+        addr, length, flags, _ = self._descriptor(table, i)
+        if flags & VRING_DESC_F_INDIRECT:
+            if not self.indirect:
+                raise BadDriver("vq indirect not negotiated")
+            if flags & VRING_DESC_F_NEXT:
+                raise BadDriver("indirect and next together")
+            if length % DESC_SIZE:
+                raise BadDriver("Invalid size for indirect table")
+            limit = length // DESC_SIZE
+            if limit > self.size:
+                raise BadDriver("indirect has too many entries")
+            self._pointer(addr, length)
+            table, i = addr, 0
+        while True:
+            addr, length, flags, next_ = self._descriptor(table, i)
+            if flags & VRING_DESC_F_INDIRECT:
+                raise BadDriver("Indirect within indirect")
+            buffer = self._pointer(addr, length)
+            if flags & VRING_DESC_F_WRITE:
+                chain.into.append(buffer)
+            elif chain.into:
+                raise BadDriver("Descriptor has out after in")
+            else:
+                chain.out.append(buffer)
+            if len(chain.out) + len(chain.into) > limit:
+                raise BadDriver("Looped descriptor")
+            if not flags & VRING_DESC_F_NEXT:
+                return chain
+            if next_ >= limit:
+                raise BadDriver(f"Desc next is {next_}")
+            i = next_
+
+    def _descriptor(self, table: int, i: int) -> tuple[int, int, int, int]:
+        addr, length, flags, next_ = struct.unpack_from("<QIHH", self._pointer(table + DESC_SIZE * i,
+                                                                                  DESC_SIZE))
+        return addr, length, flags, next_
+
+    # --- the device's side ----------------------------------------------------------------
+    def push(self, head: int, length: int) -> None:
+        """Give a chain back, with the number of bytes written into it."""
+        used_idx = self._u16(self.used + 2)
+        slot = self.used + 4 + 8 * (used_idx % self.size)
+        struct.pack_into("<II", self.ram, slot, head, length)
+        struct.pack_into("<H", self.ram, self.used + 2, (used_idx + 1) & 0xFFFF)
+
+
+QueueService = Callable[[Virtqueue], None]
