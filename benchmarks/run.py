@@ -9,7 +9,10 @@
 (c) system call round trip from ring 3: through a trap gate (delivered by the
     Host's fast path inside the emulator hook, as lguest's direct traps) and
     through an interrupt gate (reflected by the Host's run loop), each against
-    the same bare exit and re-entry.
+    the same bare exit and re-entry;
+(d) paging: a page fault the Host serves itself (a shadow fill by demand_page),
+    and a switch between two address spaces (NEW_PGTABLE, then touching three
+    pages), each against the same bare exit and re-entry.
 """
 
 from __future__ import annotations
@@ -23,33 +26,26 @@ from pathlib import Path
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, Uc
 from unicorn.x86_const import UC_X86_REG_EIP
 
-from lguest.host.core import Guest
 from lguest.launcher import bundled
-from lguest.launcher.boot import allocate_guest_ram, load_kernel, write_boot_params
-from lguest.launcher.console import ConsoleDevice
-from lguest.launcher.pci import PciBus
-from lguest.launcher.ports import Ports
+from lguest.launcher.machine import build_machine
+from lguest.launcher.options import Options
 
 ROOT = Path(__file__).resolve().parent.parent
 MEM = 64 << 20
 HCALL_ROUNDS = 20000
 SYSCALL_ROUNDS = 20000
+FAULT_ROUNDS = 20
+SWITCH_ROUNDS = 5000
 BARE_ROUNDS = 20000
 
 
 def boot(kernel: Path, cmdline: str) -> tuple[float, bytes]:
     """Run a Guest to its end in-process; (seconds in Guest.run, console output)."""
-    ram = allocate_guest_ram(MEM)
-    image = load_kernel(ram, MEM, str(kernel))
-    write_boot_params(ram, MEM, cmdline, None)
     out = bytearray()
-    pci = PciBus()
-    console = ConsoleDevice(1, out.extend)
-    pci.add(console)
-    console.place(MEM + (1 << 20))
-    guest = Guest(ram, MEM, image.entry, Ports(pci, print))
+    machine = build_machine(Options(mem_mib=MEM >> 20, kernel=str(kernel), cmdline=cmdline), str(kernel),
+                            out.extend)
     start = time.perf_counter()
-    result = guest.run()
+    result = machine.guest.run()
     elapsed = time.perf_counter() - start
     assert result.reason == "CRASH: Power down", result.reason
     return elapsed, bytes(out)
@@ -103,15 +99,22 @@ def main() -> int:
     hcall = round_trip("hypercalls.S", HCALL_ROUNDS)
     direct = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xF)
     reflected = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xE)
+    fill = round_trip("faults.S", FAULT_ROUNDS) / 1024
+    switch = round_trip("switches.S", SWITCH_ROUNDS) / 2
     bare = bare_exit_reentry()
+    bare_text = f"{bare * 1e6:.2f} us bare exit"
+
+    def per_exit(name: str, seconds: float) -> tuple[str, str, str, float]:
+        return name, f"{seconds * 1e6:.2f} us", bare_text, seconds / bare
+
     rows = [
         ("compute (CRC32+LCG+quicksort)", f"{guest_s:.3f} s guest", f"{native_s:.3f} s native",
          guest_s / native_s),
-        ("hypercall round trip", f"{hcall * 1e6:.2f} us", f"{bare * 1e6:.2f} us bare exit", hcall / bare),
-        ("syscall, trap gate (direct)", f"{direct * 1e6:.2f} us", f"{bare * 1e6:.2f} us bare exit",
-         direct / bare),
-        ("syscall, interrupt gate (reflected)", f"{reflected * 1e6:.2f} us", f"{bare * 1e6:.2f} us bare exit",
-         reflected / bare),
+        per_exit("hypercall round trip", hcall),
+        per_exit("syscall, trap gate (direct)", direct),
+        per_exit("syscall, interrupt gate (reflected)", reflected),
+        per_exit("page fault served by the Host", fill),
+        per_exit("address-space switch", switch),
     ]
     print(f"{'benchmark':36} {'lguest':>16} {'baseline':>20} {'ratio':>8}")
     for name, ours, theirs, ratio in rows:

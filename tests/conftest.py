@@ -71,22 +71,10 @@ def symbol(elf: Path, name: str) -> int:
 GUEST_MEM = 32 << 20
 
 
-def make_guest(elf: Path, **kwargs):
+def make_guest(elf: Path, **options):
     """A Guest built in-process from a test ELF, for tests that drive the Host API."""
-    from lguest.host.core import Guest
-    from lguest.launcher.boot import allocate_guest_ram, load_kernel, write_boot_params
-    from lguest.launcher.console import ConsoleDevice
-    from lguest.launcher.pci import PciBus
-    from lguest.launcher.ports import Ports
+    from lguest.launcher.machine import build_machine
+    from lguest.launcher.options import Options
 
-    ram = allocate_guest_ram(GUEST_MEM)
-    kernel = load_kernel(ram, GUEST_MEM, str(elf))
-    write_boot_params(ram, GUEST_MEM, "", None)
-    pci = PciBus()
-    console = ConsoleDevice(1, lambda data: None)
-    pci.add(console)
-    console.place(GUEST_MEM + (1 << 20))
-    guest = Guest(ram, GUEST_MEM, kernel.entry, Ports(pci, print), **kwargs)
-    guest.pages.device_limit = (GUEST_MEM + (2 << 20)) >> 12
-    console.fatal = guest.kill
-    return guest
+    opts = Options(mem_mib=GUEST_MEM >> 20, kernel=str(elf), **options)
+    return build_machine(opts, str(elf), output=lambda data: None).guest

@@ -42,9 +42,29 @@ def test_ram_too_small_for_kernel(asm_guest) -> None:
     assert run.stderr.count("\n") == 1 and "too small" in run.stderr
 
 
-def test_devices_not_yet_available(puppy) -> None:
-    run = lguest("--rng", "64", str(puppy))
-    assert (run.status, run.stderr) == (2, "lguest: --block, --rng and --tunnet are not supported yet\n")
+def test_tap_networking_not_yet_available(puppy) -> None:
+    run = lguest("--tunnet=192.168.19.1", "64", str(puppy))
+    assert (run.status, run.stderr) == (2, "lguest: --tunnet is not supported yet\n")
+
+
+def test_bad_device_arguments(puppy, tmp_path) -> None:
+    run = lguest(f"--block={tmp_path / 'none.img'}", "64", str(puppy))
+    missing = tmp_path / "none.img"
+    assert (run.status, run.stderr) == (2, f"lguest: Failed to open {missing}: No such file or directory\n")
+    run = lguest(f"--block={tmp_path / 'none.img'},rw", "64", str(puppy))
+    assert run.stderr == f"lguest: Bad --block '{tmp_path / 'none.img'},rw': the only option is ',ro'\n"
+    run = lguest("--net=tcp:1:2:3", "64", str(puppy))
+    assert run.stderr == "lguest: Bad --net 'tcp:1:2:3': expected udp:<port>:<host>:<port>\n"
+
+
+def test_devices_appear_in_option_order(puppy, tmp_path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4096))
+    run = lguest("--verbose", "--rng", f"--block={disk}", "--net=udp:47001:127.0.0.1:47002", "run")
+    assert run.status == 0
+    devices = [line for line in run.stderr.splitlines() if line.startswith("lguest: device ")]
+    assert devices == ["lguest: device 1: console", "lguest: device 2: rng", "lguest: device 3: block",
+                       "lguest: device 4: net"]
 
 
 def test_verbose_describes_the_guest(puppy) -> None:

@@ -106,8 +106,8 @@ test_main:
 """)) == "bad page table entry"
 
 
-def test_pte_pointing_at_a_device_is_never_ram(asm_guest) -> None:
-    """The Launcher's MMIO pages fault instead of being mapped (§6.3 step 5)."""
+def test_pte_pointing_above_ram_is_never_ram(asm_guest) -> None:
+    """The 1 MiB above RAM is not RAM and not a device: it faults (§6.3 step 5)."""
     run_ok(asm_guest(EXTRA + """
 pf_handler:
 	cmpl $0x300010, lguest_data + LD_CR2
@@ -119,7 +119,7 @@ test_main:
 	GATE 14, pf_handler
 	movl $page_table, %ebx
 	movl $0x300000, %ecx
-	movl $0x2100067, %edx			/* the console's BAR0 page */
+	movl $0x2000067, %edx			/* the gap just above 32 MiB of RAM */
 	call set_pte_in
 	HCALL LHCALL_FLUSH_TLB, $1
 	movl 0x300010, %eax
@@ -471,3 +471,24 @@ test_main:
 	lcall $0xa3, $0
 """))
     assert reason.startswith("unhandled trap 13 at 0x")
+
+
+def test_device_window_is_real_mmio(asm_guest) -> None:
+    """A PTE to a device's BAR0 page reaches its registers, with any instruction."""
+    run_ok(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $0x2100063, %edx			/* the console's BAR0 window */
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+	movw 0x300000 + 18, %ax			/* num_queues */
+	cmpw $2, %ax
+	jne fail
+	movl $0x300000 + 20, %esi
+	cmpb $0, (%esi)				/* device_status, through another form */
+	jne fail
+	POWEROFF
+""" + FAIL))

@@ -6,9 +6,10 @@ import struct
 
 import pytest
 
-from lguest.launcher.console import ConsoleDevice
+from lguest.launcher.boot import allocate_guest_ram
 from lguest.launcher.pci import PciBus
 from lguest.launcher.ports import Ports
+from lguest.launcher.virtio.console import ConsoleDevice
 
 MMIO = 0x4100000
 
@@ -17,7 +18,7 @@ MMIO = 0x4100000
 def ports():
     pci = PciBus()
     out = bytearray()
-    console = ConsoleDevice(1, out.extend)
+    console = ConsoleDevice(1, allocate_guest_ram(8 << 20), 8 << 20, out.extend)
     pci.add(console)
     console.place(MMIO)
     fatal: list[str] = []

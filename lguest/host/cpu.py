@@ -47,7 +47,7 @@ from unicorn import (
     Uc,
     UcError,
 )
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import uc_context, uclib
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
@@ -214,7 +214,12 @@ class Switcher:
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap: Callable[[int, int, bool], bool] | None = None
         self.direct_traps = 0
-        self._context = self.uc.context_save()
+        # One saved-context buffer for the Host's fixes to CPU state.  Unicorn frees it
+        # itself when the engine closes, so it is deliberately not a UcContext (whose
+        # finalizer would free it a second time).
+        self._context = uc_context()
+        uclib.uc_context_alloc(self.uc._uch, ctypes.byref(self._context))
+        self._context_size = uclib.uc_context_size(self.uc._uch)
         self._install_switcher_pages()
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
@@ -291,13 +296,11 @@ class Switcher:
 
     # --- the saved-context blob -------------------------------------------------------------
     def _context_bytes(self) -> ctypes.Array[ctypes.c_char]:
-        uclib.uc_context_save(self.uc._uch, self._context._context)
-        return (ctypes.c_char * self._context.size).from_address(
-            ctypes.cast(self._context._context, ctypes.c_void_p).value or 0
-        )
+        uclib.uc_context_save(self.uc._uch, self._context)
+        return (ctypes.c_char * self._context_size).from_address(self._context.value or 0)
 
     def _context_commit(self) -> None:
-        uclib.uc_context_restore(self.uc._uch, self._context._context)
+        uclib.uc_context_restore(self.uc._uch, self._context)
 
     def _fault_state(self) -> tuple[int, bool]:
         """The error code of the exception just raised, whether an `int n` raised it;

@@ -7,31 +7,26 @@ be loaded.  A Guest that asks to restart is built again from scratch, in-process
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import termios
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+import tty
+from collections.abc import Iterator
+from typing import TextIO
 
 from lguest import abi
-from lguest.host.core import Guest, RunResult
+from lguest.host.core import RunResult
 from lguest.launcher import bundled
-from lguest.launcher.boot import (
-    KernelImage,
-    LoadError,
-    allocate_guest_ram,
-    load_initrd,
-    load_kernel,
-    write_boot_params,
-)
-from lguest.launcher.console import ConsoleDevice
+from lguest.launcher.boot import LoadError
+from lguest.launcher.machine import build_machine
 from lguest.launcher.options import USAGE, HelpRequested, Options, UsageError, parse_args
-from lguest.launcher.pci import PciBus
-from lguest.launcher.ports import Ports
 from lguest.launcher.trace import StderrTracer
 
-MIB = 1 << 20
 # The reason Linux (and puppy) give when they power off cleanly.
 POWER_OFF_REASON = "CRASH: Power down"
+STOPPED_BY_USER = "stopped from the console (Ctrl-C three times, or Ctrl-])"
 
 
 def stderr_line(text: str) -> None:
@@ -53,43 +48,6 @@ class ConsoleOutput:
         self.out.flush()
 
 
-@dataclass
-class Machine:
-    """One boot of a Guest: its RAM, kernel, devices and the Host's view of it."""
-
-    guest: Guest
-    kernel: KernelImage
-    ports: Ports
-    mmio_end: int
-
-
-def build_machine(opts: Options, kernel_path: str, console: ConsoleOutput,
-                  say: Callable[[str], None]) -> Machine:
-    mem = opts.mem_mib * MIB
-    ram = allocate_guest_ram(mem)
-    kernel = load_kernel(ram, mem, kernel_path)
-    initrd = load_initrd(ram, mem, opts.initrd, kernel) if opts.initrd else None
-    write_boot_params(ram, mem, opts.cmdline, initrd)
-    pci = PciBus()
-    device = ConsoleDevice(abi.CONSOLE_IRQ, console.write)
-    slot = pci.add(device)
-    mmio = mem + abi.DEVICE_PAGES * abi.PAGE_SIZE
-    device.place(mmio)
-    mmio_end = mmio + device.mmio_size
-    ports = Ports(pci, stderr_line)
-    tracer = StderrTracer(opts.trace) if opts.trace else None
-    guest = Guest(ram, mem, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer)
-    guest.pages.device_limit = -(-mmio_end // abi.PAGE_SIZE)
-    device.fatal = guest.kill
-    say(f"Guest: 0x0 - {mem:#x} ({mem:#x}, MMIO {mmio:#x})")
-    for i, (gpa, size) in enumerate(kernel.sections):
-        say(f"Section {i}: size {size} addr {gpa:#x}")
-    if initrd:
-        say(f"mapped initrd {opts.initrd} size={initrd[1]} @ {initrd[0]:#x}")
-    say(f"device {slot}: console")
-    return Machine(guest, kernel, ports, mmio_end)
-
-
 def exit_status(result: RunResult) -> int:
     """0 for a clean power-off, 1 for any other death."""
     clean = result.shutdown_how == abi.LGUEST_SHUTDOWN_POWEROFF and result.reason == POWER_OFF_REASON
@@ -99,20 +57,54 @@ def exit_status(result: RunResult) -> int:
 def run(opts: Options) -> int:
     say = stderr_line if opts.verbose else _quiet
     kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path())
-    console = ConsoleOutput()
-    try:
+    output = ConsoleOutput()
+    tracer = StderrTracer(opts.trace) if opts.trace else None
+    with terminal_in_raw_mode(sys.stdin):
         while True:
-            machine = build_machine(opts, kernel_path, console, say)
-            result = machine.guest.run()
+            machine = build_machine(opts, kernel_path, output.write, sys.stdin.fileno(), say,
+                                    stderr_line, tracer)
+            machine.console.on_escape = lambda m=machine: m.guest.kill(STOPPED_BY_USER)
+            try:
+                result = machine.guest.run()
+            finally:
+                machine.close()
+                output.flush()
             say(f"{machine.ports.count} port I/O accesses")
             if not result.restart:
                 break
-            console.flush()
             say("Guest asked to restart: restarting")
-    finally:
-        console.flush()
     stderr_line(result.reason.rstrip("\n"))
+    if machine.console.escaped:
+        return 130
     return exit_status(result)
+
+
+@contextlib.contextmanager
+def terminal_in_raw_mode(stream: TextIO) -> Iterator[None]:
+    """Keys go to the Guest as typed (no echo, no line editing, no signals from ^C),
+    and the terminal comes back as it was however we leave, SIGTERM and SIGHUP included."""
+    if not stream.isatty():
+        yield
+        return
+    fd = stream.fileno()
+    saved = termios.tcgetattr(fd)
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    raw = termios.tcgetattr(fd)
+    raw[tty.IFLAG] &= ~(termios.ICRNL | termios.IXON | termios.INLCR | termios.IGNCR)
+    raw[tty.LFLAG] &= ~(termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    raw[tty.CC][termios.VMIN], raw[tty.CC][termios.VTIME] = 1, 0
+    try:
+        # Output processing stays on, so a Guest's bare "\n" still starts a new line.
+        termios.tcsetattr(fd, termios.TCSAFLUSH, raw)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         stderr_line(str(err))
         print(USAGE, end="", file=sys.stderr)
-        return 2
-    if opts.devices:
-        stderr_line("--block, --rng and --tunnet are not supported yet")
         return 2
     try:
         return run(opts)

@@ -43,6 +43,9 @@ options:
   --tunnet=<ipaddr>[:<mac>]  add a virtio network device on a tap interface
   --tunnet=bridge:<bridge>[:<mac>]
                              ... or one attached to an existing bridge (repeatable)
+  --net=udp:<port>:<host>:<port>
+                             a network device wired to another Guest over UDP on
+                             this machine: no root needed (repeatable)
   --trace=<list>             trace events, a comma list of: {", ".join(TRACE_CHOICES)}
   --syscall-vector=<n>       system call vector, {SYSCALL_VECTOR_MIN}..{SYSCALL_VECTOR_MAX} \
 (decimal or 0x hex, default {abi.SYSCALL_VECTOR:#x})
@@ -57,6 +60,7 @@ _VALUED = {
     "--initrd": "file",
     "--block": "file",
     "--tunnet": "arg",
+    "--net": "spec",
     "--trace": "list",
     "--syscall-vector": "n",
 }
@@ -156,6 +160,8 @@ class _Parser:
         elif name == "--block":
             self.blocks.append(value)
             self.devices.append(("block", value))
+        elif name == "--net":
+            self.devices.append(("net", value))
         else:
             self.tunnets.append(value)
             self.devices.append(("tunnet", value))

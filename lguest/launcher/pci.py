@@ -193,12 +193,11 @@ class VirtioPciDevice(PciFunction):
         self.bad_driver(f"Unexpected write to offset {VirtioMmio.DEVICE + at}")
 
     def transport_read(self, offset: int, size: int) -> int:
-        """Common configuration, notify and ISR: the virtio transport (not yet built)."""
-        self.bad_driver(f"the virtio transport at offset {offset} is not implemented yet")
-        return 0
+        """Common configuration, notify and ISR: the virtio transport's (virtio/transport.py)."""
+        raise NotImplementedError
 
     def transport_write(self, offset: int, size: int, value: int) -> None:
-        self.bad_driver(f"the virtio transport at offset {offset} is not implemented yet")
+        raise NotImplementedError
 
 
 class PciBus:

@@ -1,0 +1,87 @@
+"""The block device (`--block=<file>[,ro]`): a file as a disk (spec §8.4).
+
+Each request is a header (type, priority, sector), the data, and one status byte
+the device writes last.  Reads and writes go straight between the file and Guest
+RAM; a FLUSH is an fdatasync, so what the Guest flushed is on the disk even if the
+Launcher is killed the next instant.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+from lguest import abi
+from lguest.launcher.virtio.queue import BadDriver, Chain, Virtqueue
+from lguest.launcher.virtio.transport import VirtioDevice, wait_for_chains
+
+SECTOR = 512
+SEG_MAX = 254
+VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_RO = 5
+VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID = 0, 1, 4, 8
+STATUS_OK, STATUS_IOERR, STATUS_UNSUPP = 0, 1, 2
+HEADER = struct.Struct("<IIQ")
+CONFIG_SIZE = 36  # struct virtio_blk_config up to num_queues; we fill capacity and seg_max
+
+
+class BlockDevice(VirtioDevice):
+    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, path: str, fd: int,
+                 read_only: bool) -> None:
+        self.fd = fd
+        self.read_only = read_only
+        self.capacity = os.fstat(fd).st_size // SECTOR
+        config = bytearray(CONFIG_SIZE)
+        struct.pack_into("<QII", config, 0, self.capacity, 0, SEG_MAX)
+        features = 1 << VIRTIO_BLK_F_SEG_MAX | (1 << VIRTIO_BLK_F_RO if read_only else 0)
+        super().__init__("block", abi.VirtioId.BLOCK, abi.PCI_CLASS_BLOCK, irq, bytes(config), features,
+                         [("request", serve_requests)], ram, ram_size)
+        self.path = path
+
+    def handle(self, chain: Chain) -> int:
+        """Do one request; the number of bytes written into the Guest's buffers."""
+        if not chain.into or not len(chain.into[-1]):
+            raise BadDriver("Bad virtblk cmd with no room for status")
+        head = chain.out_bytes()
+        if len(head) < HEADER.size:
+            raise BadDriver("iovec too short")
+        kind, _, sector = HEADER.unpack_from(head)
+        data_in = list(chain.into)
+        status_buffer = data_in[-1]
+        data_in[-1] = status_buffer[:-1]
+        offset = sector * SECTOR
+        if kind == VIRTIO_BLK_T_OUT:
+            status, written = self.write(offset, head[HEADER.size:]), 0
+        elif kind == VIRTIO_BLK_T_FLUSH:
+            os.fdatasync(self.fd)
+            status, written = STATUS_OK, 0
+        elif kind == VIRTIO_BLK_T_IN:
+            status, written = self.read(offset, data_in)
+        else:
+            status, written = STATUS_UNSUPP, 0
+        status_buffer[-1] = status
+        return written + 1
+
+    def write(self, offset: int, data: bytes) -> int:
+        if self.read_only:
+            return STATUS_IOERR
+        if offset + len(data) > self.capacity * SECTOR:
+            raise BadDriver(f"Write past end {offset // SECTOR}+{len(data)}")
+        return STATUS_OK if os.pwrite(self.fd, data, offset) == len(data) else STATUS_IOERR
+
+    def read(self, offset: int, buffers: list[memoryview]) -> tuple[int, int]:
+        done = 0
+        for buffer in buffers:
+            got = os.preadv(self.fd, [buffer], offset + done) if len(buffer) else 0
+            done += got
+            if got < len(buffer):
+                return STATUS_IOERR, done
+        return STATUS_OK, done
+
+
+def serve_requests(device: VirtioDevice, queue: Virtqueue) -> None:
+    assert isinstance(device, BlockDevice)
+    for chain in wait_for_chains(device, queue):
+        queue.push(chain.head, device.handle(chain))
+        device.signal(queue)
