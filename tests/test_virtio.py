@@ -22,17 +22,18 @@ from lguest.launcher.virtio.transport import ACKNOWLEDGE, DRIVER, DRIVER_OK, FEA
 
 MEM = 8 << 20
 DESC, AVAIL, USED = 0x10000, 0x11000, 0x12000
-BUFFERS = 0x20000
+QUEUE_STRIDE = 0x4000
+BUFFERS = 0x40000
 
 
 class Driver:
-    """Plays a Guest virtio-pci driver against one device."""
+    """Plays a Guest virtio-pci driver against one device (by default an entropy device)."""
 
-    def __init__(self) -> None:
+    def __init__(self, make=lambda ram: rng_device(3, ram, MEM)) -> None:
         self.ram = allocate_guest_ram(MEM)
         self.errors: list[str] = []
         self.irqs: list[int] = []
-        self.dev = rng_device(3, self.ram, MEM)
+        self.dev = make(self.ram)
         self.dev.fatal = self.errors.append
         self.dev.interrupt = self.irqs.append
 
@@ -52,29 +53,42 @@ class Driver:
         self.w(20, 1, ACKNOWLEDGE | DRIVER | FEATURES_OK)
         assert self.r(20, 1) == ACKNOWLEDGE | DRIVER | FEATURES_OK
 
-    def setup_queue(self, size: int = 16) -> None:
-        self.w(22, 2, 0)
+    def setup_queue(self, n: int = 0, size: int = 16) -> None:
+        """Queue n's rings live at DESC/AVAIL/USED + n * QUEUE_STRIDE."""
+        self.w(22, 2, n)
         self.w(24, 2, size)
         for off, addr in ((32, DESC), (40, AVAIL), (48, USED)):
-            self.w(off, 4, addr)
+            self.w(off, 4, addr + n * QUEUE_STRIDE)
             self.w(off + 4, 4, 0)
         self.w(28, 2, 1)
 
     def start(self) -> None:
         self.negotiate()
-        self.setup_queue()
+        for n in range(self.r(18, 2)):
+            self.setup_queue(n)
         self.w(20, 1, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
 
-    def descriptor(self, i: int, addr: int, length: int, flags: int = 0, next_: int = 0) -> None:
-        struct.pack_into("<QIHH", self.ram, DESC + 16 * i, addr, length, flags, next_)
+    def descriptor(self, i: int, addr: int, length: int, flags: int = 0, next_: int = 0, q: int = 0) -> None:
+        struct.pack_into("<QIHH", self.ram, DESC + q * QUEUE_STRIDE + 16 * i, addr, length, flags, next_)
 
-    def offer(self, head: int) -> None:
-        idx = struct.unpack_from("<H", self.ram, AVAIL + 2)[0]
-        struct.pack_into("<H", self.ram, AVAIL + 4 + 2 * (idx % 16), head)
-        struct.pack_into("<H", self.ram, AVAIL + 2, idx + 1)
+    def offer(self, head: int, q: int = 0) -> None:
+        avail = AVAIL + q * QUEUE_STRIDE
+        idx = struct.unpack_from("<H", self.ram, avail + 2)[0]
+        struct.pack_into("<H", self.ram, avail + 4 + 2 * (idx % 16), head)
+        struct.pack_into("<H", self.ram, avail + 2, idx + 1)
+        self.w(56, 2, q)
 
-    def used_idx(self) -> int:
-        return struct.unpack_from("<H", self.ram, USED + 2)[0]
+    def used_idx(self, q: int = 0) -> int:
+        return struct.unpack_from("<H", self.ram, USED + q * QUEUE_STRIDE + 2)[0]
+
+    def used(self, q: int = 0, n: int = 0) -> tuple[int, int]:
+        return struct.unpack_from("<II", self.ram, USED + q * QUEUE_STRIDE + 4 + 8 * n)
+
+    def wait_used(self, count: int, q: int = 0) -> None:
+        deadline = time.monotonic() + 10
+        while self.used_idx(q) < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert self.used_idx(q) >= count, self.errors
 
 
 @pytest.fixture
@@ -88,12 +102,8 @@ def test_entropy_fills_buffers_and_interrupts(driver) -> None:
     driver.start()
     driver.descriptor(0, BUFFERS, 64, flags=2 | 1, next_=1)
     driver.descriptor(1, BUFFERS + 64, 32, flags=2)
-    driver.offer(0)
-    driver.w(56, 2, 0)  # notify queue 0
-    deadline = time.monotonic() + 5
-    while driver.used_idx() == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert driver.used_idx() == 1
+    driver.offer(0)  # and notify queue 0
+    driver.wait_used(1)
     assert struct.unpack_from("<II", driver.ram, USED + 4) == (0, 96)
     assert driver.ram[BUFFERS:BUFFERS + 96] != bytes(96)
     assert driver.irqs == [3]
@@ -106,11 +116,8 @@ def test_no_interrupt_flag_is_respected(driver) -> None:
     struct.pack_into("<H", driver.ram, AVAIL, 1)  # VRING_AVAIL_F_NO_INTERRUPT
     driver.descriptor(0, BUFFERS, 8, flags=2)
     driver.offer(0)
-    driver.w(56, 2, 0)
-    deadline = time.monotonic() + 5
-    while driver.used_idx() == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert driver.used_idx() == 1 and driver.irqs == []
+    driver.wait_used(1)
+    assert driver.irqs == []
 
 
 def test_reset_stops_the_queues(driver) -> None:
