@@ -157,3 +157,34 @@ def test_two_network_devices_exchange_frames() -> None:
     for d in (a, b):
         d.dev.stop()
         d.dev.link.close()
+
+
+def arp_request(sender_mac: bytes, sender_ip: str, target_ip: str) -> bytes:
+    return (b"\xff" * 6 + sender_mac + b"\x08\x06" + struct.pack(">HHBBH", 1, 0x0800, 6, 4, 1)
+            + sender_mac + socket.inet_aton(sender_ip) + bytes(6) + socket.inet_aton(target_ip))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+                    reason="a tap device needs root and /dev/net/tun")
+def test_tap_network_reaches_the_host_kernel() -> None:
+    """--tunnet: the host kernel answers the Guest's ARP request through the tap."""
+    from lguest.launcher.virtio.net import TapLink
+
+    mac = bytes([2, 0, 0, 0, 0x77, 2])
+    tap = TapLink("10.77.0.1")
+    d = Driver(lambda ram: NetDevice(3, ram, MEM, tap, mac))
+    d.start()
+    assert d.dev.features >> 28 & 1  # indirect descriptors, with the tap's offloads
+    d.descriptor(0, BUFFERS, 2048, W, q=0)
+    d.offer(0, q=0)
+    frame = arp_request(mac, "10.77.0.2", "10.77.0.1")
+    d.ram[DATA:DATA + 12 + len(frame)] = bytes(12) + frame
+    d.descriptor(0, DATA, 12 + len(frame), 0, q=1)
+    d.offer(0, q=1)
+    d.wait_used(1, q=0)
+    reply = bytes(d.ram[BUFFERS + 12:BUFFERS + d.used(0, 0)[1]])
+    assert reply[0:6] == mac and reply[12:14] == b"\x08\x06"
+    assert struct.unpack(">H", reply[20:22])[0] == 2  # an ARP reply
+    assert reply[28:32] == socket.inet_aton("10.77.0.1")
+    d.dev.stop()
+    tap.close()

@@ -26,7 +26,7 @@ from lguest.launcher.pci import PciBus
 from lguest.launcher.ports import Ports
 from lguest.launcher.virtio.block import BlockDevice
 from lguest.launcher.virtio.console import ConsoleDevice
-from lguest.launcher.virtio.net import NetDevice, UdpLink, parse_udp
+from lguest.launcher.virtio.net import NetDevice, TapLink, UdpLink, parse_udp
 from lguest.launcher.virtio.rng import rng_device
 from lguest.launcher.virtio.transport import VirtioDevice
 
@@ -98,8 +98,8 @@ def make_device(kind: str, value: str | None, irq: int, ram, mem: int,
             raise LoadError(f"Failed to open {path}: {err.strerror}") from None
         resources.append(lambda: os.close(fd))
         return BlockDevice(irq, ram, mem, path, fd, read_only=bool(flag))
+    assert value is not None
     if kind == "net":
-        assert value is not None
         try:
             port, peer = parse_udp(value)
             link = UdpLink(port, peer)
@@ -108,4 +108,11 @@ def make_device(kind: str, value: str | None, irq: int, ram, mem: int,
         resources.append(link.close)
         # A locally administered MAC that differs per port, so two Guests never clash.
         return NetDevice(irq, ram, mem, link, bytes([0x02, 0x00, 0x00, 0x00, port >> 8 & 0xFF, port & 0xFF]))
+    if kind == "tunnet":
+        try:
+            tap = TapLink(value)
+        except ValueError as err:
+            raise LoadError(str(err)) from None
+        resources.append(tap.close)
+        return NetDevice(irq, ram, mem, tap, tap.mac)
     raise LoadError(f"--{kind} is not supported yet")
