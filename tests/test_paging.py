@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import lguest, make_guest
 
 POWER_OFF = (0, "CRASH: Power down")
@@ -12,7 +13,7 @@ failed:	.asciz "check failed"
 
 # A second page table and page directories to play with, and helpers in assembly:
 # map_page(pt in %ebx, vaddr in %ecx, pte in %edx) stores a PTE and tells the Host.
-EXTRA = """
+EXTRA = r"""
 	.bss
 	.p2align 12
 pt2:	.space 4096
@@ -20,6 +21,14 @@ dir_a:	.space 4096
 dir_b:	.space 4096
 frames:	.space 4096 * 8
 	.text
+/* Point 0x300000 at another PTE, silently, then drop every shadow (FLUSH_TLB(1)). */
+.macro REMAP_300000 pte
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl \pte, %edx
+	call set_pte_in
+	HCALL LHCALL_FLUSH_TLB, $1
+.endm
 /* Store PTE %edx for vaddr %ecx in the page table at %ebx (index from bits 12-21). */
 set_pte_in:
 	pushl %eax
@@ -67,31 +76,16 @@ test_main:
 """)) == "bad page directory entry"
 
 
-def test_pte_with_pse_bit(asm_guest) -> None:
-    assert kill_reason(asm_guest(EXTRA + """
+@pytest.mark.parametrize("pte", ["0x3000e7", "0x8000067", "0xfffff067"],
+                         ids=["4 MiB page", "128 MiB: no RAM, no device", "top of memory"])
+def test_malformed_pte(asm_guest, pte: str) -> None:
+    """No 4 MiB pages, and no Guest PTE may reach memory outside Guest RAM."""
+    assert kill_reason(asm_guest(EXTRA + f"""
 test_main:
 	INIT
 	call setup_user_paging
-	movl $page_table, %ebx
-	movl $0x300000, %ecx
-	movl $0x3000e7, %edx
-	call set_pte_in
-	HCALL LHCALL_FLUSH_TLB, $1
-	movl 0x300000, %eax
-""")) == "bad page table entry"
-
-
-def test_pte_outside_ram_and_devices(asm_guest) -> None:
-    assert kill_reason(asm_guest(EXTRA + """
-test_main:
-	INIT
-	call setup_user_paging
-	movl $page_table, %ebx
-	movl $0x300000, %ecx
-	movl $0x8000067, %edx			/* 128 MiB: no RAM, no device */
-	call set_pte_in
-	HCALL LHCALL_FLUSH_TLB, $1
-	movl 0x300000, %eax
+	REMAP_300000 ${pte}
+	movl $1, 0x300000
 """)) == "bad page table entry"
 
 
@@ -117,11 +111,7 @@ test_main:
 	INIT
 	call setup_user_paging
 	GATE 14, pf_handler
-	movl $page_table, %ebx
-	movl $0x300000, %ecx
-	movl $0x2000067, %edx			/* the gap just above 32 MiB of RAM */
-	call set_pte_in
-	HCALL LHCALL_FLUSH_TLB, $1
+	REMAP_300000 $0x2000067			/* the gap just above 32 MiB of RAM */
 	movl 0x300010, %eax
 	jmp fail
 """ + FAIL))
@@ -152,11 +142,7 @@ test_main:
 	INIT
 	call setup_user_paging
 	GATE 14, pf_handler
-	movl $page_table, %ebx
-	movl $0x300000, %ecx
-	movl ${pte:#x}, %edx
-	call set_pte_in
-	HCALL LHCALL_FLUSH_TLB, $1
+	REMAP_300000 ${pte:#x}
 	movl ${err}, expected
 	movl $0x300008, expected_cr2
 	{to_user}
@@ -189,11 +175,7 @@ def test_accessed_and_dirty_bits_are_written_back(asm_guest) -> None:
 test_main:
 	INIT
 	call setup_user_paging
-	movl $page_table, %ebx
-	movl $0x300000, %ecx
-	movl $0x300007, %edx			/* present, rw, user; not accessed, not dirty */
-	call set_pte_in
-	HCALL LHCALL_FLUSH_TLB, $1
+	REMAP_300000 $0x300007			/* present, rw, user; not accessed, not dirty */
 	movl 0x300000, %eax			/* a read: accessed, still clean */
 	movl page_table + 0x300 * 4, %eax
 	cmpl $0x300027, %eax
@@ -381,21 +363,6 @@ test_main:
 
 # --- isolation: what a hostile Guest kernel cannot make the Host do -----------------------------
 
-def test_guest_kernel_cannot_map_host_memory(asm_guest) -> None:
-    """Every PTE the Host installs points inside Guest RAM: beyond it the Guest dies."""
-    assert kill_reason(asm_guest(EXTRA + """
-test_main:
-	INIT
-	call setup_user_paging
-	movl $page_table, %ebx
-	movl $0x300000, %ecx
-	movl $0xfffff067, %edx
-	call set_pte_in
-	HCALL LHCALL_FLUSH_TLB, $1
-	movl $1, 0x300000
-""")) == "bad page table entry"
-
-
 def test_guest_cannot_map_the_switcher(asm_guest) -> None:
     """Directory entry 1023 pointing at a table: addresses there still fault (§6.3 step 1)."""
     run_ok(asm_guest(EXTRA + PF_CHECK + """
@@ -479,11 +446,7 @@ def test_device_window_is_real_mmio(asm_guest) -> None:
 test_main:
 	INIT
 	call setup_user_paging
-	movl $page_table, %ebx
-	movl $0x300000, %ecx
-	movl $0x2100063, %edx			/* the console's BAR0 window */
-	call set_pte_in
-	HCALL LHCALL_FLUSH_TLB, $1
+	REMAP_300000 $0x2100063			/* the console's BAR0 window */
 	movw 0x300000 + 18, %ax			/* num_queues */
 	cmpw $2, %ax
 	jne fail

@@ -85,12 +85,7 @@ def serve_input(device: VirtioDevice, queue: Virtqueue) -> None:
             device.escaped = True
             device.on_escape()
             return
-        written = 0
-        for buffer in chain.into:
-            part = data[written:written + len(buffer)]
-            buffer[:len(part)] = part
-            written += len(part)
-        queue.push(chain.head, written)
+        queue.push(chain.head, chain.scatter(data))
         device.signal(queue)
 
 

@@ -190,10 +190,5 @@ def serve_rx(device: VirtioDevice, queue: Virtqueue) -> None:
                 packet = device.link.receive()
         if packet is None:
             return
-        written = 0
-        for buffer in chain.into:
-            part = packet[written:written + len(buffer)]
-            buffer[:len(part)] = part
-            written += len(part)
-        queue.push(chain.head, written)
+        queue.push(chain.head, chain.scatter(packet))
         device.signal(queue)

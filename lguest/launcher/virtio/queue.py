@@ -40,6 +40,15 @@ class Chain:
     def out_bytes(self) -> bytes:
         return b"".join(bytes(b) for b in self.out)
 
+    def scatter(self, data: bytes) -> int:
+        """Copy data across the writable buffers, in order; how much fitted."""
+        written = 0
+        for buffer in self.into:
+            part = data[written:written + len(buffer)]
+            buffer[:len(part)] = part
+            written += len(part)
+        return written
+
 
 class Virtqueue:
     def __init__(self, name: str, ram: mmap.mmap, ram_size: int) -> None:
