@@ -10,8 +10,16 @@
  * stack and jumps to the handler we gave it with LOAD_IDT_ENTRY.  Those
  * handlers are the stubs below; they all leave through lguest_iret (head.S),
  * which restores irq_enabled from the frame before the real iret.
+ *
+ * From ring 3 the Host (or, for a direct trap, the CPU) first switches to
+ * the stack the Guest named with SET_STACK and pushes the user's ss and esp
+ * too, exactly like a hardware privilege change through the TSS.  Going
+ * back, the same iret returns to ring 3 -- an ordinary instruction that
+ * needs no hypercall, because the CPU itself checks that it only ever
+ * lowers privilege.
  */
 #include "lguest.h"
+#include "irq.h"
 
 /*
  * One stub per vector 0..0x2F, each exactly TRAP_STUB_SIZE bytes apart so
@@ -39,27 +47,71 @@ vec = vec + 1
 	.endr
 
 /*
- * Save every general register, call do_trap(vector, error, frame) in C,
- * put them all back and return through lguest_iret.  Stack at entry:
- *	0(%esp) vector, 4(%esp) error code, 8(%esp) eip, cs, eflags.
- * We only ever run at ring 1 with the kernel's flat segments (puppy has no
- * user mode), so the segment registers need no saving or reloading.
+ * The system call: `int $0x80` from ring 3.  Its gate is a DPL 3 trap gate,
+ * so the Host copies it into the real IDT and the CPU delivers it straight
+ * onto the SET_STACK stack, never leaving the Guest (spec 4.4).
+ */
+	.globl	syscall_entry
+syscall_entry:
+	pushl	$0
+	pushl	$SYSCALL_VECTOR
+	jmp	common_trap
+
+/*
+ * Save every register as a struct pt_regs (irq.h), call do_trap(regs) in C,
+ * and leave through ret_from_trap.  Stack at entry:
+ *	0(%esp) vector, 4(%esp) error code, 8(%esp) eip, cs, eflags
+ *	(and, from ring 3, the user's esp and ss).
+ * A trap from ring 3 arrives with the user's data segments still loaded,
+ * so we keep them in the frame and switch to the kernel's.
  */
 common_trap:
 	pushal				/* 32 bytes: edi esi ebp esp ebx edx ecx eax */
+	pushl	%ds
+	pushl	%es
+	pushl	%fs
+	pushl	%gs
 	cld				/* C expects the direction flag clear */
-	movl	%esp, %ebx		/* callee-saved: our way back */
-	leal	40(%esp), %eax		/* the Host's frame: eip, cs, eflags */
+	movl	$KERNEL_DS, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%esp, %ebx		/* callee-saved: the pt_regs, our way back */
 	andl	$-16, %esp		/* give C the 16-byte alignment it likes */
-	subl	$4, %esp
-	pushl	%eax
-	pushl	36(%ebx)		/* error code */
-	pushl	32(%ebx)		/* vector */
+	subl	$12, %esp
+	pushl	%ebx
 	call	do_trap
 	movl	%ebx, %esp
+
+/*
+ * The way out, with %esp at a struct pt_regs.  Going back to ring 3 is the
+ * moment to switch tasks if the timer said so (exit_to_user); then put the
+ * registers back and iret through lguest_iret.
+ */
+	.globl	ret_from_trap
+ret_from_trap:
+	testl	$3, PT_REGS_CS(%esp)
+	jz	1f
+	call	exit_to_user
+1:	popl	%gs
+	popl	%fs
+	popl	%es
+	popl	%ds
 	popal
 	addl	$8, %esp		/* drop vector and error code */
 	jmp	lguest_iret
+
+/*
+ * A new task's first instructions.  Its kernel stack was built (sched.c)
+ * to look as if it had been switched out right here, with a pt_regs
+ * holding its user entry state on top; switch_stacks "returns" into us with
+ * %eax = the task we switched away from.
+ */
+	.globl	ret_from_fork
+ret_from_fork:
+	pushl	%eax
+	call	schedule_tail
+	addl	$4, %esp
+	jmp	ret_from_trap
 
 /*
  * The paravirt irq ops that are too long to inline.  Like Linux's they

@@ -124,9 +124,11 @@ boot_pgdir:
 	.skip	PAGE_SIZE
 boot_page_tables:
 	.skip	BOOT_PTS * PAGE_SIZE
+	/* The boot stack becomes the idle task's kernel stack. */
 	.balign	16
 boot_stack:
 	.skip	16384
+	.globl	boot_stack_top
 boot_stack_top:
 
 /* We never need an executable stack; say so, or ld complains. */

@@ -23,7 +23,7 @@ struct lguest_data lguest_data = {
 	.hcall_status = { [0 ... LHCALL_RING_SIZE - 1] = HCALL_STATUS_FREE },
 	.noirq_iret = (u32)lguest_noirq_iret,
 	.kernel_address = PAGE_OFFSET,
-	.syscall_vec = 0x80,
+	.syscall_vec = SYSCALL_VECTOR,
 };
 
 /* Our cursor in the ring; the Host keeps its own, which trails ours. */

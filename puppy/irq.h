@@ -13,6 +13,11 @@
 
 #include "lguest.h"
 
+/* Where struct pt_regs (below) keeps the interrupted cs: for entry.S. */
+#define PT_REGS_CS	60
+
+#ifndef __ASSEMBLY__
+
 /* "cli": the Host simply will not deliver while this is 0. */
 static inline void irq_disable(void)
 {
@@ -53,16 +58,36 @@ static inline u32 local_irq_save(void)
 /* irq.c: the IDT, the lguest "interrupt controller", traps. */
 typedef void (*irq_handler_t)(unsigned int irq);
 
-struct trap_frame {		/* what the Host pushes (ring 1 to ring 1) */
+/*
+ * Everything common_trap (entry.S) leaves on the kernel stack: the segment
+ * registers, pushal's block, the stub's vector and error code, then the
+ * frame the Host (or the CPU, for a direct trap) pushed.  Only a trap from
+ * ring 3 has the last two words: the Host switched to the SET_STACK stack
+ * and saved the user's stack pointer there.
+ */
+struct pt_regs {
+	u32 gs, fs, es, ds;
+	u32 edi, esi, ebp, esp_kernel, ebx, edx, ecx, eax;
+	u32 vector, error;
 	u32 eip, cs, eflags;
+	u32 esp, ss;		/* from ring 3 only */
 };
+
+_Static_assert(__builtin_offsetof(struct pt_regs, cs) == PT_REGS_CS, "pt_regs.cs");
+
+static inline int user_mode(const struct pt_regs *regs)
+{
+	return (regs->cs & 3) == 3;
+}
 
 void idt_init(void);
 void irq_mask(unsigned int irq);
 void irq_unmask(unsigned int irq);
 void request_irq(unsigned int irq, irq_handler_t handler);
-void do_trap(u32 vector, u32 error, struct trap_frame *frame);
+void do_trap(struct pt_regs *regs);
 extern volatile int irq_work;		/* set by every irq handled */
 extern volatile unsigned int nm_traps;		/* #NM traps taken */
+extern int syscall_trap_gate;		/* 0x80 as a trap gate, not an interrupt gate */
 
+#endif /* __ASSEMBLY__ */
 #endif /* PUPPY_IRQ_H */

@@ -62,6 +62,16 @@
 
 /* The kernel code selector the Host forces into every IDT gate. */
 #define KERNEL_CS		0x61
+/* Kernel data and stack (GDT entry 13 at RPL 1, as SET_STACK requires). */
+#define KERNEL_DS		0x69
+/* User code and data: GDT entries 14 and 15 at RPL 3, which we install. */
+#define GDT_ENTRY_USER_CS	14
+#define GDT_ENTRY_USER_DS	15
+#define USER_CS			0x73
+#define USER_DS			0x7b
+
+/* The system-call vector (lguest_data.syscall_vec tells the Host). */
+#define SYSCALL_VECTOR		0x80
 
 #ifndef __ASSEMBLY__
 

@@ -6,10 +6,12 @@
  * ways a Guest talks to its Host: port I/O that the Launcher emulates (the
  * early console), hypercalls batched on the async ring, plain synchronous
  * hypercalls, and -- once the IDT is loaded -- traps and interrupts coming
- * the other way.  Words on the command line run small demonstrations.
+ * the other way.  Words on the command line run small demonstrations, up
+ * to user processes at ring 3 in address spaces of their own.
  */
 #include "puppy.h"
 #include "irq.h"
+#include "sched.h"
 #include "bench/bench.h"
 
 /* The boot page table maps at most this much, so it is all we may touch. */
@@ -131,12 +133,59 @@ static void fpu_test(void)
 		printk("puppy: lazy FPU switch FAILED\n");
 }
 
+/* procs: three well-behaved programs, side by side. */
+static void procs_demo(void)
+{
+	spawn("hello", NULL);
+	spawn("counter", NULL);
+	spawn("sleeper", NULL);
+	run_processes();
+}
+
+/*
+ * procs=<n>: n copies of one program at the same virtual addresses, each
+ * with its own data.  More than four address spaces make the Host evict
+ * shadows from its 4-slot cache; a mix-up would show in the checksums.
+ */
+static void workers_demo(int n)
+{
+	int i;
+
+	if (n > MAX_TASKS - 1) {
+		printk("puppy: procs=%d: at most %d processes\n", n, MAX_TASKS - 1);
+		n = MAX_TASKS - 1;
+	}
+	for (i = 0; i < n; i++)
+		spawn("worker", NULL);
+	run_processes();
+}
+
+/*
+ * hostile: one long-running, well-behaved program and many that try to
+ * break out of their address space or their ring.  Each of those must be
+ * killed (or refused) while the good one carries on undisturbed.
+ */
+static void hostile_demo(void)
+{
+	static const char *const attacks[] = {
+		"read-kernel", "write-kernel", "read-switcher", "peek-secret",
+		"write-text", "jump-unmapped", "cli", "hlt", "inb", "int1f",
+		"kernel-ds", "ud2", "div0", "big-brk", "bad-write",
+	};
+	unsigned int i;
+
+	spawn("steady", NULL);
+	for (i = 0; i < sizeof(attacks) / sizeof(attacks[0]); i++)
+		spawn("evil", attacks[i]);
+	run_processes();
+}
+
 void puppy_main(u32 boot_params_pa)
 {
 	const u8 *bp = __va(boot_params_pa);
 	u64 ram = *(const u64 *)(bp + BP_E820_MAP + 8);
 	u32 cmd_pa = *(const u32 *)(bp + BP_CMD_LINE_PTR);
-	int ms;
+	int ms, n;
 
 	early_console_init();
 
@@ -161,9 +210,18 @@ void puppy_main(u32 boot_params_pa)
 	show_cpu();
 
 	/*
+	 * Memory (the page allocator, the boot directory made kernel-only),
+	 * the user segments, and the idle task: what processes will need.
+	 */
+	mm_init(ram);
+	user_segments_init();
+	sched_init();
+
+	/*
 	 * Gates first (until then any exception the Host must reflect kills
 	 * us), then the timer and its handler, and interrupts on last.
 	 */
+	syscall_trap_gate = cmdline_has("trapgate");
 	idt_init();
 	time_init();
 	irq_enable();
@@ -178,6 +236,16 @@ void puppy_main(u32 boot_params_pa)
 
 	if (cmdline_has("bench"))
 		printk("puppy: bench checksum 0x%08x\n", puppy_bench());
+
+	if (cmdline_has("procs"))
+		procs_demo();
+
+	n = cmdline_number("procs=");
+	if (n >= 0)
+		workers_demo(n);
+
+	if (cmdline_has("hostile"))
+		hostile_demo();
 
 	if (cmdline_has("oops"))
 		asm volatile("ud2");

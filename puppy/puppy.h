@@ -27,6 +27,9 @@ int snprintk(char *buf, size_t size, const char *fmt, ...)
 /* lib.c: 64-by-32-bit division with two 32-bit divides (no libgcc) */
 u64 div_u64_rem(u64 n, u32 d, u32 *rem);
 
+/* segments.c */
+void user_segments_init(void);
+
 /* main.c */
 void puppy_main(u32 boot_params_pa) __attribute__((noreturn));
 void shutdown(const char *why, u32 how) __attribute__((noreturn));

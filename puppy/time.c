@@ -11,6 +11,7 @@
  */
 #include "puppy.h"
 #include "irq.h"
+#include "sched.h"
 
 #define TIMER_IRQ		0
 #define NSEC_PER_TICK		(1000000000u / HZ)
@@ -43,6 +44,7 @@ static void timer_interrupt(unsigned int irq)
 	(void)irq;
 	jiffies++;
 	clockevent_set_next(NSEC_PER_TICK);
+	scheduler_tick();
 }
 
 /*

@@ -520,3 +520,86 @@ stop_flag: .long 0
     thread.join()
     assert result.reason == "CRASH: Power down"
     assert delivered == [kicks]
+
+
+def test_kicks_never_split_the_world_switch(asm_guest) -> None:
+    """Direct traps from ring 3 enter through the trampoline inside the emulator; a timer
+    kick landing there must not let the Switcher's own state pass for the Guest's."""
+    run = lguest("32", str(asm_guest("""
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 0x80, sys_handler, 0xF, 3
+	GATE 0x20, timer_handler, 0xE, 0
+	movl $0, lguest_data + LD_BLOCKED
+	HCALL LHCALL_SET_CLOCKEVENT, $200000
+	movl $0x200, lguest_data + LD_IRQ_ENABLED
+	TO_USER user_loop
+user_loop:
+	int $0x80
+	jmp user_loop
+sys_handler:
+	movl %esp, %edi
+	movl $0x12345678, %ebp
+	call portloop
+	cmpl %esp, %edi
+	jne fail
+	cmpl $0x12345678, %ebp
+	jne fail
+	incl calls
+	cmpl $3000, calls
+	jae done
+	jmp lguest_iret
+portloop:
+	subl $64, %esp
+	movl $0xdeadbeef, (%esp)
+	movl $20, %ecx
+1:	movw $0x80, %dx
+	outb %al, %dx
+	decl %ecx
+	jnz 1b
+	cmpl $0xdeadbeef, (%esp)
+	jne fail
+	addl $64, %esp
+	ret
+timer_handler:
+	pushal
+	incl ticks
+	HCALL LHCALL_SET_CLOCKEVENT, $200000
+	popal
+	jmp lguest_iret
+done:	cmpl $0, ticks
+	je fail
+	POWEROFF
+	.data
+calls: .long 0
+ticks: .long 0
+	.text
+""" + FAIL)))
+    assert (run.status, run.reason) == POWER_OFF, run.stderr
+
+
+def test_deferred_interrupt_reaches_a_busy_user_program(asm_guest) -> None:
+    """The tick arrives while interrupts are disabled; the Guest then irets to a user loop
+    that never traps.  The Host must come back and deliver it anyway."""
+    run = lguest("32", str(asm_guest("""
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 0x20, timer_handler, 0xE, 0
+	movl $0, lguest_data + LD_BLOCKED
+	movl $0, lguest_data + LD_IRQ_ENABLED
+	HCALL LHCALL_SET_CLOCKEVENT, $1000000
+1:	cmpl $0, lguest_data + LD_IRQ_PENDING	/* wait until the Host has deferred the tick */
+	je 1b
+	pushl $0x7b
+	pushl $ustack_top
+	pushl $0x202
+	pushl $0x73
+	pushl $user
+	jmp lguest_iret				/* enables interrupts without a hypercall */
+user:	jmp user
+timer_handler:
+	POWEROFF
+""")))
+    assert (run.status, run.reason) == POWER_OFF, run.stderr

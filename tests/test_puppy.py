@@ -106,3 +106,73 @@ def test_puppy_oops_line_for_a_page_fault(puppy) -> None:
     assert run.status == 1
     assert run.reason.startswith("CRASH: oops: vector 14 (PF) at eip c01")
     assert run.reason.endswith(" error 00000000 cr2 a0000000")
+
+
+def started(run) -> dict[int, str]:
+    """pid -> name of every process puppy started."""
+    found = {}
+    for line in run.stdout.splitlines():
+        if line.startswith("puppy: started pid "):
+            pid, name = line.removeprefix("puppy: started pid ").split(" ", 1)
+            found[int(pid)] = name.strip("()")
+    return found
+
+
+def test_puppy_runs_three_user_processes(puppy) -> None:
+    run = lguest("run", "procs")
+    assert run.status == 0, run.stderr
+    assert sorted(started(run).values()) == ["counter", "hello", "sleeper"]
+    out = run.stdout
+    assert "hello: hello, world from pid 1 (hello)" in out
+    for pid, name, status in ((1, "hello", 0), (2, "counter", 5), (3, "sleeper", 0)):
+        assert f"puppy: pid {pid} ({name}) exited with status {status}" in out
+    assert out.count("sleeper: pid 3 nap") == 3
+    assert "puppy: all processes finished" in out
+
+
+def test_puppy_processes_use_the_hosts_mmu_hypercalls(puppy) -> None:
+    run = lguest("--trace=hcalls", "run", "procs")
+    calls = run.stderr
+    for batched in ("SET_PTE", "NEW_PGTABLE", "SET_STACK"):
+        assert f"hcall {batched}(" in calls and " async" in calls
+    assert run.status == 0
+
+
+def test_more_processes_than_shadow_slots(puppy) -> None:
+    """Six address spaces against the Host's four cached shadows: no corruption."""
+    run = lguest("run", "procs=6")
+    assert run.status == 0, run.stderr
+    checks = [line for line in run.stdout.splitlines() if " checksum " in line]
+    assert len(checks) == 6 and all(line.endswith(" ok") for line in checks)
+
+
+def test_hostile_processes_are_killed_and_the_good_one_survives(puppy) -> None:
+    run = lguest("run", "hostile")
+    assert run.status == 0, run.stderr
+    out = run.stdout
+    names = started(run)
+    expected = {
+        "read-kernel": "page fault at 0xc0100000 (error 0x5)",
+        "write-kernel": "page fault at 0xc0100000 (error 0x7)",
+        "read-switcher": "page fault at 0xffc00000 (error 0x4)",
+        "peek-secret": "page fault at 0x8070000 (error 0x4)",
+        "jump-unmapped": "page fault at 0xdead0000 (error 0x4)",
+        "int1f": "general protection fault (error 0xfa) at 0x",
+        "cli": "general protection fault (error 0x0) at 0x",
+        "hlt": "general protection fault (error 0x0) at 0x",
+        "inb": "general protection fault (error 0x0) at 0x",
+        "ud2": "invalid opcode at 0x",
+    }
+    for pid, name in names.items():
+        if name in expected:
+            assert f"puppy: pid {pid} ({name}) killed: {expected[name]}" in out
+    assert set(expected) <= set(names.values())
+    assert "isolation ok" in out
+    assert "puppy: all processes finished" in out
+
+
+def test_syscalls_through_a_trap_gate(puppy) -> None:
+    """`trapgate`: system calls go direct (ring 3 to ring 1 without the run loop)."""
+    run = lguest("run", "procs", "trapgate")
+    assert run.status == 0, run.stderr
+    assert "puppy: all processes finished" in run.stdout

@@ -57,6 +57,7 @@ PT_REG_NAMES = {
 }
 
 INSN_MAX = 15  # the longest x86 instruction
+RECHECK_SECONDS = 0.001  # how soon a deferred interrupt is looked at again
 
 
 class Guest:
@@ -280,6 +281,8 @@ class Guest:
             self.halted = False
         elif not self.read_irq_enabled() & abi.X86_EFLAGS_IF:
             self.mem.write_u32(base + LguestData.IRQ_PENDING, abi.X86_EFLAGS_IF)
+            # Look again soon, as the original Host's own timer tick made it do.
+            self.kicker.kick_later(RECHECK_SECONDS)
             return
         vector = abi.FIRST_EXTERNAL_VECTOR + irq
         if not self.idt.present(vector):

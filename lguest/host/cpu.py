@@ -361,11 +361,22 @@ class Switcher:
         self.set("esp", ENTRY_FRAME_ADDR)
         return CODE_PAGE
 
-    def run(self, timeout_us: int = 0) -> Exit:
+    def run(self) -> Exit:
         """Run the Guest from its current state until it traps back to the Host."""
+        exit_ = self._emulate(self._start_address())
+        if exit_.kind is ExitKind.HALTED and self.get("eip") & ~0xFFF == CODE_PAGE:
+            # A kick stopped us inside the trampoline, before the Guest got the CPU
+            # back.  The world switch is all or nothing: the Guest's state is still
+            # the whole entry frame, and the next run starts the trampoline again.
+            words = struct.unpack(f"<{len(ENTRY_FRAME_REGS)}I", self.uc.mem_read(
+                ENTRY_FRAME_ADDR, 4 * len(ENTRY_FRAME_REGS)))
+            self._frame = dict(zip(ENTRY_FRAME_REGS, words, strict=True))
+        return exit_
+
+    def _emulate(self, begin: int) -> Exit:
         self.exit = None
         try:
-            self.uc.emu_start(self._start_address(), STOP_PAGE, timeout=timeout_us)
+            self.uc.emu_start(begin, STOP_PAGE)
         except UcError as err:
             if self.exit is None:
                 # A fault the hooks did not explain, e.g. inside the trampoline
@@ -377,10 +388,7 @@ class Switcher:
             for reg, value in self._undo.items():
                 self.set(reg, value)
             self._undo = None
-        exit_ = self.exit
-        if exit_ is None:
-            return Exit(ExitKind.HALTED)
-        return exit_
+        return self.exit or Exit(ExitKind.HALTED)
 
     def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None]) -> None:
@@ -427,8 +435,12 @@ class Switcher:
         """A trap: straight into the Guest if the Host's fast path takes it, else exit."""
         if self.direct_trap is not None and self.direct_trap(vector, errcode, software):
             self.direct_traps += 1
-            if self._frame is not None:  # the handler is in another ring: via the trampoline
-                self.set("eip", self._start_address())
+            if self._frame is not None:
+                # The handler is in another ring: the trampoline must take us there,
+                # and it only runs from outside a hook (switching rings inside one
+                # left Unicorn's state inconsistent under kicks).  Stop; the run
+                # loop re-enters at once, with no trap to handle.
+                self.uc.emu_stop()
             return
         self._leave(Exit(ExitKind.TRAP, vector, errcode, software=software, insn_len=insn_len))
 

@@ -1,0 +1,253 @@
+/*
+ * mm.c - address spaces: one page directory per process, kernel shared.
+ *
+ * The Host assumes that everything above kernel_address (PAGE_OFFSET) is
+ * mapped the same in every page directory the Guest gives it: it keeps that
+ * part of its shadows when it switches, and applies a kernel SET_PTE to all
+ * of them.  So a new directory starts as a copy of the boot directory's
+ * kernel entries -- the very same page tables, shared -- and only its user
+ * half is its own.  puppy never adds kernel page tables after boot (the
+ * PAGE_OFFSET mapping covers all the RAM it uses), so the copies never go
+ * stale.
+ *
+ * Changes to a user half go through set_pte_at/set_pgd (pgtable.c), and
+ * tearing one down is done like a big munmap: in lazy MMU mode, so that
+ * the SET_PTE/SET_PGD calls reach the Host in batches.
+ */
+#include "puppy.h"
+#include "mm.h"
+
+extern char _end[];
+
+#define MAX_LOWMEM	0x4000000u	/* head.S maps at most 64 MiB */
+
+/*
+ * Take over the memory head.S left us.  Its identity mapping of low memory
+ * (needed only while head.S ran at physical addresses) goes, so that the
+ * boot directory is a pure kernel directory, like Linux's swapper_pg_dir,
+ * and a stray NULL pointer in the kernel faults instead of reading RAM.
+ */
+void mm_init(u64 ram)
+{
+	unsigned int i;
+
+	page_alloc_init(__pa(_end), ram < MAX_LOWMEM ? (u32)ram : MAX_LOWMEM);
+
+	lazy_mmu_enter();
+	for (i = 0; i < KERNEL_PGD_START; i++)
+		if (boot_pgdir[i] & _PAGE_PRESENT)
+			set_pgd(boot_pgdir, i, 0);
+	lazy_mmu_leave();
+}
+
+/* A new address space: an empty user half and the shared kernel half. */
+int mm_create(struct mm *mm)
+{
+	mm->pgd = get_zeroed_page();
+	if (!mm->pgd)
+		return -1;
+	/* Not the Switcher's slot: the Host fills that in itself. */
+	memcpy(mm->pgd + KERNEL_PGD_START, boot_pgdir + KERNEL_PGD_START,
+	       (SWITCHER_PGD - KERNEL_PGD_START) * sizeof(u32));
+	mm->start_brk = mm->brk = 0;
+	return 0;
+}
+
+/* The PTE slot for a user @vaddr, or NULL if it has no page table. */
+u32 *lookup_user_pte(struct mm *mm, u32 vaddr)
+{
+	u32 pde;
+
+	if (vaddr >= USER_TOP)
+		return NULL;
+	pde = mm->pgd[vaddr >> PGDIR_SHIFT];
+	if (!(pde & _PAGE_PRESENT))
+		return NULL;
+	return (u32 *)__va(pde & PAGE_MASK) + ((vaddr >> PAGE_SHIFT) & (PTRS_PER_PTE - 1));
+}
+
+/* The same, making the page table if there is none yet (SET_PGD). */
+static u32 *alloc_user_pte(struct mm *mm, u32 vaddr)
+{
+	unsigned int index = vaddr >> PGDIR_SHIFT;
+
+	if (!(mm->pgd[index] & _PAGE_PRESENT)) {
+		u32 *table = get_zeroed_page();
+
+		if (!table)
+			return NULL;
+		set_pgd(mm->pgd, index, __pa(table) | _PAGE_TABLE);
+	}
+	return lookup_user_pte(mm, vaddr);
+}
+
+/*
+ * Give user page @vaddr a zeroed page with PTE @flags and return the
+ * kernel's address for it (NULL: out of memory).  A page that is already
+ * mapped (two ELF segments sharing one) is kept, made writable if asked.
+ */
+void *map_user_page(struct mm *mm, u32 vaddr, u32 flags)
+{
+	u32 *ptep = alloc_user_pte(mm, vaddr);
+	void *page;
+
+	if (!ptep)
+		return NULL;
+	if (*ptep & _PAGE_PRESENT) {
+		if ((flags & _PAGE_RW) && !(*ptep & _PAGE_RW))
+			set_pte_at(mm, vaddr & PAGE_MASK, ptep, *ptep | flags);
+		return __va(*ptep & PAGE_MASK);
+	}
+	page = get_zeroed_page();
+	if (!page)
+		return NULL;
+	set_pte_at(mm, vaddr & PAGE_MASK, ptep, __pa(page) | flags);
+	return page;
+}
+
+/*
+ * Unmap and free the user pages in [start, end).  The caller is in lazy
+ * MMU mode; a freed page cannot be handed out again before the queued
+ * SET_PTEs reach the Host, because nothing else runs until the caller
+ * leaves the window (the kernel is not preemptible and interrupt handlers
+ * do not allocate).
+ */
+static void unmap_user_range(struct mm *mm, u32 start, u32 end)
+{
+	u32 va;
+
+	for (va = start; va < end; va += PAGE_SIZE) {
+		u32 *ptep = lookup_user_pte(mm, va);
+
+		if (ptep && (*ptep & _PAGE_PRESENT)) {
+			u32 pa = *ptep & PAGE_MASK;
+
+			set_pte_at(mm, va, ptep, 0);
+			free_pages(pa, 1);
+		}
+	}
+}
+
+/*
+ * Empty the user half: every page (SET_PTE to 0), then every page table
+ * (SET_PGD).  Afterwards no shadow the Host keeps for this directory holds
+ * a user mapping, so the directory's page can safely be reused -- even as
+ * another directory, which the Host would find in its cache by address.
+ */
+void mm_release_user(struct mm *mm)
+{
+	unsigned int i, j;
+
+	lazy_mmu_enter();
+	for (i = 0; i < KERNEL_PGD_START; i++) {
+		u32 pde = mm->pgd[i], *table;
+
+		if (!(pde & _PAGE_PRESENT))
+			continue;
+		table = __va(pde & PAGE_MASK);
+		for (j = 0; j < PTRS_PER_PTE; j++) {
+			if (table[j] & _PAGE_PRESENT) {
+				u32 pa = table[j] & PAGE_MASK;
+
+				set_pte_at(mm, (i << PGDIR_SHIFT) | (j << PAGE_SHIFT), &table[j], 0);
+				free_pages(pa, 1);
+			}
+		}
+		set_pgd(mm->pgd, i, 0);
+		free_page(table);
+	}
+	lazy_mmu_leave();
+	mm->start_brk = mm->brk = 0;
+}
+
+/* The directory itself: only once nobody runs on it (finish_task_switch). */
+void mm_free(struct mm *mm)
+{
+	free_page(mm->pgd);
+	mm->pgd = NULL;
+}
+
+/*
+ * May the process read [addr, addr + len)?  Every page must be in the user
+ * half, present, and USER in its own page tables.
+ */
+int user_access_ok(struct mm *mm, u32 addr, u32 len)
+{
+	u32 va;
+
+	if (addr >= USER_TOP || len > USER_TOP - addr)
+		return 0;
+	for (va = addr & PAGE_MASK; va < addr + len; va += PAGE_SIZE) {
+		u32 *ptep = lookup_user_pte(mm, va);
+
+		if (!ptep || (*ptep & (_PAGE_PRESENT | _PAGE_USER)) != (_PAGE_PRESENT | _PAGE_USER))
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * Copy @len bytes from user address @src.  We never touch the user address
+ * itself (a kernel fault there would be an oops): each page is looked up in
+ * the process's own page table and read through the kernel's PAGE_OFFSET
+ * mapping.  0, or -1 (and nothing copied) if any byte is not the user's.
+ */
+int copy_from_user(struct mm *mm, void *dst, u32 src, u32 len)
+{
+	u8 *out = dst;
+
+	if (!user_access_ok(mm, src, len))
+		return -1;
+	while (len) {
+		u32 pte = *lookup_user_pte(mm, src);
+		u32 chunk = PAGE_SIZE - (src & ~PAGE_MASK);
+
+		if (chunk > len)
+			chunk = len;
+		memcpy(out, (u8 *)__va(pte & PAGE_MASK) + (src & ~PAGE_MASK), chunk);
+		out += chunk;
+		src += chunk;
+		len -= chunk;
+	}
+	return 0;
+}
+
+/*
+ * Move the end of the heap.  New pages are zeroed and writable; pages
+ * beyond a lower break are unmapped and freed.  A request we cannot meet
+ * changes nothing: it is refused up front if there are plainly not enough
+ * free pages, and rolled back if memory runs out half way.
+ * Returns the new break, or -ENOMEM.
+ */
+u32 mm_brk(struct mm *mm, u32 new_brk)
+{
+	u32 old_end = PAGE_ALIGN(mm->brk), new_end, va;
+
+	if (!new_brk)
+		return mm->brk;
+	if (new_brk < mm->start_brk || new_brk > USER_HEAP_LIMIT)
+		return (u32)-12;
+	new_end = PAGE_ALIGN(new_brk);
+	if (new_end > old_end) {
+		u32 pages = (new_end - old_end) >> PAGE_SHIFT;
+
+		/* The pages, plus a page table per 4 MiB, plus some slack. */
+		if (pages + pages / PTRS_PER_PTE + 2 > nr_free_pages())
+			return (u32)-12;
+		lazy_mmu_enter();
+		for (va = old_end; va < new_end; va += PAGE_SIZE) {
+			if (!map_user_page(mm, va, PTE_USER_RW)) {
+				unmap_user_range(mm, old_end, va);
+				lazy_mmu_leave();
+				return (u32)-12;
+			}
+		}
+		lazy_mmu_leave();
+	} else if (new_end < old_end) {
+		lazy_mmu_enter();
+		unmap_user_range(mm, new_end, old_end);
+		lazy_mmu_leave();
+	}
+	mm->brk = new_brk;
+	return new_brk;
+}

@@ -1,0 +1,89 @@
+/*
+ * mm.h - memory in an lguest Guest: physical pages, page tables, and the
+ * paravirtualized MMU operations that keep the Host's shadows honest.
+ *
+ * The Guest owns ordinary i386 two-level page tables in its own RAM, but the
+ * CPU never walks them: it runs on the Host's shadow copies.  So every change
+ * a Guest makes to a live page table must be reported (SET_PTE, SET_PGD,
+ * FLUSH_TLB), and every switch of address space is a hypercall (NEW_PGTABLE).
+ */
+#ifndef PUPPY_MM_H
+#define PUPPY_MM_H
+
+#include "lguest.h"
+
+#define PAGE_SHIFT		12
+#define PAGE_MASK		(~(PAGE_SIZE - 1))
+#define PAGE_ALIGN(x)		(((x) + PAGE_SIZE - 1) & PAGE_MASK)
+#define PGDIR_SHIFT		22
+#define PTRS_PER_PGD		1024
+#define PTRS_PER_PTE		1024
+#define KERNEL_PGD_START	(PAGE_OFFSET >> PGDIR_SHIFT)	/* 768 */
+/* The Switcher's slot (reserve_mem = 4 MiB): never ours to map. */
+#define SWITCHER_PGD		1023
+
+/* The PTE and PDE bits puppy uses (non-PAE i386). */
+#define _PAGE_PRESENT		0x001
+#define _PAGE_RW		0x002
+#define _PAGE_USER		0x004
+#define _PAGE_ACCESSED		0x020
+#define _PAGE_DIRTY		0x040
+/* A directory entry may carry nothing else, or the Host kills us. */
+#define _PAGE_TABLE		(_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
+
+/*
+ * User PTEs are born ACCESSED (and writable ones DIRTY): the page is about
+ * to be used, and a PTE with A/D set lets the Host install its shadow at
+ * SET_PTE time instead of taking a fault for it later (spec 6.6).
+ */
+#define PTE_USER_RO	(_PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED)
+#define PTE_USER_RW	(PTE_USER_RO | _PAGE_RW | _PAGE_DIRTY)
+
+/* The user half of every address space. */
+#define USER_TOP		PAGE_OFFSET	/* 0xC0000000: the kernel's */
+#define USER_STACK_TOP		USER_TOP
+#define USER_STACK_PAGES	4
+#define USER_HEAP_LIMIT		0xB0000000u	/* brk may not go past this */
+
+/* page_alloc.c: the physical page allocator. */
+void page_alloc_init(u32 first_free_pa, u32 limit_pa);
+u32 alloc_pages(unsigned int n);	/* physical address, 0 if none */
+void free_pages(u32 pa, unsigned int n);
+void *get_zeroed_page(void);		/* kernel (virtual) address, or NULL */
+void free_page(void *va);
+unsigned int nr_free_pages(void);
+extern u32 lowmem_limit;		/* what PAGE_OFFSET maps: min(RAM, 64 MiB) */
+
+/* pgtable.c: the paravirtualized MMU. */
+struct mm {
+	u32 *pgd;		/* page directory (kernel virtual address) */
+	u32 start_brk, brk;	/* the heap: [start_brk, brk) */
+};
+
+extern u32 boot_pgdir[];	/* head.S: the kernel-only "swapper" directory */
+extern struct mm init_mm;
+
+void set_pte_at(struct mm *mm, u32 vaddr, u32 *ptep, u32 pte);
+void set_pgd(u32 *pgd, unsigned int index, u32 pde);
+void flush_tlb_user(void);
+void flush_tlb_kernel(void);
+void write_cr3(u32 *pgd);
+u32 read_cr3(void);
+void load_sp0(u32 sp0);
+void lazy_mmu_enter(void);
+void lazy_mmu_leave(void);
+void lazy_cpu_enter(void);
+void lazy_cpu_leave(void);
+
+/* mm.c: address spaces. */
+void mm_init(u64 ram);
+int mm_create(struct mm *mm);
+void mm_release_user(struct mm *mm);
+void mm_free(struct mm *mm);
+void *map_user_page(struct mm *mm, u32 vaddr, u32 flags);
+u32 *lookup_user_pte(struct mm *mm, u32 vaddr);
+int user_access_ok(struct mm *mm, u32 addr, u32 len);
+int copy_from_user(struct mm *mm, void *dst, u32 src, u32 len);
+u32 mm_brk(struct mm *mm, u32 new_brk);
+
+#endif /* PUPPY_MM_H */

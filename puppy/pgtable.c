@@ -1,0 +1,117 @@
+/*
+ * pgtable.c - the paravirtualized MMU: telling the Host what changed.
+ *
+ * Natively, a kernel writes a PTE and the hardware walker sees it (after a
+ * TLB flush).  Under lguest the CPU walks the Host's shadow page tables, which
+ * the Host fills lazily from ours; it cannot see our stores.  So each of the
+ * operations below is "do it in memory, then tell the Host":
+ *
+ *   set_pte_at       store + SET_PTE(directory, vaddr, pte)
+ *   set_pgd          store + SET_PGD(directory, index)
+ *   flush_tlb_user   FLUSH_TLB(0): forget the current user mappings
+ *   flush_tlb_kernel FLUSH_TLB(1): forget everything, in every shadow
+ *   write_cr3        NEW_PGTABLE(directory): we keep "cr3" ourselves
+ *   load_sp0         SET_STACK: where traps from user mode land
+ *
+ * Each is one trip to the Host, which is slow.  So, as Linux does, there are
+ * two "lazy" windows -- bulk page-table updates (lazy MMU mode) and the
+ * context switch (lazy CPU mode) -- in which these calls are only queued on
+ * the async ring in lguest_data, and one FLUSH_ASYNC at the end makes the
+ * Host run them all, in order, in a single trip.
+ */
+#include "puppy.h"
+#include "mm.h"
+#include "irq.h"
+
+enum lazy_mode { LAZY_NONE, LAZY_MMU, LAZY_CPU };
+
+static enum lazy_mode lazy_mode;
+static u32 current_cr3;		/* the Host has no cr3 field for us to read */
+
+/* The boot directory, seen as an address space (the idle task's). */
+struct mm init_mm = { .pgd = boot_pgdir };
+
+/*
+ * A hypercall that can wait: queued on the ring in a lazy window, made
+ * right away otherwise.
+ */
+static void lazy_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3)
+{
+	if (lazy_mode == LAZY_NONE)
+		hcall(call, arg1, arg2, arg3, 0);
+	else
+		async_hcall(call, arg1, arg2, arg3, 0);
+}
+
+void set_pte_at(struct mm *mm, u32 vaddr, u32 *ptep, u32 pte)
+{
+	*ptep = pte;
+	/* The Host finds its shadow by the directory's physical address. */
+	lazy_hcall(LHCALL_SET_PTE, __pa(mm->pgd), vaddr, pte);
+}
+
+void set_pgd(u32 *pgd, unsigned int index, u32 pde)
+{
+	pgd[index] = pde;
+	lazy_hcall(LHCALL_SET_PGD, __pa(pgd) & PAGE_MASK, index, 0);
+}
+
+void flush_tlb_user(void)
+{
+	lazy_hcall(LHCALL_FLUSH_TLB, 0, 0, 0);
+}
+
+void flush_tlb_kernel(void)
+{
+	lazy_hcall(LHCALL_FLUSH_TLB, 1, 0, 0);
+}
+
+void write_cr3(u32 *pgd)
+{
+	current_cr3 = __pa(pgd);
+	lazy_hcall(LHCALL_NEW_PGTABLE, current_cr3, 0, 0);
+}
+
+u32 read_cr3(void)
+{
+	return current_cr3;
+}
+
+/*
+ * The kernel stack for traps from ring 3 (the TSS's ss1/esp1, which only
+ * the Host can write).  Two pages, which the Host checks are mapped and
+ * writable in the current address space.
+ */
+void load_sp0(u32 sp0)
+{
+	lazy_hcall(LHCALL_SET_STACK, KERNEL_DS, sp0, 2);
+}
+
+/*
+ * Entering a lazy window: nothing to tell the Host.  Interrupts stay as
+ * they are; a handler that made a synchronous hypercall in the middle would
+ * just make the Host run the queue early, which keeps the order.
+ */
+void lazy_mmu_enter(void)
+{
+	lazy_mode = LAZY_MMU;
+}
+
+/* Leaving it: the Host must have seen everything before we go on. */
+void lazy_mmu_leave(void)
+{
+	lazy_mode = LAZY_NONE;
+	hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0, 0);
+}
+
+/* The context switch's window (Linux's arch_start/end_context_switch). */
+void lazy_cpu_enter(void)
+{
+	lazy_mode = LAZY_CPU;
+}
+
+void lazy_cpu_leave(void)
+{
+	lazy_mode = LAZY_NONE;
+	hcall(LHCALL_FLUSH_ASYNC, 0, 0, 0, 0);
+}
