@@ -81,3 +81,51 @@ user:
 """)))
     assert run.reason.startswith("unhandled trap 256 at 0x")
     assert run.status == 1
+
+
+def test_kicks_never_make_an_instruction_run_twice(asm_guest) -> None:
+    """Read-modify-write instructions on pages that keep missing in the TLB, while
+    another thread kicks the vCPU thousands of times: every add happens exactly once.
+    (Unicorn's own emu_stop from another thread fails this: upstream issue #1355.)"""
+    import threading
+    import time
+
+    elf = asm_guest("""
+test_main:
+	INIT
+	call setup_user_paging
+	xorl %edi, %edi				/* round */
+1:	HCALL LHCALL_FLUSH_TLB, $1		/* every page misses again */
+	xorl %ecx, %ecx
+2:	movl %ecx, %eax
+	shll $12, %eax
+	addl %edi, 0x200000(%eax)		/* 512 pages from 2 MiB */
+	incl %ecx
+	cmpl $512, %ecx
+	jne 2b
+	incl %edi
+	cmpl $200, %edi
+	jne 1b
+	POWEROFF
+""")
+    guest = make_guest(elf)
+    done = threading.Event()
+    kicks = 0
+
+    def kick() -> None:
+        nonlocal kicks
+        while not done.is_set():
+            guest.cpu.stop()
+            kicks += 1
+            time.sleep(0)  # as often as the GIL allows: raw emu_stop fails this reliably
+
+    thread = threading.Thread(target=kick)
+    thread.start()
+    result = guest.run()
+    done.set()
+    thread.join()
+    assert result.reason == "CRASH: Power down"
+    assert kicks > 1000
+    expected = sum(range(200)) & 0xFFFFFFFF
+    values = {guest.mem.read_u32(0x200000 + 4096 * i) for i in range(512)}
+    assert values == {expected}

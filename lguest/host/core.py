@@ -147,7 +147,7 @@ class Guest:
         """The run loop (§4.2): returns when the Guest is dead or wants a restart."""
         try:
             while not self.dead:
-                self.kicker.acknowledge()
+                self.cpu.doorbell_answered()
                 if self.hcall_pending:
                     self.hcall_pending = False
                     hypercalls.do_hypercalls(self)
@@ -303,7 +303,6 @@ class Guest:
         while self._deliverable_irq() is None and not self.dead:
             self._wake.wait()
             self._wake.clear()
-            self.kicker.acknowledge()
 
     def write_timestamp(self) -> None:
         assert self.lguest_data is not None

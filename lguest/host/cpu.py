@@ -33,6 +33,7 @@ from unicorn import (
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_EXCEPTION,
+    UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -47,7 +48,7 @@ from unicorn import (
     Uc,
     UcError,
 )
-from unicorn.unicorn_py3.unicorn import uc_context, uclib
+from unicorn.unicorn_py3.unicorn import uc_context, uc_hook_h, uclib
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
@@ -74,6 +75,7 @@ from unicorn.x86_const import (
 )
 
 from lguest import abi
+from lguest.host import native
 
 # The Switcher's pages, at the same virtual and (emulator-)physical address.
 CODE_PAGE = abi.SWITCHER_ADDR  # the trampoline: kernel read+exec
@@ -115,6 +117,12 @@ ALL_REGS = GENERAL_REGS | SEGMENT_REGS
 PERM_EXEC = UC_PROT_READ | UC_PROT_EXEC
 PERM_READ = UC_PROT_READ
 PERM_WRITE = UC_PROT_READ | UC_PROT_WRITE
+
+
+class Doorbell(ctypes.Structure):
+    """struct doorbell of kick.c."""
+
+    _fields_ = (("rung", ctypes.c_int32), ("stop", ctypes.c_void_p))
 
 
 class ExitKind(Enum):
@@ -226,6 +234,7 @@ class Switcher:
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        self._install_doorbell()
 
     # --- set-up ---------------------------------------------------------------------------
     def _install_switcher_pages(self) -> None:
@@ -406,9 +415,23 @@ class Switcher:
         """Forget every translation the emulator has cached (our shadow page tables)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
+    def _install_doorbell(self) -> None:
+        """A block hook in C that stops emulation when another thread rang (kick.c)."""
+        self._doorbell = Doorbell(0, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
+        self._doorbell_hook = uc_hook_h()
+        err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(self._doorbell_hook), UC_HOOK_BLOCK,
+                                ctypes.cast(native.library().lguest_doorbell_hook, ctypes.c_void_p),
+                                ctypes.byref(self._doorbell), ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise UcError(err)
+
     def stop(self) -> None:
-        """Kick the vCPU out of the emulator (safe from another thread)."""
-        self.uc.emu_stop()
+        """Ring the doorbell: the vCPU leaves the emulator at its next block (any thread)."""
+        self._doorbell.rung = 1
+
+    def doorbell_answered(self) -> None:
+        """The run loop is about to look at everything pending: no need to stop for it."""
+        self._doorbell.rung = 0
 
     # --- leaving: the hooks ---------------------------------------------------------------
     def _leave(self, exit_: Exit) -> None:

@@ -1,0 +1,30 @@
+/*
+ * The vCPU's doorbell: a Unicorn block hook, in C because it runs before every
+ * translated block the Guest executes.
+ *
+ * Other threads (the clock, the devices) must be able to get a running vCPU out
+ * of the emulator.  Unicorn's uc_emu_stop() from another thread is not safe: if
+ * it lands while the emulator is inside one of our callbacks, the instruction
+ * can be left half-done with EIP not moved on, and it runs a second time when
+ * emulation resumes (upstream issue #1355).  So other threads only ring this
+ * doorbell; the vCPU's own thread answers it at the start of the next block,
+ * where stopping is clean.
+ */
+#include <stdint.h>
+
+struct doorbell {
+	volatile int32_t rung;
+	int (*stop)(void *uc);	/* uc_emu_stop, looked up by the Python side */
+};
+
+void lguest_doorbell_hook(void *uc, uint64_t address, uint32_t size, void *data)
+{
+	struct doorbell *bell = data;
+
+	(void)address;
+	(void)size;
+	if (bell->rung) {
+		bell->rung = 0;
+		bell->stop(uc);
+	}
+}
