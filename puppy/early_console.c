@@ -12,86 +12,14 @@
  * to 0xCF8, data via 0xCFC), and each port I/O traps to the Host and on to
  * the Launcher, so this is 8 exits per character -- which is exactly what
  * a 4.x Linux Guest does, and why its boot log is slow to print.
+ * Once the virtio console driver is up (virtio_console.c), printk goes
+ * through its output queue instead; emerg_wr stays for oopses.
  */
 #include "puppy.h"
+#include "pci.h"
 
-/* --- port I/O: at ring 1 every one of these traps (#GP) to the Host --- */
-static inline void outb(u8 v, u16 port)
-{
-	asm volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline void outl(u32 v, u16 port)
-{
-	asm volatile("outl %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline u8 inb(u16 port)
-{
-	u8 v;
-
-	asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static inline u32 inl(u16 port)
-{
-	u32 v;
-
-	asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-/* --- PCI "type 1" configuration access, bus 0, function 0 --- */
-#define PCI_CONF_ADDR	0xCF8
-#define PCI_CONF_DATA	0xCFC
 #define CONSOLE_SLOT	1
-
-static void pci_select(unsigned int slot, unsigned int reg)
-{
-	outl(0x80000000u | (slot << 11) | (reg & ~3u), PCI_CONF_ADDR);
-}
-
-static u8 pci_read8(unsigned int slot, unsigned int reg)
-{
-	pci_select(slot, reg);
-	return inb(PCI_CONF_DATA + (reg & 3));
-}
-
-static u32 pci_read32(unsigned int slot, unsigned int reg)
-{
-	pci_select(slot, reg);
-	return inl(PCI_CONF_DATA);
-}
-
-static void pci_write8(unsigned int slot, unsigned int reg, u8 v)
-{
-	pci_select(slot, reg);
-	outb(v, PCI_CONF_DATA + (reg & 3));
-}
-
-static void pci_write32(unsigned int slot, unsigned int reg, u32 v)
-{
-	pci_select(slot, reg);
-	outl(v, PCI_CONF_DATA);
-}
-
-/* --- the virtio bits we need --- */
 #define VIRTIO_CONSOLE_PCI_ID	0x10431AF4	/* device 0x1043, vendor 0x1AF4 */
-#define PCI_CAPABILITY_LIST	0x34
-#define PCI_CAP_ID_VNDR		0x09
-
-/* struct virtio_pci_cap: vndr, next, len, cfg_type, bar, pad[3], offset, length */
-#define CAP_VNDR	0
-#define CAP_NEXT	1
-#define CAP_CFG_TYPE	3
-#define CAP_BAR		4
-#define CAP_OFFSET	8
-#define CAP_LENGTH	12
-#define CAP_PCI_CFG_DATA 16	/* only in the PCI_CFG capability */
-
-#define VIRTIO_PCI_CAP_DEVICE_CFG 4
-#define VIRTIO_PCI_CAP_PCI_CFG	5
 
 /* struct virtio_console_config: cols, rows, max_nr_ports, then emerg_wr. */
 #define VIRTIO_CONSOLE_EMERG_WR	8
@@ -101,43 +29,25 @@ static unsigned int pci_cfg_cap;	/* 0 = no console: output is dropped */
 static u32 device_cfg_offset;		/* where the console config is in BAR0 */
 
 /*
- * Find the console and the two capabilities we need.  Returns 0 on success;
- * on failure printing silently does nothing, as in Linux.
+ * Find the console and the two capabilities we need (pci.c walks the
+ * list).  Returns 0 on success; on failure printing silently does nothing,
+ * as in Linux.
  */
 int early_console_init(void)
 {
-	unsigned int pos, cfg_cap = 0, limit;
-	u32 dev_off = 0, dev_len = 0;
-	int have_dev = 0;
+	struct virtio_caps caps;
 
 	if (pci_read32(CONSOLE_SLOT, 0) != VIRTIO_CONSOLE_PCI_ID)
 		return -1;
-
-	/* Walk the capability list (bounded: a broken list must not hang us). */
-	pos = pci_read8(CONSOLE_SLOT, PCI_CAPABILITY_LIST);
-	for (limit = 48; pos && limit; limit--) {
-		pos &= ~3u;
-		if (pci_read8(CONSOLE_SLOT, pos + CAP_VNDR) == PCI_CAP_ID_VNDR) {
-			u8 type = pci_read8(CONSOLE_SLOT, pos + CAP_CFG_TYPE);
-			u8 bar = pci_read8(CONSOLE_SLOT, pos + CAP_BAR);
-
-			if (type == VIRTIO_PCI_CAP_DEVICE_CFG && bar == 0 && !have_dev) {
-				dev_off = pci_read32(CONSOLE_SLOT, pos + CAP_OFFSET);
-				dev_len = pci_read32(CONSOLE_SLOT, pos + CAP_LENGTH);
-				have_dev = 1;
-			} else if (type == VIRTIO_PCI_CAP_PCI_CFG && !cfg_cap) {
-				cfg_cap = pos;
-			}
-		}
-		pos = pci_read8(CONSOLE_SLOT, pos + CAP_NEXT);
-	}
+	pci_virtio_caps(CONSOLE_SLOT, &caps);
 
 	/* emerg_wr is the u32 at offset 8 of the console config. */
-	if (!have_dev || !cfg_cap || dev_len < VIRTIO_CONSOLE_CFG_MIN)
+	if (!(caps.found & (1u << VIRTIO_PCI_CAP_DEVICE_CFG)) || !caps.pci_cfg_pos ||
+	    caps.length[VIRTIO_PCI_CAP_DEVICE_CFG] < VIRTIO_CONSOLE_CFG_MIN)
 		return -1;
 
-	device_cfg_offset = dev_off;
-	pci_cfg_cap = cfg_cap;
+	device_cfg_offset = caps.offset[VIRTIO_PCI_CAP_DEVICE_CFG];
+	pci_cfg_cap = caps.pci_cfg_pos;
 	return 0;
 }
 
@@ -155,13 +65,36 @@ static void emerg_wr(unsigned char c)
 	pci_write32(CONSOLE_SLOT, pci_cfg_cap + CAP_PCI_CFG_DATA, c);
 }
 
-/* "\n" goes out as it is: the Launcher's terminal does the rest. */
-void console_write(const char *s, unsigned int len)
+void early_console_write(const char *s, unsigned int len)
 {
 	if (!pci_cfg_cap)
 		return;
 	while (len--)
 		emerg_wr((unsigned char)*s++);
+}
+
+/*
+ * Where printk's bytes go: the virtio console's output queue once its
+ * driver is up (virtio_console.c), emerg_wr before that -- and again after
+ * an oops, when the queue and the interrupts it needs can no longer be
+ * trusted.
+ */
+static int emergency;
+
+void console_emergency(void)
+{
+	if (!emergency && virtio_console_ready())
+		virtio_console_flush();	/* what was queued comes out first */
+	emergency = 1;
+}
+
+/* "\n" goes out as it is: the Launcher's terminal does the rest. */
+void console_write(const char *s, unsigned int len)
+{
+	if (!emergency && virtio_console_ready())
+		virtio_console_write(s, len);
+	else
+		early_console_write(s, len);
 }
 
 int puts(const char *s)

@@ -39,6 +39,7 @@ static const char *const trap_names[FIRST_EXTERNAL_VECTOR] = {
 static irq_handler_t irq_handlers[PUPPY_NR_IRQS];
 int syscall_trap_gate;		/* main.c: the `trapgate` word */
 volatile int irq_work;
+volatile int in_irq;		/* inside an interrupt handler: must not sleep */
 volatile unsigned int nm_traps;
 
 /*
@@ -120,10 +121,12 @@ void request_irq(unsigned int irq, irq_handler_t handler)
  */
 static void handle_irq(unsigned int irq)
 {
+	in_irq++;
 	if (irq_handlers[irq])
 		irq_handlers[irq](irq);
 	else
 		irq_mask(irq);
+	in_irq--;
 	irq_work = 1;		/* idle() must look again before it halts */
 }
 
@@ -135,6 +138,8 @@ static void __attribute__((noreturn)) oops(struct pt_regs *regs, u32 cr2)
 	snprintk(reason, sizeof(reason),
 		 "oops: vector %u (%s) at eip %08x error %08x cr2 %08x",
 		 regs->vector, trap_names[regs->vector], regs->eip, regs->error, cr2);
+	/* The device queues may be what broke: the slow, sure way out. */
+	console_emergency();
 	printk("puppy: %s\n", reason);
 	shutdown(reason, LGUEST_SHUTDOWN_POWEROFF);
 }

@@ -86,6 +86,7 @@ void irq_unmask(unsigned int irq);
 void request_irq(unsigned int irq, irq_handler_t handler);
 void do_trap(struct pt_regs *regs);
 extern volatile int irq_work;		/* set by every irq handled */
+extern volatile int in_irq;		/* nonzero inside an irq handler */
 extern volatile unsigned int nm_traps;		/* #NM traps taken */
 extern int syscall_trap_gate;		/* 0x80 as a trap gate, not an interrupt gate */
 

@@ -7,11 +7,13 @@
  * early console), hypercalls batched on the async ring, plain synchronous
  * hypercalls, and -- once the IDT is loaded -- traps and interrupts coming
  * the other way.  Words on the command line run small demonstrations, up
- * to user processes at ring 3 in address spaces of their own.
+ * to user processes at ring 3 in address spaces of their own, and a shell
+ * driving the virtio devices (console, disk, entropy, network).
  */
 #include "puppy.h"
 #include "irq.h"
 #include "sched.h"
+#include "virtio.h"
 #include "bench/bench.h"
 
 /* The boot page table maps at most this much, so it is all we may touch. */
@@ -68,11 +70,22 @@ static int cmdline_number(const char *word)
 
 void shutdown(const char *why, u32 how)
 {
+	/* The Launcher stops serving the console when we go: drain it first. */
+	if (virtio_console_ready())
+		virtio_console_flush();
 	/* The Host wants a guest-physical address for the reason string. */
 	hcall(LHCALL_SHUTDOWN, __pa(why), how, 0, 0);
 	/* Not reached: the Host does not run us again after SHUTDOWN. */
 	for (;;)
 		;
+}
+
+/* The end of every normal run (and of the shell's poweroff). */
+void power_off(void)
+{
+	printk("puppy: %u timer ticks\n", jiffies);
+	printk("puppy: power off\n");
+	shutdown("Power down", LGUEST_SHUTDOWN_POWEROFF);
 }
 
 /* What the Host's processor looks like to us, once filtered. */
@@ -227,6 +240,13 @@ void puppy_main(u32 boot_params_pa)
 	irq_enable();
 	printk("puppy: timer ticking at %u Hz\n", HZ);
 
+	/*
+	 * The virtio drivers, only when asked for: a plain boot keeps
+	 * printing through emerg_wr and leaves the devices alone.
+	 */
+	if (cmdline_has("shell") || cmdline_has("devices"))
+		virtio_probe_all();
+
 	ms = cmdline_number("sleep=");
 	if (ms >= 0)
 		sleep_test(ms);
@@ -247,6 +267,12 @@ void puppy_main(u32 boot_params_pa)
 	if (cmdline_has("hostile"))
 		hostile_demo();
 
+	/* The shell, a process reading the console: until it exits or powers off. */
+	if (cmdline_has("shell")) {
+		spawn("sh", NULL);
+		run_processes();
+	}
+
 	if (cmdline_has("oops"))
 		asm volatile("ud2");
 
@@ -258,7 +284,5 @@ void puppy_main(u32 boot_params_pa)
 		shutdown("Restarting", LGUEST_SHUTDOWN_RESTART);
 	}
 
-	printk("puppy: %u timer ticks\n", jiffies);
-	printk("puppy: power off\n");
-	shutdown("Power down", LGUEST_SHUTDOWN_POWEROFF);
+	power_off();
 }

@@ -22,6 +22,20 @@ extern char _end[];
 #define MAX_LOWMEM	0x4000000u	/* head.S maps at most 64 MiB */
 
 /*
+ * Device windows (virtio BAR0 pages) are not RAM, so PAGE_OFFSET does not
+ * reach them: they get kernel addresses of their own here, in one page
+ * table made at boot.  It must exist before the first process does, since
+ * each new directory copies the kernel's directory entries once.
+ */
+#define IOREMAP_BASE	0xFF000000u	/* 4 MiB, just under the Switcher's */
+#define PTE_KERNEL	(_PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY)
+#define _PAGE_PWT	0x008
+#define _PAGE_PCD	0x010		/* a device: not cacheable */
+
+static u32 *ioremap_table;
+static unsigned int ioremap_used;
+
+/*
  * Take over the memory head.S left us.  Its identity mapping of low memory
  * (needed only while head.S ran at physical addresses) goes, so that the
  * boot directory is a pure kernel directory, like Linux's swapper_pg_dir,
@@ -37,7 +51,30 @@ void mm_init(u64 ram)
 	for (i = 0; i < KERNEL_PGD_START; i++)
 		if (boot_pgdir[i] & _PAGE_PRESENT)
 			set_pgd(boot_pgdir, i, 0);
+	ioremap_table = get_zeroed_page();
+	if (ioremap_table)
+		set_pgd(boot_pgdir, IOREMAP_BASE >> PGDIR_SHIFT, __pa(ioremap_table) | PTE_KERNEL);
 	lazy_mmu_leave();
+}
+
+/*
+ * A kernel address for the device page at physical @pa (a BAR), like
+ * Linux's ioremap.  The PTE points outside RAM, which the Host allows only
+ * for a device window: it then never gives us the page itself, and every
+ * access through this mapping faults out to the Launcher as MMIO.  A kernel
+ * SET_PTE reaches every shadow page table the Host keeps.
+ */
+void *ioremap(u32 pa)
+{
+	u32 va;
+
+	if (!ioremap_table || ioremap_used == PTRS_PER_PTE)
+		return NULL;
+	va = IOREMAP_BASE + ioremap_used * PAGE_SIZE;
+	set_pte_at(&init_mm, va, &ioremap_table[ioremap_used],
+		   (pa & PAGE_MASK) | PTE_KERNEL | _PAGE_PCD | _PAGE_PWT);
+	ioremap_used++;
+	return (void *)(va + (pa & ~PAGE_MASK));
 }
 
 /* A new address space: an empty user half and the shared kernel half. */
@@ -169,9 +206,9 @@ void mm_free(struct mm *mm)
 
 /*
  * May the process read [addr, addr + len)?  Every page must be in the user
- * half, present, and USER in its own page tables.
+ * half, present, and USER in its own page tables (and RW, to be written).
  */
-int user_access_ok(struct mm *mm, u32 addr, u32 len)
+static int user_pages_ok(struct mm *mm, u32 addr, u32 len, u32 need)
 {
 	u32 va;
 
@@ -180,10 +217,20 @@ int user_access_ok(struct mm *mm, u32 addr, u32 len)
 	for (va = addr & PAGE_MASK; va < addr + len; va += PAGE_SIZE) {
 		u32 *ptep = lookup_user_pte(mm, va);
 
-		if (!ptep || (*ptep & (_PAGE_PRESENT | _PAGE_USER)) != (_PAGE_PRESENT | _PAGE_USER))
+		if (!ptep || (*ptep & need) != need)
 			return 0;
 	}
 	return 1;
+}
+
+int user_access_ok(struct mm *mm, u32 addr, u32 len)
+{
+	return user_pages_ok(mm, addr, len, _PAGE_PRESENT | _PAGE_USER);
+}
+
+int user_write_ok(struct mm *mm, u32 addr, u32 len)
+{
+	return user_pages_ok(mm, addr, len, _PAGE_PRESENT | _PAGE_USER | _PAGE_RW);
 }
 
 /*
@@ -207,6 +254,31 @@ int copy_from_user(struct mm *mm, void *dst, u32 src, u32 len)
 		memcpy(out, (u8 *)__va(pte & PAGE_MASK) + (src & ~PAGE_MASK), chunk);
 		out += chunk;
 		src += chunk;
+		len -= chunk;
+	}
+	return 0;
+}
+
+/*
+ * The other way: @len bytes to user address @dst, which must be writable
+ * by the process.  Again only through the kernel's mapping of each page.
+ * The user PTEs are born DIRTY, so the Host needs no fault to see the write.
+ */
+int copy_to_user(struct mm *mm, u32 dst, const void *src, u32 len)
+{
+	const u8 *in = src;
+
+	if (!user_write_ok(mm, dst, len))
+		return -1;
+	while (len) {
+		u32 pte = *lookup_user_pte(mm, dst);
+		u32 chunk = PAGE_SIZE - (dst & ~PAGE_MASK);
+
+		if (chunk > len)
+			chunk = len;
+		memcpy((u8 *)__va(pte & PAGE_MASK) + (dst & ~PAGE_MASK), in, chunk);
+		in += chunk;
+		dst += chunk;
 		len -= chunk;
 	}
 	return 0;

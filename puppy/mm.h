@@ -83,7 +83,10 @@ void mm_free(struct mm *mm);
 void *map_user_page(struct mm *mm, u32 vaddr, u32 flags);
 u32 *lookup_user_pte(struct mm *mm, u32 vaddr);
 int user_access_ok(struct mm *mm, u32 addr, u32 len);
+int user_write_ok(struct mm *mm, u32 addr, u32 len);
 int copy_from_user(struct mm *mm, void *dst, u32 src, u32 len);
+int copy_to_user(struct mm *mm, u32 dst, const void *src, u32 len);
+void *ioremap(u32 pa);			/* a device page's kernel address */
 u32 mm_brk(struct mm *mm, u32 new_brk);
 
 #endif /* PUPPY_MM_H */

@@ -1,7 +1,7 @@
 /*
  * programs.S - the user programs, carried inside the kernel image.
  *
- * puppy has no disk: its virtio devices stop at the early console.  So its
+ * puppy has no file system (its disk is a bare array of sectors), so its
  * programs are linked into the kernel as plain ELF files (built from user/
  * by the Makefile) and exec.c loads them from here, exactly as it would
  * from a file.  user_programs is the table exec.c searches by name.
@@ -22,7 +22,7 @@
 	.asciz	"\name"
 	.endm
 
-#define PROGRAMS(x) x hello; x counter; x sleeper; x worker; x steady; x evil
+#define PROGRAMS(x) x hello; x counter; x sleeper; x worker; x steady; x evil; x sh
 
 	.section .rodata, "a"
 	PROGRAMS(image)

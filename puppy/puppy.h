@@ -17,7 +17,9 @@ size_t strlen(const char *s);
 
 /* early_console.c */
 int early_console_init(void);
+void early_console_write(const char *s, unsigned int len);
 void console_write(const char *s, unsigned int len);
+void console_emergency(void);		/* back to emerg_wr for good (oops) */
 int puts(const char *s);		/* appends a newline, like C's */
 int vprintk(const char *fmt, va_list ap);
 int printk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -27,12 +29,18 @@ int snprintk(char *buf, size_t size, const char *fmt, ...)
 /* lib.c: 64-by-32-bit division with two 32-bit divides (no libgcc) */
 u64 div_u64_rem(u64 n, u32 d, u32 *rem);
 
+/* virtio_console.c: the console driver, once bound */
+int virtio_console_ready(void);
+void virtio_console_write(const char *s, unsigned int len);
+void virtio_console_flush(void);
+
 /* segments.c */
 void user_segments_init(void);
 
 /* main.c */
 void puppy_main(u32 boot_params_pa) __attribute__((noreturn));
 void shutdown(const char *why, u32 how) __attribute__((noreturn));
+void power_off(void) __attribute__((noreturn));
 
 /* cpu.c: filtered cpuid and the virtual CR0 (lazy FPU) */
 void puppy_cpuid(u32 leaf, u32 *eax, u32 *ebx, u32 *ecx, u32 *edx);

@@ -18,6 +18,7 @@
  */
 #include "puppy.h"
 #include "sched.h"
+#include "user/syscalls.h"
 
 static struct task tasks[MAX_TASKS];
 #define idle_task	(&tasks[0])
@@ -124,7 +125,7 @@ void scheduler_tick(void)
 	struct task *t;
 
 	for (t = &tasks[1]; t < &tasks[MAX_TASKS]; t++) {
-		if (t->state == TASK_SLEEPING && (int)(jiffies - t->wake_at) >= 0) {
+		if (t->state == TASK_SLEEPING && t->timed && (int)(jiffies - t->wake_at) >= 0) {
 			t->state = TASK_RUNNABLE;
 			if (current == idle_task)
 				need_resched = 1;
@@ -164,9 +165,75 @@ void sched_sleep(u32 ms)
 
 	/* Interrupts off: the tick must not wake us before we are asleep. */
 	current->wake_at = jiffies + ticks;
+	current->timed = 1;
 	current->state = ticks ? TASK_SLEEPING : TASK_RUNNABLE;
 	schedule();
 	local_irq_restore(flags);
+}
+
+/*
+ * Wait for @chan (interrupts off, the caller's condition just found false).
+ * A process gives the CPU away until wake_up(@chan) or, if @ticks is not 0,
+ * that many ticks.  The idle task (the kernel at boot and shutdown) has
+ * nobody to give the CPU to: it HALTs, which returns once the Host has
+ * delivered an interrupt -- with interrupts on, so turn them off again
+ * before the caller looks.  An interrupt that came after the caller looked
+ * is not lost either way: the Host holds it pending until we can take it.
+ */
+void sleep_on(const void *chan, u32 ticks)
+{
+	if (current == idle_task) {
+		hcall(LHCALL_HALT, 0, 0, 0, 0);
+		irq_disable();
+		return;
+	}
+	current->wait_chan = chan;
+	current->timed = ticks != 0;
+	current->wake_at = jiffies + ticks;
+	current->state = TASK_SLEEPING;
+	schedule();
+	current->wait_chan = NULL;
+}
+
+/*
+ * An interrupt handler's half: make every task waiting for @chan runnable,
+ * and ask for a switch on the way back to user mode so that it runs soon.
+ */
+void wake_up(const void *chan)
+{
+	struct task *t;
+
+	for (t = &tasks[1]; t < &tasks[MAX_TASKS]; t++) {
+		if (t->state == TASK_SLEEPING && t->wait_chan == chan) {
+			t->state = TASK_RUNNABLE;
+			need_resched = 1;
+		}
+	}
+}
+
+/* ps: every live task, the idle task first. */
+int task_list(struct ps_entry *out, int max)
+{
+	u32 flags = local_irq_save();
+	int i, n = 0;
+
+	for (i = 0; i < MAX_TASKS && n < max; i++) {
+		struct task *t = &tasks[i];
+
+		if (i && t->state != TASK_RUNNABLE && t->state != TASK_SLEEPING)
+			continue;
+		out[n].pid = t->pid;
+		if (t == current)
+			out[n].state = PS_RUNNING;
+		else if (t->state == TASK_RUNNABLE)
+			out[n].state = PS_RUNNABLE;
+		else
+			out[n].state = t->wait_chan ? PS_WAITING : PS_SLEEPING;
+		memcpy(out[n].name, t->name, sizeof(out[n].name));
+		n++;
+	}
+	local_irq_restore(flags);
+	return n;
 }
 
 /*

@@ -16,7 +16,7 @@
 enum task_state {
 	TASK_FREE,		/* an unused slot */
 	TASK_RUNNABLE,
-	TASK_SLEEPING,		/* until jiffies reaches wake_at */
+	TASK_SLEEPING,		/* until jiffies reaches wake_at, or a wake_up on wait_chan */
 	TASK_DEAD,		/* gone; its stack and directory are freed by the next task */
 };
 
@@ -26,6 +26,8 @@ struct task {
 	int pid;
 	enum task_state state;
 	u32 wake_at;
+	int timed;		/* a sleep with a deadline (wake_at) */
+	const void *wait_chan;	/* what a sleep waits for, if anything (wake_up) */
 	int slice;		/* ticks left before it must give way */
 	u32 kstack;		/* physical address of its stack pages; 0 for idle */
 	struct mm *mm;
@@ -45,6 +47,19 @@ void sched_yield(void);
 void sched_sleep(u32 ms);
 void do_exit(int status) __attribute__((noreturn));
 void kill_current(const char *reason) __attribute__((noreturn));
+
+/*
+ * Waiting for a device.  With interrupts off: check the condition, then
+ * sleep_on(chan, ticks); an interrupt handler's wake_up(chan) (or the
+ * deadline, if ticks is not 0) makes the task runnable again, and the
+ * caller checks again.  The idle task cannot sleep: it HALTs instead.
+ */
+void sleep_on(const void *chan, u32 ticks);
+void wake_up(const void *chan);
+
+/* ps: a snapshot of the task table (struct ps_entry: user/syscalls.h). */
+struct ps_entry;
+int task_list(struct ps_entry *out, int max);
 
 /* exec.c: the ELF loader */
 int exec_load(struct mm *mm, const char *program, const char *arg,

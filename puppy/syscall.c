@@ -9,9 +9,12 @@
  */
 #include "puppy.h"
 #include "sched.h"
+#include "virtio.h"
 #include "user/syscalls.h"
 
 #define WRITE_CHUNK	128
+#define READ_CHUNK	256
+#define SECTOR_SIZE	512
 
 /* Each chunk goes to the console as it is copied; the whole buffer was
  * checked first, so a bad pointer means nothing is written at all. */
@@ -31,6 +34,153 @@ static int sys_write(u32 fd, u32 buf, u32 len)
 		console_write(chunk, n);
 	}
 	return len;
+}
+
+/*
+ * fd 0 is the console's input: wait for at least one byte, return what
+ * has come (up to @len).  The buffer is checked before we wait, so input
+ * is never taken and then lost to a bad pointer.
+ */
+static int sys_read(u32 fd, u32 buf, u32 len)
+{
+	char chunk[READ_CHUNK];
+	int n;
+
+	if (fd != 0)
+		return -EBADF;
+	if (len > READ_CHUNK)
+		len = READ_CHUNK;
+	if (!user_write_ok(current->mm, buf, len))
+		return -EFAULT;
+	n = console_read(chunk, len);
+	if (n > 0 && copy_to_user(current->mm, buf, chunk, n))
+		return -EFAULT;
+	return n;
+}
+
+static int sys_ps(u32 buf, u32 max)
+{
+	struct ps_entry list[MAX_TASKS];
+	int n;
+
+	if (max > MAX_TASKS)
+		max = MAX_TASKS;
+	n = task_list(list, max);
+	if (copy_to_user(current->mm, buf, list, n * sizeof(list[0])))
+		return -EFAULT;
+	return n;
+}
+
+static int sys_disk_info(u32 buf)
+{
+	struct disk_info info;
+	u64 sectors = blk_capacity();
+
+	if (!blk_present())
+		return -ENODEV;
+	info.sectors_lo = (u32)sectors;
+	info.sectors_hi = (u32)(sectors >> 32);
+	info.read_only = blk_read_only();
+	return copy_to_user(current->mm, buf, &info, sizeof(info)) ? -EFAULT : 0;
+}
+
+/*
+ * Disk I/O goes through a page of the kernel's own (a bounce buffer): the
+ * device gets guest-physical addresses, and a user buffer need not be
+ * physically contiguous, nor even stay mapped while we wait.
+ */
+static int sys_disk_rw(int write, u32 sector, u32 buf, u32 count)
+{
+	u32 len = count * SECTOR_SIZE, page;
+	int err;
+
+	if (!blk_present())
+		return -ENODEV;
+	if (!count || count > DISK_MAX_SECTORS)
+		return -EINVAL;
+	if (!(write ? user_access_ok(current->mm, buf, len) : user_write_ok(current->mm, buf, len)))
+		return -EFAULT;
+	page = alloc_pages(1);
+	if (!page)
+		return -ENOMEM;
+	if (write && copy_from_user(current->mm, __va(page), buf, len))
+		err = -EFAULT;
+	else
+		err = blk_rw(write, sector, __va(page), count);
+	if (!err && !write && copy_to_user(current->mm, buf, __va(page), len))
+		err = -EFAULT;
+	free_pages(page, 1);
+	return err;
+}
+
+static int sys_getrandom(u32 buf, u32 len)
+{
+	u32 page;
+	int n;
+
+	if (!rng_present())
+		return -ENODEV;
+	if (len > PAGE_SIZE)
+		len = PAGE_SIZE;
+	if (!user_write_ok(current->mm, buf, len))
+		return -EFAULT;
+	page = alloc_pages(1);
+	if (!page)
+		return -ENOMEM;
+	n = rng_read(__va(page), len);
+	if (n > 0 && copy_to_user(current->mm, buf, __va(page), n))
+		n = -EFAULT;
+	free_pages(page, 1);
+	return n;
+}
+
+static int sys_net_send(u32 buf, u32 len)
+{
+	u32 page;
+	int err;
+
+	if (!net_present())
+		return -ENODEV;
+	if (len > PAGE_SIZE)
+		return -EINVAL;
+	page = alloc_pages(1);
+	if (!page)
+		return -ENOMEM;
+	err = copy_from_user(current->mm, __va(page), buf, len) ? -EFAULT
+								: net_send(__va(page), len);
+	free_pages(page, 1);
+	return err;
+}
+
+static int sys_net_recv(u32 buf, u32 len, u32 timeout_ms)
+{
+	u32 page;
+	int n;
+
+	if (!net_present())
+		return -ENODEV;
+	if (len > PAGE_SIZE)
+		len = PAGE_SIZE;
+	if (!user_write_ok(current->mm, buf, len))
+		return -EFAULT;
+	page = alloc_pages(1);
+	if (!page)
+		return -ENOMEM;
+	n = net_recv(__va(page), len, timeout_ms);
+	if (n > 0 && copy_to_user(current->mm, buf, __va(page), n))
+		n = -EFAULT;
+	free_pages(page, 1);
+	return n;
+}
+
+static int sys_net_mac(u32 buf)
+{
+	u8 mac[6];
+
+	if (!net_present())
+		return -ENODEV;
+	net_mac(mac);
+	return copy_to_user(current->mm, buf, mac, 6) ? -EFAULT : 0;
 }
 
 static int sys_exit(int status)
@@ -73,6 +223,38 @@ void do_syscall(struct pt_regs *regs)
 		break;
 	case SYS_uptime:
 		ret = jiffies * (1000 / HZ);
+		break;
+	case SYS_read:
+		ret = sys_read(a, b, c);
+		break;
+	case SYS_poweroff:
+		power_off();
+	case SYS_ps:
+		ret = sys_ps(a, b);
+		break;
+	case SYS_disk_info:
+		ret = sys_disk_info(a);
+		break;
+	case SYS_disk_read:
+		ret = sys_disk_rw(0, a, b, c);
+		break;
+	case SYS_disk_write:
+		ret = sys_disk_rw(1, a, b, c);
+		break;
+	case SYS_disk_flush:
+		ret = blk_flush();
+		break;
+	case SYS_getrandom:
+		ret = sys_getrandom(a, b);
+		break;
+	case SYS_net_send:
+		ret = sys_net_send(a, b);
+		break;
+	case SYS_net_recv:
+		ret = sys_net_recv(a, b, c);
+		break;
+	case SYS_net_mac:
+		ret = sys_net_mac(a);
 		break;
 	default:
 		ret = -ENOSYS;
