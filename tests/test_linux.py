@@ -172,7 +172,11 @@ poweroff -f
             [sys.executable, "-m", "lguest.launcher.main", f"--initrd={image}",
              f"--net=udp:{ports[n]}:127.0.0.1:{ports[1 - n]}", "64", BZIMAGE, "console=hvc0", "panic=-1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True))
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     assert all("PING-OK" in out for out in outputs), [out[-1500:] for out in outputs]
 
 
@@ -199,14 +203,17 @@ def test_interactive_shell_on_a_terminal(tmp_path, busybox) -> None:
         assert text.encode() in seen, seen[-2000:]
         return seen.decode(errors="replace")
 
-    type_and_expect(b"", "/ # ")
-    type_and_expect(b"sleep 100\r", "sleep 100")
-    time.sleep(2)  # until the shell has made the sleep the foreground job
-    type_and_expect(b"\x03", "/ # ", timeout=20)  # Ctrl-C ends the foreground job at once
-    type_and_expect(b"printf '%s-%s\\n' ali ve\r", "ali-ve")
-    seen = type_and_expect(b"cat /proc/interrupts; echo end-$((1 + 2))\r", "end-3")
-    assert "lguest-level" in seen
-    os.write(controller, b"poweroff -f\r")
-    assert proc.wait(timeout=60) == 0
-    os.close(controller)
-    os.close(terminal)
+    try:
+        type_and_expect(b"", "/ # ")
+        type_and_expect(b"sleep 100\r", "sleep 100")
+        time.sleep(2)  # until the shell has made the sleep the foreground job
+        type_and_expect(b"\x03", "/ # ", timeout=20)  # Ctrl-C ends the foreground job at once
+        type_and_expect(b"printf '%s-%s\\n' ali ve\r", "ali-ve")
+        seen = type_and_expect(b"cat /proc/interrupts; echo end-$((1 + 2))\r", "end-3")
+        assert "lguest-level" in seen
+        os.write(controller, b"poweroff -f\r")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(controller)
+        os.close(terminal)

@@ -91,46 +91,56 @@ def test_two_guests_exchange_a_frame_without_root(puppy) -> None:
     time.sleep(1.0)  # let the receiver boot and post its buffers
     sender = lguest(f"--net=udp:{b}:127.0.0.1:{a}", "run", "shell",
                     stdin="sleep 300\nnet send hello over udp\npoweroff\n")
-    out, _ = receiver.communicate(b"net recv\npoweroff\n", timeout=120)
+    try:
+        out, _ = receiver.communicate(b"net recv\npoweroff\n", timeout=120)
+    finally:
+        receiver.kill()
     assert sender.status == 0
     assert "received: hello over udp" in out.decode()
     assert receiver.returncode == 0
+
+
+def started_on_a_terminal(controller: int, terminal: int) -> subprocess.Popen:
+    """`lguest run shell` on a pseudo-terminal, once its prompt is showing."""
+    proc = subprocess.Popen([sys.executable, "-m", "lguest.launcher.main", "run", "shell"], stdin=terminal,
+                            stdout=terminal, stderr=subprocess.PIPE, cwd=ROOT)
+    output = b""
+    deadline = time.monotonic() + 60
+    while PROMPT.encode() not in output and time.monotonic() < deadline:
+        output += os.read(controller, 4096)
+    return proc
 
 
 def test_terminal_is_restored_after_sigterm(puppy) -> None:
     """On a terminal the Launcher goes raw; SIGTERM must leave the terminal as it was."""
     controller, terminal = pty.openpty()
     before = termios.tcgetattr(terminal)
-    proc = subprocess.Popen([sys.executable, "-m", "lguest.launcher.main", "run", "shell"], stdin=terminal,
-                            stdout=terminal, stderr=subprocess.PIPE, cwd=ROOT)
-    output = b""
-    deadline = time.monotonic() + 60
-    while PROMPT.encode() not in output and time.monotonic() < deadline:
-        output += os.read(controller, 4096)
-    raw = termios.tcgetattr(terminal)
-    assert not raw[3] & termios.ECHO  # raw while running
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    assert termios.tcgetattr(terminal) == before
-    assert b"Traceback" not in proc.stderr.read()
-    os.close(controller)
-    os.close(terminal)
+    proc = started_on_a_terminal(controller, terminal)
+    try:
+        raw = termios.tcgetattr(terminal)
+        assert not raw[3] & termios.ECHO  # raw while running
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert termios.tcgetattr(terminal) == before
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        os.close(controller)
+        os.close(terminal)
 
 
 def test_keyboard_escape_stops_the_launcher(puppy) -> None:
     """Ctrl-] ends the Launcher whatever the Guest does (exit status 130)."""
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "lguest.launcher.main", "run", "shell"], stdin=terminal,
-                            stdout=terminal, stderr=subprocess.PIPE, cwd=ROOT)
-    output = b""
-    deadline = time.monotonic() + 60
-    while PROMPT.encode() not in output and time.monotonic() < deadline:
-        output += os.read(controller, 4096)
-    os.write(controller, b"\x1d")
-    assert proc.wait(timeout=30) == 130
-    assert b"stopped from the console" in proc.stderr.read()
-    os.close(controller)
-    os.close(terminal)
+    proc = started_on_a_terminal(controller, terminal)
+    try:
+        os.write(controller, b"\x1d")
+        assert proc.wait(timeout=30) == 130
+        assert b"stopped from the console" in proc.stderr.read()
+    finally:
+        proc.kill()
+        os.close(controller)
+        os.close(terminal)
 
 
 def test_driver_protocol_violation_from_a_guest(asm_guest) -> None:

@@ -13,6 +13,7 @@ import ctypes
 import mmap
 import struct
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -92,6 +93,7 @@ class Guest:
         self.esp1 = 0
         self.stack_pages = 0
         self.irqs_pending = 0
+        self.stats: Counter[str] = Counter()  # hypercalls, reflected traps, interrupts (--stats)
         self._irq_lock = threading.Lock()
         self._wake = threading.Event()
         self._initial_state(start)
@@ -199,6 +201,7 @@ class Guest:
 
     def reflect(self, num: int, errcode: int, cr2: int | None = None) -> None:
         """Deliver a trap to the Guest's handler, or kill it if it has none."""
+        self.stats["reflected traps"] += 1
         eip = self.cpu.get("eip")
         if not deliver_trap(self, num, errcode) and not self.dead:
             detail = errcode if cr2 is None else cr2
@@ -289,6 +292,7 @@ class Guest:
             return
         with self._irq_lock:
             self.irqs_pending &= ~(1 << irq)
+        self.stats["interrupts"] += 1
         if self.tracer:
             self.tracer.irq(self, irq)
         deliver_interrupt(self, vector)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -222,6 +223,10 @@ class Switcher:
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap: Callable[[int, int, bool], bool] | None = None
         self.direct_traps = 0
+        # Statistics for --stats: world switches, seconds inside the emulator, TLB fills.
+        self.runs = 0
+        self.emulating = 0.0
+        self.fills = 0
         # One saved-context buffer for the Host's fixes to CPU state.  Unicorn frees it
         # itself when the engine closes, so it is deliberately not a UcContext (whose
         # finalizer would free it a second time).
@@ -384,6 +389,8 @@ class Switcher:
 
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
+        self.runs += 1
+        started = time.perf_counter()
         try:
             self.uc.emu_start(begin, STOP_PAGE)
         except UcError as err:
@@ -393,6 +400,8 @@ class Switcher:
                 return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
             if err.errno != UC_ERR_EXCEPTION:
                 raise
+        finally:
+            self.emulating += time.perf_counter() - started
         if self._undo is not None:
             for reg, value in self._undo.items():
                 self.set(reg, value)
@@ -511,6 +520,7 @@ class Switcher:
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
         if self._undo is not None:
             return False  # an in/out already faulted: nothing after it may run
+        self.fills += 1
         write = access == UC_MEM_WRITE
         fetch = access == UC_MEM_FETCH
         cpl = self.cpl

@@ -89,6 +89,7 @@ def do_async_hcalls(guest: Guest) -> None:
 
 def do_hcall(guest: Guest, args: HcallArgs, queued: bool) -> None:
     """Execute one hypercall (§1.2)."""
+    guest.stats["hypercalls"] += 1
     guest.trace_hcall(args, queued)
     handler = HANDLERS.get(args[0])
     if handler is None:

@@ -11,6 +11,7 @@ import contextlib
 import signal
 import sys
 import termios
+import time
 import traceback
 import tty
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from lguest import abi
 from lguest.host.core import RunResult
 from lguest.launcher import bundled
 from lguest.launcher.boot import LoadError
-from lguest.launcher.machine import build_machine
+from lguest.launcher.machine import Machine, build_machine
 from lguest.launcher.options import USAGE, HelpRequested, Options, UsageError, parse_args
 from lguest.launcher.trace import StderrTracer
 
@@ -59,6 +60,7 @@ def run(opts: Options) -> int:
     kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path())
     output = ConsoleOutput()
     tracer = StderrTracer(opts.trace) if opts.trace else None
+    started = time.perf_counter()
     with terminal_in_raw_mode(sys.stdin):
         while True:
             machine = build_machine(opts, kernel_path, output.write, sys.stdin.fileno(), say,
@@ -74,9 +76,21 @@ def run(opts: Options) -> int:
                 break
             say("Guest asked to restart: restarting")
     stderr_line(result.reason.rstrip("\n"))
+    if opts.stats:
+        stderr_line(statistics(machine, time.perf_counter() - started))
     if machine.console.escaped:
         return 130
     return exit_status(result)
+
+
+def statistics(machine: Machine, elapsed: float) -> str:
+    """Where the time went (the last boot, if the Guest restarted)."""
+    cpu, stats = machine.guest.cpu, machine.guest.stats
+    return (f"{elapsed:.2f} s: {cpu.emulating:.2f} s emulating, {elapsed - cpu.emulating:.2f} s in the Host"
+            f" and Launcher; {cpu.runs} world switches, {stats['hypercalls']} hypercalls,"
+            f" {cpu.fills} page faults served by the Host, {stats['reflected traps']} traps reflected,"
+            f" {cpu.direct_traps} direct traps, {stats['interrupts']} interrupts,"
+            f" {machine.ports.count} port I/Os")
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ options:
   --net=udp:<port>:<host>:<port>
                              a network device wired to another Guest over UDP on
                              this machine: no root needed (repeatable)
+  --stats                    say where the time went, when the Guest ends
   --trace=<list>             trace events, a comma list of: {", ".join(TRACE_CHOICES)}
   --syscall-vector=<n>       system call vector, {SYSCALL_VECTOR_MIN}..{SYSCALL_VECTOR_MAX} \
 (decimal or 0x hex, default {abi.SYSCALL_VECTOR:#x})
@@ -54,7 +55,7 @@ options:
 
 _MEM_RE = re.compile(r"[0-9]+")
 _VECTOR_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
-_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--rng"})
+_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--rng", "--stats"})
 # Options that need a value, with the placeholder shown when it is missing.
 _VALUED = {
     "--initrd": "file",
@@ -88,6 +89,7 @@ class Options:
     rng: bool = False
     tunnets: tuple[str, ...] = ()
     bundled: bool = False
+    stats: bool = False
     # ("block", file) / ("rng", None) / ("tunnet", arg) in command-line order: the original
     # creates devices (and so assigns PCI slots) in option order.
     devices: tuple[tuple[str, str | None], ...] = ()
@@ -122,6 +124,7 @@ def _parse_vector(value: str) -> int:
 class _Parser:
     def __init__(self) -> None:
         self.verbose = False
+        self.stats = False
         self.rng = False
         self.initrd: str | None = None
         self.syscall_vector = abi.SYSCALL_VECTOR
@@ -141,6 +144,8 @@ class _Parser:
             if name == "--rng":
                 self.rng = True
                 self.devices.append(("rng", None))
+            elif name == "--stats":
+                self.stats = True
             else:
                 self.verbose = True
             return
@@ -235,4 +240,5 @@ def parse_args(argv: list[str]) -> Options:
         tunnets=tuple(p.tunnets),
         bundled=bundled,
         devices=tuple(p.devices),
+        stats=p.stats,
     )
