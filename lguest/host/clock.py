@@ -2,7 +2,7 @@
 
 SET_CLOCKEVENT(ns) arms it `ns` nanoseconds from now; 0 cancels it.  It runs
 whether or not the Guest is running, like the original's hrtimer.  One thread per
-Guest waits for the deadline (Linux re-arms every tick: a thread per arm would
+timer waits for the deadline (Linux re-arms every tick: a thread per arm would
 cost more than the tick).  We count on the monotonic clock, so a wall-clock step
 on the host neither fires nor delays the Guest's tick.
 """
@@ -16,20 +16,32 @@ from collections.abc import Callable
 TIMER_IRQ = 0
 
 
-class Clock:
-    def __init__(self, raise_irq: Callable[[int], object]) -> None:
-        self.raise_irq = raise_irq
-        self._deadline: int | None = None  # time.monotonic_ns() at which irq 0 fires
+class OneShot:
+    """Call `fire` once, on a thread of its own, when the armed deadline passes."""
+
+    def __init__(self, fire: Callable[[], object], name: str) -> None:
+        self._fire = fire
+        self._name = name
+        self._deadline: float | None = None  # time.monotonic() at which to fire
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def set(self, delta_ns: int) -> None:
+    def arm(self, delay: float, keep_sooner: bool = False) -> None:
+        """Fire in `delay` seconds (or keep an earlier deadline, with keep_sooner)."""
         with self._cond:
-            self._deadline = time.monotonic_ns() + delta_ns if delta_ns else None
-            if self._thread is None and delta_ns:
-                self._thread = threading.Thread(target=self._run, name="lguest-clock", daemon=True)
+            due = time.monotonic() + delay
+            if keep_sooner and self._deadline is not None and self._deadline <= due:
+                return
+            self._deadline = due
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
+            self._cond.notify()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._deadline = None
             self._cond.notify()
 
     def close(self) -> None:
@@ -43,13 +55,27 @@ class Clock:
                 if self._deadline is None:
                     self._cond.wait()
                     continue
-                remaining = self._deadline - time.monotonic_ns()
+                remaining = self._deadline - time.monotonic()
                 if remaining > 0:
-                    self._cond.wait(remaining / 1e9)
+                    self._cond.wait(remaining)
                     continue
                 self._deadline = None
                 self._cond.release()
                 try:
-                    self.raise_irq(TIMER_IRQ)
+                    self._fire()
                 finally:
                     self._cond.acquire()
+
+
+class Clock:
+    def __init__(self, raise_irq: Callable[[int], object]) -> None:
+        self._timer = OneShot(lambda: raise_irq(TIMER_IRQ), "lguest-clock")
+
+    def set(self, delta_ns: int) -> None:
+        if delta_ns:
+            self._timer.arm(delta_ns / 1e9)
+        else:
+            self._timer.cancel()
+
+    def close(self) -> None:
+        self._timer.close()

@@ -218,7 +218,6 @@ class Switcher:
         self._reg_buf = ctypes.c_uint64()
         self._reg_ref = ctypes.byref(self._reg_buf)
         self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
-        self.cpl_switches = 0
         # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap: Callable[[int, int, bool], bool] | None = None
@@ -351,7 +350,6 @@ class Switcher:
             self._write_segment(UC_X86_REG_CS, abi.LGUEST_CS)
         finally:
             self._switching = False
-        self.cpl_switches += 1
 
     # --- entering -------------------------------------------------------------------------
     def load_frame(self, eip: int, cs: int, eflags: int, esp: int, ss: int, ds: int, es: int,

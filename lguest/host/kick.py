@@ -14,18 +14,15 @@ re-enables interrupts without telling anyone.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
+
+from lguest.host.clock import OneShot
 
 
 class Kicker:
     def __init__(self, ring: Callable[[], None]) -> None:
         self._ring = ring
-        self._cond = threading.Condition()
-        self._later: float | None = None  # monotonic time of a scheduled kick
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self._later = OneShot(ring, "lguest-kick")
 
     def kick(self) -> None:
         """Ask the vCPU to come out of the emulator (any thread)."""
@@ -33,29 +30,7 @@ class Kicker:
 
     def kick_later(self, delay: float) -> None:
         """Kick in `delay` seconds, unless a kick is already due sooner."""
-        with self._cond:
-            if self._closed:
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lguest-kick", daemon=True)
-                self._thread.start()
-            due = time.monotonic() + delay
-            if self._later is None or due < self._later:
-                self._later = due
-                self._cond.notify()
+        self._later.arm(delay, keep_sooner=True)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if self._later is None:
-                    self._cond.wait()
-                elif time.monotonic() >= self._later:
-                    self._later = None
-                    self._ring()
-                else:
-                    self._cond.wait(self._later - time.monotonic())
+        self._later.close()

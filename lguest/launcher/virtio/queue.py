@@ -13,7 +13,6 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DESC_SIZE = 16
@@ -159,5 +158,3 @@ class Virtqueue:
         struct.pack_into("<II", self.ram, slot, head, length)
         struct.pack_into("<H", self.ram, self.used + 2, (used_idx + 1) & 0xFFFF)
 
-
-QueueService = Callable[[Virtqueue], None]
