@@ -30,7 +30,7 @@ class Run:
 
 def lguest(*args: str, stdin: str | None = None) -> Run:
     proc = subprocess.run([sys.executable, "-m", "lguest.launcher.main", *args], capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT, input=stdin, cwd=ROOT)
+                          text=True, timeout=RUN_TIMEOUT, input=stdin or "", cwd=ROOT)  # never our terminal
     assert "Traceback" not in proc.stderr, proc.stderr
     return Run(proc.returncode, proc.stdout, proc.stderr)
 

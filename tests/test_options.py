@@ -248,12 +248,12 @@ def test_devices_repeat_and_keep_their_order() -> None:
 
 def test_run_defaults() -> None:
     o = parse_args(["run"])
-    assert o == Options(mem_mib=64, kernel=None, bundled=True)
+    assert o == Options(mem_mib=64, kernel=None, bundled=True, cmdline="shell")
 
 
 def test_run_with_memory() -> None:
     o = parse_args(["run", "128"])
-    assert o.bundled and o.kernel is None and o.mem_mib == 128 and o.cmdline == ""
+    assert o.bundled and o.kernel is None and o.mem_mib == 128 and o.cmdline == "shell"
 
 
 def test_run_with_kernel_args() -> None:

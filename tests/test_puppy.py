@@ -10,19 +10,29 @@ from conftest import ROOT, lguest
 BANNER = "puppy 0.1: a paravirtualized guest for lguest (Linux 4.x ABI)"
 
 
-def test_lguest_run_boots_puppy(puppy) -> None:
-    run = lguest("run")
+def test_lguest_run_boots_puppy_into_its_shell(puppy) -> None:
+    """`lguest run` is the demo: puppy's shell, here reading a script from a pipe; the
+    end of the script is a Ctrl-D, and puppy powers off."""
+    run = lguest("run", stdin="echo hello from the demo\n")
     lines = run.stdout.splitlines()
-    assert lines[:2] == [BANNER, 'puppy: command line: ""']
+    assert lines[:2] == [BANNER, 'puppy: command line: "shell"']
     assert lines[2].startswith("puppy: 64 MiB of RAM, lguest_data at 0x")
-    assert lines[3:] == [
+    assert lines[3:6] == [
         "puppy: async hypercalls flushed",
         "puppy: cpu: GenuineIntel family 5, features edx 0780a151 ecx 00002201",
         "puppy: timer ticking at 100 Hz",
-        lines[6],
-        "puppy: power off",
     ]
-    assert lines[6].endswith(" timer ticks")
+    assert "puppy: started pid 1 (sh)" in lines
+    assert "hello from the demo" in lines
+    assert lines[-3:] == ["puppy: all processes finished", lines[-2], "puppy: power off"]
+    assert (run.status, run.reason) == (0, "CRASH: Power down")
+
+
+def test_default_boot_without_the_shell(puppy) -> None:
+    """With another word on the command line, puppy boots, reports and powers off."""
+    run = lguest("run", "quiet")
+    assert run.stdout.splitlines()[-2].endswith(" timer ticks")
+    assert "puppy$" not in run.stdout
     assert (run.status, run.reason) == (0, "CRASH: Power down")
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from lguest import abi
 
 BUNDLED_DEFAULT_MEM_MIB = 64
+BUNDLED_DEFAULT_COMMAND = "shell"  # `lguest run` alone: puppy's interactive shell
 TRACE_CHOICES = ("hcalls", "traps", "irqs")
 # Vectors below 32 are CPU exceptions (and the hypercall vector 0x1f).
 SYSCALL_VECTOR_MIN = abi.FIRST_EXTERNAL_VECTOR
@@ -31,7 +32,8 @@ USAGE = f"""\
 usage: lguest [options] <mem-in-MiB> <vmlinux|bzImage> [kernel args...]
        lguest run [options] [<mem-in-MiB>] [kernel args...]
 
-`lguest run` boots the bundled puppy kernel ({BUNDLED_DEFAULT_MEM_MIB} MiB unless a size is given).
+`lguest run` boots the bundled puppy kernel ({BUNDLED_DEFAULT_MEM_MIB} MiB unless a size is given)
+into its shell; words after `run` replace "{BUNDLED_DEFAULT_COMMAND}" on its command line.
 Options need '=' for their values and may come anywhere; every other word after
 the kernel is passed to it on its command line ('--' ends the options).
 
@@ -227,6 +229,8 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError("missing memory size")
     elif kernel is None:
         raise UsageError("missing kernel")
+    if bundled and not kernel_args:
+        kernel_args = [BUNDLED_DEFAULT_COMMAND]
     return Options(
         mem_mib=mem,
         kernel=kernel,

@@ -5,7 +5,8 @@ device-config register, reached through the PCI_CFG window one byte at a time.
 Once the driver runs, output arrives on the "output" queue and goes to our stdout;
 what the user types (or pipes) fills the buffers the Guest leaves on "input".
 Three Ctrl-C in a row within a second, or Ctrl-], end the Launcher whatever the
-Guest does (the original's escape hatch, and telnet's).
+Guest does (the original's escape hatch, and telnet's).  When piped input ends, the
+Guest gets one Ctrl-D, as if typed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lguest.launcher.virtio.transport import VirtioDevice, wait_for_chains
 VIRTIO_CONSOLE_F_EMERG_WRITE = 2
 CTRL_C = b"\x03"
 ESCAPE = b"\x1d"  # Ctrl-]
+END_OF_INPUT = b"\x04"  # Ctrl-D
 CTRL_C_COUNT = 3
 CTRL_C_WINDOW = 1.0  # seconds
 POLL_SECONDS = 0.1
@@ -80,7 +82,12 @@ def serve_input(device: VirtioDevice, queue: Virtqueue) -> None:
         room = sum(len(b) for b in chain.into)
         data = read_when_ready(device, fd, room)
         if data is None:
-            return  # end of input, or the device was reset: no more console input
+            if device.running and not os.isatty(fd):
+                # The end of a piped script: tell the Guest as a person at a terminal
+                # would, with one Ctrl-D (the original just stopped reading).
+                queue.push(chain.head, chain.scatter(END_OF_INPUT))
+                device.signal(queue)
+            return
         if device.escape_requested(data):
             device.escaped = True
             device.on_escape()
