@@ -89,12 +89,8 @@ def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool
     eip, cs, eflags, esp, ss = guest.cpu.get_many(FRAME_REGS)
     if software and cs & 3 > gate_dpl(hi):
         return False
-    words = [eflags, cs, eip]
-    if ss & 3 != abi.GUEST_PL:
-        words = [ss, esp, *words]
-        ss, esp = guest.ss1, guest.esp1
-    if vector in abi.TRAPS_WITH_ERROR_CODE:
-        words.append(errcode)
+    has_err = vector in abi.TRAPS_WITH_ERROR_CODE
+    words, ss, esp = frame_words(guest, eip, cs, eflags, esp, ss, has_err, errcode)
     gpa = guest.pages.peek(esp)
     if gpa is None or not guest.mem.ok(gpa - 4 * len(words), 4 * len(words)):
         return False
@@ -137,34 +133,29 @@ def deliver_interrupt(guest: Guest, vector: int) -> None:
         run_handler(guest, lo, hi, *frame)
 
 
-def _handler_stack(guest: Guest) -> tuple[int, int]:
-    """(ss, esp) the handler starts on: the kernel stack SET_STACK gave us, from user mode."""
-    cpu = guest.cpu
-    if cpu.get("ss") & 3 != abi.GUEST_PL:
-        return guest.ss1, guest.esp1
-    return cpu.get("ss"), cpu.get("esp")
-
-
-def interrupt_frame(guest: Guest, has_err: bool, errcode: int,
-                    virtual_if: bool = True) -> tuple[int, int] | None:
-    """Push the trap frame (§4.6); the new (esp, ss), or None if the Guest died.
-
-    With `virtual_if` the pushed EFLAGS says what lguest_data.irq_enabled says.
-    """
-    cpu = guest.cpu
-    frame = []
-    ss, esp = _handler_stack(guest)
-    if cpu.get("ss") & 3 != abi.GUEST_PL:
-        frame = [cpu.get("ss"), cpu.get("esp")]
-    eflags = cpu.get("eflags")
-    if virtual_if and guest.lguest_data is not None and not guest.read_irq_enabled() & abi.X86_EFLAGS_IF:
-        eflags &= ~abi.X86_EFLAGS_IF
-    frame += [eflags, cpu.get("cs"), cpu.get("eip")]
+def frame_words(guest: Guest, eip: int, cs: int, eflags: int, esp: int, ss: int, has_err: bool,
+                errcode: int) -> tuple[list[int], int, int]:
+    """The words of a trap frame (§4.6), and the (ss, esp) they go below."""
+    words = [eflags, cs, eip]
+    if ss & 3 != abi.GUEST_PL:
+        # From user mode: onto the kernel stack SET_STACK gave us, old ss:esp first.
+        words = [ss, esp, *words]
+        ss, esp = guest.ss1, guest.esp1
     if has_err:
-        frame.append(errcode)
-    if not push_frame(guest, esp, frame):
+        words.append(errcode)
+    return words, ss, esp
+
+
+def interrupt_frame(guest: Guest, has_err: bool, errcode: int) -> tuple[int, int] | None:
+    """Push the trap frame, its EFLAGS saying what irq_enabled says; the new (esp, ss),
+    or None if the Guest died."""
+    eip, cs, eflags, esp, ss = guest.cpu.get_many(FRAME_REGS)
+    if guest.lguest_data is not None and not guest.read_irq_enabled() & abi.X86_EFLAGS_IF:
+        eflags &= ~abi.X86_EFLAGS_IF
+    words, ss, esp = frame_words(guest, eip, cs, eflags, esp, ss, has_err, errcode)
+    if not push_frame(guest, esp, words):
         return None
-    return esp - 4 * len(frame), ss
+    return esp - 4 * len(words), ss
 
 
 def gate_handler(lo: int, hi: int) -> int:
