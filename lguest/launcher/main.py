@@ -112,7 +112,8 @@ def terminal_in_raw_mode(stream: TextIO) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSAFLUSH, raw)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        # At once: waiting for the output to drain could wait forever on a reader gone.
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
