@@ -1,6 +1,7 @@
 """Build hook: compile the bundled puppy kernel (lguest/guests/) and the Host's doorbell
 hook (lguest/host/_kick.so) into the package."""
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,9 +18,16 @@ class BuildWithPuppy(build_py):
         target = Path(self.build_lib) / "lguest" / "guests"
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / "build" / "puppy.elf", target / "puppy.elf")
-        host = Path(self.build_lib) / "lguest" / "host"
-        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(host / "_kick.so"),
-                        str(Path(__file__).resolve().parent / "lguest" / "host" / "kick.c")], check=True)
+        native = _load_native(Path(__file__).resolve().parent / "lguest" / "host" / "native.py")
+        native.build(target=Path(self.build_lib) / "lguest" / "host" / "_kick.so")
+
+
+def _load_native(path: Path):
+    """lguest/host/native.py on its own (it needs only the standard library): one build recipe."""
+    spec = importlib.util.spec_from_file_location("lguest_native", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 setup(cmdclass={"build_py": BuildWithPuppy})
