@@ -118,6 +118,8 @@ ALL_REGS = GENERAL_REGS | SEGMENT_REGS
 PERM_EXEC = UC_PROT_READ | UC_PROT_EXEC
 PERM_READ = UC_PROT_READ
 PERM_WRITE = UC_PROT_READ | UC_PROT_WRITE
+# What the Guest kernel may do with each Switcher page (user code: nothing).
+SWITCHER_PERMS = {CODE_PAGE: PERM_EXEC, REGS_PAGE: PERM_WRITE, STATE_PAGE: PERM_READ}
 
 
 class Doorbell(ctypes.Structure):
@@ -545,7 +547,7 @@ class Switcher:
             return page, UC_PROT_EXEC
         if cpl == 3 or page >= abi.SWITCHER_ADDR + SWITCHER_PAGES * abi.PAGE_SIZE:
             return error
-        perms = {CODE_PAGE: PERM_EXEC, REGS_PAGE: PERM_WRITE, STATE_PAGE: PERM_READ}.get(page, 0)
+        perms = SWITCHER_PERMS.get(page, 0)
         needed = UC_PROT_WRITE if write else UC_PROT_EXEC if fetch else UC_PROT_READ
         if not perms & needed:
             return error | 1
