@@ -19,7 +19,9 @@ class BuildWithPuppy(build_py):
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / "build" / "puppy.elf", target / "puppy.elf")
         native = _load_native(Path(__file__).resolve().parent / "lguest" / "host" / "native.py")
-        native.build(target=Path(self.build_lib) / "lguest" / "host" / "_kick.so")
+        host = Path(self.build_lib) / "lguest" / "host"
+        host.mkdir(parents=True, exist_ok=True)
+        native.build(target=host / "_kick.so")
 
 
 def _load_native(path: Path):
