@@ -1,0 +1,259 @@
+"""The Guest as the attacker of its Host (issue 9): every hole, from real guest code.
+
+Each test is the attack itself, in assembly, and the outcome a real lguest
+Guest would see: the exact kill message and exit status, or the trap its own
+kernel is handed.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import lguest, make_guest
+
+from lguest import abi
+
+POWER_OFF = (0, "CRASH: Power down")
+
+# A virtual-8086 entry: the iret frame a vm86 monitor would build, with VM set in
+# EFLAGS and the real-mode segments 0x0701 (linear base 0x7010) for code and stack.
+# The code it would run, copied to 0x8000 (IP 0xff0), tries to print "V" through
+# the console's emerg_wr, as the attacker in the issue did.
+VM86 = """
+	.set VM86_CS, 0x0701
+	.set VM86_IP, 0x8000 - 0x7010
+copy_vm86_code:
+	movl $vm86_code, %esi
+	movl $0x8000, %edi
+	movl $(vm86_end - vm86_code), %ecx
+	rep movsb
+	ret
+enter_vm86:
+	pushl $0			/* gs */
+	pushl $0			/* fs */
+	pushl $0			/* ds */
+	pushl $0			/* es */
+	pushl $VM86_CS			/* ss */
+	pushl $0x0f00			/* sp */
+	pushl $(0x20000 | 0x3202)	/* VM, IOPL 3, IF */
+	pushl $VM86_CS
+	pushl $VM86_IP
+vm86_iret:
+	iret
+	.code16
+vm86_code:
+	movw $0xcf8, %dx
+	movl $(0x80000000 | (1 << 11) | 0x88), %eax
+vm86_out:
+	outl %eax, %dx
+	movw $0xcfc, %dx
+	movb $0, %al
+	outb %al, %dx
+	movw $0xcf8, %dx
+	movl $(0x80000000 | (1 << 11) | 0x90), %eax
+	outl %eax, %dx
+	movw $0xcfc, %dx
+	movl $4, %eax
+	outl %eax, %dx
+	movw $0xcf8, %dx
+	movl $(0x80000000 | (1 << 11) | 0x8c), %eax
+	outl %eax, %dx
+	movw $0xcfc, %dx
+	movl $(60 + 8), %eax
+	outl %eax, %dx
+	movw $0xcf8, %dx
+	movl $(0x80000000 | (1 << 11) | 0x94), %eax
+	outl %eax, %dx
+	movw $0xcfc, %dx
+	movl $'V', %eax
+	outl %eax, %dx
+1:	jmp 1b
+vm86_end:
+	.code32
+"""
+
+# The Guest kernel's #GP handler for the attacks from ring 3: it checks the
+# frame is a ring-3 one on the SET_STACK stack with the error code a real CPU
+# gives for the iret (0x0701 is beyond the GDT: #GP(0x700)), then powers off.
+GP_FROM_USER = """
+gp_handler:
+	cmpl $0x700, %ss:(%esp)		/* error code */
+	jne fail
+	testl $3, %ss:8(%esp)		/* cs: from ring 3 */
+	jz fail
+	testl $0x20000, %ss:12(%esp)	/* eflags: never vm86 in a frame */
+	jnz fail
+	cmpl $(kstack_top - 24), %esp	/* a ring-3 frame: errcode eip cs eflags esp ss */
+	jne fail
+	movl $0x69, %eax
+	movl %eax, %ds
+	POWEROFF
+fail:	movl $0x69, %eax
+	movl %eax, %ds
+	SHUTDOWN $failed
+failed:	.asciz "wrong #GP frame"
+"""
+
+
+def test_user_iret_into_vm86_is_gp_from_ring3(asm_guest) -> None:
+    """Item 1: VM in a ring-3 iret frame is refused: #GP(0x700), never ring 1, no port I/O."""
+    run = lguest("32", str(asm_guest(VM86 + GP_FROM_USER + """
+test_main:
+	INIT
+	call copy_vm86_code
+	call setup_user_paging
+	GATE 13, gp_handler
+	TO_USER enter_vm86
+""")))
+    assert (run.status, run.reason) == POWER_OFF
+    assert "V" not in run.stdout
+
+
+def test_kernel_iret_into_vm86_is_gp(asm_guest) -> None:
+    """Item 1 from ring 1: the same iret ends in #GP(0x700), not in the Switcher."""
+    run = lguest("32", str(asm_guest(VM86 + GP_FROM_USER + """
+test_main:
+	INIT
+	call copy_vm86_code
+	call setup_user_paging
+	GATE 13, gp_handler
+	jmp enter_vm86
+""")))
+    assert (run.status, run.reason) == POWER_OFF
+    assert "V" not in run.stdout
+
+
+def test_kernel_iret_into_vm86_without_handler_kills_with_gp(asm_guest) -> None:
+    """In linear mode nothing is a user page: the Host sees the CPU at the first
+    vm86 fetch, so the #GP names the IP the iret loaded (DESIGN: not the iret's)."""
+    run = lguest("32", str(asm_guest(VM86 + """
+test_main:
+	INIT
+	call copy_vm86_code
+	jmp enter_vm86
+""")))
+    assert (run.status, run.reason) == (1, "unhandled trap 13 at 0xff0 (0x700)")
+    assert "V" not in run.stdout
+
+
+# Item 2: a user process's own EFLAGS.NT and EFLAGS.TF.  The handlers touch memory
+# only through %ss: a trap from ring 3 arrives with the user's data segments.
+NT_GUEST = """
+handler:
+	pushfl
+	testl $0x4000, %ss:(%esp)	/* the handler runs without NT */
+	jnz fail
+	addl $4, %esp
+	testl $0x4000, %ss:{eflags}(%esp)	/* the frame keeps the user's NT */
+	jz fail
+	POWEROFF
+fail:	SHUTDOWN $failed
+failed:	.asciz "NT leaked into the handler or out of the frame"
+test_main:
+	INIT
+	call setup_user_paging
+	GATE {vector}, handler, {gate}, 3
+	TO_USER user
+user:
+	pushfl
+	orl $0x4000, (%esp)
+	popfl
+	{insn}
+"""
+
+
+@pytest.mark.parametrize("gate", ["0xE", "0xF"])
+@pytest.mark.parametrize(("vector", "insn", "eflags"), [("0x80", "int $0x80", 8), ("6", "ud2", 8)])
+def test_user_nt_reaches_the_guest_kernel(asm_guest, gate: str, vector: str, insn: str,
+                                          eflags: int) -> None:
+    """NT set at ring 3, then a system call or a trap (through the Host or direct)."""
+    run = lguest("32", str(asm_guest(NT_GUEST.format(gate=gate, vector=vector, insn=insn,
+                                                     eflags=eflags))))
+    assert (run.status, run.reason) == POWER_OFF
+
+
+SINGLE_STEP_GUEST = """
+db_handler:
+	movl %ss:steps, %eax
+	movl %ss:(%esp), %ecx		/* where the step stopped */
+	movl %ecx, %ss:stops(,%eax,4)
+	incl %ss:steps
+	iret				/* TF stays set in the frame: keep stepping */
+syscall_handler:
+	pushfl
+	testl $0x100, %ss:(%esp)	/* the handler runs without TF */
+	jnz fail
+	cmpl $2, %ss:steps
+	jne fail
+	cmpl $s2, %ss:stops
+	jne fail
+	cmpl $s3, %ss:stops + 4
+	jne fail
+	POWEROFF
+fail:	SHUTDOWN $failed
+failed:	.asciz "wrong single steps"
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 1, db_handler, {gate}
+	GATE 0x80, syscall_handler, {gate}, 3
+	TO_USER user
+user:
+	pushfl
+	orl $0x100, (%esp)
+	popfl				/* the trap comes after the next instruction */
+s1:	nop
+s2:	nop
+s3:	int $0x80
+	.data
+steps:	.long 0
+stops:	.long 0, 0, 0, 0
+	.text
+"""
+
+
+@pytest.mark.parametrize("gate", ["0xE", "0xF"])
+def test_user_single_step_gives_the_guest_debug_traps(asm_guest, gate: str) -> None:
+    """TF at ring 3 (ptrace's single-step): a #DB after each instruction, to the Guest."""
+    run = lguest("32", str(asm_guest(SINGLE_STEP_GUEST.format(gate=gate))))
+    assert (run.status, run.reason) == POWER_OFF
+
+
+# Item 5: a Host bug inside an emulator callback is the Host's, never the Guest's.
+class HostBug(Exception):
+    pass
+
+
+def _raise(failure: BaseException):
+    def hook(*_: object) -> object:
+        raise failure
+    return hook
+
+
+PORT_GUEST = "test_main: INIT\n movw $0xcf8, %dx\n inl %dx, %eax\n POWEROFF"
+TRAP_GUEST = "test_main: INIT\n GATE 6, test_main, 0xF\n ud2"
+MMIO_GUEST = "test_main: INIT\n movl (%ebp), %eax\n POWEROFF"
+
+
+# The in hook calls the Launcher's bus; the interrupt hook the Host's direct-trap
+# path; the TLB-fill hook the shadow page tables; an MMIO access a device's window.
+@pytest.mark.parametrize("where", ["port", "trap", "fill", "mmio"])
+@pytest.mark.parametrize("failure", [HostBug("bug"), KeyboardInterrupt(), SystemExit(3)],
+                         ids=["bug", "interrupt", "exit"])
+def test_exception_in_a_hook_is_raised_by_run(asm_guest, where: str, failure: BaseException) -> None:
+    """An exception inside a hook stops the vCPU and leaves Guest.run() as itself."""
+    guest = make_guest(asm_guest({"trap": TRAP_GUEST, "mmio": MMIO_GUEST}.get(where, PORT_GUEST)))
+    if where == "mmio":
+        window = guest.pages.device_limit << abi.PAGE_SHIFT
+        guest.map_mmio(window, abi.PAGE_SIZE, _raise(failure), _raise(failure))
+        guest.pages.device_limit += 1
+        guest.set_reg(abi.PtRegs.BP, window)
+    elif where == "port":
+        guest.cpu.bus.port_in = _raise(failure)
+    elif where == "trap":
+        guest.cpu.direct_trap = _raise(failure)
+    else:
+        guest.cpu.mmu = type("BrokenMmu", (), {"translate": _raise(failure), "peek": _raise(failure)})()
+    with pytest.raises(type(failure)) as raised:
+        guest.run()
+    assert raised.value is failure
+    assert guest.dead is None  # never blamed on the Guest
