@@ -257,3 +257,53 @@ def test_exception_in_a_hook_is_raised_by_run(asm_guest, where: str, failure: Ba
         guest.run()
     assert raised.value is failure
     assert guest.dead is None  # never blamed on the Guest
+
+
+# Item 11: kill messages and SET_PTE as lguest had them.
+def test_trap_frame_below_address_zero_is_an_unsigned_address(asm_guest) -> None:
+    run = lguest("32", str(asm_guest("""
+test_main:
+	INIT
+	GATE 6, test_main
+	movl $8, %esp			/* the 12-byte frame would start 4 bytes below 0 */
+	ud2
+""")))
+    assert (run.status, run.reason) == (1, "bad write address 0xfffffffc len 12")
+
+
+# A malformed PTE (a 4 MiB page, accessed) for the Guest's own SET_PTE.
+BAD_PTE = "$0xa7"
+
+
+def test_set_pte_in_linear_mode_is_ignored(asm_guest) -> None:
+    """Before the first NEW_PGTABLE there is no shadow for a PTE to change."""
+    run = lguest("32", str(asm_guest(f"""
+test_main:
+	INIT
+	HCALL LHCALL_SET_PTE, $page_dir, $0xc0000000, {BAD_PTE}
+	HCALL LHCALL_SET_PTE, $page_dir, $0x1000, {BAD_PTE}
+	POWEROFF
+""")))
+    assert (run.status, run.reason) == POWER_OFF
+
+
+def test_set_pte_for_an_untracked_page_directory_is_ignored(asm_guest) -> None:
+    run = lguest("32", str(asm_guest(f"""
+test_main:
+	INIT
+	call setup_user_paging
+	HCALL LHCALL_SET_PTE, $page_table, $0x1000, {BAD_PTE}	/* not a directory we shadow */
+	POWEROFF
+""")))
+    assert (run.status, run.reason) == POWER_OFF
+
+
+def test_set_pte_for_the_current_directory_is_still_checked(asm_guest) -> None:
+    run = lguest("32", str(asm_guest(f"""
+test_main:
+	INIT
+	call setup_user_paging
+	HCALL LHCALL_SET_PTE, $page_dir, $0x1000, {BAD_PTE}
+	POWEROFF
+""")))
+    assert (run.status, run.reason) == (1, "bad page table entry")
