@@ -307,3 +307,17 @@ test_main:
 	POWEROFF
 """)))
     assert (run.status, run.reason) == (1, "bad page table entry")
+
+
+# Item 12: the prelude's own console output, through emerg_wr (spec §7.2-7.3).
+def test_prelude_prints_through_emerg_wr(asm_guest) -> None:
+    run = lguest("32", str(asm_guest("""
+test_main:
+	INIT
+	movl $hello, %esi
+	call print
+	POWEROFF
+hello:	.asciz "hello from the prelude\\n"
+""")))
+    assert (run.status, run.reason) == POWER_OFF
+    assert run.stdout == "hello from the prelude\n"
