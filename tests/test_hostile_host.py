@@ -18,6 +18,18 @@ POWER_OFF = (0, "CRASH: Power down")
 # EFLAGS and the real-mode segments 0x0701 (linear base 0x7010) for code and stack.
 # The code it would run, copied to 0x8000 (IP 0xff0), tries to print "V" through
 # the console's emerg_wr, as the attacker in the issue did.
+VM86_HYPERCALL = """
+	.code16
+vm86_code:
+	movl $2, %eax			/* SHUTDOWN "pwned", as the Guest kernel's hypercall */
+	movl $pwned, %ebx
+	movl $1, %ecx
+	int $0x1f
+1:	jmp 1b
+vm86_end:
+	.code32
+pwned:	.asciz "pwned"
+"""
 VM86 = """
 	.set VM86_CS, 0x0701
 	.set VM86_IP, 0x8000 - 0x7010
@@ -39,6 +51,8 @@ enter_vm86:
 	pushl $VM86_IP
 vm86_iret:
 	iret
+"""
+VM86_EMERG_WR = """
 	.code16
 vm86_code:
 	movw $0xcf8, %dx
@@ -94,9 +108,11 @@ failed:	.asciz "wrong #GP frame"
 """
 
 
-def test_user_iret_into_vm86_is_gp_from_ring3(asm_guest) -> None:
-    """Item 1: VM in a ring-3 iret frame is refused: #GP(0x700), never ring 1, no port I/O."""
-    run = lguest("32", str(asm_guest(VM86 + GP_FROM_USER + """
+@pytest.mark.parametrize("attack", [VM86_EMERG_WR, VM86_HYPERCALL], ids=["emerg_wr", "hypercall"])
+def test_user_iret_into_vm86_is_gp_from_ring3(asm_guest, attack: str) -> None:
+    """Item 1: VM in a ring-3 iret frame is refused: #GP(0x700) from ring 3, so the
+    vm86 code's port I/O and hypercall (cs 0x0701 looks like ring 1) never happen."""
+    run = lguest("32", str(asm_guest(VM86 + attack + GP_FROM_USER + """
 test_main:
 	INIT
 	call copy_vm86_code
@@ -110,7 +126,7 @@ test_main:
 
 def test_kernel_iret_into_vm86_is_gp(asm_guest) -> None:
     """Item 1 from ring 1: the same iret ends in #GP(0x700), not in the Switcher."""
-    run = lguest("32", str(asm_guest(VM86 + GP_FROM_USER + """
+    run = lguest("32", str(asm_guest(VM86 + VM86_EMERG_WR + GP_FROM_USER + """
 test_main:
 	INIT
 	call copy_vm86_code
@@ -125,7 +141,7 @@ test_main:
 def test_kernel_iret_into_vm86_without_handler_kills_with_gp(asm_guest) -> None:
     """In linear mode nothing is a user page: the Host sees the CPU at the first
     vm86 fetch, so the #GP names the IP the iret loaded (DESIGN: not the iret's)."""
-    run = lguest("32", str(asm_guest(VM86 + """
+    run = lguest("32", str(asm_guest(VM86 + VM86_EMERG_WR + """
 test_main:
 	INIT
 	call copy_vm86_code
