@@ -241,6 +241,7 @@ class Switcher:
         self._reg_buf = ctypes.c_uint64()
         self._reg_ref = ctypes.byref(self._reg_buf)
         self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
+        self._ring_regs = self._batch(("cs", "eflags"))
         # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap: Callable[[int, int, bool], bool] | None = None
@@ -300,15 +301,20 @@ class Switcher:
         uclib.uc_reg_read(self._uch, ALL_REGS[reg], self._reg_ref)
         return buf.value & 0xFFFFFFFF
 
+    @staticmethod
+    def _batch(regs: tuple[str, ...]) -> tuple[ctypes.Array, ctypes.Array, ctypes.Array]:
+        """Register ids, value pointers and values for one `uc_reg_read_batch`."""
+        values = (ctypes.c_uint64 * len(regs))()
+        ids = (ctypes.c_int * len(regs))(*(ALL_REGS[r] for r in regs))
+        base = ctypes.addressof(values)
+        ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
+        return ids, ptrs, values
+
     def get_many(self, regs: tuple[str, ...]) -> list[int]:
         """Several registers in one call into Unicorn (the hot paths read five at once)."""
         batch = self._batches.get(regs)
         if batch is None:
-            values = (ctypes.c_uint64 * len(regs))()
-            ids = (ctypes.c_int * len(regs))(*(ALL_REGS[r] for r in regs))
-            base = ctypes.addressof(values)
-            ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
-            batch = self._batches[regs] = (ids, ptrs, values)
+            batch = self._batches[regs] = self._batch(regs)
         ids, ptrs, values = batch
         ctypes.memset(values, 0, ctypes.sizeof(values))
         uclib.uc_reg_read_batch(self._uch, ids, ptrs, len(regs))
@@ -337,7 +343,13 @@ class Switcher:
         """
         if self._switching:
             return 0
-        cs, eflags = self.get_many(("cs", "eflags"))
+        if self._frame is not None:
+            cs, eflags = self._frame["cs"], self._frame["eflags"]
+        else:
+            # Every TLB fill asks: one batch read into buffers only Unicorn writes.
+            ids, ptrs, values = self._ring_regs
+            uclib.uc_reg_read_batch(self._uch, ids, ptrs, 2)
+            cs, eflags = values
         return 3 if eflags & abi.X86_EFLAGS_VM else cs & 3
 
     # --- the saved-context blob -------------------------------------------------------------
