@@ -431,9 +431,6 @@ class Switcher:
         An exception raised inside one of our hooks is raised here, as itself.
         """
         exit_ = self._emulate(self._start_address())
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
         if self._in_vm86():
             return self._refuse_vm86()
         if exit_.kind is ExitKind.HALTED and self.get("eip") & ~0xFFF == CODE_PAGE:
@@ -476,14 +473,20 @@ class Switcher:
         try:
             self.uc.emu_start(begin, STOP_PAGE)
         except UcError as err:
-            if self.exit is None:
-                # A fault the hooks did not explain, e.g. inside the trampoline
-                # while loading a bad Guest segment (spec §4.1's trapnum 256).
-                return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
-            if err.errno != UC_ERR_EXCEPTION:
-                raise
+            if self._failure is None:
+                if self.exit is None:
+                    # A fault the hooks did not explain, e.g. inside the trampoline
+                    # while loading a bad Guest segment (spec §4.1's trapnum 256).
+                    return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
+                if err.errno != UC_ERR_EXCEPTION:
+                    raise
         finally:
             self.emulating += time.perf_counter() - started
+        if self._failure is not None:
+            # A hook failed: whatever the emulator made of its default answer
+            # (often a fault) is no news of the Guest's.
+            failure, self._failure = self._failure, None
+            raise failure
         if self._undo is not None:
             for reg, value in self._undo.items():
                 self.set(reg, value)
