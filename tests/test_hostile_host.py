@@ -140,7 +140,7 @@ test_main:
 
 def test_kernel_iret_into_vm86_without_handler_kills_with_gp(asm_guest) -> None:
     """In linear mode nothing is a user page: the Host sees the CPU at the first
-    vm86 fetch, so the #GP names the IP the iret loaded (DESIGN: not the iret's)."""
+    vm86 fetch, so the #GP names the IP the iret loaded, not the iret (cpu.py says why)."""
     run = lguest("32", str(asm_guest(VM86 + VM86_EMERG_WR + """
 test_main:
 	INIT

@@ -191,6 +191,7 @@ class ContextLayout:
 
 
 HF_CPL_MASK = 3
+HF_PE_MASK = 0x80  # protected mode
 CR0_TS = 1 << 3
 EFLAGS_IOPL = 0x3000
 EFLAGS_VIF = 0x80000
@@ -201,7 +202,6 @@ EFLAGS_VIP = 0x100000
 SWITCHER_EFLAGS = 0x2
 # What only Unicorn's unprivileged virtual-8086 entry can have put in EFLAGS.
 VM86_ONLY_FLAGS = abi.X86_EFLAGS_VM | EFLAGS_IOPL | EFLAGS_VIF | EFLAGS_VIP
-HF_PE_MASK = 0x80  # protected mode
 _layout: ContextLayout | None = None
 
 
@@ -542,7 +542,7 @@ class Switcher:
                 return default
             try:
                 return hook(*args)
-            except BaseException as failure:  # noqa: BLE001 - re-raised by run(), as itself
+            except BaseException as failure:  # noqa: BLE001 (run() raises it, as itself)
                 self._failure = failure
                 self.uc.emu_stop()
                 return default
