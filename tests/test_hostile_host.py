@@ -14,22 +14,10 @@ from lguest import abi
 
 POWER_OFF = (0, "CRASH: Power down")
 
-# A virtual-8086 entry: the iret frame a vm86 monitor would build, with VM set in
-# EFLAGS and the real-mode segments 0x0701 (linear base 0x7010) for code and stack.
-# The code it would run, copied to 0x8000 (IP 0xff0), tries to print "V" through
-# the console's emerg_wr, as the attacker in the issue did.
-VM86_HYPERCALL = """
-	.code16
-vm86_code:
-	movl $2, %eax			/* SHUTDOWN "pwned", as the Guest kernel's hypercall */
-	movl $pwned, %ebx
-	movl $1, %ecx
-	int $0x1f
-1:	jmp 1b
-vm86_end:
-	.code32
-pwned:	.asciz "pwned"
-"""
+# A virtual-8086 entry: the iret frame a vm86 monitor would build, with VM (and
+# IOPL 3) in EFLAGS and the real-mode segment 0x0701 (linear base 0x7010) for code
+# and stack.  The attack's 16-bit code (vm86_code..vm86_end) is copied to 0x8000
+# first: IP 0xff0.
 VM86 = """
 	.set VM86_CS, 0x0701
 	.set VM86_IP, 0x8000 - 0x7010
@@ -52,6 +40,8 @@ enter_vm86:
 vm86_iret:
 	iret
 """
+
+# The attack of the issue: print "V" through the console's emerg_wr (spec §7.3).
 VM86_EMERG_WR = """
 	.code16
 vm86_code:
@@ -83,6 +73,20 @@ vm86_out:
 1:	jmp 1b
 vm86_end:
 	.code32
+"""
+
+# The same kind of attack on the hypercall gate: cs 0x0701 has RPL 1.
+VM86_HYPERCALL = """
+	.code16
+vm86_code:
+	movl $2, %eax			/* SHUTDOWN "pwned", as the Guest kernel's hypercall */
+	movl $pwned, %ebx
+	movl $1, %ecx
+	int $0x1f
+1:	jmp 1b
+vm86_end:
+	.code32
+pwned:	.asciz "pwned"
 """
 
 # The Guest kernel's #GP handler for the attacks from ring 3: it checks the
