@@ -7,8 +7,11 @@ kernel is handed.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from conftest import lguest, make_guest
+from conftest import ROOT, RUN_TIMEOUT, lguest, make_guest
 
 from lguest import abi
 
@@ -341,3 +344,23 @@ hello:	.asciz "hello from the prelude\\n"
 """)))
     assert (run.status, run.reason) == POWER_OFF
     assert run.stdout == "hello from the prelude\n"
+
+
+def test_host_bug_in_a_hook_is_an_internal_error(asm_guest) -> None:
+    """End to end: the Launcher says "internal error" and exits 3, never blames the Guest."""
+    elf = asm_guest(PORT_GUEST)
+    program = (
+        "import sys\n"
+        "from lguest.host.page_tables import PageTables\n"
+        "def translate(*_):\n"
+        "    raise RuntimeError('host bug')\n"
+        "PageTables.translate = translate\n"
+        "from lguest.launcher.main import main\n"
+        f"sys.exit(main(['32', {str(elf)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+    assert proc.returncode == 3
+    assert proc.stderr.splitlines()[-1] == \
+        "lguest: internal error: RuntimeError: host bug (--verbose shows the traceback)"
+    assert "Traceback" not in proc.stderr and "unhandled trap" not in proc.stderr
