@@ -101,7 +101,7 @@ gp_handler:
 	jne fail
 	testl $3, %ss:8(%esp)		/* cs: from ring 3 */
 	jz fail
-	testl $0x20000, %ss:12(%esp)	/* eflags: never vm86 in a frame */
+	testl $0x23000, %ss:12(%esp)	/* eflags: neither VM nor the frame's IOPL 3 */
 	jnz fail
 	cmpl $(kstack_top - 24), %esp	/* a ring-3 frame: errcode eip cs eflags esp ss */
 	jne fail
