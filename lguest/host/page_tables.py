@@ -133,8 +133,10 @@ class PageTables:
         """(gpa of the PTE, PTE) for vaddr, or (None, 0) if the directory entry is absent.
 
         A malformed directory entry kills the Guest, unless `quiet` (the Host only
-        looking, e.g. for a trace) asks for no side effects.
+        looking, e.g. for a trace) asks for no side effects.  Addresses the Host
+        computes (esp + 8, eip - 1) wrap at 4 GiB, as the CPU's would.
         """
+        vaddr &= 0xFFFFFFFF
         if self.linear:
             return 0, (vaddr & ~0xFFF) | LINEAR_PTE_FLAGS
         mem = self.guest.mem
