@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import make_guest
+from conftest import make_guest, symbol
 
 from lguest import abi
 from lguest.host import cpu
@@ -35,8 +35,6 @@ def test_set_reg_only_the_settable_ones(asm_guest) -> None:
 
 def test_set_reg_redirects_the_guest(asm_guest) -> None:
     """The Launcher may move eip and set registers before the Guest runs (LHREQ_SETREG)."""
-    from conftest import symbol
-
     elf = asm_guest("test_main: ud2\nalt: INIT\n SHUTDOWN %ebp\nmsg: .asciz \"moved\"")
     guest = make_guest(elf)
     guest.set_reg(abi.PtRegs.IP, symbol(elf, "alt"))
@@ -129,3 +127,28 @@ test_main:
     expected = sum(range(200)) & 0xFFFFFFFF
     values = {guest.mem.read_u32(0x200000 + 4096 * i) for i in range(512)}
     assert values == {expected}
+
+
+def test_trap_flag_in_the_entry_frame_steps_the_first_guest_instruction(asm_guest) -> None:
+    """The trampoline runs with the Switcher's own EFLAGS and its `iret` loads the
+    Guest's: TF there is a #DB after the Guest's first instruction, not in the Switcher."""
+    elf = asm_guest("test_main: nop\nsecond: ud2")
+    guest = make_guest(elf)
+    guest.cpu.load_frame(symbol(elf, "test_main"), abi.KERNEL_CS, abi.INITIAL_EFLAGS | abi.X86_EFLAGS_TF,
+                         0x1000, abi.KERNEL_DS, abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
+    exit_ = guest.cpu.run()
+    assert (exit_.kind, exit_.trapnum) == (cpu.ExitKind.TRAP, abi.Trap.DB)
+    assert guest.cpu.get("eip") == symbol(elf, "second")
+    assert guest.cpu.get("eflags") & abi.X86_EFLAGS_TF
+
+
+def test_nested_task_in_the_entry_frame_is_the_guests_not_the_switchers(asm_guest) -> None:
+    """NT in the frame reaches the Guest (its own next `iret` would be a task return);
+    the trampoline's `iret` is an ordinary one."""
+    elf = asm_guest("test_main: ud2")
+    guest = make_guest(elf)
+    guest.cpu.load_frame(symbol(elf, "test_main"), abi.KERNEL_CS, abi.INITIAL_EFLAGS | abi.X86_EFLAGS_NT,
+                         0x1000, abi.KERNEL_DS, abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
+    exit_ = guest.cpu.run()
+    assert (exit_.kind, exit_.trapnum) == (cpu.ExitKind.TRAP, abi.Trap.UD)
+    assert guest.cpu.get("eflags") & abi.X86_EFLAGS_NT

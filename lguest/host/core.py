@@ -26,7 +26,7 @@ from lguest.host.cpu import Exit, ExitKind, PortBus, Switcher
 from lguest.host.faultaddr import fault_address
 from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap, direct_trap
 from lguest.host.kick import Kicker
-from lguest.host.memory import GuestMemory
+from lguest.host.memory import GuestMemory, hex32
 from lguest.host.page_tables import PageTables
 from lguest.host.segments import Segments
 
@@ -183,7 +183,7 @@ class Guest:
         if exit_.eip is not None:
             self.cpu.set("eip", exit_.eip)
         if num == abi.TRAPNUM_IN_SWITCHER:
-            self.kill(f"unhandled trap {num} at {self.cpu.get('eip'):#x} ({errcode:#x})")
+            self.kill(f"unhandled trap {num} at {hex32(self.cpu.get('eip'))} ({hex32(errcode)})")
         elif num == abi.LGUEST_TRAP_ENTRY and self.cpu.cpl <= abi.GUEST_PL:
             self.hcall_pending = True
         elif exit_.software and self.cpu.cpl > self.idt.software_int_dpl(num, self.syscall_vector):
@@ -205,12 +205,16 @@ class Guest:
         eip = self.cpu.get("eip")
         if not deliver_trap(self, num, errcode) and not self.dead:
             detail = errcode if cr2 is None else cr2
-            self.kill(f"unhandled trap {num} at {eip:#x} ({detail:#x})")
+            self.kill(f"unhandled trap {num} at {hex32(eip)} ({hex32(detail)})")
 
     def _reflect_page_fault(self, exit_: Exit) -> None:
-        """A fault demand paging could not fix (§4.3, trap 14): the Guest's to handle."""
+        """A fault demand paging could not fix (§4.3, trap 14): the Guest's to handle.
+
+        Before INIT there is no lguest_data to tell cr2 in, and no IDT either:
+        the fault is simply unhandled, as in lguest.
+        """
         cr2 = self.fault_address(exit_)
-        if self.lguest_data is None or not self.mem.write_u32(self.lguest_data + LguestData.CR2, cr2):
+        if self.lguest_data is not None and not self.mem.write_u32(self.lguest_data + LguestData.CR2, cr2):
             self.kill("Writing cr2")
             return
         self.reflect(abi.Trap.PF, exit_.errcode, cr2)

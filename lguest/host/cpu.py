@@ -17,6 +17,18 @@ the Host's help, both reached through the saved-context blob at offsets measured
 at start-up (`calibrate`): the "exception in flight" field, which must be reset
 after every handled fault or the next fault becomes a #DF, and the CPL bits of
 `hflags`, which is the only way back to ring 0 for the trampoline.
+
+Two things the Host must never trust to the emulator:
+
+* Unicorn's `iret` loads EFLAGS.VM at any CPL, where a real CPU only does so at
+  CPL 0 (`helper_ret_protected` jumps to `return_to_vm86` before looking at the
+  CPL).  No hook sees an `iret`, so the wrong entry cannot be undone at the
+  instruction itself; the Host refuses virtual-8086 mode the first moment it sees
+  the CPU instead (`_refuse_vm86`).
+* Its own hooks: a Python exception inside a callback would be turned by ctypes
+  into a default answer (a refused fill, a zero read) that looks like the
+  Guest's fault.  Every hook is guarded (`_guard`): the exception stops the
+  emulator and `run()` raises it on the vCPU thread.
 """
 
 from __future__ import annotations
@@ -179,8 +191,17 @@ class ContextLayout:
 
 
 HF_CPL_MASK = 3
-CR0_TS = 1 << 3
 HF_PE_MASK = 0x80  # protected mode
+CR0_TS = 1 << 3
+EFLAGS_IOPL = 0x3000
+EFLAGS_VIF = 0x80000
+EFLAGS_VIP = 0x100000
+# The flags the Switcher itself runs with: no trap flag (the trampoline must not
+# single-step), no nested task (its `iret` must not become a task return), not
+# virtual-8086 mode (its segment loads must be protected-mode ones).
+SWITCHER_EFLAGS = 0x2
+# What only Unicorn's unprivileged virtual-8086 entry can have put in EFLAGS.
+VM86_ONLY_FLAGS = abi.X86_EFLAGS_VM | EFLAGS_IOPL | EFLAGS_VIF | EFLAGS_VIP
 _layout: ContextLayout | None = None
 
 
@@ -220,6 +241,7 @@ class Switcher:
         self._reg_buf = ctypes.c_uint64()
         self._reg_ref = ctypes.byref(self._reg_buf)
         self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
+        self._ring_regs = self._batch(("cs", "eflags"))
         # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap: Callable[[int, int, bool], bool] | None = None
@@ -235,11 +257,12 @@ class Switcher:
         uclib.uc_context_alloc(self.uc._uch, ctypes.byref(self._context))
         self._context_size = uclib.uc_context_size(self.uc._uch)
         self._install_switcher_pages()
-        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
-        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
-        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
+        self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
+        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
         self._install_doorbell()
 
     # --- set-up ---------------------------------------------------------------------------
@@ -278,15 +301,20 @@ class Switcher:
         uclib.uc_reg_read(self._uch, ALL_REGS[reg], self._reg_ref)
         return buf.value & 0xFFFFFFFF
 
+    @staticmethod
+    def _batch(regs: tuple[str, ...]) -> tuple[ctypes.Array, ctypes.Array, ctypes.Array]:
+        """Register ids, value pointers and values for one `uc_reg_read_batch`."""
+        values = (ctypes.c_uint64 * len(regs))()
+        ids = (ctypes.c_int * len(regs))(*(ALL_REGS[r] for r in regs))
+        base = ctypes.addressof(values)
+        ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
+        return ids, ptrs, values
+
     def get_many(self, regs: tuple[str, ...]) -> list[int]:
         """Several registers in one call into Unicorn (the hot paths read five at once)."""
         batch = self._batches.get(regs)
         if batch is None:
-            values = (ctypes.c_uint64 * len(regs))()
-            ids = (ctypes.c_int * len(regs))(*(ALL_REGS[r] for r in regs))
-            base = ctypes.addressof(values)
-            ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
-            batch = self._batches[regs] = (ids, ptrs, values)
+            batch = self._batches[regs] = self._batch(regs)
         ids, ptrs, values = batch
         ctypes.memset(values, 0, ctypes.sizeof(values))
         uclib.uc_reg_read_batch(self._uch, ids, ptrs, len(regs))
@@ -306,8 +334,23 @@ class Switcher:
 
     @property
     def cpl(self) -> int:
-        """The ring the CPU runs in (0 while the Host itself is switching)."""
-        return 0 if self._switching else self.get("cs") & 3
+        """The ring the CPU really runs in (0 while the Host itself is switching).
+
+        In protected mode the emulator keeps CS's RPL equal to the CPL (it moves
+        both together on every ring change); virtual-8086 mode is the exception:
+        there CS is a real-mode segment number whatever its low bits say, and the
+        CPL is always 3.
+        """
+        if self._switching:
+            return 0
+        if self._frame is not None:
+            cs, eflags = self._frame["cs"], self._frame["eflags"]
+        else:
+            # Every TLB fill asks: one batch read into buffers only Unicorn writes.
+            ids, ptrs, values = self._ring_regs
+            uclib.uc_reg_read_batch(self._uch, ids, ptrs, 2)
+            cs, eflags = values
+        return 3 if eflags & abi.X86_EFLAGS_VM else cs & 3
 
     # --- the saved-context blob -------------------------------------------------------------
     def _context_bytes(self) -> ctypes.Array[ctypes.c_char]:
@@ -337,8 +380,16 @@ class Switcher:
         if uclib.uc_reg_write(self._uch, reg, self._reg_ref):
             raise ValueError(f"cannot load selector {selector:#x}")
 
-    def _drop_to_ring0(self) -> None:
-        """Put the CPU back at CPL 0 so the trampoline may load any Guest ring."""
+    def _enter_host_state(self) -> None:
+        """Put the CPU in the Switcher's own state: its EFLAGS, and CPL 0 so the
+        trampoline may load any Guest ring.  Whatever the Guest left in EFLAGS
+        (TF, NT, VM) belongs in the frame the trampoline loads, never to the
+        trampoline itself."""
+        ring = self.cpl  # while EFLAGS still says whether this is virtual-8086 mode
+        self._reg_buf.value = SWITCHER_EFLAGS
+        uclib.uc_reg_write(self._uch, UC_X86_REG_EFLAGS, self._reg_ref)
+        if ring == 0:
+            return
         layout = context_layout()
         blob = self._context_bytes()
         hflags = struct.unpack_from("<I", blob, layout.hflags)[0]
@@ -369,15 +420,19 @@ class Switcher:
             return self.get("eip")
         frame = struct.pack("<9I", *(self._frame[reg] for reg in ENTRY_FRAME_REGS))
         self._frame = None
-        if self.uc.reg_read(UC_X86_REG_CS) & 3:
-            self._drop_to_ring0()
+        self._enter_host_state()
         self.uc.mem_write(ENTRY_FRAME_ADDR, frame)
         self.set("esp", ENTRY_FRAME_ADDR)
         return CODE_PAGE
 
     def run(self) -> Exit:
-        """Run the Guest from its current state until it traps back to the Host."""
+        """Run the Guest from its current state until it traps back to the Host.
+
+        An exception raised inside one of our hooks is raised here, as itself.
+        """
         exit_ = self._emulate(self._start_address())
+        if self._in_vm86():
+            return self._refuse_vm86()
         if exit_.kind is ExitKind.HALTED and self.get("eip") & ~0xFFF == CODE_PAGE:
             # A kick stopped us inside the trampoline, before the Guest got the CPU
             # back.  The world switch is all or nothing: the Guest's state is still
@@ -387,6 +442,30 @@ class Switcher:
             self._frame = dict(zip(ENTRY_FRAME_REGS, words, strict=True))
         return exit_
 
+    def _in_vm86(self) -> bool:
+        """Is the CPU itself (not a frame waiting for the trampoline) in virtual-8086 mode?"""
+        return self._frame is None and bool(self.get("eflags") & abi.X86_EFLAGS_VM)
+
+    def _refuse_vm86(self) -> Exit:
+        """Undo a virtual-8086 entry the emulator should have refused: a #GP from ring 3.
+
+        Only an `iret` gets here (nothing else can set VM), and a real CPU obeys
+        the VM bit of an `iret` frame only at CPL 0, which the Guest never has.
+        At CPL 1 or 3 it ignores the bit and does an ordinary return, which for
+        the segment numbers a real-mode frame holds means #GP(selector).  The
+        `iret` itself is gone by now (EIP and the stack have moved on, and no
+        hook sees an `iret` without running a hook before every instruction),
+        so the Guest gets that #GP here, at the first moment the Host sees the
+        CPU, with the error code of the selector the `iret` loaded into CS.  The
+        frame must read as ring 3 whichever ring the `iret` ran in: RPL 3 on CS
+        and SS, EFLAGS without what only the unprivileged entry could load, and
+        the null data segments a trap out of virtual-8086 mode leaves.
+        """
+        eip, cs, eflags, esp, ss = self.get_many(("eip", "cs", "eflags", "esp", "ss"))
+        self._enter_host_state()
+        self.load_frame(eip, cs | 3, eflags & ~VM86_ONLY_FLAGS, esp, ss | 3, 0, 0, 0, 0)
+        return Exit(ExitKind.TRAP, abi.Trap.GP, cs & 0xFFFC)
+
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
         self.runs += 1
@@ -394,14 +473,20 @@ class Switcher:
         try:
             self.uc.emu_start(begin, STOP_PAGE)
         except UcError as err:
-            if self.exit is None:
-                # A fault the hooks did not explain, e.g. inside the trampoline
-                # while loading a bad Guest segment (spec §4.1's trapnum 256).
-                return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
-            if err.errno != UC_ERR_EXCEPTION:
-                raise
+            if self._failure is None:
+                if self.exit is None:
+                    # A fault the hooks did not explain, e.g. inside the trampoline
+                    # while loading a bad Guest segment (spec §4.1's trapnum 256).
+                    return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
+                if err.errno != UC_ERR_EXCEPTION:
+                    raise
         finally:
             self.emulating += time.perf_counter() - started
+        if self._failure is not None:
+            # A hook failed: whatever the emulator made of its default answer
+            # (often a fault) is no news of the Guest's.
+            failure, self._failure = self._failure, None
+            raise failure
         if self._undo is not None:
             for reg, value in self._undo.items():
                 self.set(reg, value)
@@ -412,8 +497,9 @@ class Switcher:
                  write: Callable[[int, int, int], None]) -> None:
         """Put a device window in the emulator's physical map: its loads and stores
         become calls, whatever instruction makes them (no decoding, unlike lguest)."""
-        self.uc.mmio_map(gpa, size, lambda uc, offset, width, _: read(offset, width), None,
-                         lambda uc, offset, width, value, _: write(offset, width, value), None)
+        self.uc.mmio_map(gpa, size, self._guard(lambda uc, offset, width, _: read(offset, width), 0), None,
+                         self._guard(lambda uc, offset, width, value, _: write(offset, width, value), None),
+                         None)
 
     def set_task_switched(self, ts: bool) -> None:
         """Mirror the Guest's wish for CR0.TS: then the first FPU instruction is #NM."""
@@ -443,6 +529,25 @@ class Switcher:
         self._doorbell.rung = 0
 
     # --- leaving: the hooks ---------------------------------------------------------------
+    def _guard(self, hook: Callable[..., object], default: object) -> Callable[..., object]:
+        """`hook` made safe to call from the emulator.
+
+        An exception must not escape into ctypes, which would print it and
+        answer the emulator with a default (a refused fill, a zero read) that
+        looks like the Guest's doing.  We keep the first one, stop emulating,
+        answer `default` to this and every later hook call, and `run()` raises it.
+        """
+        def guarded(*args: object) -> object:
+            if self._failure is not None:
+                return default
+            try:
+                return hook(*args)
+            except BaseException as failure:  # noqa: BLE001 (run() raises it, as itself)
+                self._failure = failure
+                self.uc.emu_stop()
+                return default
+        return guarded
+
     def _leave(self, exit_: Exit) -> None:
         if self.exit is None:
             self.exit = exit_
@@ -464,7 +569,13 @@ class Switcher:
         self._trap(vector, errcode, software, insn_len)
 
     def _trap(self, vector: int, errcode: int, software: bool = False, insn_len: int = 0) -> None:
-        """A trap: straight into the Guest if the Host's fast path takes it, else exit."""
+        """A trap: straight into the Guest if the Host's fast path takes it, else exit.
+
+        Never from virtual-8086 mode: `run()` turns that into the #GP the entry
+        into it should have been."""
+        if self._in_vm86():
+            self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
+            return
         if self.direct_trap is not None and self.direct_trap(vector, errcode, software):
             self.direct_traps += 1
             if self._frame is not None:

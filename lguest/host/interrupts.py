@@ -87,7 +87,7 @@ def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool
     if not hi & GATE_PRESENT or gate_type(hi) != abi.GATE_TRAP:
         return False
     eip, cs, eflags, esp, ss = guest.cpu.get_many(FRAME_REGS)
-    if software and cs & 3 > gate_dpl(hi):
+    if software and guest.cpu.cpl > gate_dpl(hi):
         return False
     has_err = vector in abi.TRAPS_WITH_ERROR_CODE
     words, ss, esp = frame_words(guest, eip, cs, eflags, esp, ss, has_err, errcode)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from lguest import abi
 from lguest.host.cpu import PERM_EXEC, PERM_READ, PERM_WRITE
+from lguest.host.memory import hex32
 
 if TYPE_CHECKING:
     from lguest.host.core import Guest
@@ -132,8 +133,10 @@ class PageTables:
         """(gpa of the PTE, PTE) for vaddr, or (None, 0) if the directory entry is absent.
 
         A malformed directory entry kills the Guest, unless `quiet` (the Host only
-        looking, e.g. for a trace) asks for no side effects.
+        looking, e.g. for a trace) asks for no side effects.  Addresses the Host
+        computes (esp + 8, eip - 1) wrap at 4 GiB, as the CPU's would.
         """
+        vaddr &= 0xFFFFFFFF
         if self.linear:
             return 0, (vaddr & ~0xFFF) | LINEAR_PTE_FLAGS
         mem = self.guest.mem
@@ -162,7 +165,7 @@ class PageTables:
         """Follow a Guest-virtual address the Host must touch (kill `Bad address` if unmapped)."""
         pte_gpa, gpte = self._walk(vaddr)
         if pte_gpa is None or not gpte & abi.PTE_PRESENT:
-            self.guest.kill(f"Bad address {vaddr:#x}")
+            self.guest.kill(f"Bad address {hex32(vaddr)}")
             return None
         return (gpte & ~0xFFF) | (vaddr & 0xFFF)
 
@@ -219,13 +222,20 @@ class PageTables:
         self.pin_stack()
 
     def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
-        """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used."""
+        """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used.
+
+        Only shadows are changed, so a PTE no shadow covers (a directory we do not
+        track, or any before the first NEW_PGTABLE) is none of our business: it is
+        not even checked, as in lguest.
+        """
         if vaddr >= abi.SWITCHER_ADDR:
             self.guest.kill("attempt to set pte into Switcher pages")
             return
         page = vaddr & ~0xFFF
         kernel = vaddr >= self.guest.kernel_address
         shadows = self.shadows if kernel else [s for s in self.shadows if s.pgdir == pgdir]
+        if not shadows:
+            return
         prefill = bool(pte & (abi.PTE_ACCESSED | abi.PTE_DIRTY)) and pte & abi.PTE_PRESENT
         if prefill and (self._is_mmio(pte) or not self._valid(pte)):
             prefill = False
@@ -256,5 +266,5 @@ class PageTables:
         for i in range(guest.stack_pages):
             page = (guest.esp1 - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
             if isinstance(self.translate(page, True, False, False), int):
-                guest.kill(f"bad stack page {page:#x}")
+                guest.kill(f"bad stack page {hex32(page)}")
                 return

@@ -102,11 +102,17 @@ print:
 	popl %eax
 	ret
 
-/* Character in %eax: point the PCI_CFG window at emerg_wr, then write it. */
+/*
+ * Character in %eax: point the PCI_CFG window at emerg_wr, then write it.  The
+ * console is slot 1; its PCI_CFG capability sits at 0x84 in config space, so
+ * cap.bar (byte 4 of the cap) is 0x88, cap.offset 0x8c, cap.length 0x90 and
+ * the data window 0x94 (spec §7.2); emerg_wr is at 8 in the device config, which
+ * starts at 60 in BAR0.
+ */
 putc:
 	pushl %eax
 	movw $0xcf8, %dx
-	movl $(0x80000000 | (1 << 11) | 0x84), %eax	/* cap.bar (byte 4 of the cap) */
+	movl $(0x80000000 | (1 << 11) | 0x88), %eax	/* cap.bar */
 	outl %eax, %dx
 	movw $0xcfc, %dx
 	movb $0, %al
