@@ -111,8 +111,9 @@ class GdbStub:
         self._drop_client()
         self.server.close()
 
-    def _stop(self, reply: str) -> None:
-        if not self._stop_wanted and not self._serving:
+    def _stop(self, reply: str, even_while_serving: bool = False) -> None:
+        """Stop at the next safe point (once: the first reason is the one gdb hears)."""
+        if not self._stop_wanted and (even_while_serving or not self._serving):
             self._stop_reply = reply
             self._stop_wanted = True
 
@@ -405,7 +406,8 @@ class GdbStub:
             if not event.good and self._last_sent:
                 self._raw(conn, self._last_sent)
         else:
-            self._stop(f"S{SIGINT:02x}")
+            # Even while we still serve: gdb's `c` may be queued but not yet run.
+            self._stop(f"S{SIGINT:02x}", even_while_serving=True)
             self._attention()
 
     def _attention(self) -> None:
