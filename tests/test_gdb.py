@@ -36,11 +36,10 @@ def code_bytes(elf, address: int, size: int) -> bytes:
     raise LookupError(hex(address))
 
 
-def hcall_site(elf, function: str) -> int:
-    """The address of the `int $0x1f` (cd 1f) in a puppy function."""
+def hcall_site(elf, function: str, insn: bytes = b"\xcd\x1f") -> int:
+    """The address of the first `int $0x1f` (or another instruction) in a function."""
     start = symbol(elf, function)
-    code = code_bytes(elf, start, 256)
-    return start + code.index(b"\xcd\x1f")
+    return start + code_bytes(elf, start, 256).index(insn)
 
 
 def test_break_bt_registers_step_watch_monitor_detach(puppy) -> None:
@@ -75,9 +74,11 @@ def test_breakpoint_in_a_user_process(puppy) -> None:
     """Ring 3, and memory read through that process's own page tables."""
     run = launch("run", "--gdb=127.0.0.1:0", "--gdb-wait", "procs")
     main = symbol(USER / "hello.elf", "main")
+    syscall = hcall_site(USER / "hello.elf", "exit", b"\xcd\x80")  # ulib's, the same in every program
     out = gdb(run.port, f"add-symbol-file {USER / 'hello.elf'}", f"break *{main:#x}", "continue",
               "info registers cs", "x/16xb $pc", "stepi", "printf \"pc %#x\\n\", $pc", "monitor pgdir",
-              "kill",
+              "delete", f"break *{syscall:#x}", "continue", "stepi", "printf \"in-kernel %#x\\n\", $pc",
+              "info registers cs", "kill",
               elf=puppy)
     status, _, stderr = run.finish()
     assert "cs             0x73" in out, out  # RPL 3
@@ -87,6 +88,9 @@ def test_breakpoint_in_a_user_process(puppy) -> None:
     assert shown in programs, out
     assert "pc 0x8048481" in out  # `push %ebp` is one byte
     assert out.count("pgdir 0x") >= 2  # the process's own directory besides the kernel's
+    # One stepi across `int $0x80`: the Host reflected the trap, gdb sees the Guest's handler.
+    assert f"in-kernel {symbol(puppy, 'syscall_entry'):#x}" in out
+    assert out.split("in-kernel")[1].count("cs             0x61") == 1
     assert status == 1 and "lguest: killed from gdb" in stderr
 
 
