@@ -10,11 +10,13 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from elftools.elf.elffile import ELFFile
 from gdbtools import Rsp, gdb, launch
+from test_linux import MARKER, ON_HVC1, PROLOGUE, busybox, initramfs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None,
                                 reason="gdb is not installed (.ci/run installs it)")
@@ -153,12 +155,21 @@ def test_gdb_options_are_checked(tmp_path) -> None:
 
 @pytest.mark.skipif(not (os.environ.get("LGUEST_LINUX_VMLINUX") and os.environ.get("LGUEST_LINUX_BZIMAGE")),
                     reason="set LGUEST_LINUX_VMLINUX and LGUEST_LINUX_BZIMAGE to a Linux 4.9 lguest build")
-def test_linux_start_kernel() -> None:
-    vmlinux, bzimage = os.environ["LGUEST_LINUX_VMLINUX"], os.environ["LGUEST_LINUX_BZIMAGE"]
-    run = launch("--gdb=127.0.0.1:0", "--gdb-wait", "64", bzimage, "console=hvc0", "panic=-1")
-    out = gdb(run.port, "break start_kernel", "continue", "bt", "info registers cs", "delete", "detach",
-              elf=vmlinux)
-    run.proc.kill()
-    run.finish()
-    assert "Breakpoint 1, " in out and "start_kernel" in out, out
+def test_linux_start_kernel_and_a_paravirt_hypercall(tmp_path, busybox) -> None:  # noqa: F811
+    """gdb vmlinux: start_kernel, then into the NEW_PGTABLE hypercall of a cr3 write and
+    out again, then on to init's shell."""
+    vmlinux = os.environ["LGUEST_LINUX_VMLINUX"]
+    image = initramfs(tmp_path, busybox, PROLOGUE + ON_HVC1 + f"echo {MARKER}\npoweroff -f\n")
+    run = launch("--gdb=127.0.0.1:0", "--gdb-wait", f"--initrd={image}", "64", vmlinux, "console=hvc0",
+                 "panic=-1")
+    site = hcall_site(vmlinux, "lazy_hcall1")
+    out = gdb(run.port, "break start_kernel", "continue", "bt", "info registers cs", "delete",
+              "break lguest_write_cr3", "continue", "step", f"advance *{site:#x}", "info registers eax",
+              "stepi", "printf \"after-hcall %#x\\n\", $pc", "delete", "detach", elf=Path(vmlinux))
+    status, stdout, _ = run.finish()
+    assert "Breakpoint 1, start_kernel () at " in out and "#0  start_kernel () at " in out, out
     assert "cs             0x61" in out
+    assert "lazy_hcall1 (call=4," in out  # NEW_PGTABLE
+    assert "eax            0x4 " in out
+    assert f"after-hcall {site + 2:#x}" in out
+    assert status == 0 and MARKER in stdout
