@@ -133,11 +133,20 @@ def test_bad_input_is_answered_and_the_guest_carries_on(puppy) -> None:
     assert rsp.ask(b"Z0,ffc00000,1") == b"E16"  # the Switcher's pages are not the Guest's
     assert rsp.ask(b"P1a=00000000") == b"E16"  # no such writable register
     assert rsp.ask(b"Pa=00000000") == b"E16"  # %cs is the Host's to set
+    assert rsp.ask(b"P0=00") == b"E16"  # too short
+    assert rsp.ask(b"qXfer:features:read:target.xml:zz") == b"E16"
     assert rsp.ask(b"qXfer:features:read:target.xml:0,40").startswith(b"m<?xml")
     rsp.close()  # dropped without a detach: the Guest runs on to its end
     status, stdout, stderr = run.finish()
     assert status == 0, stderr
     assert "puppy: power off" in stdout
+
+
+def test_gdb_hears_how_the_guest_ended(puppy) -> None:
+    run = launch("run", "--gdb=127.0.0.1:0", "--gdb-wait", "oops")
+    out = gdb(run.port, "continue", elf=puppy)
+    status, _, _ = run.finish()
+    assert status == 1 and "[Inferior 1 (Remote target) exited with code 01]" in out, out
 
 
 def test_gdb_options_are_checked(tmp_path) -> None:

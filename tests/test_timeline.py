@@ -19,7 +19,7 @@ def stats_json(stderr: str) -> dict:
 
 def test_timeline_counts_equal_the_stats(puppy, tmp_path) -> None:
     trace = tmp_path / "boot.json"
-    run = lguest("run", "--stats=json", f"--trace-file={trace}", "sleep=50", "procs")
+    run = lguest("run", "--stats=json", f"--trace-file={trace}", "devices", "sleep=50", "procs")
     assert run.status == 0, run.stderr
     stats = stats_json(run.stderr)
     document = json.loads(trace.read_text())
@@ -39,6 +39,10 @@ def test_timeline_counts_equal_the_stats(puppy, tmp_path) -> None:
     assert all(e["dur"] >= 0 for e in slices) and {e["tid"] for e in slices} == {1, 2}
     assert {e["name"] for e in events if e.get("cat") == "host"} >= {"SET_CLOCKEVENT", "trap", "kick"}
     assert document["otherData"]["stats"]["hypercalls"] == stats["hypercalls"]
+    # printk through the console's output queue: one request per write, with its bytes
+    output = [e for e in events if e.get("cat") == "device" and e["name"] == "console output"]
+    assert output and all(e["args"]["out_bytes"] > 0 for e in output)
+    assert sum(e["args"]["out_bytes"] for e in output) <= len(run.stdout.encode())
 
 
 def test_the_plain_stats_line_stays(puppy) -> None:

@@ -201,8 +201,8 @@ class GdbStub:
                 self._drop_client()
                 return None, True
             return self._answer(guest, kind, body), False
-        except (ValueError, IndexError):
-            return EINVAL.encode(), False
+        except (ValueError, IndexError, struct.error):
+            return EINVAL.encode(), False  # a malformed packet
 
     def _resume(self, guest: Guest, step: bool, addr: bytes) -> bool:
         if addr:

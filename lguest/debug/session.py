@@ -14,8 +14,9 @@ from collections.abc import Callable
 from lguest.debug.census import Census
 from lguest.debug.gdbstub import GdbStub
 from lguest.debug.timeline import Timeline
-from lguest.host.core import Guest, Tracer
+from lguest.host.core import Tracer
 from lguest.launcher.boot import LoadError
+from lguest.launcher.machine import Machine
 from lguest.launcher.options import Options
 from lguest.launcher.trace import Tracers
 
@@ -48,9 +49,12 @@ class DebugTools:
         chain += [t for t in (self.timeline, self.stub) if t is not None]
         return Tracers(chain)
 
-    def attach(self, guest: Guest) -> None:
+    def attach(self, machine: Machine) -> None:
         if self.stub:
-            self.stub.attach(guest)
+            self.stub.attach(machine.guest)
+        if self.timeline:
+            for device in machine.devices:
+                self.timeline.watch_device(device)
 
     def finish(self, status: int, figures: dict[str, object]) -> None:
         """The Guest is gone: gdb hears its exit status, the timeline is written."""

@@ -4,7 +4,9 @@ One process, two tracks for the vCPU: "Guest" holds a slice for every stretch
 the Guest ran inside the emulator, "Host" a slice for the work each exit caused
 (named for the hypercall, trap or fault).  Hypercalls (with their arguments),
 traps (vector, error code, address) and interrupts are instant events on the
-Host track; counters give exits and page faults served per second.
+Host track; a "devices" track shows each request a device takes from a
+virtqueue, with the bytes the Guest offered it to read and to fill; counters
+give exits and page faults served (TLB fills) per second.
 
 Like the tracer protocol it is built on, the timeline needs nothing from the
 Host but its running totals (seconds emulating, TLB fills), read at each exit.
@@ -24,11 +26,13 @@ from lguest import abi
 from lguest.debug.census import TRAP_NAMES, exit_category, hcall_name
 from lguest.host.core import Guest
 from lguest.host.cpu import Exit, ExitKind
+from lguest.launcher.virtio.queue import Chain
+from lguest.launcher.virtio.transport import VirtioDevice
 
 LIMIT = 200_000  # events kept: about 20 MB of JSON
 COUNTER_PERIOD = 0.1  # seconds per sample of the rate counters
 PID = 1
-GUEST_TID, HOST_TID = 1, 2
+GUEST_TID, HOST_TID, DEVICE_TID = 1, 2, 3
 
 
 class Timeline:
@@ -80,9 +84,17 @@ class Timeline:
     def irq(self, guest: Guest, irq: int) -> None:
         self._instant(f"irq {irq}", "interrupt", {"irq": irq, "vector": abi.FIRST_EXTERNAL_VECTOR + irq})
 
-    def device(self, name: str, out_bytes: int, in_bytes: int) -> None:
-        """A device took a request from a virtqueue (any thread)."""
-        self._instant(name, "device", {"out_bytes": out_bytes, "in_bytes": in_bytes})
+    def watch_device(self, device: VirtioDevice) -> None:
+        """Record every request the device takes from its queues (on its own threads)."""
+        for queue in device.queues:
+            name = f"{device.name} {queue.name}"
+            queue.on_request = lambda chain, name=name: self._request(name, chain)
+
+    def _request(self, name: str, chain: Chain) -> None:
+        self._add({"name": name, "cat": "device", "ph": "i", "s": "t", "tid": DEVICE_TID,
+                   "ts": self._us(time.perf_counter()),
+                   "args": {"out_bytes": sum(len(b) for b in chain.out),
+                            "in_bytes": sum(len(b) for b in chain.into)}})
 
     def _trap_event(self, guest: Guest, exit_: Exit) -> None:
         eip = exit_.eip if exit_.eip is not None else guest.cpu.get("eip")
@@ -117,7 +129,9 @@ class Timeline:
         """The trace-event JSON object: events, track names, and what was left out."""
         names = [{"name": "process_name", "ph": "M", "pid": PID, "args": {"name": "lguest"}},
                  {"name": "thread_name", "ph": "M", "pid": PID, "tid": GUEST_TID, "args": {"name": "Guest"}},
-                 {"name": "thread_name", "ph": "M", "pid": PID, "tid": HOST_TID, "args": {"name": "Host"}}]
+                 {"name": "thread_name", "ph": "M", "pid": PID, "tid": HOST_TID, "args": {"name": "Host"}},
+                 {"name": "thread_name", "ph": "M", "pid": PID, "tid": DEVICE_TID,
+                  "args": {"name": "devices (requests taken, by virtqueue)"}}]
         with self._lock:
             kept = list(self.events)
             recorded = dict(self.recorded)

@@ -68,7 +68,7 @@ def run(opts: Options) -> int:
             machine = build_machine(opts, kernel_path, output.write, sys.stdin.fileno(), say,
                                     stderr_line, tracer)
             machine.console.on_escape = lambda m=machine: m.guest.kill(STOPPED_BY_USER)
-            tools.attach(machine.guest)
+            tools.attach(machine)
             try:
                 result = machine.guest.run()
             finally:
