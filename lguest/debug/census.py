@@ -54,7 +54,9 @@ class Census:
         if category == "trap":
             self.traps[exit_.trapnum] += 1
         now, emulated = time.perf_counter(), guest.cpu.emulating
-        if self._last is not None:
+        if self._last is None:
+            self.seconds["emulating"] += emulated  # the first run, up to the first exit
+        else:
             when, emulated_then, previous = self._last
             ran = emulated - emulated_then
             self.seconds["emulating"] += ran
