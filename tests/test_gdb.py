@@ -149,6 +149,15 @@ def test_gdb_hears_how_the_guest_ended(puppy) -> None:
     assert status == 1 and "[Inferior 1 (Remote target) exited with code 01]" in out, out
 
 
+def test_gdb_options_parse() -> None:
+    from lguest.launcher.options import parse_args
+
+    assert parse_args(["run", "--gdb=1234"]).gdb == ("127.0.0.1", 1234)
+    opts = parse_args(["run", "--gdb=0.0.0.0:0", "--gdb-wait", "--stats=json", "--trace-file=t.json"])
+    assert (opts.gdb, opts.gdb_wait, opts.stats, opts.stats_json, opts.trace_file) == (
+        ("0.0.0.0", 0), True, True, True, "t.json")
+
+
 def test_gdb_options_are_checked(tmp_path) -> None:
     from conftest import lguest
 

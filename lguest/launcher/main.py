@@ -83,7 +83,7 @@ def run(opts: Options) -> int:
     status = 130 if machine.console.escaped else exit_status(result)
     tools.finish(status, figures(machine, elapsed))
     if opts.stats_json:
-        print(tools.figures_json(figures(machine, elapsed)), file=sys.stderr, flush=True)
+        print(tools.figures_json(figures(machine, elapsed)), file=sys.stderr, flush=True)  # one line
     elif opts.stats:
         stderr_line(statistics(machine, elapsed))
     return status
@@ -91,16 +91,17 @@ def run(opts: Options) -> int:
 
 def statistics(machine: Machine, elapsed: float) -> str:
     """Where the time went (the last boot, if the Guest restarted)."""
-    cpu, stats = machine.guest.cpu, machine.guest.stats
-    return (f"{elapsed:.2f} s: {cpu.emulating:.2f} s emulating, {elapsed - cpu.emulating:.2f} s in the Host"
-            f" and Launcher; {cpu.runs} world switches, {stats['hypercalls']} hypercalls,"
-            f" {cpu.fills} page faults served by the Host, {stats['reflected traps']} traps reflected,"
-            f" {cpu.direct_traps} direct traps, {stats['interrupts']} interrupts,"
-            f" {machine.ports.count} port I/Os")
+    f = figures(machine, elapsed)
+    emulating = machine.guest.cpu.emulating
+    return (f"{elapsed:.2f} s: {emulating:.2f} s emulating, {elapsed - emulating:.2f} s in the Host"
+            f" and Launcher; {f['world_switches']} world switches, {f['hypercalls']} hypercalls,"
+            f" {f['page_faults_served']} page faults served by the Host,"
+            f" {f['traps_reflected']} traps reflected,"
+            f" {f['direct_traps']} direct traps, {f['interrupts']} interrupts, {f['port_ios']} port I/Os")
 
 
 def figures(machine: Machine, elapsed: float) -> dict[str, object]:
-    """The --stats line's figures, by name (for --stats=json and the timeline)."""
+    """The --stats line's figures, by name (also --stats=json's and the timeline's)."""
     cpu, stats = machine.guest.cpu, machine.guest.stats
     return {"seconds": round(elapsed, 6), "seconds_emulating": round(cpu.emulating, 6),
             "world_switches": cpu.runs, "hypercalls": stats["hypercalls"], "page_faults_served": cpu.fills,
