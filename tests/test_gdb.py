@@ -48,7 +48,8 @@ def test_break_bt_registers_step_watch_monitor_detach(puppy) -> None:
     run = launch("run", "--gdb=127.0.0.1:0", "--gdb-wait", "sleep=50")
     site = hcall_site(puppy, "timer_interrupt")
     jiffies = symbol(puppy, "jiffies")
-    out = gdb(run.port, "break puppy_main", "continue", "bt", "info registers", "x/4i $pc", "delete",
+    out = gdb(run.port, "printf \"entry %#x\\n\", $pc", "break puppy_main", "continue", "bt",
+              "info registers", "x/4i $pc", "delete",
               f"break *{site:#x}", "continue", "stepi", "printf \"after-hcall %#x\\n\", $pc", "delete",
               f"watch *(unsigned int *){jiffies:#x}", "continue",
               "printf \"jiffies %d\\n\", *(int *)&jiffies",
@@ -56,6 +57,8 @@ def test_break_bt_registers_step_watch_monitor_detach(puppy) -> None:
               "printf \"stopped-eax %d\\n\", $eax", "x/1i $pc - 2", "monitor hcalls", "monitor break clear",
               "detach", elf=puppy)
     status, stdout, stderr = run.finish()
+    with open(puppy, "rb") as f:
+        assert f"entry {ELFFile(f)['e_entry']:#x}" in out  # --gdb-wait: before the first instruction
     assert "Breakpoint 1, " in out and "in puppy_main ()" in out, out
     assert "#0  0x" in out and "puppy_main" in out
     assert "cs             0x61" in out  # RPL 1: the Guest kernel, not the Host's ring 0
@@ -77,10 +80,11 @@ def test_breakpoint_in_a_user_process(puppy) -> None:
     run = launch("run", "--gdb=127.0.0.1:0", "--gdb-wait", "procs")
     main = symbol(USER / "hello.elf", "main")
     syscall = hcall_site(USER / "hello.elf", "exit", b"\xcd\x80")  # ulib's, the same in every program
-    out = gdb(run.port, f"add-symbol-file {USER / 'hello.elf'}", f"break *{main:#x}", "continue",
+    out = gdb(run.port, f"add-symbol-file {USER / 'hello.elf'}", f"hbreak *{main:#x}", "continue",
               "info registers cs", "x/16xb $pc", "stepi", "printf \"pc %#x\\n\", $pc", "monitor pgdir",
               "delete", f"break *{syscall:#x}", "continue", "stepi", "printf \"in-kernel %#x\\n\", $pc",
-              "info registers cs", "kill",
+              "info registers cs", "delete", "monitor break trap 128", "continue",
+              "printf \"next-syscall %#x\\n\", $pc", "kill",
               elf=puppy)
     status, _, stderr = run.finish()
     assert "cs             0x73" in out, out  # RPL 3
@@ -93,6 +97,10 @@ def test_breakpoint_in_a_user_process(puppy) -> None:
     # One stepi across `int $0x80`: the Host reflected the trap, gdb sees the Guest's handler.
     assert f"in-kernel {symbol(puppy, 'syscall_entry'):#x}" in out
     assert out.split("in-kernel")[1].count("cs             0x61") == 1
+    # `monitor break trap 128`: the next system call stops at the Guest's handler
+    assert "stopping at: trap 128" in out
+    assert f"next-syscall {symbol(puppy, 'syscall_entry'):#x}" in out
+    assert "Hardware assisted breakpoint 1" in out
     assert status == 1 and "lguest: killed from gdb" in stderr
 
 
@@ -136,6 +144,13 @@ def test_bad_input_is_answered_and_the_guest_carries_on(puppy) -> None:
     assert rsp.ask(b"P0=00") == b"E16"  # too short
     assert rsp.ask(b"qXfer:features:read:target.xml:zz") == b"E16"
     assert rsp.ask(b"qXfer:features:read:target.xml:0,40").startswith(b"m<?xml")
+    # Registers and memory can be written, and read back; then put back as they were.
+    assert rsp.ask(b"P0=78563412") == b"OK" and rsp.ask(b"p0") == b"78563412"
+    assert rsp.ask(b"P0=00000000") == b"OK"
+    spare = b"3fff000"  # the last page of the 64 MiB, untouched this early
+    saved = rsp.ask(b"m" + spare + b",4")
+    assert rsp.ask(b"M" + spare + b",4:deadbeef") == b"OK" and rsp.ask(b"m" + spare + b",4") == b"deadbeef"
+    assert rsp.ask(b"M" + spare + b",4:" + saved) == b"OK"
     rsp.close()  # dropped without a detach: the Guest runs on to its end
     status, stdout, stderr = run.finish()
     assert status == 0, stderr

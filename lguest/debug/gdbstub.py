@@ -17,7 +17,9 @@ not wander into the timer handler.  Watchpoints (writes) are store hooks; the
 stop comes before the next Guest instruction, as on x86 hardware.
 
 A second gdb is refused by closing its connection; a gdb that goes away is a
-detach: its breakpoints go and the Guest runs on.
+detach: its breakpoints go and the Guest runs on.  While the Guest is stopped the
+vCPU thread waits for packets in short slices, so a Guest killed meanwhile (the
+console's escape keys, a device's fatal error) still ends the run.
 """
 
 from __future__ import annotations
