@@ -41,6 +41,24 @@ class Tracer(Protocol):
     def irq(self, guest: Guest, irq: int) -> None: ...
 
 
+class Debugger(Protocol):
+    """The Launcher's gdb stub, as the run loop sees it (the Host never talks to gdb)."""
+
+    @property
+    def wants_stop(self) -> bool:
+        """gdb asked for the Guest (Ctrl-C, a breakpoint hit, a finished step)."""
+        ...
+
+    @property
+    def holds_interrupts(self) -> bool:
+        """A single step is under way: interrupts wait until it is over (as QEMU's stub)."""
+        ...
+
+    def safe_point(self, guest: Guest) -> None:
+        """Called between runs, where the Guest's state is whole; may block while gdb looks."""
+        ...
+
+
 @dataclass(frozen=True)
 class RunResult:
     """How a Guest's run ended."""
@@ -72,6 +90,7 @@ class Guest:
         self.mem = GuestMemory(ram, mem_size, self.kill)
         self.syscall_vector = syscall_vector
         self.tracer = tracer
+        self.debugger: Debugger | None = None
         self._ram_anchor = ctypes.c_char.from_buffer(ram)
         self.pages = PageTables(self)
         self.cpu = Switcher(ctypes.addressof(self._ram_anchor), mem_size, self.pages, bus)
@@ -155,7 +174,12 @@ class Guest:
                     hypercalls.do_hypercalls(self)
                     if self.dead:
                         break
-                self._deliver_pending_interrupt()
+                if self.debugger:
+                    self.debugger.safe_point(self)
+                    if self.dead:
+                        break
+                if not self._interrupts_held():
+                    self._deliver_pending_interrupt()
                 if self.dead:
                     break
                 if self.halted:
@@ -308,7 +332,7 @@ class Guest:
 
     def _sleep_until_interrupt(self) -> None:
         """HALT: sleep, without spinning, until an unblocked interrupt is pending."""
-        while self._deliverable_irq() is None and not self.dead:
+        while self._deliverable_irq() is None and not self.dead and not self._debugger_waiting():
             self._wake.wait()
             self._wake.clear()
 
@@ -317,6 +341,54 @@ class Guest:
         sec, nsec = hypercalls.timestamp()
         if not self.mem.write(self.lguest_data + LguestData.TIME, struct.pack("<ii", sec, nsec)):
             self.kill("Writing timestamp")
+
+    # --- debugging (the Launcher's gdb stub) -------------------------------------------------
+    def attention(self) -> None:
+        """Make the vCPU reach its next safe point soon, halted or not (any thread)."""
+        self._wake.set()
+        self.kicker.kick()
+
+    def _debugger_waiting(self) -> bool:
+        return self.debugger is not None and self.debugger.wants_stop
+
+    def _interrupts_held(self) -> bool:
+        """A step in progress holds interrupts, unless the Guest halted (it would never wake)."""
+        return self.debugger is not None and self.debugger.holds_interrupts and not self.halted
+
+    def peek_virtual(self, vaddr: int, size: int) -> bytes:
+        """Guest memory at a Guest-virtual address, through the Guest's current tables.
+
+        As much as is mapped to RAM from vaddr on (b"" if nothing): no fault for the
+        Guest, no ACCESSED or DIRTY bit set, never the Switcher's or a device's pages.
+        """
+        data = b""
+        while len(data) < size:
+            gpa = self.peek_virtual_pa(vaddr + len(data))
+            if gpa is None:
+                break
+            chunk = min(size - len(data), abi.PAGE_SIZE - (gpa & 0xFFF))
+            data += self.mem.ram[gpa:gpa + chunk]
+        return data
+
+    def poke_virtual(self, vaddr: int, data: bytes) -> bool:
+        """Write into Guest RAM at a Guest-virtual address (all of it, or nothing)."""
+        spans = []
+        done = 0
+        while done < len(data):
+            gpa = self.peek_virtual_pa(vaddr + done)
+            if gpa is None:
+                return False
+            chunk = min(len(data) - done, abi.PAGE_SIZE - (gpa & 0xFFF))
+            spans.append((gpa, data[done:done + chunk]))
+            done += chunk
+        for gpa, chunk in spans:
+            self.mem.ram[gpa:gpa + len(chunk)] = chunk
+        self.cpu.forget_code()  # the emulator may have translated the old bytes
+        return True
+
+    def peek_virtual_pa(self, vaddr: int) -> int | None:
+        """The Guest-physical RAM address behind a Guest-virtual one, without side effects."""
+        return self.pages.peek(vaddr) if 0 <= vaddr < abi.SWITCHER_ADDR else None
 
     # --- tracing ---------------------------------------------------------------------------
     def trace_hcall(self, args: tuple[int, ...], queued: bool) -> None:

@@ -47,9 +47,11 @@ from unicorn import (
     UC_CTL_TLB_FLUSH,
     UC_ERR_EXCEPTION,
     UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_WRITE,
     UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
     UC_MEM_WRITE,
@@ -527,6 +529,37 @@ class Switcher:
     def doorbell_answered(self) -> None:
         """The run loop is about to look at everything pending: no need to stop for it."""
         self._doorbell.rung = 0
+
+    # --- debugging: what the Launcher's gdb stub may ask of the CPU ------------------------------
+    def watch_code(self, begin: int, end: int, callback: Callable[[int], None]) -> int:
+        """Call callback(eip) before each instruction run in [begin, end] (virtual).
+
+        Breakpoints and single steps are hooks, never `int3`s written into the Guest.
+        """
+        handle = self.uc.hook_add(UC_HOOK_CODE, lambda uc, addr, size, _: callback(addr), None, begin, end)
+        self.forget_code()  # blocks translated before the hook would not call it
+        return handle
+
+    def watch_writes(self, begin: int, end: int, callback: Callable[[int], None]) -> int:
+        """Call callback(gpa) when a Guest store touches [begin, end] (watchpoints).
+
+        Guest-physical: with the TLB in our hands the emulator names a store by
+        the address it translated to.
+        """
+        return self.uc.hook_add(UC_HOOK_MEM_WRITE, lambda uc, access, addr, size, value, _: callback(addr),
+                                None, begin, end)
+
+    def unwatch(self, handle: int) -> None:
+        self.uc.hook_del(handle)
+        self.forget_code()
+
+    def pause(self) -> None:
+        """From inside a debugging hook: leave the emulator before the next instruction."""
+        self.uc.emu_stop()
+
+    def forget_code(self) -> None:
+        """Drop every translated block (new hooks, or Guest code changed behind the CPU)."""
+        self.uc.ctl_flush_tb()
 
     # --- leaving: the hooks ---------------------------------------------------------------
     def _guard(self, hook: Callable[..., object], default: object) -> Callable[..., object]:

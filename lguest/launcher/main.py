@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from lguest import abi
+from lguest.debug.session import DebugTools
 from lguest.host.core import RunResult
 from lguest.launcher import bundled
 from lguest.launcher.boot import LoadError
@@ -59,13 +60,15 @@ def run(opts: Options) -> int:
     say = stderr_line if opts.verbose else _quiet
     kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path())
     output = ConsoleOutput()
-    tracer = StderrTracer(opts.trace) if opts.trace else None
+    tools = DebugTools(opts, stderr_line)
+    tracer = tools.tracer(StderrTracer(opts.trace) if opts.trace else None)
     started = time.perf_counter()
     with terminal_in_raw_mode(sys.stdin):
         while True:
             machine = build_machine(opts, kernel_path, output.write, sys.stdin.fileno(), say,
                                     stderr_line, tracer)
             machine.console.on_escape = lambda m=machine: m.guest.kill(STOPPED_BY_USER)
+            tools.attach(machine)
             try:
                 result = machine.guest.run()
             finally:
@@ -76,21 +79,34 @@ def run(opts: Options) -> int:
                 break
             say("Guest asked to restart: restarting")
     stderr_line(result.reason.rstrip("\n"))
-    if opts.stats:
-        stderr_line(statistics(machine, time.perf_counter() - started))
-    if machine.console.escaped:
-        return 130
-    return exit_status(result)
+    elapsed = time.perf_counter() - started
+    status = 130 if machine.console.escaped else exit_status(result)
+    tools.finish(status, figures(machine, elapsed))
+    if opts.stats_json:
+        print(tools.figures_json(figures(machine, elapsed)), file=sys.stderr, flush=True)  # one line
+    elif opts.stats:
+        stderr_line(statistics(machine, elapsed))
+    return status
 
 
 def statistics(machine: Machine, elapsed: float) -> str:
     """Where the time went (the last boot, if the Guest restarted)."""
+    f = figures(machine, elapsed)
+    emulating = machine.guest.cpu.emulating
+    return (f"{elapsed:.2f} s: {emulating:.2f} s emulating, {elapsed - emulating:.2f} s in the Host"
+            f" and Launcher; {f['world_switches']} world switches, {f['hypercalls']} hypercalls,"
+            f" {f['page_faults_served']} page faults served by the Host,"
+            f" {f['traps_reflected']} traps reflected,"
+            f" {f['direct_traps']} direct traps, {f['interrupts']} interrupts, {f['port_ios']} port I/Os")
+
+
+def figures(machine: Machine, elapsed: float) -> dict[str, object]:
+    """The --stats line's figures, by name (also --stats=json's and the timeline's)."""
     cpu, stats = machine.guest.cpu, machine.guest.stats
-    return (f"{elapsed:.2f} s: {cpu.emulating:.2f} s emulating, {elapsed - cpu.emulating:.2f} s in the Host"
-            f" and Launcher; {cpu.runs} world switches, {stats['hypercalls']} hypercalls,"
-            f" {cpu.fills} page faults served by the Host, {stats['reflected traps']} traps reflected,"
-            f" {cpu.direct_traps} direct traps, {stats['interrupts']} interrupts,"
-            f" {machine.ports.count} port I/Os")
+    return {"seconds": round(elapsed, 6), "seconds_emulating": round(cpu.emulating, 6),
+            "world_switches": cpu.runs, "hypercalls": stats["hypercalls"], "page_faults_served": cpu.fills,
+            "traps_reflected": stats["reflected traps"], "direct_traps": cpu.direct_traps,
+            "interrupts": stats["interrupts"], "port_ios": machine.ports.count}
 
 
 @contextlib.contextmanager

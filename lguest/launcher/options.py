@@ -49,6 +49,11 @@ options:
                              a network device wired to another Guest over UDP on
                              this machine: no root needed (repeatable)
   --stats                    say where the time went, when the Guest ends
+  --stats=json               ... as one JSON object, with counts by hypercall and trap
+  --gdb=[<host>:]<port>      serve gdb's remote protocol on TCP (host 127.0.0.1
+                             unless given; port 0 picks a free one, said on stderr)
+  --gdb-wait                 with --gdb: stop before the Guest's first instruction
+  --trace-file=<file>        write a timeline of the run (Chrome trace-event JSON)
   --trace=<list>             trace events, a comma list of: {", ".join(TRACE_CHOICES)}
   --syscall-vector=<n>       system call vector, {SYSCALL_VECTOR_MIN}..{SYSCALL_VECTOR_MAX} \
 (decimal or 0x hex, default {abi.SYSCALL_VECTOR:#x})
@@ -57,7 +62,7 @@ options:
 
 _MEM_RE = re.compile(r"[0-9]+")
 _VECTOR_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
-_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--rng", "--stats"})
+_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--rng", "--stats", "--gdb-wait"})
 # Options that need a value, with the placeholder shown when it is missing.
 _VALUED = {
     "--initrd": "file",
@@ -66,8 +71,11 @@ _VALUED = {
     "--net": "spec",
     "--trace": "list",
     "--syscall-vector": "n",
+    "--gdb": "port",
+    "--trace-file": "file",
 }
-_ONCE = frozenset({"--initrd", "--syscall-vector"})
+_ONCE = frozenset({"--initrd", "--syscall-vector", "--gdb", "--trace-file"})
+_GDB_RE = re.compile(r"(?:(?P<host>[^:]*):)?(?P<port>[0-9]{1,5})")
 
 
 class UsageError(Exception):
@@ -92,6 +100,10 @@ class Options:
     tunnets: tuple[str, ...] = ()
     bundled: bool = False
     stats: bool = False
+    stats_json: bool = False
+    gdb: tuple[str, int] | None = None  # where the gdb stub listens
+    gdb_wait: bool = False
+    trace_file: str | None = None
     # ("block", file) / ("rng", None) / ("tunnet", arg) in command-line order: the original
     # creates devices (and so assigns PCI slots) in option order.
     devices: tuple[tuple[str, str | None], ...] = ()
@@ -111,6 +123,13 @@ def _parse_trace(value: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _parse_gdb(value: str) -> tuple[str, int]:
+    match = _GDB_RE.fullmatch(value)
+    if not match or int(match["port"]) > 65535:
+        raise UsageError(f"Bad --gdb '{value}' (write --gdb=<port> or --gdb=<host>:<port>)")
+    return match["host"] or "127.0.0.1", int(match["port"])
+
+
 def _parse_vector(value: str) -> int:
     if _VECTOR_RE.fullmatch(value):
         # Decimal even with leading zeros; only an explicit 0x means hex.
@@ -127,6 +146,10 @@ class _Parser:
     def __init__(self) -> None:
         self.verbose = False
         self.stats = False
+        self.stats_json = False
+        self.gdb: tuple[str, int] | None = None
+        self.gdb_wait = False
+        self.trace_file: str | None = None
         self.rng = False
         self.initrd: str | None = None
         self.syscall_vector = abi.SYSCALL_VECTOR
@@ -138,6 +161,9 @@ class _Parser:
 
     def option(self, word: str) -> None:
         name, eq, value = word.partition("=")
+        if word == "--stats=json":
+            self.stats = self.stats_json = True
+            return
         if name in _FLAGS:
             if eq:
                 raise UsageError(f"Option {name} takes no value")
@@ -148,6 +174,8 @@ class _Parser:
                 self.devices.append(("rng", None))
             elif name == "--stats":
                 self.stats = True
+            elif name == "--gdb-wait":
+                self.gdb_wait = True
             else:
                 self.verbose = True
             return
@@ -164,6 +192,10 @@ class _Parser:
             self.syscall_vector = _parse_vector(value)
         elif name == "--trace":
             self.trace |= _parse_trace(value)
+        elif name == "--gdb":
+            self.gdb = _parse_gdb(value)
+        elif name == "--trace-file":
+            self.trace_file = value
         elif name == "--block":
             self.blocks.append(value)
             self.devices.append(("block", value))
@@ -229,6 +261,8 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError("missing memory size")
     elif kernel is None:
         raise UsageError("missing kernel")
+    if p.gdb_wait and p.gdb is None:
+        raise UsageError("Option --gdb-wait needs --gdb=<port>")
     if bundled and not kernel_args:
         kernel_args = [BUNDLED_DEFAULT_COMMAND]
     return Options(
@@ -245,4 +279,8 @@ def parse_args(argv: list[str]) -> Options:
         bundled=bundled,
         devices=tuple(p.devices),
         stats=p.stats,
+        stats_json=p.stats_json,
+        gdb=p.gdb,
+        gdb_wait=p.gdb_wait,
+        trace_file=p.trace_file,
     )

@@ -12,7 +12,7 @@ from typing import TextIO
 import capstone
 
 from lguest import abi
-from lguest.host.core import Guest
+from lguest.host.core import Guest, Tracer
 from lguest.host.cpu import Exit, ExitKind
 
 HCALL_NAMES = {int(h): h.name for h in abi.Hcall}
@@ -59,3 +59,22 @@ class StderrTracer:
         for insn in self._disasm.disasm(code, eip, count=1):
             return f"{insn.mnemonic} {insn.op_str}".strip()
         return "<undecodable>"
+
+
+class Tracers:
+    """Several tracers as one (the Host takes a single tracer)."""
+
+    def __init__(self, tracers: list[Tracer]) -> None:
+        self.tracers = tracers
+
+    def hcall(self, guest: Guest, args: tuple[int, ...], queued: bool) -> None:
+        for tracer in self.tracers:
+            tracer.hcall(guest, args, queued)
+
+    def trap(self, guest: Guest, exit_: Exit) -> None:
+        for tracer in self.tracers:
+            tracer.trap(guest, exit_)
+
+    def irq(self, guest: Guest, irq: int) -> None:
+        for tracer in self.tracers:
+            tracer.irq(guest, irq)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DESC_SIZE = 16
@@ -56,6 +57,7 @@ class Virtqueue:
         self.view = memoryview(ram)
         self.ram_size = ram_size
         self.notified = threading.Event()
+        self.on_request: Callable[[Chain], None] | None = None  # --trace-file's timeline
         self.reset()
 
     def reset(self) -> None:
@@ -108,7 +110,10 @@ class Virtqueue:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if head >= self.size:
             raise BadDriver(f"Guest says index {head} is available")
-        return self._chain(head)
+        chain = self._chain(head)
+        if self.on_request is not None:
+            self.on_request(chain)
+        return chain
 
     def _chain(self, head: int) -> Chain:
         chain = Chain(head)

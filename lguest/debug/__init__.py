@@ -1,0 +1,1 @@
+"""Seeing inside a running Guest: the gdb stub, its monitor commands, the timeline, --stats=json."""

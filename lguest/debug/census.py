@@ -1,0 +1,76 @@
+"""Counting what the Host does, by kind: the figures behind `--stats=json`,
+`monitor hcalls` and the timeline's totals.
+
+A `Census` is a tracer (core.Tracer): the run loop tells it of every exit,
+hypercall and interrupt.  Time is split without touching the Host: at each exit
+the Switcher's running total of seconds inside the emulator says how long the
+Guest just ran; the rest of the time since the previous exit was the Host's (and
+the Launcher's) work for that previous exit, charged to its category.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from lguest import abi
+from lguest.host.core import Guest
+from lguest.host.cpu import Exit, ExitKind
+
+HCALL_NAMES = {int(h): h.name for h in abi.Hcall}
+TRAP_NAMES = {int(t): t.name for t in abi.Trap}
+
+
+def hcall_name(nr: int) -> str:
+    return HCALL_NAMES.get(nr, f"#{nr}")
+
+
+def exit_category(guest: Guest, exit_: Exit) -> str:
+    """What one return to the Host was for."""
+    if exit_.kind is ExitKind.HALTED:
+        return "kick"
+    if exit_.kind is ExitKind.PAGE_FAULT:
+        return "page fault"
+    if exit_.trapnum == abi.LGUEST_TRAP_ENTRY and guest.cpu.cpl <= abi.GUEST_PL:
+        return "hypercall"
+    return "trap"
+
+
+class Census:
+    def __init__(self) -> None:
+        self.hcalls: Counter[str] = Counter()
+        self.traps: Counter[int] = Counter()  # exits for a CPU trap or `int n`, by vector
+        self.exits: Counter[str] = Counter()  # by category
+        self.irqs: Counter[int] = Counter()
+        self.seconds: Counter[str] = Counter()  # "emulating", and the Host's time by category
+        self._last: tuple[float, float, str] | None = None  # (when, emulator total, category)
+
+    def hcall(self, guest: Guest, args: tuple[int, ...], queued: bool) -> None:
+        self.hcalls[hcall_name(args[0])] += 1
+
+    def trap(self, guest: Guest, exit_: Exit) -> None:
+        category = exit_category(guest, exit_)
+        self.exits[category] += 1
+        if category == "trap":
+            self.traps[exit_.trapnum] += 1
+        now, emulated = time.perf_counter(), guest.cpu.emulating
+        if self._last is None:
+            self.seconds["emulating"] += emulated  # the first run, up to the first exit
+        else:
+            when, emulated_then, previous = self._last
+            ran = emulated - emulated_then
+            self.seconds["emulating"] += ran
+            self.seconds[previous] += max(0.0, now - when - ran)
+        self._last = (now, emulated, category)
+
+    def irq(self, guest: Guest, irq: int) -> None:
+        self.irqs[irq] += 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "hypercalls_by_name": dict(sorted(self.hcalls.items())),
+            "traps_by_vector": {str(n): c for n, c in sorted(self.traps.items())},
+            "exits_by_kind": dict(sorted(self.exits.items())),
+            "interrupts_by_irq": {str(n): c for n, c in sorted(self.irqs.items())},
+            "seconds_by_category": {k: round(v, 6) for k, v in sorted(self.seconds.items())},
+        }
