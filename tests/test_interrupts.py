@@ -473,7 +473,7 @@ nm_count: .long 0
 # --- the kick: interrupts from other threads reach a busy vCPU --------------------------------
 
 def test_thousands_of_kicks_while_the_guest_runs_and_traps(asm_guest) -> None:
-    """DESIGN: prove the kick mechanism before relying on it."""
+    """docs/design.md: prove the kick mechanism before relying on it."""
     elf = asm_guest("""
 irq1:
 	incl irq_count

@@ -274,7 +274,7 @@ class Guest:
             self.try_deliver_interrupt(irq)
 
     def try_deliver_interrupt(self, irq: int) -> None:
-        """§4.7, with irq_pending cleared when nothing more is deliverable (DESIGN)."""
+        """§4.7, with irq_pending cleared when nothing more is deliverable (docs/abi.md)."""
         assert self.lguest_data is not None
         base = self.lguest_data
         if self.halted:
