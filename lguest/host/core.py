@@ -305,6 +305,7 @@ class Guest:
     def _sleep_until_interrupt(self) -> None:
         """HALT: sleep, without spinning, until an unblocked interrupt is pending."""
         while self._deliverable_irq() is None and not self.dead:
+            self.stats["halted sleeps"] += 1  # each a wait on an event, never a poll
             self._wake.wait()
             self._wake.clear()
 
