@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, lguest
+from test_shell import free_ports
 
 BZIMAGE = os.environ.get("LGUEST_LINUX_BZIMAGE")
 VMLINUX = os.environ.get("LGUEST_LINUX_VMLINUX")
@@ -199,7 +200,7 @@ reboot -f
 
 
 def test_two_linux_guests_ping_each_other(tmp_path, busybox) -> None:
-    ports = (45101, 45102)
+    ports = free_ports()
     scripts = [PROLOGUE + ON_HVC1 + f"""
 ip addr add 10.9.0.{me}/24 dev eth0
 ip link set eth0 up
