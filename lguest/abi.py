@@ -1,6 +1,6 @@
 """Every number and layout of the lguest 4.x ABI that this package uses.
 
-The Guest-visible contract (spec: shared/spec/lguest-abi.md) lives here and nowhere
+The Guest-visible contract (spec: docs/abi.md) lives here and nowhere
 else: hypercall numbers, the `lguest_data` layout, `boot_params` offsets, segment
 selectors, trap vectors, PCI/virtio constants.  Section numbers refer to the spec.
 """

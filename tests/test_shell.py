@@ -11,9 +11,10 @@ import socket
 import subprocess
 import sys
 import termios
+import threading
 import time
 
-from conftest import ROOT, lguest
+from conftest import ROOT, RUN_TIMEOUT, lguest
 
 PROMPT = "puppy$ "
 
@@ -43,10 +44,12 @@ def test_disk_write_survives_the_launcher_being_killed(puppy, tmp_path) -> None:
     assert proc.stdin and proc.stdout
     proc.stdin.write(b"write 5 persistent bytes\n")
     proc.stdin.flush()
-    deadline = time.monotonic() + 60
+    hang_guard = threading.Timer(RUN_TIMEOUT, proc.kill)
+    hang_guard.start()
     for line in proc.stdout:
-        if b"wrote sector 5" in line or time.monotonic() > deadline:
+        if b"wrote sector 5" in line:
             break
+    hang_guard.cancel()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert disk.read_bytes()[5 * 512:5 * 512 + 16] == b"persistent bytes"
@@ -89,26 +92,38 @@ def test_two_guests_exchange_a_frame_without_root(puppy) -> None:
     receiver = subprocess.Popen([sys.executable, "-m", "lguest.launcher.main", f"--net=udp:{a}:127.0.0.1:{b}",
                                  "run", "shell"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=ROOT)
-    time.sleep(1.0)  # let the receiver boot and post its buffers
-    sender = lguest(f"--net=udp:{b}:127.0.0.1:{a}", "run", "shell",
-                    stdin="sleep 300\nnet send hello over udp\npoweroff\n")
     try:
+        # Its shell prompts once the drivers are bound, so the card's buffers are posted.
+        booted = read_until_prompt(receiver.stdout.fileno())
+        sender = lguest(f"--net=udp:{b}:127.0.0.1:{a}", "run", "shell",
+                        stdin="net send hello over udp\npoweroff\n")
         out, _ = receiver.communicate(b"net recv\npoweroff\n", timeout=120)
     finally:
         receiver.kill()
     assert sender.status == 0
-    assert "received: hello over udp" in out.decode()
+    assert "received: hello over udp" in (booted + out).decode()
     assert receiver.returncode == 0
+
+
+def read_until_prompt(fd: int, timeout: float = 60) -> bytes:
+    """What a Launcher prints up to its shell's first prompt (the timeout is a hang guard)."""
+    output = b""
+    deadline = time.monotonic() + timeout
+    while PROMPT.encode() not in output and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            output += chunk
+    assert PROMPT.encode() in output, output[-2000:]
+    return output
 
 
 def started_on_a_terminal(controller: int, terminal: int) -> subprocess.Popen:
     """`lguest run shell` on a pseudo-terminal, once its prompt is showing."""
     proc = subprocess.Popen([sys.executable, "-m", "lguest.launcher.main", "run", "shell"], stdin=terminal,
                             stdout=terminal, stderr=subprocess.PIPE, cwd=ROOT)
-    output = b""
-    deadline = time.monotonic() + 60
-    while PROMPT.encode() not in output and time.monotonic() < deadline:
-        output += os.read(controller, 4096)
+    read_until_prompt(controller)
     return proc
 
 

@@ -23,7 +23,7 @@ gp_errcode: .long 0
 
 
 def test_three_consecutive_gp_faults_are_each_gp(asm_guest) -> None:
-    """Unicorn's #DF bug (DESIGN): without the in-flight reset the 2nd #GP would be a #DF."""
+    """Unicorn's #DF bug (docs/design.md): without the in-flight reset the 2nd #GP would be a #DF."""
     run = lguest("32", str(asm_guest(GP_SKIPPER + """
 test_main:
 	INIT

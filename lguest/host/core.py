@@ -302,7 +302,7 @@ class Guest:
             self.try_deliver_interrupt(irq)
 
     def try_deliver_interrupt(self, irq: int) -> None:
-        """§4.7, with irq_pending cleared when nothing more is deliverable (DESIGN)."""
+        """§4.7, with irq_pending cleared when nothing more is deliverable (docs/abi.md)."""
         assert self.lguest_data is not None
         base = self.lguest_data
         if self.halted:
@@ -333,6 +333,7 @@ class Guest:
     def _sleep_until_interrupt(self) -> None:
         """HALT: sleep, without spinning, until an unblocked interrupt is pending."""
         while self._deliverable_irq() is None and not self.dead and not self._debugger_waiting():
+            self.stats["halted sleeps"] += 1  # each a wait on an event, never a poll
             self._wake.wait()
             self._wake.clear()
 

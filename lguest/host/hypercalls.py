@@ -45,7 +45,7 @@ def initialize(guest: Guest, args: HcallArgs) -> None:
         guest.kill(f"bad guest page {gpa:#010x}")
         return
     mem = guest.mem
-    mem.write_u32(gpa + LguestData.TSC_KHZ, 0)  # no constant-rate TSC to offer (DESIGN)
+    mem.write_u32(gpa + LguestData.TSC_KHZ, 0)  # no constant-rate TSC to offer (docs/design.md)
     syscall_vec = mem.read_u32(gpa + LguestData.SYSCALL_VEC)
     if syscall_vec not in (abi.SYSCALL_VECTOR, guest.syscall_vector):
         guest.kill("bad syscall vector")

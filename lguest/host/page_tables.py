@@ -116,7 +116,7 @@ class PageTables:
 
     @staticmethod
     def _permissions(gpte: int, write: bool, fetch: bool) -> int:
-        """Grant only the class of access that missed (DESIGN: 5x faster than RWX).
+        """Grant only the class of access that missed (docs/design.md: 5x faster than RWX).
 
         Code is never writable through the TLB, so Guest stores don't hit QEMU's
         self-modifying-code path; data is writable only once the Guest PTE is dirty,

@@ -1,4 +1,4 @@
-"""Split virtqueues (virtio 1.0 §2.4), as the Launcher's devices consume them.
+"""Split virtqueues (virtio 1.0 spec, section 2.4), as the Launcher's devices consume them.
 
 The Guest puts chains of descriptors in a ring in its own memory; a device takes
 them (`pop`), reads the "out" buffers, fills the "in" ones, and hands the chain
