@@ -23,8 +23,11 @@ void lguest_doorbell_hook(void *uc, uint64_t address, uint32_t size, void *data)
 
 	(void)address;
 	(void)size;
-	if (bell->rung) {
-		bell->rung = 0;
+	/*
+	 * The bell stays rung until the run loop answers it (doorbell_answered):
+	 * Unicorn drops a stop request made in the same block as a hook that moves
+	 * EIP (our direct traps do), so the next block must be able to ask again.
+	 */
+	if (bell->rung)
 		bell->stop(uc);
-	}
 }
