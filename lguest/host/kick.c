@@ -24,9 +24,11 @@ void lguest_doorbell_hook(void *uc, uint64_t address, uint32_t size, void *data)
 	(void)address;
 	(void)size;
 	/*
-	 * The bell stays rung until the run loop answers it (doorbell_answered):
-	 * Unicorn drops a stop request made in the same block as a hook that moves
-	 * EIP (our direct traps do), so the next block must be able to ask again.
+	 * The bell stays rung until the run loop answers it (doorbell_answered).
+	 * A stop asked here can be dropped by Unicorn when a later hook in the same
+	 * block restarts it (our direct traps move EIP): clearing the bell first
+	 * then lost the kick for good, and a Linux boot hung at "Calibrating delay
+	 * loop" with its tick pending.  Left rung, the next block asks again.
 	 */
 	if (bell->rung)
 		bell->stop(uc);
