@@ -8,8 +8,9 @@ import socket
 import struct
 
 import pytest
-from test_virtio import BUFFERS, MEM, Driver
+from test_virtio import BUFFERS, MEM, Driver, wait_until
 
+from lguest.launcher.control import STOPPED_BY_USER, Keyboard, StopRequest
 from lguest.launcher.virtio.block import BlockDevice
 from lguest.launcher.virtio.console import ConsoleDevice
 from lguest.launcher.virtio.net import NetDevice, UdpLink
@@ -83,6 +84,25 @@ def test_read_only_block_refuses_writes(disk) -> None:
     d.dev.stop()
 
 
+def test_block_read_past_the_end_is_an_io_error(disk) -> None:
+    """Issue 9.6: a Guest-chosen sector is checked against the capacity (2**54 included)."""
+    d = block_driver(disk)
+    assert d.ram[request(d, 0, 0, 16, SECTOR, W)] == 1  # IOERR
+    assert d.ram[request(d, 1, 0, 1 << 54, SECTOR, W)] == 1
+    assert d.ram[request(d, 2, 0, 15, SECTOR, W)] == 0  # the last sector is fine
+    assert d.errors == [] and d.dev.threads[0].is_alive()
+    d.dev.stop()
+
+
+def test_host_io_errors_reach_the_guest_as_ioerr(tmp_path) -> None:
+    """A flush the host cannot do (/dev/null has no data to sync) fails the request only."""
+    d = Driver(lambda ram: BlockDevice(2, ram, MEM, "/dev/null", os.open("/dev/null", os.O_RDWR), False))
+    d.start()
+    assert d.ram[request(d, 0, 4, 0, 0, 0)] == 1  # FLUSH: EINVAL from fdatasync
+    assert d.errors == [] and d.dev.threads[0].is_alive()
+    d.dev.stop()
+
+
 def test_block_request_without_status_room_is_fatal(disk) -> None:
     d = block_driver(disk)
     d.descriptor(0, OUT_HDR, 16, 0)
@@ -94,7 +114,7 @@ def test_block_request_without_status_room_is_fatal(disk) -> None:
 def test_console_output_and_input() -> None:
     out = bytearray()
     read_end, write_end = os.pipe()
-    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, out.extend, read_end))
+    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, out.extend, Keyboard(read_end, StopRequest())))
     d.start()
     d.ram[DATA:DATA + 6] = b"hello\n"
     d.descriptor(0, DATA, 6, 0, q=1)
@@ -114,20 +134,41 @@ def test_console_output_and_input() -> None:
 
 
 def test_console_escape_keys() -> None:
+    """Two lone Ctrl-C reach the Guest; the third within a second asks for a stop (130)."""
     read_end, write_end = os.pipe()
-    escaped = []
-    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, read_end))
-    d.dev.on_escape = lambda: escaped.append(True)
+    stop = StopRequest()
+    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, Keyboard(read_end, stop)))
     d.start()
     for i in range(3):
         d.descriptor(i, BUFFERS + 64 * i, 64, W, q=0)
         d.offer(i, q=0)
     for n in range(1, 3):
-        os.write(write_end, b"\x03")  # a lone Ctrl-C reaches the Guest...
+        os.write(write_end, b"\x03")
         d.wait_used(n, q=0)
-    os.write(write_end, b"\x03")  # ...but the third within a second stops us
-    d.dev.threads[0].join(5)
-    assert escaped == [True] and d.dev.escaped
+    os.write(write_end, b"\x03")
+    wait_until(lambda: stop.status is not None)
+    assert (stop.status, stop.message) == (130, STOPPED_BY_USER)
+    assert d.used_idx(0) == 2  # the third never reached the Guest
+    d.dev.stop()
+    os.close(write_end)
+
+
+def test_keys_typed_before_the_driver_wait_for_it() -> None:
+    """The keyboard is read from the start; the console takes what was typed later."""
+    read_end, write_end = os.pipe()
+    keyboard = Keyboard(read_end, StopRequest())
+    os.write(write_end, b"early keys\n")
+    os.close(write_end)
+    wait_until(lambda: keyboard.ended)
+    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, keyboard))
+    d.start()
+    d.descriptor(0, BUFFERS, 64, W, q=0)
+    d.descriptor(1, BUFFERS + 64, 64, W, q=0)
+    d.offer(0, q=0)
+    d.offer(1, q=0)
+    d.wait_used(2, q=0)
+    assert d.ram[BUFFERS:BUFFERS + 11] == b"early keys\n"
+    assert d.used(0, 1) == (1, 1) and d.ram[BUFFERS + 64] == 4  # then one Ctrl-D: input ended
     d.dev.stop()
 
 
