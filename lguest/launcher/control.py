@@ -121,14 +121,18 @@ class Keyboard:
             return None if not data and self.ended else data
 
     def escape_requested(self, data: bytes) -> bool:
-        """Ctrl-] alone, or the third lone Ctrl-C within a second (pasted text never counts)."""
+        """Ctrl-] alone, or the third Ctrl-C within a second.
+
+        Only keys read on their own count (a read holding nothing but Ctrl-Cs counts
+        each: fast typing arrives together), so pasted text never stops us.
+        """
         if data == ESCAPE:
             return True
-        if data != CTRL_C:
+        if data.strip(CTRL_C):
             self._ctrl_c.clear()
             return False
         now = time.monotonic()
-        self._ctrl_c = [t for t in self._ctrl_c if now - t < CTRL_C_WINDOW] + [now]
+        self._ctrl_c = [t for t in self._ctrl_c if now - t < CTRL_C_WINDOW] + [now] * len(data)
         return len(self._ctrl_c) >= CTRL_C_COUNT
 
     def _read(self) -> None:

@@ -60,6 +60,8 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
     kernel = load_kernel(ram, mem, kernel_path)
     initrd = load_initrd(ram, mem, opts.initrd, kernel) if opts.initrd else None
     write_boot_params(ram, mem, opts.cmdline, initrd)
+    if 1 + len(opts.devices) > abi.MAX_PCI_DEVICES - 1:  # the console, and slot 0 is the bridge
+        raise LoadError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
     resources: list[Callable[[], None]] = []
     console = ConsoleDevice(abi.CONSOLE_IRQ, ram, mem, output, keyboard)
     devices: list[VirtioDevice] = [console]

@@ -144,7 +144,8 @@ def terminal_in_raw_mode(fd: int | None) -> Iterator[None]:
     raw[tty.CC][termios.VMIN], raw[tty.CC][termios.VTIME] = 1, 0
     try:
         # Output processing stays on, so a Guest's bare "\n" still starts a new line.
-        termios.tcsetattr(fd, termios.TCSAFLUSH, raw)
+        # TCSANOW, not TCSAFLUSH: keys typed ahead are kept for the Guest.
+        termios.tcsetattr(fd, termios.TCSANOW, raw)
         yield
     finally:
         # At once: waiting for the output to drain could wait forever on a reader gone.
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug in lguest itself: say so in one line
         if opts.verbose:
             traceback.print_exc()
-        stderr_line(f"internal error: {type(err).__name__}: {err} (--verbose shows the traceback)")
+        stderr_line(f"internal error (a bug in lguest: please report): {type(err).__name__}: {err}"
+                    " (--verbose shows the traceback)")
         return 3
 
 
