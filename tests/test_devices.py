@@ -229,3 +229,17 @@ def test_tap_network_reaches_the_host_kernel() -> None:
     assert reply[28:32] == socket.inet_aton("10.77.0.1")
     d.dev.stop()
     tap.close()
+
+
+def test_any_exception_in_a_service_thread_ends_the_guest() -> None:
+    """Issue 9.6: a thread that dies must take the Guest with it, saying why (here the
+    host socket vanished under the receive thread), never leave it waiting."""
+    port = free_port()
+    d = Driver(lambda ram: NetDevice(3, ram, MEM, UdpLink(port, ("127.0.0.1", port)), bytes(6)))
+    d.start()
+    d.descriptor(0, BUFFERS, 2048, W, q=0)
+    d.offer(0, q=0)
+    d.dev.link.close()
+    d.dev.threads[0].join(5)
+    assert d.errors == ["net: ValueError: file descriptor cannot be a negative integer (-1)"]
+    d.dev.stop()

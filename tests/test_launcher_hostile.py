@@ -9,11 +9,13 @@ real Guest, a real pseudo-terminal, real files, pipes and signals.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import resource
 import select
 import signal
+import struct
 import subprocess
 import sys
 import termios
@@ -321,3 +323,28 @@ def test_terminal_closed_under_the_launcher(asm_guest, terminal) -> None:
     assert session.proc.stderr
     stderr = session.proc.stderr.read().decode()
     assert (session.proc.returncode, last_line(stderr)) == (129, "stopped by SIGHUP")
+
+
+def test_stdout_nobody_reads_does_not_deafen_us(asm_guest) -> None:
+    """A Guest printing for ever into a pipe nobody drains: SIGTERM still ends us."""
+    elf = asm_guest("test_main:\n\tINIT\n1:" + SAY_READY + "\tjmp 1b\n" + SAY_READY_CODE)
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen([*LAUNCHER, "32", str(elf)], stdin=subprocess.DEVNULL, stdout=write_end,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+        capacity = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        # Nearly full (the kernel keeps some room in page-sized pieces): the writes stall.
+        while waiting_in_pipe(read_end) < capacity - 2 * select.PIPE_BUF:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert (proc.returncode, last_line(stderr.decode())) == (143, "stopped by SIGTERM")
+
+
+def waiting_in_pipe(fd: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]

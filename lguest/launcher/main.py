@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 import termios
 import threading
@@ -32,6 +33,7 @@ from lguest.launcher.trace import StderrTracer
 # The reason Linux (and puppy) give when they power off cleanly.
 POWER_OFF_REASON = "CRASH: Power down"
 STDIN, STDOUT = 0, 1
+OUTPUT_WAIT = 0.05  # seconds: how long a write waits for stdout before looking for a stop
 
 
 def stderr_line(text: str) -> None:
@@ -49,9 +51,12 @@ class ConsoleOutput:
     The vCPU (early console) and the console's output thread both write here.  When
     stdout refuses (a full disk, a reader gone, a terminal closed), the first error is
     kept in `failed`, the Guest is told through `on_failure`, and later output dropped.
+    A stdout nobody reads must not make us deaf to a stop: we wait for it to take
+    more only in short waits, and give up on what is left once a stop is requested.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
         self.pending = bytearray()
         self.failed: str | None = None
         self.on_failure: Callable[[str], None] = lambda reason: None
@@ -69,8 +74,10 @@ class ConsoleOutput:
 
     def _write_pending(self) -> None:
         try:
-            while self.pending:
-                del self.pending[:os.write(STDOUT, self.pending)]
+            while self.pending and self.stop.status is None:
+                if select.select([], [STDOUT], [], OUTPUT_WAIT)[1]:
+                    # No more than a pipe takes at once, so the write itself never waits.
+                    del self.pending[:os.write(STDOUT, self.pending[:select.PIPE_BUF])]
         except OSError as err:
             self.pending.clear()
             if self.failed is None:
@@ -88,9 +95,9 @@ def run(opts: Options) -> int:
     say = stderr_line if opts.verbose else _quiet
     kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path())
     input_fd = STDIN if _is_open(STDIN) else None
-    output = ConsoleOutput()
-    tracer = StderrTracer(opts.trace) if opts.trace else None
     stop = StopRequest()
+    output = ConsoleOutput(stop)
+    tracer = StderrTracer(opts.trace) if opts.trace else None
     started = time.perf_counter()
     machine: Machine | None = None
     result: RunResult | None = None
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UsageError as err:
         stderr_line(str(err))
-        print(USAGE, end="", file=sys.stderr)
+        if sys.stderr is not None:
+            print(USAGE, end="", file=sys.stderr)
         return 2
     if not _is_open(STDOUT):
         stderr_line("standard output is closed: nowhere to show the Guest's console")
