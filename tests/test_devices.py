@@ -236,10 +236,10 @@ def test_any_exception_in_a_service_thread_ends_the_guest() -> None:
     host socket vanished under the receive thread), never leave it waiting."""
     port = free_port()
     d = Driver(lambda ram: NetDevice(3, ram, MEM, UdpLink(port, ("127.0.0.1", port)), bytes(6)))
+    d.dev.link.close()
     d.start()
     d.descriptor(0, BUFFERS, 2048, W, q=0)
     d.offer(0, q=0)
-    d.dev.link.close()
     d.dev.threads[0].join(5)
     assert d.errors == ["net: ValueError: file descriptor cannot be a negative integer (-1)"]
     d.dev.stop()
