@@ -107,8 +107,12 @@ class VirtioPciDevice(PciFunction):
 
     def bad_driver(self, msg: str) -> NoReturn:
         """The Guest broke the protocol: the Launcher ends it (`<dev>: bad driver: <msg>`)."""
+        self.refuse(f"{self.name}: bad driver: {msg}")
+
+    def refuse(self, reason: str) -> NoReturn:
+        """End the Guest for `reason` and abandon the access that caused it."""
         self.refused = True
-        self.fatal(f"{self.name}: bad driver: {msg}")
+        self.fatal(reason)
         raise DriverRefused
 
     def place(self, mmio_addr: int) -> None:

@@ -267,8 +267,7 @@ class VirtioDevice(VirtioPciDevice):
             try:
                 queue.check()
             except BadDriver as err:
-                self.fatal(f"{self.name} vq {queue.name}: bad driver: {err}")
-                return
+                self.refuse(f"{self.name} vq {queue.name}: bad driver: {err}")
             queue.enabled = True
 
     def _queue_address(self, queue: Virtqueue | None, name: str, value: int) -> None:
