@@ -63,15 +63,17 @@ def test_block_write_flush_read(disk) -> None:
     d.dev.stop()
 
 
-def test_block_write_past_end_is_fatal(disk) -> None:
+@pytest.mark.parametrize("sector", [16, 1 << 54])
+def test_block_write_past_end_is_fatal(disk, sector: int) -> None:
+    """The original's rule for writes; a huge sector is no Python OverflowError (issue 9.6)."""
     d = block_driver(disk)
-    struct.pack_into("<IIQ", d.ram, OUT_HDR, 1, 0, 16)
+    struct.pack_into("<IIQ", d.ram, OUT_HDR, 1, 0, sector)
     d.descriptor(0, OUT_HDR, 16, N, 1)
     d.descriptor(1, DATA, SECTOR, N, 2)
     d.descriptor(2, STATUS, 1, W)
     d.offer(0)
     d.dev.threads[0].join(5)
-    assert d.errors == ["block vq request: bad driver: Write past end 16+512"]
+    assert d.errors == [f"block vq request: bad driver: Write past end {sector}+512"]
     assert disk.stat().st_size == 16 * SECTOR
 
 

@@ -178,6 +178,15 @@ def test_signals_stop_any_guest(asm_guest, terminal, guest: str, sig: signal.Sig
     assert termios.tcgetattr(session.terminal) == session.settings
 
 
+def test_sigterm_stops_a_restart_loop(puppy, terminal) -> None:
+    session = terminal("run", "restart")
+    session.wait_for(b"puppy: command line", 2)
+    session.proc.send_signal(signal.SIGTERM)
+    status, stderr = session.finish()
+    assert (status, last_line(stderr)) == (143, "stopped by SIGTERM")
+    assert termios.tcgetattr(session.terminal) == session.settings
+
+
 def test_sigterm_while_the_host_serves_page_faults_is_never_a_guest_death(asm_guest) -> None:
     """Issue 9.5: ten signals, each landing while TLB fills are being served."""
     elf = str(asm_guest(GUESTS["touches pages"] + SAY_READY_CODE))
