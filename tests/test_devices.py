@@ -8,8 +8,9 @@ import socket
 import struct
 
 import pytest
-from test_virtio import BUFFERS, MEM, Driver
+from test_virtio import BUFFERS, MEM, Driver, wait_until
 
+from lguest.launcher.control import STOPPED_BY_USER, Keyboard, StopRequest
 from lguest.launcher.virtio.block import BlockDevice
 from lguest.launcher.virtio.console import ConsoleDevice
 from lguest.launcher.virtio.net import NetDevice, UdpLink
@@ -62,15 +63,17 @@ def test_block_write_flush_read(disk) -> None:
     d.dev.stop()
 
 
-def test_block_write_past_end_is_fatal(disk) -> None:
+@pytest.mark.parametrize("sector", [16, 1 << 54])
+def test_block_write_past_end_is_fatal(disk, sector: int) -> None:
+    """The original's rule for writes; a huge sector is no Python OverflowError (issue 9.6)."""
     d = block_driver(disk)
-    struct.pack_into("<IIQ", d.ram, OUT_HDR, 1, 0, 16)
+    struct.pack_into("<IIQ", d.ram, OUT_HDR, 1, 0, sector)
     d.descriptor(0, OUT_HDR, 16, N, 1)
     d.descriptor(1, DATA, SECTOR, N, 2)
     d.descriptor(2, STATUS, 1, W)
     d.offer(0)
     d.dev.threads[0].join(5)
-    assert d.errors == ["block vq request: bad driver: Write past end 16+512"]
+    assert d.errors == [f"block vq request: bad driver: Write past end {sector}+512"]
     assert disk.stat().st_size == 16 * SECTOR
 
 
@@ -80,6 +83,25 @@ def test_read_only_block_refuses_writes(disk) -> None:
     status = request(d, 0, 1, 0, SECTOR, 0)
     assert d.ram[status] == 1  # IOERR
     assert disk.read_bytes() == bytes(16 * SECTOR)
+    d.dev.stop()
+
+
+def test_block_read_past_the_end_is_an_io_error(disk) -> None:
+    """Issue 9.6: a Guest-chosen sector is checked against the capacity (2**54 included)."""
+    d = block_driver(disk)
+    assert d.ram[request(d, 0, 0, 16, SECTOR, W)] == 1  # IOERR
+    assert d.ram[request(d, 1, 0, 1 << 54, SECTOR, W)] == 1
+    assert d.ram[request(d, 2, 0, 15, SECTOR, W)] == 0  # the last sector is fine
+    assert d.errors == [] and d.dev.threads[0].is_alive()
+    d.dev.stop()
+
+
+def test_host_io_errors_reach_the_guest_as_ioerr(tmp_path) -> None:
+    """A flush the host cannot do (/dev/null has no data to sync) fails the request only."""
+    d = Driver(lambda ram: BlockDevice(2, ram, MEM, "/dev/null", os.open("/dev/null", os.O_RDWR), False))
+    d.start()
+    assert d.ram[request(d, 0, 4, 0, 0, 0)] == 1  # FLUSH: EINVAL from fdatasync
+    assert d.errors == [] and d.dev.threads[0].is_alive()
     d.dev.stop()
 
 
@@ -94,7 +116,7 @@ def test_block_request_without_status_room_is_fatal(disk) -> None:
 def test_console_output_and_input() -> None:
     out = bytearray()
     read_end, write_end = os.pipe()
-    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, out.extend, read_end))
+    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, out.extend, Keyboard(read_end, StopRequest())))
     d.start()
     d.ram[DATA:DATA + 6] = b"hello\n"
     d.descriptor(0, DATA, 6, 0, q=1)
@@ -114,20 +136,41 @@ def test_console_output_and_input() -> None:
 
 
 def test_console_escape_keys() -> None:
+    """Two lone Ctrl-C reach the Guest; the third within a second asks for a stop (130)."""
     read_end, write_end = os.pipe()
-    escaped = []
-    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, read_end))
-    d.dev.on_escape = lambda: escaped.append(True)
+    stop = StopRequest()
+    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, Keyboard(read_end, stop)))
     d.start()
     for i in range(3):
         d.descriptor(i, BUFFERS + 64 * i, 64, W, q=0)
         d.offer(i, q=0)
     for n in range(1, 3):
-        os.write(write_end, b"\x03")  # a lone Ctrl-C reaches the Guest...
+        os.write(write_end, b"\x03")
         d.wait_used(n, q=0)
-    os.write(write_end, b"\x03")  # ...but the third within a second stops us
-    d.dev.threads[0].join(5)
-    assert escaped == [True] and d.dev.escaped
+    os.write(write_end, b"\x03")
+    wait_until(lambda: stop.status is not None)
+    assert (stop.status, stop.message) == (130, STOPPED_BY_USER)
+    assert d.used_idx(0) == 2  # the third never reached the Guest
+    d.dev.stop()
+    os.close(write_end)
+
+
+def test_keys_typed_before_the_driver_wait_for_it() -> None:
+    """The keyboard is read from the start; the console takes what was typed later."""
+    read_end, write_end = os.pipe()
+    keyboard = Keyboard(read_end, StopRequest())
+    os.write(write_end, b"early keys\n")
+    os.close(write_end)
+    wait_until(lambda: keyboard.ended)
+    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, keyboard))
+    d.start()
+    d.descriptor(0, BUFFERS, 64, W, q=0)
+    d.descriptor(1, BUFFERS + 64, 64, W, q=0)
+    d.offer(0, q=0)
+    d.offer(1, q=0)
+    d.wait_used(2, q=0)
+    assert d.ram[BUFFERS:BUFFERS + 11] == b"early keys\n"
+    assert d.used(0, 1) == (1, 1) and d.ram[BUFFERS + 64] == 4  # then one Ctrl-D: input ended
     d.dev.stop()
 
 
@@ -188,3 +231,17 @@ def test_tap_network_reaches_the_host_kernel() -> None:
     assert reply[28:32] == socket.inet_aton("10.77.0.1")
     d.dev.stop()
     tap.close()
+
+
+def test_any_exception_in_a_service_thread_ends_the_guest() -> None:
+    """Issue 9.6: a thread that dies must take the Guest with it, saying why (here the
+    host socket vanished under the receive thread), never leave it waiting."""
+    port = free_port()
+    d = Driver(lambda ram: NetDevice(3, ram, MEM, UdpLink(port, ("127.0.0.1", port)), bytes(6)))
+    d.dev.link.close()
+    d.start()
+    d.descriptor(0, BUFFERS, 2048, W, q=0)
+    d.offer(0, q=0)
+    d.dev.threads[0].join(5)
+    assert d.errors == ["net: ValueError: file descriptor cannot be a negative integer (-1)"]
+    d.dev.stop()

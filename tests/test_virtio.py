@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 import time
 
 import pytest
@@ -85,10 +86,15 @@ class Driver:
         return struct.unpack_from("<II", self.ram, USED + q * QUEUE_STRIDE + 4 + 8 * n)
 
     def wait_used(self, count: int, q: int = 0) -> None:
-        deadline = time.monotonic() + 10
-        while self.used_idx(q) < count and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert self.used_idx(q) >= count, self.errors
+        wait_until(lambda: self.used_idx(q) >= count, self.errors)
+
+
+def wait_until(condition, what: object = "") -> None:
+    """Wait for another thread's doing (a hang guard, not a timing check)."""
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert condition(), what
 
 
 @pytest.fixture
@@ -106,6 +112,7 @@ def test_entropy_fills_buffers_and_interrupts(driver) -> None:
     driver.wait_used(1)
     assert struct.unpack_from("<II", driver.ram, USED + 4) == (0, 96)
     assert driver.ram[BUFFERS:BUFFERS + 96] != bytes(96)
+    wait_until(lambda: driver.irqs)  # the thread signals just after it fills the used ring
     assert driver.irqs == [3]
     assert driver.r(58, 1) == 1 and driver.r(58, 1) == 0  # ISR reads and clears
     assert driver.errors == []
@@ -122,13 +129,45 @@ def test_no_interrupt_flag_is_respected(driver) -> None:
 
 def test_reset_stops_the_queues(driver) -> None:
     driver.start()
+    workers = list(driver.dev.threads)
+    assert workers and all(t.is_alive() for t in workers)
     driver.w(20, 1, 0)
     assert driver.r(20, 1) == 0 and driver.dev.threads == []
+    assert not any(t.is_alive() for t in workers)  # really stopped, not just forgotten
     driver.w(20, 1, ACKNOWLEDGE)
     driver.w(20, 1, ACKNOWLEDGE | DRIVER)
     driver.w(22, 2, 0)
     assert driver.r(24, 2) == 256  # queue size back to the default
     assert driver.errors == []
+
+
+def test_forty_resets_leave_no_thread_behind(driver) -> None:
+    """Issue 9.8: a reset stops the workers without holding the lock they wait for."""
+    workers = []
+    for _ in range(40):
+        driver.start()
+        workers += driver.dev.threads
+        driver.w(20, 1, 0)
+    assert len(workers) == 40 and not any(t.is_alive() for t in workers)
+    assert not [t for t in threading.enumerate() if t.name.startswith("lguest-rng")]
+    assert driver.errors == []
+
+
+def test_refused_feature_select_is_not_kept(driver) -> None:
+    """Issue 9.7: after a bad driver nothing more is stored or computed."""
+    driver.w(20, 1, ACKNOWLEDGE)
+    driver.w(20, 1, ACKNOWLEDGE | DRIVER)
+    driver.w(8, 4, 0x7FFFFFFF)
+    driver.w(12, 4, 0xFFFFFFFF)  # would shift by 32 * 0x7FFFFFFF if the select had been kept
+    assert driver.dev.guest_feature_select == 0 and driver.dev.features_accepted == 0
+    assert driver.errors == ["rng: bad driver: Unexpected driver select 2147483647"]
+
+
+@pytest.mark.parametrize("size", [0, 512, 0x8000])
+def test_queue_size_out_of_range(driver, size: int) -> None:
+    driver.w(24, 2, size)
+    assert driver.errors == [f"rng: bad driver: invalid queue size {size}"]
+    assert driver.dev.queues[0].size == 256
 
 
 # Each protocol violation, after `steps`, and the exact message (§9.2).

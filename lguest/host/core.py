@@ -85,6 +85,7 @@ class Guest:
     def __init__(self, ram: mmap.mmap, mem_size: int, start: int, bus: PortBus, *,
                  syscall_vector: int = abi.SYSCALL_VECTOR, tracer: Tracer | None = None) -> None:
         self.dead: str | None = None
+        self.stopped = False  # the Launcher asked run() to return (stop_run)
         self.restart = False
         self.shutdown_how: int | None = None
         self.mem = GuestMemory(ram, mem_size, self.kill)
@@ -143,6 +144,16 @@ class Guest:
         self.kicker.kick()
         return True
 
+    def stop_run(self) -> None:
+        """Make run() return promptly, the Guest unharmed and no kill reason given.
+
+        For the Launcher's signals and escape keys, from any thread: a halted vCPU
+        wakes, a running one leaves the emulator at its next block.
+        """
+        self.stopped = True
+        self._wake.set()
+        self.kicker.kick()
+
     def get_reg(self, offset: int) -> int:
         """LHREQ_GETREG: a register by its offset in i386 `struct pt_regs`."""
         return self.cpu.get(PT_REG_NAMES[offset])
@@ -169,6 +180,8 @@ class Guest:
         try:
             while not self.dead:
                 self.cpu.doorbell_answered()
+                if self.stopped:  # looked at after the doorbell is reset, so no stop is missed
+                    break
                 if self.hcall_pending:
                     self.hcall_pending = False
                     hypercalls.do_hypercalls(self)
@@ -332,7 +345,8 @@ class Guest:
 
     def _sleep_until_interrupt(self) -> None:
         """HALT: sleep, without spinning, until an unblocked interrupt is pending."""
-        while self._deliverable_irq() is None and not self.dead and not self._debugger_waiting():
+        while (self._deliverable_irq() is None and not self.dead and not self.stopped
+               and not self._debugger_waiting()):
             self.stats["halted sleeps"] += 1  # each a wait on an event, never a poll
             self._wake.wait()
             self._wake.clear()

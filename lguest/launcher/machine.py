@@ -8,6 +8,7 @@ and a page of MMIO window above the 1 MiB gap that follows RAM (§3.1).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from lguest.launcher.boot import (
     load_kernel,
     write_boot_params,
 )
+from lguest.launcher.control import Keyboard
 from lguest.launcher.options import Options
 from lguest.launcher.pci import PciBus
 from lguest.launcher.ports import Ports
@@ -51,15 +53,17 @@ class Machine:
 
 
 def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], None],
-                  input_fd: int | None = None, say: Callable[[str], None] = lambda _: None,
+                  keyboard: Keyboard | None = None, say: Callable[[str], None] = lambda _: None,
                   warn: Callable[[str], None] = print, tracer: Tracer | None = None) -> Machine:
     mem = opts.mem_mib * MIB
     ram = allocate_guest_ram(mem)
     kernel = load_kernel(ram, mem, kernel_path)
     initrd = load_initrd(ram, mem, opts.initrd, kernel) if opts.initrd else None
     write_boot_params(ram, mem, opts.cmdline, initrd)
+    if 1 + len(opts.devices) > abi.MAX_PCI_DEVICES - 1:  # the console, and slot 0 is the bridge
+        raise LoadError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
     resources: list[Callable[[], None]] = []
-    console = ConsoleDevice(abi.CONSOLE_IRQ, ram, mem, output, input_fd)
+    console = ConsoleDevice(abi.CONSOLE_IRQ, ram, mem, output, keyboard)
     devices: list[VirtioDevice] = [console]
     for kind, value in opts.devices:
         devices.append(make_device(kind, value, abi.CONSOLE_IRQ + len(devices), ram, mem, resources))
@@ -92,10 +96,7 @@ def make_device(kind: str, value: str | None, irq: int, ram, mem: int,
         path, _, flag = value.partition(",")
         if flag not in ("", "ro"):
             raise LoadError(f"Bad --block '{value}': the only option is ',ro'")
-        try:
-            fd = os.open(path, os.O_RDONLY if flag else os.O_RDWR)
-        except OSError as err:
-            raise LoadError(f"Failed to open {path}: {err.strerror}") from None
+        fd = open_disk(path, read_only=bool(flag))
         resources.append(lambda: os.close(fd))
         return BlockDevice(irq, ram, mem, path, fd, read_only=bool(flag))
     assert value is not None
@@ -116,3 +117,21 @@ def make_device(kind: str, value: str | None, irq: int, ram, mem: int,
         resources.append(tap.close)
         return NetDevice(irq, ram, mem, tap, tap.mac)
     raise LoadError(f"--{kind} is not supported yet")
+
+
+def open_disk(path: str, read_only: bool) -> int:
+    """A --block file, checked before boot: a regular file or a block device.
+
+    Opened without waiting (a FIFO would otherwise block the open itself), then
+    made blocking again for the service thread.
+    """
+    try:
+        fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NONBLOCK)
+    except OSError as err:
+        raise LoadError(f"Failed to open {path}: {err.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise LoadError(f"Bad --block '{path}': not a regular file or a block device")
+    os.set_blocking(fd, True)
+    return fd

@@ -1,53 +1,89 @@
 """The `lguest` command: load a Guest, give it devices, run it, report how it ended.
 
 Exit status: 0 when the Guest powers itself off, 1 when it dies (killed by the
-Host or the Launcher, or panics), 2 for a bad command line or a kernel that cannot
-be loaded.  A Guest that asks to restart is built again from scratch, in-process.
+Host or the Launcher, or panics, or its console output cannot be written), 2 for a
+bad command line, a file or kernel that cannot be used, or no standard output;
+128+signum when stopped by SIGINT, SIGTERM or SIGHUP, and 130 for the escape keys;
+3 only for a bug in lguest itself.  A Guest that asks to restart is built again
+from scratch, in-process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
+import os
+import select
 import sys
 import termios
+import threading
 import time
 import traceback
 import tty
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator
 
 from lguest import abi
 from lguest.debug.session import DebugTools
 from lguest.host.core import RunResult
 from lguest.launcher import bundled
 from lguest.launcher.boot import LoadError
+from lguest.launcher.control import Keyboard, StopRequest, stopped_by_signals
 from lguest.launcher.machine import Machine, build_machine
 from lguest.launcher.options import USAGE, HelpRequested, Options, UsageError, parse_args
 from lguest.launcher.trace import StderrTracer
 
 # The reason Linux (and puppy) give when they power off cleanly.
 POWER_OFF_REASON = "CRASH: Power down"
-STOPPED_BY_USER = "stopped from the console (Ctrl-C three times, or Ctrl-])"
+STDIN, STDOUT = 0, 1
+OUTPUT_WAIT = 0.05  # seconds: how long a write waits for stdout before looking for a stop
 
 
 def stderr_line(text: str) -> None:
-    print(f"lguest: {text}", file=sys.stderr, flush=True)
+    """One `lguest: ...` line; with stderr closed or broken there is nobody to tell."""
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError):
+            print(f"lguest: {text}", file=sys.stderr, flush=True)
 
 
 class ConsoleOutput:
-    """The Launcher's stdout: Guest bytes, flushed at each newline and at the end."""
+    """The Launcher's stdout: the Guest's console.
 
-    def __init__(self) -> None:
-        self.out = sys.stdout.buffer
+    The early console arrives a byte at a time, so single bytes are gathered into
+    lines; anything longer (a whole write from the Guest's driver) goes out at once.
+    The vCPU (early console) and the console's output thread both write here.  When
+    stdout refuses (a full disk, a reader gone, a terminal closed), the first error is
+    kept in `failed`, the Guest is told through `on_failure`, and later output dropped.
+    A stdout nobody reads must not make us deaf to a stop: we wait for it to take
+    more only in short waits, and give up on what is left once a stop is requested.
+    """
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
+        self.pending = bytearray()
+        self.failed: str | None = None
+        self.on_failure: Callable[[str], None] = lambda reason: None
+        self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
-        self.out.write(data)
-        if b"\n" in data:
-            self.out.flush()
+        with self._lock:
+            self.pending += data
+            if len(data) > 1 or data == b"\n":
+                self._write_pending()
 
     def flush(self) -> None:
-        self.out.flush()
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        try:
+            while self.pending and self.stop.status is None:
+                if select.select([], [STDOUT], [], OUTPUT_WAIT)[1]:
+                    # No more than a pipe takes at once, so the write itself never waits.
+                    del self.pending[:os.write(STDOUT, self.pending[:select.PIPE_BUF])]
+        except OSError as err:
+            self.pending.clear()
+            if self.failed is None:
+                self.failed = f"console: output: {err.strerror}"
+                self.on_failure(self.failed)
 
 
 def exit_status(result: RunResult) -> int:
@@ -59,34 +95,50 @@ def exit_status(result: RunResult) -> int:
 def run(opts: Options) -> int:
     say = stderr_line if opts.verbose else _quiet
     kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path())
-    output = ConsoleOutput()
+    input_fd = STDIN if _is_open(STDIN) else None
+    stop = StopRequest()
+    output = ConsoleOutput(stop)
     tools = DebugTools(opts, stderr_line)
     tracer = tools.tracer(StderrTracer(opts.trace) if opts.trace else None)
     started = time.perf_counter()
-    with terminal_in_raw_mode(sys.stdin):
-        while True:
-            machine = build_machine(opts, kernel_path, output.write, sys.stdin.fileno(), say,
-                                    stderr_line, tracer)
-            machine.console.on_escape = lambda m=machine: m.guest.kill(STOPPED_BY_USER)
+    machine: Machine | None = None
+    result: RunResult | None = None
+    with stopped_by_signals(stop), terminal_in_raw_mode(input_fd):
+        keyboard = Keyboard(input_fd, stop) if input_fd is not None else None
+        while stop.status is None:
+            machine = build_machine(opts, kernel_path, output.write, keyboard, say, stderr_line, tracer)
+            output.on_failure = machine.guest.kill
+            stop.running(machine.guest)
             tools.attach(machine)
             try:
                 result = machine.guest.run()
             finally:
+                stop.running(None)
                 machine.close()
                 output.flush()
             say(f"{machine.ports.count} port I/O accesses")
-            if not result.restart:
+            if not result.restart or machine.guest.stopped:
                 break
             say("Guest asked to restart: restarting")
-    stderr_line(result.reason.rstrip("\n"))
-    elapsed = time.perf_counter() - started
-    status = 130 if machine.console.escaped else exit_status(result)
+    if stop.status is not None:
+        stderr_line(stop.message)
+        status = stop.status
+    else:
+        assert result is not None
+        stderr_line((output.failed or result.reason).rstrip("\n"))
+        status = 1 if output.failed else exit_status(result)
+    if machine is not None:
+        report(opts, tools, machine, status, time.perf_counter() - started)
+    return status
+
+
+def report(opts: Options, tools: DebugTools, machine: Machine, status: int, elapsed: float) -> None:
+    """Tell gdb how the Guest ended, write the timeline, and print --stats."""
     tools.finish(status, figures(machine, elapsed))
     if opts.stats_json:
         print(tools.figures_json(figures(machine, elapsed)), file=sys.stderr, flush=True)  # one line
     elif opts.stats:
         stderr_line(statistics(machine, elapsed))
-    return status
 
 
 def statistics(machine: Machine, elapsed: float) -> str:
@@ -110,32 +162,35 @@ def figures(machine: Machine, elapsed: float) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def terminal_in_raw_mode(stream: TextIO) -> Iterator[None]:
+def terminal_in_raw_mode(fd: int | None) -> Iterator[None]:
     """Keys go to the Guest as typed (no echo, no line editing, no signals from ^C),
-    and the terminal comes back as it was however we leave, SIGTERM and SIGHUP included."""
-    if not stream.isatty():
+    and the terminal comes back as it was however we leave."""
+    if fd is None or not os.isatty(fd):
         yield
         return
-    fd = stream.fileno()
     saved = termios.tcgetattr(fd)
-    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     raw = termios.tcgetattr(fd)
     raw[tty.IFLAG] &= ~(termios.ICRNL | termios.IXON | termios.INLCR | termios.IGNCR)
     raw[tty.LFLAG] &= ~(termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
     raw[tty.CC][termios.VMIN], raw[tty.CC][termios.VTIME] = 1, 0
     try:
         # Output processing stays on, so a Guest's bare "\n" still starts a new line.
-        termios.tcsetattr(fd, termios.TCSAFLUSH, raw)
+        # TCSANOW, not TCSAFLUSH: keys typed ahead are kept for the Guest.
+        termios.tcsetattr(fd, termios.TCSANOW, raw)
         yield
     finally:
         # At once: waiting for the output to drain could wait forever on a reader gone.
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # A terminal closed under us (EIO) has no settings left to restore.
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UsageError as err:
         stderr_line(str(err))
-        print(USAGE, end="", file=sys.stderr)
+        if sys.stderr is not None:
+            print(USAGE, end="", file=sys.stderr)
+        return 2
+    if not _is_open(STDOUT):
+        stderr_line("standard output is closed: nowhere to show the Guest's console")
         return 2
     try:
         return run(opts)
@@ -160,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug in lguest itself: say so in one line
         if opts.verbose:
             traceback.print_exc()
-        stderr_line(f"internal error: {type(err).__name__}: {err} (--verbose shows the traceback)")
+        stderr_line(f"internal error (a bug in lguest: please report): {type(err).__name__}: {err}"
+                    " (--verbose shows the traceback)")
         return 3
 
 

@@ -10,8 +10,10 @@ the Guest's early console reaches the console's `emerg_wr` before any driver run
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
+from typing import NoReturn
 
 from lguest import abi
 from lguest.abi import PciCfg, VirtioCap, VirtioMmio
@@ -22,6 +24,11 @@ MMIO_FIRST_OFFSET = abi.DEVICE_PAGES * abi.PAGE_SIZE  # BARs start 1 MiB above R
 
 class BadDriver(Exception):
     """The Guest's driver broke the virtio protocol: fatal, `<dev>: bad driver: <msg>`."""
+
+
+class DriverRefused(Exception):
+    """Raised by `bad_driver` once the Guest is killed, so the access goes no further
+    (the original Launcher's errx): nothing the Guest asked for is stored or done."""
 
 
 class PciFunction:
@@ -67,6 +74,7 @@ class VirtioPciDevice(PciFunction):
         self.mmio_size = _power_of_two_at_least(VirtioMmio.DEVICE + len(device_config))
         self.mmio_addr = 0
         self.fatal: Callable[[str], None] = _no_fatal
+        self.refused = False  # a bad driver was seen: every later access is ignored
         self._build_config(class_code, subclass)
 
     def _build_config(self, class_code: int, subclass: int) -> None:
@@ -97,9 +105,15 @@ class VirtioPciDevice(PciFunction):
         struct.pack_into("<BBBBB3xII", self.config, at, VirtioCap.VENDOR_ID, next_, length, cfg_type,
                          0, offset, size)
 
-    def bad_driver(self, msg: str) -> None:
+    def bad_driver(self, msg: str) -> NoReturn:
         """The Guest broke the protocol: the Launcher ends it (`<dev>: bad driver: <msg>`)."""
-        self.fatal(f"{self.name}: bad driver: {msg}")
+        self.refuse(f"{self.name}: bad driver: {msg}")
+
+    def refuse(self, reason: str) -> NoReturn:
+        """End the Guest for `reason` and abandon the access that caused it."""
+        self.refused = True
+        self.fatal(reason)
+        raise DriverRefused
 
     def place(self, mmio_addr: int) -> None:
         """Give the device its BAR0 window at `mmio_addr` (a guest-physical address)."""
@@ -133,7 +147,10 @@ class VirtioPciDevice(PciFunction):
 
     def config_read(self, offset: int, size: int) -> int:
         if _within(offset, size, PciCfg.PCI_CFG_DATA, PciCfg.PCI_CFG_DATA + 4):
-            return self._window_read()
+            try:
+                return self._window_read()
+            except DriverRefused:
+                return 0xFFFFFFFF
         return super().config_read(offset, size)
 
     def _store(self, offset: int, size: int, value: int) -> None:
@@ -161,7 +178,6 @@ class VirtioPciDevice(PciFunction):
         if not self._window_valid():
             bar, offset, length = self._window()
             self.bad_driver(f"Invalid cfg_access to bar{bar}, offset {offset} len {length}")
-            return 0xFFFFFFFF
         _, offset, length = self._window()
         return self.mmio_read(offset, length)
 
@@ -174,15 +190,29 @@ class VirtioPciDevice(PciFunction):
 
     # --- BAR0 ----------------------------------------------------------------------------
     def mmio_read(self, offset: int, size: int) -> int:
+        """A Guest read of BAR0 (from the Host's MMIO hook, or through the PCI_CFG window)."""
+        if self.refused:
+            return 0
+        try:
+            return self.bar0_read(offset, size)
+        except DriverRefused:
+            return 0
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if self.refused:
+            return
+        with contextlib.suppress(DriverRefused):
+            self.bar0_write(offset, size, value)
+
+    def bar0_read(self, offset: int, size: int) -> int:
         if offset >= VirtioMmio.DEVICE:
             at = offset - VirtioMmio.DEVICE
             if at + size > len(self.device_config):
                 self.bad_driver("read past end")
-                return 0
             return int.from_bytes(self.device_config[at:at + size], "little")
         return self.transport_read(offset, size)
 
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
+    def bar0_write(self, offset: int, size: int, value: int) -> None:
         if offset >= VirtioMmio.DEVICE:
             self.device_config_write(offset - VirtioMmio.DEVICE, size, value)
             return

@@ -31,7 +31,7 @@ class BlockDevice(VirtioDevice):
                  read_only: bool) -> None:
         self.fd = fd
         self.read_only = read_only
-        self.capacity = os.fstat(fd).st_size // SECTOR
+        self.capacity = os.lseek(fd, 0, os.SEEK_END) // SECTOR  # st_size is 0 for a block device
         config = bytearray(CONFIG_SIZE)
         struct.pack_into("<QII", config, 0, self.capacity, 0, SEG_MAX)
         features = 1 << VIRTIO_BLK_F_SEG_MAX | (1 << VIRTIO_BLK_F_RO if read_only else 0)
@@ -51,15 +51,20 @@ class BlockDevice(VirtioDevice):
         status_buffer = data_in[-1]
         data_in[-1] = status_buffer[:-1]
         offset = sector * SECTOR
-        if kind == VIRTIO_BLK_T_OUT:
-            status, written = self.write(offset, head[HEADER.size:]), 0
-        elif kind == VIRTIO_BLK_T_FLUSH:
-            os.fdatasync(self.fd)
-            status, written = STATUS_OK, 0
-        elif kind == VIRTIO_BLK_T_IN:
-            status, written = self.read(offset, data_in)
-        else:
-            status, written = STATUS_UNSUPP, 0
+        try:
+            if kind == VIRTIO_BLK_T_OUT:
+                status, written = self.write(offset, head[HEADER.size:]), 0
+            elif kind == VIRTIO_BLK_T_FLUSH:
+                os.fdatasync(self.fd)
+                status, written = STATUS_OK, 0
+            elif kind == VIRTIO_BLK_T_IN:
+                status, written = self.read(offset, data_in)
+            else:
+                status, written = STATUS_UNSUPP, 0
+        except OSError:
+            # The host refused (EIO, EFBIG, a file that cannot be synced...): the
+            # Guest sees a failed request, as it would from a real disk.
+            status, written = STATUS_IOERR, 0
         status_buffer[-1] = status
         return written + 1
 
@@ -71,6 +76,8 @@ class BlockDevice(VirtioDevice):
         return STATUS_OK if os.pwrite(self.fd, data, offset) == len(data) else STATUS_IOERR
 
     def read(self, offset: int, buffers: list[memoryview]) -> tuple[int, int]:
+        if offset + sum(len(b) for b in buffers) > self.capacity * SECTOR:
+            return STATUS_IOERR, 0  # past the end of the disk: a failed request, not our crash
         done = 0
         for buffer in buffers:
             got = os.preadv(self.fd, [buffer], offset + done) if len(buffer) else 0

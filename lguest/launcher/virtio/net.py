@@ -28,6 +28,7 @@ NET_HDR_SIZE = 12  # struct virtio_net_hdr_v1
 RX_HEADER = struct.pack("<BBHHHHH", 0, 0, 0, 0, 0, 0, 1)  # no offloads, num_buffers 1
 MAX_FRAME = 65550
 POLL_SECONDS = 0.1
+MIN_PORT, MAX_PORT = 1, 65535
 # Offloads a tap can take and give (§8.4): CSUM, GUEST_CSUM, GUEST_TSO4/6/ECN,
 # HOST_TSO4/6/ECN, and indirect descriptors.
 TAP_FEATURES = sum(1 << bit for bit in (0, 1, 7, 8, 9, 11, 12, 13, 28))
@@ -143,7 +144,10 @@ def parse_udp(spec: str) -> tuple[int, tuple[str, int]]:
     parts = spec.split(":")
     if len(parts) != 4 or parts[0] != "udp" or not parts[1].isdigit() or not parts[3].isdigit():
         raise ValueError(f"Bad --net '{spec}': expected udp:<port>:<host>:<port>")
-    return int(parts[1]), (parts[2], int(parts[3]))
+    local, peer = int(parts[1]), int(parts[3])
+    if not (MIN_PORT <= local <= MAX_PORT and MIN_PORT <= peer <= MAX_PORT):
+        raise ValueError(f"Bad --net '{spec}': ports must be {MIN_PORT}..{MAX_PORT}")
+    return local, (parts[2], peer)
 
 
 class NetDevice(VirtioDevice):

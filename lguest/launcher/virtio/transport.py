@@ -16,7 +16,13 @@ from collections.abc import Callable, Iterator
 
 from lguest import abi
 from lguest.launcher.pci import VirtioPciDevice
-from lguest.launcher.virtio.queue import VIRTIO_RING_F_INDIRECT_DESC, BadDriver, Chain, Virtqueue
+from lguest.launcher.virtio.queue import (
+    DEFAULT_SIZE,
+    VIRTIO_RING_F_INDIRECT_DESC,
+    BadDriver,
+    Chain,
+    Virtqueue,
+)
 
 VIRTIO_F_VERSION_1 = 32
 ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK = 1, 2, 4, 8
@@ -39,6 +45,7 @@ QUEUE_ADDRESSES = {"queue_desc_lo": ("desc", False), "queue_desc_hi": ("desc", T
                    "queue_avail_lo": ("avail", False), "queue_avail_hi": ("avail", True),
                    "queue_used_lo": ("used", False), "queue_used_hi": ("used", True)}
 
+STOP_TIMEOUT = 2.0  # seconds: a hang guard; a service thread notices a stop within 0.1 s
 QueueService = Callable[["VirtioDevice", Virtqueue], None]
 
 
@@ -69,11 +76,16 @@ class VirtioDevice(VirtioPciDevice):
 
     # --- reset and the service threads ---------------------------------------------------
     def reset(self) -> None:
-        """Status 0: stop the service threads, forget features, disable the queues."""
+        """Status 0: stop the service threads, forget features, disable the queues.
+
+        Never called with `lock` held: the threads being stopped may be waiting for it.
+        They finish the chain in hand first, so the queues are reset only after they end.
+        """
         self.stop()
-        self._reset_registers()
-        for queue in self.queues:
-            queue.reset()
+        with self.lock:
+            self._reset_registers()
+            for queue in self.queues:
+                queue.reset()
 
     def stop(self) -> None:
         self.running = False
@@ -81,7 +93,7 @@ class VirtioDevice(VirtioPciDevice):
             queue.notified.set()
         for thread in self.threads:
             if thread is not threading.current_thread():
-                thread.join(timeout=2)
+                thread.join(timeout=STOP_TIMEOUT)
         self.threads = []
 
     def _start_queues(self) -> None:
@@ -95,10 +107,16 @@ class VirtioDevice(VirtioPciDevice):
                 thread.start()
 
     def _serve(self, service: QueueService, queue: Virtqueue) -> None:
+        """A queue's service thread: whatever goes wrong in it ends the Guest, with a reason
+        (a thread that died quietly would leave the Guest waiting for ever)."""
         try:
             service(self, queue)
         except BadDriver as err:
             self.fatal(f"{self.name} vq {queue.name}: bad driver: {err}")
+        except OSError as err:
+            self.fatal(f"{self.name}: {err.strerror or err}")
+        except Exception as err:  # noqa: BLE001 - our bug, but the Guest must not hang on it
+            self.fatal(f"{self.name}: {type(err).__name__}: {err}")
 
     def signal(self, queue: Virtqueue) -> None:
         """Tell the Guest a queue has used buffers, unless it asked not to be told."""
@@ -108,24 +126,20 @@ class VirtioDevice(VirtioPciDevice):
             self.interrupt(self.irq)
 
     # --- BAR0: the common configuration ---------------------------------------------------
-    def _field(self, offset: int, size: int, write: bool) -> str | None:
+    def _field(self, offset: int, size: int, write: bool) -> str:
         reg = COMMON.get(offset)
         if offset == abi.VirtioMmio.ISR + 1:
             self.bad_driver("read from padding")
-            return None
         if reg is None:
             self.bad_driver(f"Unexpected {'write to' if write else 'read of'} offset {offset}")
-            return None
         name, width = reg
         if size != width:
             self.bad_driver(f"non-{8 * width}-bit {'write to' if write else 'read to'} offset {offset}")
-            return None
         return name
 
     def transport_read(self, offset: int, size: int) -> int:
         with self.lock:
-            name = self._field(offset, size, write=False)
-            return 0 if name is None else self._read(name)
+            return self._read(self._field(offset, size, write=False))
 
     def _read(self, name: str) -> int:
         queue = self._selected()
@@ -140,7 +154,6 @@ class VirtioDevice(VirtioPciDevice):
             return getattr(self, name)
         if name == "msix_config":
             self.bad_driver("read of msix_config")
-            return 0
         if name == "num_queues":
             return len(self.queues)
         if name == "device_status":
@@ -172,8 +185,11 @@ class VirtioDevice(VirtioPciDevice):
     def transport_write(self, offset: int, size: int, value: int) -> None:
         with self.lock:
             name = self._field(offset, size, write=True)
-            if name is not None:
+            resetting = name == "device_status" and value == 0
+            if not resetting:
                 self._write(name, offset, value)
+        if resetting:  # once the lock is free: the threads being stopped may need it
+            self.reset()
 
     def _write(self, name: str, offset: int, value: int) -> None:
         queue = self._selected()
@@ -188,15 +204,16 @@ class VirtioDevice(VirtioPciDevice):
         elif name == "guest_feature":
             self._feature_write()
             shift = 32 * self.guest_feature_select
-            self.features_accepted = self.features_accepted & ~(0xFFFFFFFF << shift) | value << shift
-            if self.features_accepted & ~self.features:
-                self.bad_driver(f"over-accepted features {self.features_accepted:#x} of {self.features:#x}")
+            accepted = self.features_accepted & ~(0xFFFFFFFF << shift) | value << shift
+            if accepted & ~self.features:
+                self.bad_driver(f"over-accepted features {accepted:#x} of {self.features:#x}")
+            self.features_accepted = accepted
         elif name == "device_status":
             self._status_write(value)
         elif name == "queue_select":
             self.queue_select = value
         elif name == "queue_size":
-            if value & (value - 1):
+            if value & (value - 1) or not 0 < value <= DEFAULT_SIZE:
                 self.bad_driver(f"invalid queue size {value}")
             elif queue is not None and queue.enabled:
                 self.bad_driver("changing queue size on live device")
@@ -227,22 +244,15 @@ class VirtioDevice(VirtioPciDevice):
             self.bad_driver("feature write after VIRTIO_CONFIG_S_FEATURES_OK")
 
     def _status_write(self, value: int) -> None:
-        if value == 0:
-            self.reset()
-            return
         if self.status & ~value:
             self.bad_driver(f"unset of device status bit {self.status:#x} -> {value:#x}")
-            return
         added = value & ~self.status
         if added not in STATUS_STEPS:
             self.bad_driver(f"unknown device status bit {self.status:#x} -> {value:#x}")
-            return
         if self.status != STATUS_STEPS[added]:
             self.bad_driver(f"unexpected status transition {self.status:#x} -> {value:#x}")
-            return
         if added == DRIVER_OK and self.wrote_features_ok:
             self.bad_driver("did not re-read FEATURES_OK")
-            return
         self.wrote_features_ok = added == FEATURES_OK
         self.status = value
         if added == DRIVER_OK:
@@ -257,8 +267,7 @@ class VirtioDevice(VirtioPciDevice):
             try:
                 queue.check()
             except BadDriver as err:
-                self.fatal(f"{self.name} vq {queue.name}: bad driver: {err}")
-                return
+                self.refuse(f"{self.name} vq {queue.name}: bad driver: {err}")
             queue.enabled = True
 
     def _queue_address(self, queue: Virtqueue | None, name: str, value: int) -> None:
@@ -276,10 +285,10 @@ class VirtioDevice(VirtioPciDevice):
                 setattr(queue, part, value)
 
     # --- BAR0: device config ----------------------------------------------------------------
-    def mmio_read(self, offset: int, size: int) -> int:
+    def bar0_read(self, offset: int, size: int) -> int:
         if offset >= abi.VirtioMmio.DEVICE and not self.status & DRIVER:
             self.bad_driver("config read before VIRTIO_CONFIG_S_DRIVER")
-        return super().mmio_read(offset, size)
+        return super().bar0_read(offset, size)
 
 
 def wait_for_chains(device: VirtioDevice, queue: Virtqueue, poll: float = 0.1) -> Iterator[Chain]:
