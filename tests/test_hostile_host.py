@@ -360,5 +360,6 @@ def test_host_bug_in_a_hook_is_an_internal_error(asm_guest) -> None:
                           timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
     assert proc.returncode == 3
     assert proc.stderr.splitlines()[-1] == \
-        "lguest: internal error: RuntimeError: host bug (--verbose shows the traceback)"
+        "lguest: internal error (a bug in lguest: please report): RuntimeError: host bug" \
+        " (--verbose shows the traceback)"
     assert "Traceback" not in proc.stderr and "unhandled trap" not in proc.stderr
