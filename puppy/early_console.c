@@ -1,19 +1,6 @@
 /*
- * early_console.c - lguest 4.x's emergency console, the Guest's first words.
- *
- * lguest 4.x devices are virtio 1.0 over an emulated PCI bus, and the
- * console is always in slot 1.  Long before a virtio driver could set up
- * queues, the Guest can already print: the console device's config space
- * has an "emerg_wr" register (offset 8) and every byte written there goes
- * straight to the Launcher's stdout.  We reach it the slow, simple way,
- * through the virtio PCI_CFG capability, a window onto BAR0 that lives in
- * PCI configuration space: point the window at emerg_wr, then write the
- * character into it.  Each configuration access is two port I/Os (address
- * to 0xCF8, data via 0xCFC), and each port I/O traps to the Host and on to
- * the Launcher, so this is 8 exits per character -- which is exactly what
- * a 4.x Linux Guest does, and why its boot log is slow to print.
- * Once the virtio console driver is up (virtio_console.c), printk goes
- * through its output queue instead; emerg_wr stays for oopses.
+ * early_console.c - lguest 4.x's emergency console, the Guest's first
+ * words, and printk on top of it.
  */
 #include "puppy.h"
 #include "pci.h"
@@ -29,9 +16,25 @@
 static unsigned int pci_cfg_cap;	/* 0 = no console: output is dropped */
 static u32 device_cfg_offset;		/* where the console config is in BAR0 */
 
-/*
- * Find the console and the two capabilities we need (pci.c walks the
- * list).  Returns 0 on success; on failure printing silently does nothing,
+/* tour:G.50 The first words: emerg_wr, through the PCI configuration window
+ * Right after NEW_PGTABLE, puppy_main wants to print, long before any
+ * virtio driver could set up queues.  lguest 4.x devices are virtio 1.0
+ * devices on an emulated PCI bus, the console always in slot 1, and the
+ * console's config space has an "emerg_wr" register (offset 8): every byte
+ * written there goes straight to the Launcher's stdout.  We reach it the
+ * slow, simple way, through the virtio PCI_CFG capability, a window onto
+ * BAR0 that lives in PCI configuration space: point the window at
+ * emerg_wr, then write the character through it (§7.2).  Each
+ * configuration access is two port I/Os (address to 0xCF8, data at 0xCFC)
+ * and each port I/O is privileged at ring 1: it traps to the Host (a #GP
+ * on real hardware, the emulator's port hook here, §4.3), which hands it
+ * to the Launcher to emulate.  That is 8 exits per character.  Linux 4.9 does exactly this for its early console, which is
+ * why its first 84 lines are slow to print; when its virtio console
+ * driver binds, it moves to the output queue, and so does puppy
+ * (virtio_console.c), keeping emerg_wr for oopses.
+ *
+ * Here we find the console and the two capabilities we need (pci.c walks
+ * the list).  0 on success; on failure printing silently does nothing,
  * as in Linux.
  */
 int early_console_init(void)

@@ -84,14 +84,19 @@ static int sys_disk_info(u32 buf)
 	return copy_to_user(current->mm, buf, &info, sizeof(info)) ? -EFAULT : 0;
 }
 
-/*
- * Device I/O goes through a page of the kernel's own (a bounce buffer): the
- * device is given guest-physical addresses, and a user buffer need not be
- * physically contiguous, nor even stay mapped while we wait for the device.
- * The user's buffer is checked before anything happens.  Towards the device
- * its @len bytes are copied into the page and @op's result is returned;
- * from the device, @op returns how many bytes it produced (or -errno) and
- * those are copied back out.
+/* tour:G.220 One virtio request, from a process's system call
+ * Follow a process's disk_read(sector, buf, 1) (the shell's `cat`): int
+ * $0x80 brings it to do_syscall, and sys_disk_rw sends it through
+ * bounce() below, then blk_rw (virtio_blk.c).  A device is given
+ * guest-physical addresses, and a user buffer need not be physically
+ * contiguous, nor even stay mapped while we wait for the device.  So device
+ * I/O goes through a page of the kernel's own, a bounce buffer: the user's
+ * buffer is checked first, then towards the device its @len bytes are
+ * copied into the page and @op's result is returned; from the device, @op
+ * returns how many bytes it produced (or -errno) and those are copied back
+ * out, through the kernel's mapping of the process's pages.  Linux drivers
+ * map user pages or bounce the same way; a Guest's "physical" address is
+ * what the Launcher indexes its mapping of our RAM with.
  */
 enum bounce_direction { TO_DEVICE, FROM_DEVICE };
 
