@@ -7,11 +7,12 @@ We do the same.  A stop of the tour is a comment whose first line starts with a 
     # tour:H.30 The run loop
     # (more comment lines: the text of the stop)
 
-in Python, or `/* tour:G.10 ... */` in puppy's C and assembly.  The letter is the
-chapter, the number orders the stops within it.  The chapters follow the order a
-newcomer needs them in: what the Guest asks for, how the Launcher builds a machine, how
-the Host answers, how the devices are served, and last the Switcher, where the emulated
-CPU's quirks live.  `docs/tour.md` is this command's output (a test keeps it current).
+in Python, or `/* tour:G.10 ... */` in C and assembly (puppy, the doorbell hook).  The
+letter is the chapter, the number orders the stops within it.  The chapters follow the
+order a newcomer needs them in: what the Guest asks for, how the Launcher builds a
+machine, how the Host answers, how the devices are served, and last the Switcher, where
+the emulated CPU's quirks live.  `docs/tour.md` is this command's output (a test keeps it
+current, and checks that every tag written is one the collector reads).
 """
 
 from __future__ import annotations

@@ -28,12 +28,15 @@ static u32 device_cfg_offset;		/* where the console config is in BAR0 */
  * configuration access is two port I/Os (address to 0xCF8, data at 0xCFC)
  * and each port I/O is privileged at ring 1: it traps to the Host (a #GP
  * on real hardware, the emulator's port hook here, §4.3), which hands it
- * to the Launcher to emulate.  That is 8 exits per character.  Linux 4.9 does exactly this for its early console, which is
- * why its first 84 lines are slow to print; when its virtio console
- * driver binds, it moves to the output queue, and so does puppy
- * (virtio_console.c), keeping emerg_wr for oopses.
- *
- * Here we find the console and the two capabilities we need (pci.c walks
+ * to the Launcher to emulate.  That is 8 exits per character.  Linux
+ * 4.9 does exactly this for its early console, which is why its first
+ * 84 lines are slow to print; when its virtio console driver binds, it
+ * moves to the output queue, and so does puppy (virtio_console.c),
+ * keeping emerg_wr for oopses.
+ */
+
+/*
+ * Find the console and the two capabilities we need (pci.c walks
  * the list).  0 on success; on failure printing silently does nothing,
  * as in Linux.
  */

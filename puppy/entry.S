@@ -18,7 +18,9 @@
  * privilege change through the TSS.  Going back, the same iret returns to
  * ring 3: an ordinary instruction, no hypercall, because the CPU itself
  * checks that it only ever lowers privilege.
- *
+ */
+
+/*
  * One stub per vector 0..0x2F, each exactly TRAP_STUB_SIZE bytes apart so
  * that C can find stub n at trap_stubs + n * TRAP_STUB_SIZE.  Exceptions
  * that come without an error code get a dummy 0, so that common_trap
@@ -45,13 +47,14 @@ vec = vec + 1
 
 /* tour:G.170 System calls: int $0x80, through the Host or straight in
  * A process asks the kernel for something with "int $0x80": number in
- * %eax, arguments in %ebx, %ecx, %edx (puppy's own numbers, user/
- * syscalls.h).  The gate is DPL 3, so ring 3 may use it (every other gate
+ * %eax, arguments in %ebx, %ecx, %edx (puppy's own numbers, in
+ * user/syscalls.h).  The gate is DPL 3, so ring 3 may use it (every other gate
  * is DPL 0, and a user's "int $0x20" is a #GP instead).  By default it is
  * an interrupt gate, as in Linux since 4.6: the CPU leaves the Guest, the
  * Host sees trap 0x80 from ring 3 and reflects it onto the SET_STACK stack
- * with interrupts off, one world switch each way per system call;
- * do_syscall (syscall.c) turns interrupts back on.  With `trapgate` on the
+ * with interrupts off: one round trip through the Host per system call
+ * (the way back, an iret to ring 3, needs no Host).  do_syscall
+ * (syscall.c) turns interrupts back on.  With `trapgate` on the
  * command line it is a trap gate, which lguest was designed to be fast
  * with: the Host copies such a gate into the real IDT and the CPU
  * delivers the call without leaving the Guest (a direct trap, §4.4).  On

@@ -207,9 +207,10 @@ static void __attribute__((noreturn)) user_fault(struct pt_regs *regs, u32 cr2)
  * reaches it is a bug: from ring 3 it kills the process ("page fault at
  * 0x... (error 0x...)"), in the kernel it is an oops that shuts the
  * Guest down.  `hostile` and `pf` on the command line show both.
- *
- * do_trap is called from common_trap (entry.S) for every vector we
- * installed.
+ */
+
+/*
+ * Called from common_trap (entry.S) for every vector we installed.
  */
 void do_trap(struct pt_regs *regs)
 {

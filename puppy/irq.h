@@ -30,9 +30,9 @@
  * irq.c), and there is nothing to acknowledge, because the Host clears an
  * irq as it delivers it (§4.9).  Virtual irq n arrives through IDT
  * vector 0x20 + n.
- *
- * "cli": the Host simply will not deliver while irq_enabled is 0.
  */
+
+/* "cli": the Host simply will not deliver while irq_enabled is 0. */
 static inline void irq_disable(void)
 {
 	asm volatile("movl $0, %0" : "=m"(lguest_data.irq_enabled) : : "memory");

@@ -94,10 +94,12 @@ int pci_virtio_caps(unsigned int slot, struct virtio_caps *caps)
  * (common config, notify, ISR, device config) are.  Linux 4.9 scans the
  * bus the same way (type-1 configuration access) and its virtio-pci
  * driver walks the same capabilities; so did our early console.
- *
- * pci_scan: every virtio function on bus 0, in slot order (the console
- * first).  An empty slot reads as all ones; slot 0's host bridge has
- * vendor 0.  Returns how many were found.
+ */
+
+/*
+ * Every virtio function on bus 0, in slot order (the console first).  An
+ * empty slot reads as all ones; slot 0's host bridge has vendor 0.
+ * Returns how many were found.
  */
 int pci_scan(struct pci_device *devs, int max)
 {

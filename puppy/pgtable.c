@@ -33,12 +33,14 @@ struct mm init_mm = { .pgd = boot_pgdir };
  * them all, in order, in a single trip.  The first use comes at once:
  * mm_init drops the identity half of the boot directory (no longer needed
  * now that we run at PAGE_OFFSET): a SET_PGD per entry, all queued, and
- * one flush.
- * Linux 4.9 routes the same paravirt hooks (lguest_set_pte_at,
+ * one flush.  Linux 4.9 routes the same paravirt hooks (lguest_set_pte_at,
  * lguest_set_pmd, lguest_flush_tlb_user/kernel, lguest_write_cr3,
  * lguest_load_sp0) through the same lazy_hcall choice.
- *
- * lazy_hcall: queued on the ring in a lazy window, made right away otherwise.
+ */
+
+/*
+ * A hypercall that can wait: queued on the ring in a lazy window, made
+ * right away otherwise.
  */
 static void lazy_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3)
 {

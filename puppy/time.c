@@ -26,10 +26,12 @@ volatile u32 jiffies;
  * clockevent device (one-shot, minimum delta 100 ns, set_next_event is
  * SET_CLOCKEVENT) and, with no TSC, the "lguest" clocksource that reads
  * lguest_data.time.
- *
- * clockevent_set_next: like Linux's, it refuses deltas too short to be
- * worth a hypercall (Linux returns -ETIME; the caller then handles the
- * expiry itself).
+ */
+
+/*
+ * The clockevent: one-shot, counted in nanoseconds.  Like Linux's, it
+ * refuses deltas too short to be worth a hypercall (Linux returns -ETIME;
+ * the caller then handles the expiry itself).
  */
 int clockevent_set_next(u32 delta_ns)
 {

@@ -76,10 +76,13 @@ static int in_page(const struct pci_device *pci, unsigned int type, u32 min_len)
  * against the protocol.  The rings themselves are ordinary Guest RAM:
  * from here on neither the Host nor the Launcher copies a request
  * anywhere, the Launcher reads and writes our memory where it lies.
- *
- * virtio_start is steps 1 and 2: we ask for @wanted (low 32 bits; the high
- * word only carries VERSION_1) and get what the device offers of it in
- * vd->features.  0, or -1 with the device left reset.
+ */
+
+/*
+ * Steps 1 and 2: map the device, reset it, and agree on features.  We ask
+ * for @wanted (low 32 bits; the high word only carries VERSION_1) and get
+ * what the device offers of it in vd->features.  0, or -1 with the device
+ * left reset.
  */
 int virtio_start(struct virtio_device *vd, const struct pci_device *pci, const char *name,
 		 u32 wanted)
@@ -267,8 +270,10 @@ int virtio_setup_vq(struct virtio_device *vd, unsigned int index, unsigned int m
  * reads the chain out of our RAM, does the work (for the disk: pread or
  * pwrite on the image file), writes the result into our writable
  * buffers, and puts the head on the used ring.
- *
- * virtqueue_add: @out device-readable buffers, then @in device-writable
+ */
+
+/*
+ * Offer a chain: @out device-readable buffers, then @in device-writable
  * ones.  @token comes back from virtqueue_get_buf when the device is done.
  * -1 if there are not enough free descriptors (the caller waits and tries
  * again).

@@ -63,9 +63,10 @@ int blk_read_only(void)
  * (sleep_on, sched.c) until the irq handler marks the request done, and
  * with nothing else to run the idle task HALTs: a waiting Guest costs the
  * Host nothing.  Code that may not sleep polls the used ring instead.
- *
- * do_request: one request, start to finish.  The device's status byte,
- * or -errno.
+ */
+
+/*
+ * One request, start to finish.  The device's status byte, or -errno.
  */
 static int do_request(u32 type, u64 sector, void *data, u32 len)
 {
