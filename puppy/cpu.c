@@ -1,21 +1,29 @@
 /*
  * cpu.c - the CPU a Guest believes it has: filtered cpuid, a virtual CR0.
- *
- * cpuid is not privileged, so a Guest sees the real processor.  But some
- * of what it advertises cannot work under lguest (sysenter, NX, PGE's
- * global pages, the APIC...) or would lead the kernel to instructions that
- * trap (family 6 Intel early setup reads an MSR).  So the Guest masks what
- * cpuid says before believing it.
- *
- * CR0 is privileged.  The only bit a Guest cares about is TS (task
- * switched), which makes the next FPU instruction trap with #NM: the basis
- * of lazy FPU switching.  We keep our own copy of CR0 and tell the Host
- * about TS with the TS hypercall.
  */
 #include "puppy.h"
 
 #define X86_CR0_TS	0x8
 
+/* tour:G.140 The CPU it believes it has: cpuid, CR0 and lazy FPU
+ * cpuid is not privileged, so a Guest sees the real processor.  But some
+ * of what it advertises cannot work under lguest (sysenter, NX, PGE's
+ * global pages, the APIC...) or would lead the kernel to instructions that
+ * trap (family 6 Intel early setup reads an MSR).  So the Guest masks
+ * what cpuid says before believing it (§7.4), as Linux 4.9's lguest_cpuid
+ * does.
+ *
+ * CR0 is privileged, and the only bit of it a Guest cares about is TS
+ * (task switched): with TS set, the next FPU instruction traps with #NM.
+ * That is lazy FPU switching: a kernel sets TS when it switches tasks and
+ * restores the FPU registers only if the new task really uses the FPU,
+ * in the #NM handler.  So we keep our own CR0 and tell the Host about TS
+ * alone, with the TS hypercall (§7.5); Linux 4.9's lguest_write_cr0 and
+ * lguest_clts do the same.  The #NM handler (do_trap, irq.c) clears TS
+ * and returns, and the FPU instruction runs again; puppy keeps no FPU
+ * state for anyone, so that is all it has to do.  The word `fpu` on the
+ * command line shows the round trip.
+ */
 void puppy_cpuid(u32 leaf, u32 *eax, u32 *ebx, u32 *ecx, u32 *edx)
 {
 	u32 a, b, c, d;

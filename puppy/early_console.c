@@ -1,22 +1,10 @@
 /*
- * early_console.c - lguest 4.x's emergency console, the Guest's first words.
- *
- * lguest 4.x devices are virtio 1.0 over an emulated PCI bus, and the
- * console is always in slot 1.  Long before a virtio driver could set up
- * queues, the Guest can already print: the console device's config space
- * has an "emerg_wr" register (offset 8) and every byte written there goes
- * straight to the Launcher's stdout.  We reach it the slow, simple way,
- * through the virtio PCI_CFG capability, a window onto BAR0 that lives in
- * PCI configuration space: point the window at emerg_wr, then write the
- * character into it.  Each configuration access is two port I/Os (address
- * to 0xCF8, data via 0xCFC), and each port I/O traps to the Host and on to
- * the Launcher, so this is 8 exits per character -- which is exactly what
- * a 4.x Linux Guest does, and why its boot log is slow to print.
- * Once the virtio console driver is up (virtio_console.c), printk goes
- * through its output queue instead; emerg_wr stays for oopses.
+ * early_console.c - lguest 4.x's emergency console, the Guest's first
+ * words, and printk on top of it.
  */
 #include "puppy.h"
 #include "pci.h"
+#include "format.h"
 
 #define CONSOLE_SLOT	1
 #define VIRTIO_CONSOLE_PCI_ID	0x10431AF4	/* device 0x1043, vendor 0x1AF4 */
@@ -28,9 +16,28 @@
 static unsigned int pci_cfg_cap;	/* 0 = no console: output is dropped */
 static u32 device_cfg_offset;		/* where the console config is in BAR0 */
 
+/* tour:G.50 The first words: emerg_wr, through the PCI configuration window
+ * Right after NEW_PGTABLE, puppy_main wants to print, long before any
+ * virtio driver could set up queues.  lguest 4.x devices are virtio 1.0
+ * devices on an emulated PCI bus, the console always in slot 1, and the
+ * console's config space has an "emerg_wr" register (offset 8): every byte
+ * written there goes straight to the Launcher's stdout.  We reach it the
+ * slow, simple way, through the virtio PCI_CFG capability, a window onto
+ * BAR0 that lives in PCI configuration space: point the window at
+ * emerg_wr, then write the character through it (§7.2).  Each
+ * configuration access is two port I/Os (address to 0xCF8, data at 0xCFC)
+ * and each port I/O is privileged at ring 1: it traps to the Host (a #GP
+ * on real hardware, the emulator's port hook here, §4.3), which hands it
+ * to the Launcher to emulate.  That is 8 exits per character.  Linux
+ * 4.9 does exactly this for its early console, which is why its first
+ * 84 lines are slow to print; when its virtio console driver binds, it
+ * moves to the output queue, and so does puppy (virtio_console.c),
+ * keeping emerg_wr for oopses.
+ */
+
 /*
- * Find the console and the two capabilities we need (pci.c walks the
- * list).  Returns 0 on success; on failure printing silently does nothing,
+ * Find the console and the two capabilities we need (pci.c walks
+ * the list).  0 on success; on failure printing silently does nothing,
  * as in Linux.
  */
 int early_console_init(void)
@@ -106,128 +113,7 @@ int puts(const char *s)
 	return len + 1;
 }
 
-/* --- printk: a tiny printf for %s %d %u %x %c %%, with width and '0' --- */
-
-/*
- * Where formatted characters go: a buffer that is either written to the
- * console whenever it fills (printk) or simply truncated (snprintk).
- */
-struct sink {
-	char *buf;
-	unsigned int size, len;
-	int to_console;
-};
-
-static void pchar(struct sink *out, char c)
-{
-	if (out->len == out->size) {
-		if (!out->to_console)
-			return;		/* snprintk: the rest is dropped */
-		console_write(out->buf, out->len);
-		out->len = 0;
-	}
-	out->buf[out->len++] = c;
-}
-
-static int pnumber(struct sink *o, u32 v, unsigned int base, int neg,
-		   unsigned int width, char pad)
-{
-	char digits[12];
-	unsigned int n = 0, out = 0;
-
-	do {
-		digits[n++] = "0123456789abcdef"[v % base];
-		v /= base;
-	} while (v);
-	if (neg)
-		digits[n++] = '-';
-	/* Zero padding goes after the sign, space padding before it. */
-	if (neg && pad == '0') {
-		pchar(o, digits[--n]);
-		out++;
-		if (width)
-			width--;
-	}
-	for (; width > n; width--, out++)
-		pchar(o, pad);
-	while (n) {
-		pchar(o, digits[--n]);
-		out++;
-	}
-	return out;
-}
-
-static int vformat(struct sink *o, const char *fmt, va_list ap)
-{
-	int count = 0;
-
-	for (; *fmt; fmt++) {
-		unsigned int width = 0;
-		char pad = ' ';
-
-		if (*fmt != '%') {
-			pchar(o, *fmt);
-			count++;
-			continue;
-		}
-		fmt++;
-		if (*fmt == '0') {
-			pad = '0';
-			fmt++;
-		}
-		while (*fmt >= '0' && *fmt <= '9')
-			width = width * 10 + (*fmt++ - '0');
-		while (*fmt == 'l')	/* long is int here */
-			fmt++;
-
-		switch (*fmt) {
-		case 'd': {
-			int v = va_arg(ap, int);
-			u32 mag = v < 0 ? 0u - (u32)v : (u32)v;
-
-			count += pnumber(o, mag, 10, v < 0, width, pad);
-			break;
-		}
-		case 'u':
-			count += pnumber(o, va_arg(ap, u32), 10, 0, width, pad);
-			break;
-		case 'x':
-		case 'p':
-			count += pnumber(o, va_arg(ap, u32), 16, 0, width, pad);
-			break;
-		case 'c':
-			pchar(o, (char)va_arg(ap, int));
-			count++;
-			break;
-		case 's': {
-			const char *s = va_arg(ap, const char *);
-			unsigned int len;
-
-			if (!s)
-				s = "(null)";
-			len = strlen(s);
-			for (; width > len; width--, count++)
-				pchar(o, ' ');
-			for (; *s; s++, count++)
-				pchar(o, *s);
-			break;
-		}
-		case '%':
-			pchar(o, '%');
-			count++;
-			break;
-		case '\0':		/* a lone '%' at the very end */
-			fmt--;
-			break;
-		default:		/* unknown: show it as written */
-			pchar(o, '%');
-			pchar(o, *fmt);
-			count += 2;
-			break;
-		}
-	}
-	return count;
-}
+/* --- printk: the shared formatter (format.c), aimed at the console --- */
 
 /*
  * Each call formats into a buffer on its own stack, so an oops printed from
@@ -236,7 +122,7 @@ static int vformat(struct sink *o, const char *fmt, va_list ap)
 int vprintk(const char *fmt, va_list ap)
 {
 	char buf[128];
-	struct sink out = { buf, sizeof(buf), 0, 1 };
+	struct sink out = { buf, sizeof(buf), 0, console_write };
 	int count = vformat(&out, fmt, ap);
 
 	console_write(out.buf, out.len);
@@ -257,7 +143,7 @@ int printk(const char *fmt, ...)
 /* Format into @buf (always NUL-terminated if @size > 0), like snprintf. */
 int snprintk(char *buf, size_t size, const char *fmt, ...)
 {
-	struct sink out = { buf, size ? size - 1 : 0, 0, 0 };
+	struct sink out = { buf, size ? size - 1 : 0, 0, NULL };
 	va_list ap;
 	int n;
 

@@ -1,30 +1,29 @@
 /*
  * entry.S - how a trap or virtual interrupt gets into an lguest Guest, and
- * the Guest's paravirtualized "cli/sti/popf".
- *
- * The Guest never runs with the real interrupt flag under its control: the
- * Host owns EFLAGS.IF.  Our interrupt flag is the irq_enabled word in
- * lguest_data, and the Host reads it before delivering a virtual interrupt.
- * When the Host does deliver a trap or interrupt it pushes an ordinary i386
- * frame (eip, cs, eflags, and an error code for some exceptions) on our
- * stack and jumps to the handler we gave it with LOAD_IDT_ENTRY.  Those
- * handlers are the stubs below; they all leave through lguest_iret (head.S),
- * which restores irq_enabled from the frame before the real iret.
- *
- * From ring 3 the Host (or, for a direct trap, the CPU) first switches to
- * the stack the Guest named with SET_STACK and pushes the user's ss and esp
- * too, exactly like a hardware privilege change through the TSS.  Going
- * back, the same iret returns to ring 3 -- an ordinary instruction that
- * needs no hypercall, because the CPU itself checks that it only ever
- * lowers privilege.
+ * the Guest's paravirtualized "sti/popf".
  */
 #include "lguest.h"
 #include "irq.h"
 
+/* tour:G.100 A trap arrives: the frame the Host pushed, and the stubs
+ * When the Host delivers a trap or a virtual interrupt it does what the
+ * CPU would have done through the gate: it pushes an ordinary i386 frame
+ * (eip, cs, eflags, and an error code for the exceptions that have one) on
+ * our stack, clears irq_enabled if the gate is an interrupt gate, and
+ * resumes us at the handler we gave with LOAD_IDT_ENTRY (§4.6).  Those
+ * handlers are the stubs below; they all leave through lguest_iret
+ * (head.S).  If the trap came from ring 3, the Host (or, for a direct
+ * trap, the CPU) first switches to the kernel stack the Guest named with
+ * SET_STACK and pushes the user's ss and esp too, exactly like a hardware
+ * privilege change through the TSS.  Going back, the same iret returns to
+ * ring 3: an ordinary instruction, no hypercall, because the CPU itself
+ * checks that it only ever lowers privilege.
+ */
+
 /*
  * One stub per vector 0..0x2F, each exactly TRAP_STUB_SIZE bytes apart so
  * that C can find stub n at trap_stubs + n * TRAP_STUB_SIZE.  Exceptions
- * that come without an error code get a dummy 0, so that the common code
+ * that come without an error code get a dummy 0, so that common_trap
  * always sees the same layout: vector, error code, then the Host's frame.
  */
 #define TRAP_STUB_SIZE	16
@@ -46,10 +45,24 @@ vec = 0
 vec = vec + 1
 	.endr
 
-/*
- * The system call: `int $0x80` from ring 3.  Its gate is a DPL 3 trap gate,
- * so the Host copies it into the real IDT and the CPU delivers it straight
- * onto the SET_STACK stack, never leaving the Guest (spec 4.4).
+/* tour:G.170 System calls: int $0x80, through the Host or straight in
+ * A process asks the kernel for something with "int $0x80": number in
+ * %eax, arguments in %ebx, %ecx, %edx (puppy's own numbers, in
+ * user/syscalls.h).  The gate is DPL 3, so ring 3 may use it (every other gate
+ * is DPL 0, and a user's "int $0x20" is a #GP instead).  By default it is
+ * an interrupt gate, as in Linux since 4.6: the CPU leaves the Guest, the
+ * Host sees trap 0x80 from ring 3 and reflects it onto the SET_STACK stack
+ * with interrupts off: one round trip through the Host per system call
+ * (the way back, an iret to ring 3, needs no Host).  do_syscall
+ * (syscall.c) turns interrupts back on.  With `trapgate` on the
+ * command line it is a trap gate, which lguest was designed to be fast
+ * with: the Host copies such a gate into the real IDT and the CPU
+ * delivers the call without leaving the Guest (a direct trap, §4.4).  On
+ * the emulated CPU the Host delivers it from inside the emulator's
+ * interrupt hook instead: still no return to the run loop.  Either way we
+ * land here, on the process's kernel stack, with its user esp and ss on
+ * the frame; the result goes back in the frame's eax and leaves through
+ * ret_from_trap and lguest_iret.
  */
 	.globl	syscall_entry
 syscall_entry:

@@ -1,15 +1,6 @@
 /*
- * head.S - how an lguest Guest boots.
- *
- * The Launcher copies us to physical 0x100000 and the Host starts us at
- * ring 1 with flat segments and no stack, in "linear mode": until we hand
- * the Host a page table, virtual addresses are simply guest-physical ones.
- * We are linked at PAGE_OFFSET (3 GiB) though, so until then every symbol
- * must be turned into its physical address with pa().
- *
- * The three steps of every lguest Guest's life are here: LGUEST_INIT (tell
- * the Host where lguest_data lives), build a page table, NEW_PGTABLE (leave
- * linear mode); then we jump up to our real, virtual, addresses.
+ * head.S - how an lguest Guest boots (INIT, the first page table,
+ * NEW_PGTABLE), and lguest_iret, the way back from every trap.
  */
 #include "lguest.h"
 
@@ -22,6 +13,26 @@
 #define PTE_KERNEL	0x063	/* same; never PSE, never GLOBAL */
 #define PGD_KERNEL_IDX	(PAGE_OFFSET >> 22)			/* 768 */
 
+/* tour:G.10 Booting: a kernel that knows it is a Guest
+ * The Launcher loads puppy the way a bootloader loads Linux: the ELF's two
+ * segments are copied to guest-physical 1 MiB and up, a boot_params page
+ * (the x86 boot protocol's "zero page") is filled in, and the Host starts
+ * the vCPU at the entry point with %esi pointing at that page.  What is
+ * unusual is the CPU we wake up on: ring 1, not ring 0 (ring 0 is the
+ * Host's), flat segments, no stack, and no paging of our own.  Until we
+ * give the Host a page table it runs us in "linear mode", where virtual
+ * addresses are guest-physical ones.  We are linked at 0xC0000000
+ * (PAGE_OFFSET, as an i386 Linux is), so until then every symbol has to be
+ * turned into its physical address by hand: pa() below.
+ *
+ * boot_params.hdr.hardware_subarch says what kind of machine this is, and
+ * 1 means lguest (§3.3).  A Guest kernel checks it because the same image
+ * could be booted on bare metal, where the hypercalls below mean nothing.
+ * Linux 4.9 does it in arch/x86/kernel/head_32.S: startup_32 clears the
+ * BSS, copies boot_params, builds its first page tables and then jumps
+ * through a table indexed by hardware_subarch to lguest_entry (§3.5).
+ * puppy has no console yet at this point, so if the answer is no it spins.
+ */
 	.section .text.head, "ax"
 	.globl	startup_32
 startup_32:
@@ -36,16 +47,39 @@ startup_32:
 	cmpl	$X86_SUBARCH_LGUEST, BP_HARDWARE_SUBARCH(%esi)
 	jne	not_lguest
 
-	/* The first hypercall must be LGUEST_INIT, with lguest_data's gpa. */
+	/* tour:G.30 INIT: the Host learns where lguest_data is
+	 * The first hypercall must be LGUEST_INIT, with the guest-physical
+	 * address of lguest_data: any other call before it kills the Guest
+	 * (§1.3).  The Host checks that the whole structure is in our RAM,
+	 * reads the fields we filled in before we ever ran (hypercalls.c:
+	 * the address of our noirq_iret instruction, where the kernel's
+	 * shared mappings start, which vector is the system call) and writes
+	 * its own: the clock, tsc_khz (0: do not trust a TSC) and reserve_mem,
+	 * the top of the address space that belongs to the Switcher and that
+	 * we must never map (§3.6).  Linux's lguest_entry makes this very
+	 * call, in the same registers, as its first instruction.
+	 */
 	movl	$LHCALL_LGUEST_INIT, %eax
 	movl	$pa(lguest_data), %ebx
 	int	$LGUEST_TRAP_ENTRY
 
-	/*
-	 * Map low memory twice: at 0 (so this code keeps running after the
-	 * switch) and at PAGE_OFFSET (where the rest of the kernel expects
-	 * to be).  Only pages that exist: the Host kills a Guest whose page
-	 * tables point past the end of RAM.  RAM size comes from e820_map[0].
+	/* tour:G.40 The first page tables, and NEW_PGTABLE
+	 * In linear mode the Host pretends our page tables map everything
+	 * one to one (§6.2).  To run at 0xC0000000 we need a real directory,
+	 * so low memory (all of RAM, at most 64 MiB; the size is e820_map[0])
+	 * is mapped twice: at 0, so that this code, still running at
+	 * physical addresses, survives the switch, and at PAGE_OFFSET, where
+	 * the C code lives.  4 KiB pages only, and only pages that exist: the
+	 * Host takes no large pages and kills a Guest whose tables point
+	 * past the end of its RAM (§6.3).
+	 *
+	 * NEW_PGTABLE gives the Host the directory's physical address and
+	 * ends linear mode.  The CPU never walks our tables itself: the Host
+	 * runs it on shadow page tables that it fills from ours, a page at a
+	 * time, as we touch them (chapter H).  Linux 4.9's head_32.S builds
+	 * the same double mapping (initial_page_table) and its lguest_entry's
+	 * second hypercall is this one.  Then a virtual stack, and an
+	 * absolute jump up into puppy_main.
 	 */
 	movl	BP_E820_MAP+8(%esi), %eax	/* size, low 32 bits */
 	cmpl	$0, BP_E820_MAP+12(%esi)	/* >= 4 GiB? (can't happen) */
@@ -97,15 +131,18 @@ startup_32:
 not_lguest:
 	jmp	not_lguest
 
-/*
- * lguest_iret - return from an interrupt or trap.
- *
- * The real EFLAGS.IF never changes (the Host owns it); ours is the
- * irq_enabled word in lguest_data.  So restore it from the frame first,
- * then iret.  Between those two instructions an interrupt could arrive
- * that we have just enabled; the Host knows this one iret address
- * (lguest_data.noirq_iret) and, if it catches us there, reuses our frame
- * instead of pushing a new one.  %ss: because %ds may be a user segment.
+/* tour:G.110 Back from a trap: lguest_iret
+ * "iret" pops eip, cs and eflags, but the interrupt flag it would restore
+ * is not ours: the real EFLAGS.IF belongs to the Host, and the Guest's
+ * flag is lguest_data.irq_enabled.  So we copy the frame's IF bit into
+ * irq_enabled first, then iret.  Between those two instructions
+ * interrupts are on again while we still stand on the old frame, and an
+ * interrupt delivered there would pile a second frame on top.  The Host
+ * knows the one address of that final iret (lguest_data.noirq_iret, read
+ * at INIT); if it finds us stopped exactly there, it reuses our frame
+ * instead of pushing a new one (§4.7).  The %ss: prefix is there because
+ * %ds may already hold a user segment.  Linux 4.9's lguest_iret is the
+ * same two instructions.
  */
 	.text
 	.globl	lguest_iret

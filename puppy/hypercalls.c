@@ -1,10 +1,5 @@
 /*
  * hypercalls.c - lguest_data and the asynchronous hypercall ring.
- *
- * Every trip into the Host is expensive, so calls that can wait (page-table
- * updates, TLB flushes, the TS bit...) are written into a 64-slot ring inside
- * lguest_data instead.  The Host runs whatever is queued there at the start
- * of the next synchronous hypercall, in order, and marks each slot free again.
  */
 #include "lguest.h"
 #include "irq.h"
@@ -25,6 +20,22 @@ struct lguest_data lguest_data = {
 	.kernel_address = PAGE_OFFSET,
 	.syscall_vec = SYSCALL_VECTOR,
 };
+
+/* tour:G.60 The async hypercall ring: calls that can wait
+ * Every trip into the Host costs a world switch, and some kernel work
+ * makes many small calls in a row: tearing down an address space clears
+ * hundreds of PTEs, and a context switch changes both the page table and
+ * the kernel stack.  Calls whose effect may be late (page-table updates,
+ * TLB flushes, TS, the stack) can instead be written into a 64-slot ring
+ * inside lguest_data: the five registers of the call, then the slot's
+ * status byte from 0xFF (free) to 0 (ready).  The Host runs everything
+ * queued, in order, at the start of the next synchronous hypercall and
+ * marks each slot free again (§1.4).  FLUSH_ASYNC is the synchronous call
+ * that does nothing else.  puppy_main shows it once, right after its
+ * first printk: TS(1), TS(0) and FLUSH_TLB(0) queued, then one
+ * FLUSH_ASYNC, so three calls cost one exit.  Linux 4.9's async_hcall in
+ * arch/x86/lguest/boot.c is the same ring with the same rules.
+ */
 
 /* Our cursor in the ring; the Host keeps its own, which trails ours. */
 static unsigned int next_call;

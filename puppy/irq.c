@@ -1,16 +1,7 @@
 /*
- * irq.c - the Guest's IDT and the lguest "interrupt controller".
- *
- * A Guest cannot load an IDT itself (lidt is privileged, and the real IDT
- * belongs to the Host).  Instead it hands the Host one gate at a time with
- * LOAD_IDT_ENTRY, and the Host reflects traps and virtual interrupts through
- * them.  The interrupt controller is just as thin: virtual irq n is masked
- * by setting bit n of lguest_data.blocked_interrupts, and there is nothing
- * to acknowledge, since the Host clears an irq when it delivers it.
- *
- * Traps from ring 3 arrive the same way, on the kernel stack SET_STACK
- * named, with the user's esp and ss on top of the frame.  An exception a
- * process causes kills only that process; one the kernel causes is an oops.
+ * irq.c - the Guest's IDT, the lguest "interrupt controller", and what
+ * becomes of a trap: an irq handler, a system call, a dead process or an
+ * oops.
  */
 #include "puppy.h"
 #include "irq.h"
@@ -61,6 +52,26 @@ static u32 stub(unsigned int vec)
 	return (u32)trap_stubs + vec * TRAP_STUB_SIZE;
 }
 
+/* tour:G.80 The IDT, one gate at a time: LOAD_IDT_ENTRY
+ * Before interrupts can be turned on, the Guest needs an IDT, and it may
+ * not load one: lidt is privileged and the real IDT belongs to the Host.
+ * So it hands the Host each gate, as the two descriptor words the CPU
+ * would read, with LOAD_IDT_ENTRY(vector, lo, hi).  The Host checks the
+ * type, forces the selector to the Guest's ring-1 code segment 0x61, and
+ * keeps the gate (§4.5).  When a trap or a virtual interrupt is for us, the
+ * Host pushes a frame on our stack and jumps to that gate's handler: it
+ * "reflects" the trap (§4.6).
+ *
+ * Until a gate exists, any exception the Host would have to reflect kills
+ * the Guest (§1.3), which is why this comes before interrupts are enabled.
+ * Vectors 2, 8 and 15 are the Host's own (NMI, double fault, reserved)
+ * and 0x1f is the hypercall: the Host ignores gates for them.  The gate
+ * type matters: through an interrupt gate the Host turns our virtual
+ * interrupts off on entry; a trap gate leaves them alone, and for a few
+ * vectors it even lets the CPU deliver the trap straight to us without
+ * leaving the Guest (a "direct trap", §4.4).  Linux 4.9 does the same
+ * from trap_init through its write_idt_entry hook, one hypercall per gate.
+ */
 void idt_init(void)
 {
 	unsigned int vec;
@@ -175,7 +186,32 @@ static void __attribute__((noreturn)) user_fault(struct pt_regs *regs, u32 cr2)
 	kill_current(reason);
 }
 
-/* Called from common_trap (entry.S) for every vector we installed. */
+/* tour:G.180 A page fault, from the Guest's side
+ * When a process touches a page, the CPU walks the Host's shadow tables,
+ * not ours.  A miss goes to the Host first, which reads our directory and
+ * PTE for that address (§6.3).  If we map the page, with the rights the
+ * access needs, the Host fills in its shadow and resumes the process: the
+ * most common page fault of all is one the Guest never sees.  Only if our
+ * own tables say no (not present, a write to a read-only page, a user
+ * access to a kernel page) does the Host reflect the fault: it writes the
+ * faulting address into lguest_data.cr2 (the Guest cannot read the real
+ * CR2) and delivers vector 14 with the CPU's error code (§4.3).
+ *
+ * #PF's gate is an interrupt gate (idt_init) and cr2 is read first thing:
+ * an interrupt, or another fault, could overwrite lguest_data.cr2 before
+ * we looked.  A Linux 4.9 Guest reads it the same way (its read_cr2 hook
+ * returns lguest_data.cr2), and its do_page_fault often fixes things up:
+ * it allocates a page and maps it with set_pte_at, i.e. SET_PTE, then
+ * returns, and the retried access is found by the Host's walk.  puppy maps
+ * every page a process may use up front (exec.c, mm_brk), so a fault that
+ * reaches it is a bug: from ring 3 it kills the process ("page fault at
+ * 0x... (error 0x...)"), in the kernel it is an oops that shuts the
+ * Guest down.  `hostile` and `pf` on the command line show both.
+ */
+
+/*
+ * Called from common_trap (entry.S) for every vector we installed.
+ */
 void do_trap(struct pt_regs *regs)
 {
 	u32 vector = regs->vector, cr2 = 0;

@@ -1,12 +1,5 @@
 /*
  * irq.h - the Guest's interrupt flag is a word in memory.
- *
- * A native kernel turns interrupts off and on with cli/sti/pushf/popf.  An
- * lguest Guest runs at ring 1, where those cannot touch the real flag, so
- * the "flag" is lguest_data.irq_enabled: 0 means disabled, 0x200 enabled.
- * Disabling and reading are single memory accesses (Linux patches them in
- * inline); enabling may have to tell the Host about an interrupt it has been
- * holding back, so that part lives in entry.S.
  */
 #ifndef PUPPY_IRQ_H
 #define PUPPY_IRQ_H
@@ -18,7 +11,28 @@
 
 #ifndef __ASSEMBLY__
 
-/* "cli": the Host simply will not deliver while this is 0. */
+/* tour:G.90 Interrupts: irq_enabled, blocked_interrupts, irq_pending
+ * A native kernel turns interrupts off and on with cli/sti/pushf/popf.  At
+ * ring 1 those cannot touch the real flag (the Host keeps interrupts on
+ * for itself), and trapping on each would be ruinous: kernels disable
+ * interrupts constantly.  So the Guest's flag is a word in memory,
+ * lguest_data.irq_enabled: 0 is disabled, 0x200 (EFLAGS.IF) enabled.
+ * Disabling and reading it are single memory accesses (Linux 4.9 patches
+ * them inline over the native instructions).  The Host reads the word
+ * before it delivers a virtual interrupt (§4.7); if it is 0, the Host sets
+ * lguest_data.irq_pending instead and lets us run on.  That is why
+ * enabling is longer: lg_irq_enable (entry.S) stores 0x200 and, if
+ * irq_pending is set, makes the SEND_INTERRUPTS hypercall so that what
+ * was held back is delivered now, not at the next exit.
+ *
+ * The interrupt controller is just as thin: irq n is masked while bit n
+ * of lguest_data.blocked_interrupts is set (irq_mask and irq_unmask, in
+ * irq.c), and there is nothing to acknowledge, because the Host clears an
+ * irq as it delivers it (§4.9).  Virtual irq n arrives through IDT
+ * vector 0x20 + n.
+ */
+
+/* "cli": the Host simply will not deliver while irq_enabled is 0. */
 static inline void irq_disable(void)
 {
 	asm volatile("movl $0, %0" : "=m"(lguest_data.irq_enabled) : : "memory");

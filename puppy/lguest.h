@@ -83,6 +83,27 @@ typedef unsigned long long u64;
 #define __pa(x)	((u32)(x) - PAGE_OFFSET)
 #define __va(x)	((void *)((u32)(x) + PAGE_OFFSET))
 
+/* tour:G.20 A hypercall, and the structure the Guest shares with the Host
+ * At ring 1 a kernel cannot do the privileged things it needs: load page
+ * tables, an IDT or a GDT, touch CR0, halt.  So it asks the Host.  A
+ * hypercall is a software interrupt: the call number in %eax, up to four
+ * arguments in %ebx, %ecx, %edx and %esi, then "int $0x1f" (hcall(),
+ * below; the numbers are §1.2).  Vector 0x1f never goes straight to the
+ * Guest, so the CPU always leaves for the Host: the Host's run loop
+ * (chapter H) sees trap 0x1f, takes the call from the registers it saved,
+ * does it, and resumes us at the next instruction.  4.x calls return
+ * nothing and change no register, but the Host may read and write any of
+ * our memory meanwhile, hence the "memory" clobber.
+ *
+ * What changes often, or what the Host must see without a trap, lives in
+ * struct lguest_data instead: one structure in our RAM whose address we
+ * give at INIT (§2).  The virtual interrupt flag, the interrupt mask, the
+ * address of the last page fault, the Host's clock and the queue of
+ * asynchronous hypercalls are all here, and both sides read and write
+ * them as plain memory.  Linux 4.9 has the same layout in
+ * include/linux/lguest.h; the Host's copy is lguest/abi.py.
+ */
+
 /* One queued hypercall: exactly the registers a synchronous one would use. */
 struct hcall_args {
 	u32 arg0, arg1, arg2, arg3, arg4;

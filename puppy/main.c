@@ -68,6 +68,17 @@ static int cmdline_number(const char *word)
 	return v;
 }
 
+/* tour:G.270 The end: SHUTDOWN
+ * A Guest cannot switch itself off; it asks.  SHUTDOWN takes the
+ * guest-physical address of a reason string and what to do: power off
+ * (1) or restart (2).  The Host reads the reason, stops the Guest for
+ * good, and the Launcher prints "lguest: CRASH: <reason>" (it says CRASH
+ * even for a clean power-off, as the original did) and exits, or, for a
+ * restart, boots a fresh Guest.  An oops ends the same way, with the oops
+ * line as the reason.  Linux 4.9's power-off and restart hooks and its
+ * panic notifier make this same call.  That is the Guest's whole story;
+ * the Launcher that built its machine comes next.
+ */
 void shutdown(const char *why, u32 how)
 {
 	/* The Launcher stops serving the console when we go: drain it first. */

@@ -57,12 +57,18 @@ void mm_init(u64 ram)
 	lazy_mmu_leave();
 }
 
-/*
- * A kernel address for the device page at physical @pa (a BAR), like
- * Linux's ioremap.  The PTE points outside RAM, which the Host allows only
- * for a device window: it then never gives us the page itself, and every
- * access through this mapping faults out to the Launcher as MMIO.  A kernel
- * SET_PTE reaches every shadow page table the Host keeps.
+/* tour:G.200 Reaching a device: ioremap, and MMIO that is never RAM
+ * A device's registers live in its BAR0 page, a guest-physical address
+ * above the end of RAM, which the PAGE_OFFSET mapping does not cover.
+ * ioremap gives such a page a kernel address of its own, like Linux's,
+ * with a kernel SET_PTE (which the Host applies to every shadow it keeps).
+ * A PTE pointing outside RAM is allowed only for a device window, and the
+ * Host never backs it with memory: every load or store through it leaves
+ * the Guest and goes to the Launcher's device model as MMIO.  In the
+ * original the shadow PTE stays empty, the access page-faults and the
+ * Launcher decodes the instruction; here the emulator calls out for each
+ * access to an MMIO region (§7.3).  That is why io.h spells out each
+ * access as a single mov of exactly the register's width.
  */
 void *ioremap(u32 pa)
 {

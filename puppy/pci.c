@@ -1,15 +1,5 @@
 /*
  * pci.c - finding virtio devices: a scan of PCI bus 0 over ports 0xCF8/0xCFC.
- *
- * An lguest 4.x Guest has no firmware to tell it what hardware it has.  It
- * finds its devices as a PC kernel does: it writes a configuration address
- * (enable bit, bus, slot, register) to port 0xCF8 and reads the register
- * at 0xCFC.  Every one of those port I/Os traps to the Host and is emulated
- * by the Launcher, which lays out a virtio 1.0 device per slot: vendor
- * 0x1AF4, device 0x1040 + the virtio id, its irq in INTERRUPT_LINE, and a
- * chain of vendor capabilities saying where in BAR0 the virtio structures
- * (common config, notify, ISR, device config) are.  The early console
- * walks the same chain, long before the drivers do.
  */
 #include "puppy.h"
 #include "io.h"
@@ -92,10 +82,24 @@ int pci_virtio_caps(unsigned int slot, struct virtio_caps *caps)
 	return (caps->found & needed) == needed ? 0 : -1;
 }
 
+/* tour:G.190 Finding the devices: a PCI scan over trapping port I/O
+ * An lguest 4.x Guest has no firmware to tell it what hardware it has.  It
+ * finds its devices as a PC kernel does: it writes a configuration address
+ * (enable bit, bus, slot, register) to port 0xCF8 and reads the register
+ * at 0xCFC.  Every one of those port I/Os leaves the Guest, and the
+ * Launcher emulates it (§7.2): one virtio 1.0 device per slot, in the
+ * order of its command line, each with vendor 0x1AF4, device 0x1040 + the
+ * virtio id, its irq in INTERRUPT_LINE, one memory BAR (BAR0) and a chain
+ * of vendor capabilities saying where in BAR0 the virtio structures
+ * (common config, notify, ISR, device config) are.  Linux 4.9 scans the
+ * bus the same way (type-1 configuration access) and its virtio-pci
+ * driver walks the same capabilities; so did our early console.
+ */
+
 /*
- * Every virtio function on bus 0, in slot order (so in the Launcher's
- * command-line order, the console first).  An empty slot reads as all
- * ones; slot 0's host bridge has vendor 0.  Returns how many were found.
+ * Every virtio function on bus 0, in slot order (the console first).  An
+ * empty slot reads as all ones; slot 0's host bridge has vendor 0.
+ * Returns how many were found.
  */
 int pci_scan(struct pci_device *devs, int max)
 {

@@ -1,23 +1,5 @@
 /*
  * pgtable.c - the paravirtualized MMU: telling the Host what changed.
- *
- * Natively, a kernel writes a PTE and the hardware walker sees it (after a
- * TLB flush).  Under lguest the CPU walks the Host's shadow page tables, which
- * the Host fills lazily from ours; it cannot see our stores.  So each of the
- * operations below is "do it in memory, then tell the Host":
- *
- *   set_pte_at       store + SET_PTE(directory, vaddr, pte)
- *   set_pgd          store + SET_PGD(directory, index)
- *   flush_tlb_user   FLUSH_TLB(0): forget the current user mappings
- *   flush_tlb_kernel FLUSH_TLB(1): forget everything, in every shadow
- *   write_cr3        NEW_PGTABLE(directory): we keep "cr3" ourselves
- *   load_sp0         SET_STACK: where traps from user mode land
- *
- * Each is one trip to the Host, which is slow.  So, as Linux does, there are
- * two "lazy" windows -- bulk page-table updates (lazy MMU mode) and the
- * context switch (lazy CPU mode) -- in which these calls are only queued on
- * the async ring in lguest_data, and one FLUSH_ASYNC at the end makes the
- * Host run them all, in order, in a single trip.
  */
 #include "puppy.h"
 #include "mm.h"
@@ -30,6 +12,31 @@ static u32 current_cr3;		/* the Host has no cr3 field for us to read */
 
 /* The boot directory, seen as an address space (the idle task's). */
 struct mm init_mm = { .pgd = boot_pgdir };
+
+/* tour:G.70 The paravirtualized MMU: store, then tell; lazily when we can
+ * Natively, a kernel writes a PTE and the hardware walker sees it (after a
+ * TLB flush).  Under lguest the CPU walks the Host's shadow page tables,
+ * and the Host cannot see our stores to our own tables.  So each operation
+ * below is "do it in memory, then tell the Host" (§6.4-6.7):
+ *
+ *     set_pte_at       store + SET_PTE(directory, vaddr, pte)
+ *     set_pgd          store + SET_PGD(directory, index)
+ *     flush_tlb_user   FLUSH_TLB(0): forget the current user mappings
+ *     flush_tlb_kernel FLUSH_TLB(1): forget everything, in every shadow
+ *     write_cr3        NEW_PGTABLE(directory): we keep "cr3" ourselves
+ *     load_sp0         SET_STACK: where traps from user mode land
+ *
+ * Telling each time would be one exit per PTE.  As Linux does, there are
+ * two lazy windows, bulk page-table updates (lazy MMU mode) and the
+ * context switch (lazy CPU mode), in which these calls only go on the
+ * async ring; leaving the window makes one FLUSH_ASYNC, and the Host runs
+ * them all, in order, in a single trip.  The first use comes at once:
+ * mm_init drops the identity half of the boot directory (no longer needed
+ * now that we run at PAGE_OFFSET): a SET_PGD per entry, all queued, and
+ * one flush.  Linux 4.9 routes the same paravirt hooks (lguest_set_pte_at,
+ * lguest_set_pmd, lguest_flush_tlb_user/kernel, lguest_write_cr3,
+ * lguest_load_sp0) through the same lazy_hcall choice.
+ */
 
 /*
  * A hypercall that can wait: queued on the ring in a lazy window, made

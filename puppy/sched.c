@@ -1,15 +1,6 @@
 /*
  * sched.c - processes and the scheduler: the context switch, lguest style.
  *
- * Each process has its own page directory (user half private, kernel half
- * copied from the boot directory so the kernel is mapped everywhere) and its
- * own two-page kernel stack.  Switching between processes is where a
- * paravirtualized kernel differs from a native one: the new address space
- * is NEW_PGTABLE, and the stack a trap from ring 3 lands on (the TSS's
- * esp1, which only the Host can write) is SET_STACK.  Like Linux, we make
- * both in a lazy window, so they only go on the async ring, and a single
- * FLUSH_ASYNC at the end of the switch delivers them in one Host trip.
- *
  * Round robin, preemptive: the 100 Hz tick takes TIMESLICE_TICKS off the
  * running task's budget and asks for a reschedule when it runs out; the
  * switch happens on the way back to ring 3 (the kernel itself is never
@@ -62,13 +53,27 @@ static struct task *pick_next(void)
 	return idle_task;
 }
 
-/*
- * The lguest half of a switch: queue the new address space and the new
- * trap stack, then trade kernel stacks.  The window closes (FLUSH_ASYNC)
- * in finish_task_switch, already on the new task's stack, as Linux's
- * arch_end_context_switch does.  Both calls are safe to make before the
- * stacks are swapped: every kernel stack is in the kernel half, present in
- * every address space.
+/* tour:G.160 User processes: address spaces and the context switch
+ * A process is a page directory of its own and a two-page kernel stack.
+ * The directory's user half is private; its kernel half is a copy of the
+ * boot directory's entries, i.e. the very same page tables (mm.c).  The
+ * Host counts on that: everything above lguest_data.kernel_address is
+ * assumed to be mapped the same in every directory, so the Host keeps
+ * those shadow entries across switches and applies a kernel SET_PTE to
+ * every shadow it has (§6.1, §6.6).  It keeps at most four shadows, so
+ * with more processes than that it evicts and refills them (`procs=5`).
+ *
+ * Switching tasks is where a paravirtualized kernel differs from a native
+ * one.  The new address space is NEW_PGTABLE (write_cr3), and the stack a
+ * trap from ring 3 lands on (the TSS's esp1, which only the Host may
+ * write) is SET_STACK (load_sp0); the Host also checks that stack's pages
+ * are mapped and writable, so it can always push a frame there (§6.8).
+ * Like Linux 4.9 (arch_start_context_switch / arch_end_context_switch),
+ * both are made in lazy CPU mode, so they only go on the async ring, and
+ * the FLUSH_ASYNC in finish_task_switch, already on the new task's stack,
+ * delivers them in one Host trip.  Both are safe to queue before the
+ * stacks are swapped: every kernel stack is in the kernel half, present
+ * in every address space.
  */
 static struct task *context_switch(struct task *prev, struct task *next)
 {

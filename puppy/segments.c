@@ -1,12 +1,5 @@
 /*
  * segments.c - the GDT a Guest may not load: user segments by hypercall.
- *
- * lgdt is privileged, and the real GDT is the Host's.  The Host keeps a
- * 32-entry copy for us and starts it with just the kernel's code and data
- * (entries 12 and 13, 0x61 and 0x69 at ring 1).  A Guest that wants to run
- * anything at ring 3 must add user code and data segments itself, one
- * LOAD_GDT_ENTRY hypercall each.  The Host checks little: it only turns
- * DPL 0 into 1 and refuses system descriptors (TSS, gates).
  */
 #include "puppy.h"
 
@@ -20,6 +13,19 @@
 #define DESC_HI_USER_CODE	0x00CFFA00u
 #define DESC_HI_USER_DATA	0x00CFF200u
 
+/* tour:G.150 Segments and TLS: the GDT by hypercall
+ * lgdt is privileged, and the real GDT is the Host's.  The Host keeps a
+ * 32-entry copy for the Guest and starts it with just the kernel's code
+ * and data (entries 12 and 13: selectors 0x61 and 0x69, at ring 1).  A
+ * Guest that wants to run anything at ring 3 adds user code and data
+ * segments itself, one LOAD_GDT_ENTRY hypercall each.  The Host checks
+ * little: it turns DPL 0 into 1 (nothing of the Guest's runs at ring 0)
+ * and refuses system descriptors such as a TSS or a gate (§5.2).  Linux
+ * 4.9 loads its whole GDT this way at boot (one call per entry), and at
+ * every context switch it sends the three thread-local-storage entries
+ * with LOAD_TLS, queued on the async ring (§5.3).  puppy's processes use
+ * no TLS, so it never does.
+ */
 void user_segments_init(void)
 {
 	hcall(LHCALL_LOAD_GDT_ENTRY, GDT_ENTRY_USER_CS, DESC_LO_FLAT, DESC_HI_USER_CODE, 0);

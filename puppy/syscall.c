@@ -84,93 +84,113 @@ static int sys_disk_info(u32 buf)
 	return copy_to_user(current->mm, buf, &info, sizeof(info)) ? -EFAULT : 0;
 }
 
-/*
- * Disk I/O goes through a page of the kernel's own (a bounce buffer): the
- * device gets guest-physical addresses, and a user buffer need not be
- * physically contiguous, nor even stay mapped while we wait.
+/* tour:G.220 One virtio request, from a process's system call
+ * Follow a process's disk_read(sector, buf, 1) (the shell's `cat`): int
+ * $0x80 brings it to do_syscall, and sys_disk_rw sends it through
+ * bounce() below, then blk_rw (virtio_blk.c).  A device is given
+ * guest-physical addresses, and a user buffer need not be physically
+ * contiguous, nor even stay mapped while we wait for the device.  So device
+ * I/O goes through a page of the kernel's own, a bounce buffer: the user's
+ * buffer is checked first, then towards the device its @len bytes are
+ * copied into the page and @op's result is returned; from the device, @op
+ * returns how many bytes it produced (or -errno) and those are copied back
+ * out, through the kernel's mapping of the process's pages.  Linux drivers
+ * map user pages or bounce the same way; a Guest's "physical" address is
+ * what the Launcher indexes its mapping of our RAM with.
  */
+enum bounce_direction { TO_DEVICE, FROM_DEVICE };
+
+typedef int (*device_op)(void *page, u32 len, u32 arg);
+
+static int bounce(enum bounce_direction dir, u32 buf, u32 len, device_op op, u32 arg)
+{
+	struct mm *mm = current->mm;
+	u32 page;
+	int n;
+
+	if (!(dir == TO_DEVICE ? user_access_ok(mm, buf, len) : user_write_ok(mm, buf, len)))
+		return -EFAULT;
+	page = alloc_pages(1);
+	if (!page)
+		return -ENOMEM;
+	if (dir == TO_DEVICE && copy_from_user(mm, __va(page), buf, len))
+		n = -EFAULT;
+	else
+		n = op(__va(page), len, arg);
+	if (dir == FROM_DEVICE && n > 0 && copy_to_user(mm, buf, __va(page), n))
+		n = -EFAULT;
+	free_pages(page, 1);
+	return n;
+}
+
+/* A whole read comes back, or nothing: blk_rw says 0 or -errno. */
+static int disk_read_op(void *page, u32 len, u32 sector)
+{
+	int err = blk_rw(0, sector, page, len / SECTOR_SIZE);
+
+	return err ? err : (int)len;
+}
+
+static int disk_write_op(void *page, u32 len, u32 sector)
+{
+	return blk_rw(1, sector, page, len / SECTOR_SIZE);
+}
+
 static int sys_disk_rw(int write, u32 sector, u32 buf, u32 count)
 {
-	u32 len = count * SECTOR_SIZE, page;
-	int err;
+	int n;
 
 	if (!blk_present())
 		return -ENODEV;
 	if (!count || count > DISK_MAX_SECTORS)
 		return -EINVAL;
-	if (!(write ? user_access_ok(current->mm, buf, len) : user_write_ok(current->mm, buf, len)))
-		return -EFAULT;
-	page = alloc_pages(1);
-	if (!page)
-		return -ENOMEM;
-	if (write && copy_from_user(current->mm, __va(page), buf, len))
-		err = -EFAULT;
-	else
-		err = blk_rw(write, sector, __va(page), count);
-	if (!err && !write && copy_to_user(current->mm, buf, __va(page), len))
-		err = -EFAULT;
-	free_pages(page, 1);
-	return err;
+	n = bounce(write ? TO_DEVICE : FROM_DEVICE, buf, count * SECTOR_SIZE,
+		   write ? disk_write_op : disk_read_op, sector);
+	return n < 0 ? n : 0;
+}
+
+static int rng_op(void *page, u32 len, u32 unused)
+{
+	(void)unused;
+	return rng_read(page, len);
 }
 
 static int sys_getrandom(u32 buf, u32 len)
 {
-	u32 page;
-	int n;
-
 	if (!rng_present())
 		return -ENODEV;
 	if (len > PAGE_SIZE)
 		len = PAGE_SIZE;
-	if (!user_write_ok(current->mm, buf, len))
-		return -EFAULT;
-	page = alloc_pages(1);
-	if (!page)
-		return -ENOMEM;
-	n = rng_read(__va(page), len);
-	if (n > 0 && copy_to_user(current->mm, buf, __va(page), n))
-		n = -EFAULT;
-	free_pages(page, 1);
-	return n;
+	return bounce(FROM_DEVICE, buf, len, rng_op, 0);
+}
+
+static int net_send_op(void *page, u32 len, u32 unused)
+{
+	(void)unused;
+	return net_send(page, len);
 }
 
 static int sys_net_send(u32 buf, u32 len)
 {
-	u32 page;
-	int err;
-
 	if (!net_present())
 		return -ENODEV;
 	if (len > PAGE_SIZE)
 		return -EINVAL;
-	page = alloc_pages(1);
-	if (!page)
-		return -ENOMEM;
-	err = copy_from_user(current->mm, __va(page), buf, len) ? -EFAULT
-								: net_send(__va(page), len);
-	free_pages(page, 1);
-	return err;
+	return bounce(TO_DEVICE, buf, len, net_send_op, 0);
+}
+
+static int net_recv_op(void *page, u32 len, u32 timeout_ms)
+{
+	return net_recv(page, len, timeout_ms);
 }
 
 static int sys_net_recv(u32 buf, u32 len, u32 timeout_ms)
 {
-	u32 page;
-	int n;
-
 	if (!net_present())
 		return -ENODEV;
 	if (len > PAGE_SIZE)
 		len = PAGE_SIZE;
-	if (!user_write_ok(current->mm, buf, len))
-		return -EFAULT;
-	page = alloc_pages(1);
-	if (!page)
-		return -ENOMEM;
-	n = net_recv(__va(page), len, timeout_ms);
-	if (n > 0 && copy_to_user(current->mm, buf, __va(page), n))
-		n = -EFAULT;
-	free_pages(page, 1);
-	return n;
+	return bounce(FROM_DEVICE, buf, len, net_recv_op, timeout_ms);
 }
 
 static int sys_net_mac(u32 buf)

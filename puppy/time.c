@@ -1,13 +1,5 @@
 /*
  * time.c - time in an lguest Guest: a Host timer, a Host clock, and HALT.
- *
- * There is no PIT, HPET or local APIC timer to program.  The Guest's only
- * timer is SET_CLOCKEVENT: "raise irq 0 this many nanoseconds from now",
- * one-shot, so every tick arms the next.  Its only clock (the Host reports
- * tsc_khz = 0, so no TSC) is lguest_data.time, which the Host writes when
- * it delivers an interrupt: it moves in steps, not smoothly.  And idling is
- * the HALT hypercall, which sleeps until an interrupt is due -- a real
- * "hlt" would just trap.
  */
 #include "puppy.h"
 #include "irq.h"
@@ -19,10 +11,27 @@
 
 volatile u32 jiffies;
 
+/* tour:G.120 The timer and the clock
+ * There is no PIT, HPET or local APIC timer for a Guest to program.  Its
+ * only timer is the SET_CLOCKEVENT hypercall: "raise irq 0 this many
+ * nanoseconds from now", one-shot, or cancel with 0 (§4.8).  So puppy's
+ * 100 Hz tick is a handler that re-arms the next tick each time it runs.
+ * Irq 0 starts masked in blocked_interrupts (hypercalls.c), so the Host
+ * holds the timer back until time_init has a handler and unmasks it.
+ *
+ * The clock: INIT told us tsc_khz = 0, so no TSC.  The Guest's only
+ * clock is lguest_data.time, which the Host writes at INIT and whenever
+ * it delivers an interrupt, so it moves in steps, not smoothly
+ * (clock_ns, below).  Linux 4.9 registers exactly these two: the lguest
+ * clockevent device (one-shot, minimum delta 100 ns, set_next_event is
+ * SET_CLOCKEVENT) and, with no TSC, the "lguest" clocksource that reads
+ * lguest_data.time.
+ */
+
 /*
  * The clockevent: one-shot, counted in nanoseconds.  Like Linux's, it
- * refuses deltas that are too short to be worth a hypercall (Linux returns
- * -ETIME; the caller then handles the expiry itself).
+ * refuses deltas too short to be worth a hypercall (Linux returns -ETIME;
+ * the caller then handles the expiry itself).
  */
 int clockevent_set_next(u32 delta_ns)
 {
@@ -76,12 +85,17 @@ u64 clock_ns(void)
 	return (u64)s * 1000000000u + ns;
 }
 
-/*
- * Nothing to do: sleep in the Host until an interrupt is due.  Interrupts
- * are off between the caller's last look and the HALT, so an interrupt in
- * that window is not lost: the Host sees it pending (irq_pending) and HALT
- * returns at once.  The Host turns interrupts back on when it wakes us and
- * runs the handler before HALT returns.
+/* tour:G.130 Idle: the HALT hypercall
+ * With nothing to do, a native kernel executes "sti; hlt".  At ring 1 hlt
+ * would only trap (#GP), and spinning would burn the Host's CPU.  Instead
+ * the Guest makes the HALT hypercall: the Host stops running it until an
+ * unmasked interrupt is pending (§4.7).  The race every idle loop has to
+ * close, an interrupt arriving between "is there work?" and the halt, is
+ * closed by calling HALT with interrupts (virtually) off: an interrupt in
+ * that window stays pending in the Host, and HALT returns at once.  When
+ * the Host wakes us it turns irq_enabled back on itself and delivers the
+ * interrupt, so the handler has run by the time HALT returns.  This is
+ * Linux 4.9's lguest_safe_halt.
  */
 void idle(void)
 {

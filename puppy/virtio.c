@@ -1,31 +1,7 @@
 /*
  * virtio.c - the virtio 1.0 PCI driver core: how a Guest drives lguest's
- * devices.
- *
- * Every lguest 4.x device is a virtio 1.0 device behind an emulated PCI
- * function.  The driver's half of the conversation, in order:
- *
- *  1. Map the device's BAR0 page (ioremap) and find the common config,
- *     notify, ISR and device config structures in it (pci.c found them).
- *  2. The status handshake, one bit at a time: reset (0), ACKNOWLEDGE,
- *     DRIVER; read the device's 64 feature bits, accept the ones we want
- *     (never one it did not offer; VERSION_1 is a must); FEATURES_OK, and
- *     read the status back to see that the device agreed.
- *  3. For each virtqueue: select it, choose its size, give it the
- *     guest-physical addresses of its three rings (descriptor table,
- *     available ring, used ring) and enable it.
- *  4. DRIVER_OK: the Launcher starts one service thread per queue.
- *
- * From then on, a request is a chain of descriptors pointing at our
- * buffers (device-readable ones first, then device-writable ones): we put
- * its head in the available ring, bump avail->idx and "kick" the device by
- * writing the queue's index to the notify register.  The device hands the
- * chain back on the used ring, sets bit 0 of the ISR and raises the
- * device's irq.  Nothing is copied by the Host: the Launcher reads and
- * writes our RAM directly.
- *
- * Every register access is MMIO of exactly the register's width (io.h);
- * the Launcher kills a Guest that gets the protocol wrong, with
+ * devices.  Every register access is MMIO of exactly the register's width
+ * (io.h); the Launcher kills a Guest that gets the protocol wrong, with
  * "<dev>: bad driver: <why>".
  */
 #include "puppy.h"
@@ -78,6 +54,29 @@ static int in_page(const struct pci_device *pci, unsigned int type, u32 min_len)
 	return (pci->caps.found & (1u << type)) && len >= min_len && off < PAGE_SIZE &&
 	       len <= PAGE_SIZE - off;
 }
+
+/* tour:G.210 Bringing a virtio device up
+ * Every lguest 4.x device is a virtio 1.0 device behind an emulated PCI
+ * function (§8.4).  The driver's half of the conversation, in order, as
+ * Linux 4.9's virtio_pci_modern does it:
+ *
+ *  1. Map the device's BAR0 page (ioremap) and find the common config,
+ *     notify, ISR and device config structures in it (pci.c found them).
+ *  2. The status handshake, one bit at a time: reset (0), ACKNOWLEDGE,
+ *     DRIVER; read the device's 64 feature bits, accept the ones we want
+ *     (never one it did not offer; VERSION_1 is a must); FEATURES_OK, and
+ *     read the status back to see that the device agreed.
+ *  3. For each virtqueue (virtio_setup_vq): select it, choose its size,
+ *     give it the guest-physical addresses of its three rings (descriptor
+ *     table, available ring, used ring) and enable it.
+ *  4. DRIVER_OK (virtio_driver_ok), after the irq handler is in place and
+ *     the irq unmasked: the Launcher starts serving the queues.
+ *
+ * Each register access is one MMIO exit to the Launcher, which checks it
+ * against the protocol.  The rings themselves are ordinary Guest RAM:
+ * from here on neither the Host nor the Launcher copies a request
+ * anywhere, the Launcher reads and writes our memory where it lies.
+ */
 
 /*
  * Steps 1 and 2: map the device, reset it, and agree on features.  We ask
@@ -252,58 +251,32 @@ int virtio_setup_vq(struct virtio_device *vd, unsigned int index, unsigned int m
 	return 0;
 }
 
-/* --- interrupts ---------------------------------------------------------- */
-
-#define MAX_VIRTIO_DEVICES	16
-static struct virtio_device *irq_devices[MAX_VIRTIO_DEVICES];
-static unsigned int nr_irq_devices;
-
-/*
- * A device's irq: reading the ISR tells us why and clears it (the
- * Launcher set bit 0 before raising the irq).  Then each queue's callback
- * looks at its used ring.  We look even if the ISR says nothing: a poller
- * may have taken the buffers already, and looking costs no exit.
- */
-static void virtio_irq(unsigned int irq)
-{
-	unsigned int i, q;
-
-	for (i = 0; i < nr_irq_devices; i++) {
-		struct virtio_device *vd = irq_devices[i];
-
-		if (vd->pci.irq != irq)
-			continue;
-		(void)readb(vd->isr);
-		for (q = 0; q < vd->nvqs; q++) {
-			struct virtqueue *vq = &vd->vqs[q];
-
-			if (vq->callback && vq->last_used != vq->used->idx)
-				vq->callback(vq);
-		}
-	}
-}
-
-/*
- * Step 4.  The handler and the unmasked irq come first, so no interrupt
- * can find us unprepared; the Launcher starts serving at DRIVER_OK.
- */
-void virtio_driver_ok(struct virtio_device *vd)
-{
-	if (nr_irq_devices < MAX_VIRTIO_DEVICES)
-		irq_devices[nr_irq_devices++] = vd;
-	request_irq(vd->pci.irq, virtio_irq);
-	irq_unmask(vd->pci.irq);
-	set_status(vd, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
-		   VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
-}
-
 /* --- the rings ----------------------------------------------------------- */
+
+/* tour:G.240 A request on the ring: descriptors, the available ring, the kick
+ * The request is a chain of descriptors, each a buffer's guest-physical
+ * address, length and flags: device-readable buffers first, then
+ * device-writable ones (WRITE), linked by NEXT.  They come from the
+ * queue's free list.  The chain's head goes into the next slot of the
+ * available ring, and only then, after a barrier, does avail->idx move
+ * on: the device must never see an index before the slot it covers.
+ *
+ * The device sees nothing until the kick (virtqueue_kick, below): a
+ * 16-bit write of the queue's index to its notify register, unless the
+ * device has said in used->flags that it does not need one.  That write
+ * is MMIO: the Guest stops, the Host hands the access to the Launcher,
+ * and the Launcher wakes the thread that serves this queue and lets the
+ * Guest run on (chapter D follows the request there).  The service thread
+ * reads the chain out of our RAM, does the work (for the disk: pread or
+ * pwrite on the image file), writes the result into our writable
+ * buffers, and puts the head on the used ring.
+ */
 
 /*
  * Offer a chain: @out device-readable buffers, then @in device-writable
  * ones.  @token comes back from virtqueue_get_buf when the device is done.
  * -1 if there are not enough free descriptors (the caller waits and tries
- * again).  The device sees nothing until the kick.
+ * again).
  */
 int virtqueue_add(struct virtqueue *vq, const struct vbuf *bufs, unsigned int out,
 		  unsigned int in, void *token)
@@ -402,6 +375,59 @@ void virtqueue_no_interrupts(struct virtqueue *vq, int off)
 int may_sleep(u32 irq_flags)
 {
 	return (irq_flags & X86_EFLAGS_IF) && !in_irq;
+}
+
+/* --- interrupts ---------------------------------------------------------- */
+
+#define MAX_VIRTIO_DEVICES	16
+static struct virtio_device *irq_devices[MAX_VIRTIO_DEVICES];
+static unsigned int nr_irq_devices;
+
+/* tour:G.250 The answer: the used ring and the interrupt
+ * When the Launcher has put a chain on the used ring it sets bit 0 of the
+ * device's ISR and raises the device's irq: it asks the Host to make the
+ * irq pending (§4.7).  The Host delivers it the next time it is about to
+ * run the Guest with interrupts enabled and the irq unmasked in
+ * blocked_interrupts (or wakes the Guest from HALT to do so): a frame on
+ * our stack, vector 0x20 + irq, through common_trap and do_trap to here.
+ *
+ * virtio_irq reads the ISR, which tells us why and clears it; then each
+ * queue's callback looks at its used ring (virtqueue_get_buf, above,
+ * reads the used entry only after the index, and returns the chain's
+ * descriptors to the free list).  We look even if the ISR says nothing:
+ * a poller may have taken the buffers already, and looking costs no exit.
+ */
+static void virtio_irq(unsigned int irq)
+{
+	unsigned int i, q;
+
+	for (i = 0; i < nr_irq_devices; i++) {
+		struct virtio_device *vd = irq_devices[i];
+
+		if (vd->pci.irq != irq)
+			continue;
+		(void)readb(vd->isr);
+		for (q = 0; q < vd->nvqs; q++) {
+			struct virtqueue *vq = &vd->vqs[q];
+
+			if (vq->callback && vq->last_used != vq->used->idx)
+				vq->callback(vq);
+		}
+	}
+}
+
+/*
+ * Step 4.  The handler and the unmasked irq come first, so no interrupt
+ * can find us unprepared; the Launcher starts serving at DRIVER_OK.
+ */
+void virtio_driver_ok(struct virtio_device *vd)
+{
+	if (nr_irq_devices < MAX_VIRTIO_DEVICES)
+		irq_devices[nr_irq_devices++] = vd;
+	request_irq(vd->pci.irq, virtio_irq);
+	irq_unmask(vd->pci.irq);
+	set_status(vd, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
+		   VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
 }
 
 /* --- probing -------------------------------------------------------------- */

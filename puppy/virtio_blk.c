@@ -1,18 +1,10 @@
 /*
  * virtio_blk.c - the virtio block device: a disk as a queue of requests.
  *
- * One queue ("request").  Each request is a chain: a device-readable
- * header {type, ioprio, sector}, the data (readable by the device for a
- * write, writable for a read), and one writable status byte that the
- * device fills in last: 0 OK, 1 I/O error, 2 unsupported.  The capacity
- * (in 512-byte sectors) is in the device config; a read-only disk offers
- * the RO feature.  Behind it the Launcher does pread/pwrite/fdatasync on
- * a file.
- *
- * Our requests are synchronous: the caller sleeps until the device's irq
- * says the chain is back, then looks at the status byte.  The header and
- * status live on the caller's kernel stack, which is ordinary RAM in the
- * PAGE_OFFSET mapping, so the device can be given their physical address.
+ * One queue ("request"), synchronous requests (see do_request).  The
+ * capacity (in 512-byte sectors) is in the device config; a read-only
+ * disk offers the RO feature.  Behind it the Launcher does
+ * pread/pwrite/fdatasync on a file.
  */
 #include "puppy.h"
 #include "irq.h"
@@ -60,19 +52,22 @@ int blk_read_only(void)
 	return present && (blk.features & VIRTIO_BLK_F_RO);
 }
 
-/* irq: mark each finished request done and wake whoever waits for it. */
-static void request_done(struct virtqueue *vq)
-{
-	struct blk_request *req;
+/* tour:G.230 The block request: header, data, status byte
+ * A virtio-blk request is three buffers: a header the device reads
+ * {type: IN (read) or OUT (write), ioprio, sector}, the data (read by the
+ * device for a write, written by it for a read), and one status byte the
+ * device writes last (0 OK, 1 I/O error, 2 unsupported).  Header and
+ * status live on this kernel stack, ordinary RAM under the PAGE_OFFSET
+ * mapping, so __pa() gives the device their addresses.  The chain goes on
+ * the ring and the device is kicked (virtio.c); then the caller sleeps
+ * (sleep_on, sched.c) until the irq handler marks the request done, and
+ * with nothing else to run the idle task HALTs: a waiting Guest costs the
+ * Host nothing.  Code that may not sleep polls the used ring instead.
+ */
 
-	while ((req = virtqueue_get_buf(vq, NULL))) {
-		req->done = 1;
-		wake_up(req);
-	}
-	wake_up(vq);		/* descriptors are free again */
-}
-
-/* One request, start to finish.  The device's status byte, or -errno. */
+/*
+ * One request, start to finish.  The device's status byte, or -errno.
+ */
 static int do_request(u32 type, u64 sector, void *data, u32 len)
 {
 	struct virtqueue *vq = &blk.vqs[0];
@@ -108,6 +103,29 @@ static int do_request(u32 type, u64 sector, void *data, u32 len)
 		sleep_on(&req, 0);
 	local_irq_restore(flags);
 	return req.status;
+}
+
+/* tour:G.260 Back to the process
+ * The irq handler (virtio.c) calls this for the request queue: each chain
+ * the device finished is taken off the used ring, its request marked done
+ * and its waiter woken.  The woken task runs again when the scheduler
+ * picks it: do_request returns the status byte, bounce() copies the
+ * sector out to the process's buffer, do_syscall leaves the result in
+ * the frame's eax, and ret_from_trap and lguest_iret return to ring 3.
+ * Counting the Guest's exits for one 512-byte read: the system call
+ * (through an interrupt gate), the kick, the HALT while we waited (the
+ * Host delivers the irq as it wakes us) and the ISR read; more if other
+ * tasks ran meanwhile.  The 512 bytes themselves never crossed the Host.
+ */
+static void request_done(struct virtqueue *vq)
+{
+	struct blk_request *req;
+
+	while ((req = virtqueue_get_buf(vq, NULL))) {
+		req->done = 1;
+		wake_up(req);
+	}
+	wake_up(vq);		/* descriptors are free again */
 }
 
 /*

@@ -4,6 +4,7 @@
  * different processes never mix.
  */
 #include "ulib.h"
+#include "../format.h"
 
 void exit(int status)
 {
@@ -56,84 +57,19 @@ void *memcpy(void *dst, const void *src, size_t n)
 	return dst;
 }
 
-struct buf {
-	char data[256];
-	u32 len;
-};
-
-static void put(struct buf *b, char c)
-{
-	if (b->len < sizeof(b->data))
-		b->data[b->len++] = c;
-}
-
-static void put_number(struct buf *b, u32 v, u32 base, int neg, u32 width, char pad)
-{
-	char digits[12];
-	u32 n = 0;
-
-	do {
-		digits[n++] = "0123456789abcdef"[v % base];
-		v /= base;
-	} while (v);
-	if (neg)
-		digits[n++] = '-';
-	for (; width > n; width--)
-		put(b, pad);
-	while (n)
-		put(b, digits[--n]);
-}
-
-/* %d %u %x %s %c %%, with an optional width and '0' padding. */
+/*
+ * The kernel's own formatter (format.c, built into this library too), into
+ * a 256-byte line that is dropped past its end rather than flushed: one
+ * printf, one write.
+ */
 int printf(const char *fmt, ...)
 {
-	struct buf b = { .len = 0 };
+	char line[256];
+	struct sink out = { line, sizeof(line), 0, NULL };
 	va_list ap;
 
 	va_start(ap, fmt);
-	for (; *fmt; fmt++) {
-		u32 width = 0;
-		char pad = ' ';
-
-		if (*fmt != '%') {
-			put(&b, *fmt);
-			continue;
-		}
-		if (*++fmt == '0')
-			pad = '0', fmt++;
-		while (*fmt >= '0' && *fmt <= '9')
-			width = width * 10 + (*fmt++ - '0');
-		switch (*fmt) {
-		case 'd': {
-			int v = va_arg(ap, int);
-
-			put_number(&b, v < 0 ? 0u - (u32)v : (u32)v, 10, v < 0, width, pad);
-			break;
-		}
-		case 'u':
-			put_number(&b, va_arg(ap, u32), 10, 0, width, pad);
-			break;
-		case 'x':
-			put_number(&b, va_arg(ap, u32), 16, 0, width, pad);
-			break;
-		case 's': {
-			const char *s = va_arg(ap, const char *);
-
-			while (*s)
-				put(&b, *s++);
-			break;
-		}
-		case 'c':
-			put(&b, (char)va_arg(ap, int));
-			break;
-		case '\0':
-			fmt--;
-			break;
-		default:
-			put(&b, *fmt);
-			break;
-		}
-	}
+	vformat(&out, fmt, ap);
 	va_end(ap);
-	return write(1, b.data, b.len);
+	return write(1, line, out.len);
 }
