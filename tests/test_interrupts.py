@@ -310,6 +310,36 @@ polls_left: .long 2000
     assert result.reason == "CRASH: Power down"
 
 
+def test_interrupt_unmasked_without_a_hypercall_is_delivered(asm_guest) -> None:
+    """Linux unmasks an irq by clearing its bit, and may then spin without trapping: the
+    Host must look again by itself.  The irq is pending before the Guest even starts."""
+    elf = asm_guest("""
+irq1:
+	incl irq_count
+	jmp lguest_iret
+test_main:
+	movl $2, lguest_data + LD_BLOCKED	/* masked before the Host can ever look */
+	movl $0x200, lguest_data + LD_IRQ_ENABLED
+	INIT
+	GATE 0x21, irq1			/* a hypercall: the Host sees irq 1 pending, and blocked */
+	movl $0, lguest_data + LD_BLOCKED	/* unmasked behind the Host's back */
+1:	cmpl $0, irq_count
+	je 1b
+	POWEROFF
+	.data
+irq_count: .long 0
+	.text
+""")
+    guest = make_guest(elf)
+    guest.interrupt(1)
+    watchdog = threading.Timer(20, guest.kill, ("hang guard: the unmasked irq never came",))
+    watchdog.start()
+    try:
+        assert guest.run().reason == "CRASH: Power down"
+    finally:
+        watchdog.cancel()
+
+
 def test_interrupt_while_disabled_is_delivered_at_next_enable(asm_guest) -> None:
     """irq_enabled 0: the Host sets irq_pending; the Guest's enable sends SEND_INTERRUPTS."""
     elf = asm_guest("""

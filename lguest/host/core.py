@@ -313,6 +313,12 @@ class Guest:
         irq = self._deliverable_irq()
         if irq is not None:
             self.try_deliver_interrupt(irq)
+        elif self.irqs_pending and self.lguest_data is not None:
+            # Everything pending is blocked.  A Guest unmasks by clearing its bit in
+            # blocked_interrupts, without a hypercall (Linux does), and may then spin
+            # without ever trapping: look again soon, as the original Host's own timer
+            # tick made it do.  (Missing this hung Linux at "Calibrating delay loop".)
+            self.kicker.kick_later(RECHECK_SECONDS)
 
     def try_deliver_interrupt(self, irq: int) -> None:
         """§4.7, with irq_pending cleared when nothing more is deliverable (docs/abi.md)."""
