@@ -19,11 +19,14 @@ from lguest import abi
 from lguest.abi import PciCfg, VirtioCap, VirtioMmio
 
 CONFIG_ENABLE = 1 << 31
-MMIO_FIRST_OFFSET = abi.DEVICE_PAGES * abi.PAGE_SIZE  # BARs start 1 MiB above RAM
 
 
 class BadDriver(Exception):
-    """The Guest's driver broke the virtio protocol: fatal, `<dev>: bad driver: <msg>`."""
+    """The Guest's driver broke the virtio protocol: fatal, `<dev>: bad driver: <msg>`.
+
+    Raised by the queue code (a device's service thread turns it into the Guest's
+    death), and by a device nobody has given a `fatal` to (the unit tests' devices).
+    """
 
 
 class DriverRefused(Exception):
