@@ -10,8 +10,8 @@ into Guest RAM: no copies.
 What a queue guarantees to the device that serves it.  Each rule is checked once,
 in the place named after it, and nowhere else:
 
-1. Its size is a power of two from 1 to MAX_SIZE          (`check_size`, when the
-   Guest writes queue_size; a reset brings back MAX_SIZE).
+1. Its size is a power of two from 1 to VIRTQUEUE_NUM (256)   (`check_size`, when the
+   Guest writes queue_size; a reset brings back 256).
 2. The three rings are aligned (descriptors 16, avail 2, used 4 bytes), their high
    address halves are 0, and each lies wholly inside Guest RAM       (`Virtqueue.check`,
    when the Guest enables the queue; the rings cannot move while it is enabled).
@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lguest import abi
 from lguest.launcher.pci import BadDriver
 
 DESC_SIZE = 16
@@ -45,12 +46,11 @@ VRING_DESC_F_WRITE = 2
 VRING_DESC_F_INDIRECT = 4
 VRING_AVAIL_F_NO_INTERRUPT = 1
 VIRTIO_RING_F_INDIRECT_DESC = 28
-MAX_SIZE = 256  # also the size after a reset (§7.3)
 
 
 def check_size(size: int) -> None:
     """Rule 1: the only sizes a Guest may choose."""
-    if size & (size - 1) or not 0 < size <= MAX_SIZE:
+    if size & (size - 1) or not 0 < size <= abi.VIRTQUEUE_NUM:
         raise BadDriver(f"invalid queue size {size}")
 
 
@@ -87,7 +87,7 @@ class Virtqueue:
 
     def reset(self) -> None:
         """Back to the state after a device reset (§7.3: size 256, disabled)."""
-        self.size = MAX_SIZE
+        self.size = abi.VIRTQUEUE_NUM
         self.enabled = False
         self.desc = self.avail = self.used = 0
         self.high = 0  # OR of the three high halves: must stay 0 on a 32-bit Guest
