@@ -101,6 +101,15 @@ def _check_ram(ram: mmap.mmap, ram_size: int) -> None:
         raise ValueError(f"guest RAM mapping of {len(ram):#x} bytes is smaller than {ram_size + GAP_SIZE:#x}")
 
 
+# tour:L.40 Guest RAM
+# lguest made no copy of the Guest's memory anywhere: the Launcher mapped a region of its
+# own address space and that region *was* Guest-physical memory, so a Guest-physical
+# address was just an offset into it.  We keep that: Guest RAM is one shared anonymous
+# mapping, handed to the emulator as the Guest's physical memory, read and written by the
+# Host (page tables, hypercall arguments), and sliced by the device threads, so a disk
+# read lands straight in the Guest's buffer.  Above the top of RAM the original kept a
+# 1 MiB gap (once a page of device descriptors); the devices' MMIO windows start above
+# it.  The Switcher's top 4 MiB of the address space stays clear of all of it.
 def allocate_guest_ram(ram_size: int) -> mmap.mmap:
     """Map `ram_size` bytes of zeroed Guest RAM plus the 1 MiB not-RAM gap above it."""
     check_guest_mem(ram_size)
@@ -157,6 +166,15 @@ def _check_entry(entry: int, ram_size: int) -> None:
         )
 
 
+# tour:L.50 Loading the kernel: ELF or bzImage
+# A boot loader's job, minus the real mode.  An ELF vmlinux is loaded segment by segment
+# at each segment's *physical* address, and the Guest starts at `e_entry`, which for an
+# i386 vmlinux is the physical address of startup_32: the Host starts the Guest in
+# "linear mode", where every address maps to the same physical one, until the Guest
+# gives it page tables (§6.2).  A bzImage is a real-mode setup program followed by a
+# self-decompressing kernel: we skip the setup sectors (a Guest never runs in real mode),
+# copy the rest to 1 MiB and start at its 32-bit entry, `code32_start`.  Everything a user
+# can get wrong here is a LoadError: one line and exit status 2.
 def load_kernel(ram: mmap.mmap, ram_size: int, path: str) -> KernelImage:
     """Load an ELF vmlinux or a bzImage from `path` into Guest RAM (§3.2)."""
     _check_ram(ram, ram_size)
@@ -298,6 +316,13 @@ def encode_cmdline(cmdline: str) -> bytes:
     return raw
 
 
+# tour:L.60 boot_params: how Linux learns it is a Guest
+# The first page of Guest RAM is the `boot_params` structure a PC boot loader leaves for
+# Linux, and the command line follows it.  One memory region (e820), the command line's
+# address, and one field that changes everything: `hardware_subarch = 1`, lguest.  Linux's
+# startup_32 reads it and jumps to lguest_entry instead of setting up a PC, and from there
+# the Guest speaks to the Host in hypercalls (chapter G).  KEEP_SEGMENTS tells a bzImage's
+# decompressor not to reload segment registers, which it cannot do at privilege ring 1.
 def write_boot_params(ram: mmap.mmap, ram_size: int, cmdline: str, initrd: tuple[int, int] | None) -> None:
     """Write `boot_params` at gpa 0 and the command line at gpa 0x1000 (§3.3)."""
     _check_ram(ram, ram_size)

@@ -22,6 +22,14 @@ from lguest.launcher.virtio.transport import VirtioDevice
 Constructor = Callable[[str, int, mmap.mmap, int], VirtioDevice]
 
 
+# tour:L.20 One entry per device
+# Every device the user can add has exactly one entry in the table below: the option,
+# its help text, and a constructor taking the option's value, the device's irq and the
+# Guest's RAM.  The parser builds its option tables and the usage text from it, and the
+# machine calls the constructor; the device itself (its registers, its queues, the
+# methods that serve them) is one module under virtio/.  A constructor checks what the
+# user gave it (can the file be opened? is that a port number?) before the Guest
+# exists, so a bad --block is one `lguest: ...` line and exit status 2, never a dead Guest.
 @dataclass(frozen=True)
 class DeviceOption:
     kind: str  # the option is --<kind>; Options.devices names it so

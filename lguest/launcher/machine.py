@@ -47,6 +47,14 @@ class Machine:
             device.close()
 
 
+# tour:L.30 A machine is built
+# One boot of a Guest is put together here, in the order the Guest needs things:
+# Guest RAM; the kernel copied into it (and an initrd at its top); `boot_params`, the
+# page Linux reads first; the devices, the console always first; the PCI bus and the
+# port I/O answers; and the Host's `Guest`, which owns the virtual CPU, the shadow page
+# tables and the run loop.  Last each device takes a PCI slot, an irq and a page of
+# MMIO.  Nothing runs yet: main.py calls `guest.run()`.  When the Guest asks to restart,
+# all of this is thrown away and built again, as the original Launcher re-executed itself.
 def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], None],
                   keyboard: Keyboard | None = None, say: Callable[[str], None] = lambda _: None,
                   warn: Callable[[str], None] = print, tracer: Tracer | None = None) -> Machine:
@@ -71,6 +79,12 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
         say(f"Section {i}: size {size} addr {gpa:#x}")
     if initrd:
         say(f"mapped initrd {opts.initrd} size={initrd[1]} @ {initrd[0]:#x}")
+    # tour:L.70 Devices take their places
+    # Each device gets the next PCI slot (the console slot 1, after the host bridge), the next
+    # irq (the console 1; irq 0 is the timer), and a page of MMIO above the gap for its BAR0
+    # registers.  `map_mmio` tells the Host that the Guest's loads and stores to that page
+    # are the device's business (chapter D), and the device is given the Host's `kill` (for a
+    # driver that breaks the rules) and `interrupt` (to tell the Guest a request is done).
     for device in devices:
         slot = pci.add(device)
         device.place(window)

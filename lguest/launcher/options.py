@@ -205,6 +205,16 @@ class _Parser:
         return kernel_words
 
 
+# tour:L.10 The command line
+# The Launcher is the user program of lguest.  In the original it was a process that
+# mapped some memory for the Guest, opened /dev/lguest, and then sat in a loop on
+# read(), serving devices whenever the Host gave control back.  Here it is the half of
+# one Python process under lguest/launcher/; the half under lguest/host/ plays the kernel
+# module.  You run it as `lguest 64 vmlinux root=/dev/vda`: the first word that is not an
+# option is the memory size in MiB, the next is the kernel, and the rest is the kernel's
+# command line.  `lguest run` boots the bundled puppy instead.  Device options (--block,
+# --rng, --tunnet, --net) are only recorded here, in order; what they mean lives in
+# devices.py.
 def parse_args(argv: list[str]) -> Options:
     """Parse the command line (without the program name)."""
     p = _Parser()

@@ -53,6 +53,13 @@ class BlockDevice(VirtioDevice):
     def close(self) -> None:
         os.close(self.fd)
 
+    # tour:D.110 A block request, and the used ring
+    # A disk request is an out header (type, priority, sector), then the data (out for a
+    # write, in for a read), then one in byte for the status.  `handle` does the I/O straight
+    # between the file and the Guest's buffers and writes the status byte last.  Then `push`
+    # hands the chain back: the used ring gets (head, bytes written) in its next slot, and
+    # only after that does used.idx move on, so the Guest never sees an index whose entry is
+    # not there yet.  The entropy device (rng.py) is the same loop at its smallest.
     def serve_requests(self, queue: Virtqueue) -> None:
         for chain in self.chains(queue):
             queue.push(chain.head, self.handle(chain))

@@ -24,6 +24,12 @@ VIRTIO_CONSOLE_F_EMERG_WRITE = 2
 END_OF_INPUT = b"\x04"  # Ctrl-D
 
 
+# tour:D.130 The console
+# Once its driver runs, the console is two queues.  Output: the Guest offers buffers of
+# text, and we write them to stdout.  Input: the Guest offers empty buffers ahead of time,
+# and they wait in the ring until a key arrives; the keyboard thread wakes this queue's
+# thread, which fills the next buffer with what was typed.  When piped input ends the
+# Guest gets one Ctrl-D, as from a person at a terminal.
 class ConsoleDevice(VirtioDevice):
     def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, write: Callable[[bytes], None],
                  keyboard: Keyboard | None = None) -> None:

@@ -163,6 +163,12 @@ def parse_mac(text: str) -> bytes:
 
 
 
+# tour:D.140 The network device
+# Two queues again: tx carries frames from the Guest, rx holds empty buffers for frames
+# to it.  Each frame has a 12-byte virtio header in front (checksum and segmentation
+# hints).  The wire is one of two links: a host tap interface, which speaks that header
+# itself (the original's --tunnet, root needed), or UDP to another Launcher on this
+# machine (--net), which sends the bare frame and gives each received one an empty header.
 class NetDevice(VirtioDevice):
     """A network card whose wire is `link`, which it owns from now on."""
 

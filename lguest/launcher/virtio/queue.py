@@ -121,6 +121,15 @@ class Virtqueue:
     def wants_interrupt(self) -> bool:
         return not self._u16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT
 
+    # tour:D.100 A request, from the avail ring
+    # The Guest's driver writes a request as a chain of descriptors.  Each descriptor is
+    # (address, length, flags, next) and names one buffer in Guest-physical memory: readable
+    # by the device ("out", a request header, data to write) or, with the WRITE flag,
+    # writable ("in", data to read, a status byte).  It puts the chain's first index into
+    # the avail ring, then advances avail.idx, then notifies.  `pop` reads that index, takes
+    # the next head, and walks the chain, checking every index and every address against
+    # the rules at the top of this file; the buffers become memoryviews into Guest RAM.
+    # A Guest that lies about any of it is ended as a bad driver.
     def pop(self) -> Chain | None:
         """The next available chain, validated (rules 4 to 7); None if the Guest offered none."""
         avail_idx = self._u16(self.avail + 2)

@@ -26,6 +26,12 @@ STATUS_STEPS = {ACKNOWLEDGE: 0, DRIVER: ACKNOWLEDGE, FEATURES_OK: ACKNOWLEDGE | 
                 DRIVER_OK: ACKNOWLEDGE | DRIVER | FEATURES_OK}
 
 
+# tour:D.60 The common configuration
+# Every virtio device shares these registers; each has one offset and one width, and an
+# access of the wrong width, or to an offset that names no register, ends the Guest with
+# `<dev>: bad driver: ...`, as the 4.x Launcher did.  `_read` and `_write` dispatch on them
+# with one `match` each, under the device's lock: the vCPU and the device's service
+# threads both touch this state.
 class Common(IntEnum):
     """BAR0 below the device config: struct virtio_pci_common_cfg, then notify and ISR.
 
@@ -100,75 +106,6 @@ class VirtioDevice(VirtioPciDevice):
         self.wrote_features_ok = False
         self.queue_select = 0
         self.isr = 0
-
-    # --- reset and the service threads ---------------------------------------------------
-    def reset(self) -> None:
-        """Status 0: stop the service threads, forget features, disable the queues.
-
-        Never called with `lock` held: the threads being stopped may be waiting for it.
-        They finish the chain in hand first, so the queues are reset only after they end.
-        """
-        self.stop()
-        with self.lock:
-            self._reset_registers()
-            for queue in self.queues:
-                queue.reset()
-
-    def stop(self) -> None:
-        self.running = False
-        for queue in self.queues:
-            queue.notified.set()
-        for thread in self.threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=STOP_TIMEOUT)
-        self.threads = []
-
-    def _start_queues(self) -> None:
-        self.running = True
-        for queue, service in zip(self.queues, self.services, strict=True):
-            if queue.enabled:
-                queue.indirect = bool(self.features_accepted >> VIRTIO_RING_F_INDIRECT_DESC & 1)
-                thread = threading.Thread(target=self._serve, args=(service, queue), daemon=True,
-                                          name=f"lguest-{self.name}-{queue.name}")
-                self.threads.append(thread)
-                thread.start()
-
-    def close(self) -> None:
-        """Release what the device holds on the host (a file, a socket): after `stop`."""
-
-    def _serve(self, service: QueueService, queue: Virtqueue) -> None:
-        """A queue's service thread: whatever goes wrong in it ends the Guest, with a reason
-        (a thread that died quietly would leave the Guest waiting for ever)."""
-        try:
-            service(queue)
-        except BadDriver as err:
-            self.fatal(f"{self.name} vq {queue.name}: bad driver: {err}")
-        except OSError as err:
-            self.fatal(f"{self.name}: {err.strerror or err}")
-        except Exception as err:  # noqa: BLE001 - our bug, but the Guest must not hang on it
-            self.fatal(f"{self.name}: {type(err).__name__}: {err}")
-
-    def signal(self, queue: Virtqueue) -> None:
-        """Tell the Guest a queue has used buffers, unless it asked not to be told."""
-        if queue.wants_interrupt():
-            with self.lock:
-                self.isr |= 1
-            self.interrupt(self.irq)
-
-    def chains(self, queue: Virtqueue) -> Iterator[Chain]:
-        """A service thread's loop: each chain the Guest makes available, until reset.
-
-        Between chains it sleeps until the Guest notifies the queue (or a poll interval
-        passes, to notice a reset).
-        """
-        while self.running:
-            with self.lock:
-                chain = queue.pop() if queue.enabled else None
-            if chain is not None:
-                yield chain
-                continue
-            queue.notified.wait(POLL_SECONDS)
-            queue.notified.clear()
 
     # --- BAR0: the common configuration ---------------------------------------------------
     def _register(self, offset: int, size: int, write: bool) -> Common:
@@ -295,6 +232,13 @@ class VirtioDevice(VirtioPciDevice):
         elif self.status & FEATURES_OK:
             self.bad_driver("feature write after VIRTIO_CONFIG_S_FEATURES_OK")
 
+    # tour:D.70 The handshake
+    # A driver brings a device up in four steps, each one status bit: ACKNOWLEDGE (I see you),
+    # DRIVER (I can drive you), then it reads the device's feature bits and writes the ones it
+    # accepts, FEATURES_OK (and reads the status back, to see we agreed), and after setting up
+    # its queues, DRIVER_OK.  Bits are only ever added, one step at a time and in this order;
+    # writing 0 resets the device.  We hold a driver to all of it, because a Guest driver that
+    # skips a step would break on a real device too.
     def _status_write(self, value: int) -> None:
         if self.status & ~value:
             self.bad_driver(f"unset of device status bit {self.status:#x} -> {value:#x}")
@@ -310,6 +254,12 @@ class VirtioDevice(VirtioPciDevice):
         if added == DRIVER_OK:
             self._start_queues()
 
+    # tour:D.80 Setting up a queue
+    # Between FEATURES_OK and DRIVER_OK the driver sets up each queue: select it, choose a
+    # size, write the Guest-physical addresses of its three rings (descriptors, avail, used),
+    # then enable it.  The enable is the moment of truth: `Virtqueue.check` makes sure the
+    # rings are aligned and lie wholly inside Guest RAM, so that from now on the device may
+    # trust where they are (the rules are written at the top of queue.py).
     def _enable_queue(self, queue: Virtqueue | None, value: int) -> None:
         if value != 1:
             self.bad_driver(f"setting queue_enable to {value}")
@@ -352,3 +302,87 @@ class VirtioDevice(VirtioPciDevice):
             self.bad_driver("config read before VIRTIO_CONFIG_S_DRIVER")
         return super().bar0_read(offset, size)
 
+    # --- reset and the service threads ---------------------------------------------------
+    def reset(self) -> None:
+        """Status 0: stop the service threads, forget features, disable the queues.
+
+        Never called with `lock` held: the threads being stopped may be waiting for it.
+        They finish the chain in hand first, so the queues are reset only after they end.
+        """
+        self.stop()
+        with self.lock:
+            self._reset_registers()
+            for queue in self.queues:
+                queue.reset()
+
+    def stop(self) -> None:
+        self.running = False
+        for queue in self.queues:
+            queue.notified.set()
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=STOP_TIMEOUT)
+        self.threads = []
+
+    def close(self) -> None:
+        """Release what the device holds on the host (a file, a socket): after `stop`."""
+
+    # tour:D.90 DRIVER_OK: a thread per queue, woken by a notify
+    # As in lguest 4.x, every enabled queue gets its own service thread, so the vCPU never
+    # waits for a disk or a keyboard: it only stores a register and goes on running.  When
+    # the Guest has put requests in a queue it writes the queue's number to the notify
+    # register; `_write` sets that queue's event, and the thread in `chains` wakes up, takes
+    # each new request under the device's lock, and gives it to the device's method (the
+    # `queues` the device listed when it was made).  Anything that goes wrong in the thread
+    # ends the Guest with a reason: a thread that died in silence would leave it waiting
+    # for ever.
+    def _start_queues(self) -> None:
+        self.running = True
+        for queue, service in zip(self.queues, self.services, strict=True):
+            if queue.enabled:
+                queue.indirect = bool(self.features_accepted >> VIRTIO_RING_F_INDIRECT_DESC & 1)
+                thread = threading.Thread(target=self._serve, args=(service, queue), daemon=True,
+                                          name=f"lguest-{self.name}-{queue.name}")
+                self.threads.append(thread)
+                thread.start()
+
+    def _serve(self, service: QueueService, queue: Virtqueue) -> None:
+        """A queue's service thread: whatever goes wrong in it ends the Guest, with a reason
+        (a thread that died quietly would leave the Guest waiting for ever)."""
+        try:
+            service(queue)
+        except BadDriver as err:
+            self.fatal(f"{self.name} vq {queue.name}: bad driver: {err}")
+        except OSError as err:
+            self.fatal(f"{self.name}: {err.strerror or err}")
+        except Exception as err:  # noqa: BLE001 - our bug, but the Guest must not hang on it
+            self.fatal(f"{self.name}: {type(err).__name__}: {err}")
+
+    def chains(self, queue: Virtqueue) -> Iterator[Chain]:
+        """A service thread's loop: each chain the Guest makes available, until reset.
+
+        Between chains it sleeps until the Guest notifies the queue (or a poll interval
+        passes, to notice a reset).
+        """
+        while self.running:
+            with self.lock:
+                chain = queue.pop() if queue.enabled else None
+            if chain is not None:
+                yield chain
+                continue
+            queue.notified.wait(POLL_SECONDS)
+            queue.notified.clear()
+
+    # tour:D.120 An interrupt, back to the Guest
+    # Unless the Guest asked for quiet (VRING_AVAIL_F_NO_INTERRUPT), a device with used
+    # buffers sets its ISR bit and calls the Host's `interrupt(irq)`: the irq is marked
+    # pending and the vCPU's doorbell rung, since this is another thread.  The vCPU leaves the
+    # emulator at its next block, the run loop sees the irq, and when the Guest has interrupts
+    # enabled the Host delivers it through the Guest's IDT (chapter H).  The driver reads ISR,
+    # which clears it, and collects the finished requests from the used ring.
+    def signal(self, queue: Virtqueue) -> None:
+        """Tell the Guest a queue has used buffers, unless it asked not to be told."""
+        if queue.wants_interrupt():
+            with self.lock:
+                self.isr |= 1
+            self.interrupt(self.irq)
