@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from lguest.launcher.devices import DEVICE_OPTIONS
 from lguest.launcher.options import USAGE, HelpRequested, Options, UsageError, parse_args
 
 
@@ -238,6 +239,21 @@ def test_devices_repeat_and_keep_their_order() -> None:
         ("block", "a"), ("tunnet", "10.0.0.1"), ("rng", ""), ("block", "b"),
         ("tunnet", "bridge:br0:52:54:00:12:34:56"),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(DEVICE_OPTIONS))
+def test_every_device_entry_is_an_option_with_help(kind: str) -> None:
+    """devices.py is the only place a device option is declared: the parser and the
+    usage text both follow it."""
+    device = DEVICE_OPTIONS[kind]
+    word = f"--{kind}" if device.value is None else f"--{kind}=x"
+    assert parse_args([word, "64", "k"]).devices == ((kind, "" if device.value is None else "x"),)
+    assert device.help in USAGE
+    if device.value is None:
+        assert error([f"--{kind}=x", "64", "k"]) == f"Option --{kind} takes no value"
+    else:
+        needs = f"Option --{kind} needs a value: write --{kind}=<{device.value}>"
+        assert error([f"--{kind}=", "64", "k"]) == needs
 
 
 # --- lguest run ------------------------------------------------------------------------------
