@@ -69,8 +69,6 @@ class Common(IntEnum):
     ISR = abi.VirtioMmio.ISR, 1
 
 
-FEATURES = (Common.DEVICE_FEATURE_SELECT, Common.DEVICE_FEATURE, Common.GUEST_FEATURE_SELECT,
-            Common.GUEST_FEATURE)
 # The ring addresses: which ring each register sets, and whether it is the (always 0) high half.
 RING_ADDRESSES = {Common.QUEUE_DESC_LO: ("desc", False), Common.QUEUE_DESC_HI: ("desc", True),
                   Common.QUEUE_AVAIL_LO: ("avail", False), Common.QUEUE_AVAIL_HI: ("avail", True),
