@@ -25,10 +25,9 @@ X86_EFLAGS_IF = 0x200
 X86_SUBARCH_LGUEST = 1
 LGUEST_SHUTDOWN_POWEROFF = 1
 LGUEST_SHUTDOWN_RESTART = 2
-ERESTART = 85
 ENOENT = 2
 DEVICE_PAGES = 256  # the 1 MiB gap between the top of RAM and the first MMIO window
-VIRTQUEUE_NUM = 256
+VIRTQUEUE_NUM = 256  # a virtqueue's size after a reset, and the largest a Guest may choose
 MAX_PCI_DEVICES = 32
 
 # We pick the pre-3.11 fixed Switcher address: the whole top page-directory slot.
@@ -79,7 +78,6 @@ class LguestData:
 
 SHUTDOWN_REASON_BYTES = 128  # SHUTDOWN reads exactly this much of its reason string
 HCALL_FREE = 0xFF  # hcall_status value: slot free / done (Host writes)
-HCALL_READY = 0x00  # hcall_status value: call queued (Guest writes)
 
 # --- §3.1 / §3.3 boot protocol ---------------------------------------------------------
 BOOT_PARAMS_GPA = 0x0000
@@ -184,7 +182,6 @@ PTE_USER = 0x004
 PTE_ACCESSED = 0x020
 PTE_DIRTY = 0x040
 PTE_PSE = 0x080
-PTE_GLOBAL = 0x100
 PAGE_TABLE_FLAGS = 0x067  # _PAGE_TABLE: the only flags a page-directory entry may carry
 PTRS_PER_PGD = 1024
 PGDIR_SHIFT = 22

@@ -31,7 +31,7 @@ def disk(tmp_path):
 
 def block_driver(path, read_only: bool = False) -> Driver:
     fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
-    d = Driver(lambda ram: BlockDevice(2, ram, MEM, str(path), fd, read_only))
+    d = Driver(lambda ram: BlockDevice(2, ram, MEM, fd, read_only))
     d.start()
     return d
 
@@ -98,7 +98,7 @@ def test_block_read_past_the_end_is_an_io_error(disk) -> None:
 
 def test_host_io_errors_reach_the_guest_as_ioerr(tmp_path) -> None:
     """A flush the host cannot do (/dev/null has no data to sync) fails the request only."""
-    d = Driver(lambda ram: BlockDevice(2, ram, MEM, "/dev/null", os.open("/dev/null", os.O_RDWR), False))
+    d = Driver(lambda ram: BlockDevice(2, ram, MEM, os.open("/dev/null", os.O_RDWR), False))
     d.start()
     assert d.ram[request(d, 0, 4, 0, 0, 0)] == 1  # FLUSH: EINVAL from fdatasync
     assert d.errors == [] and d.dev.threads[0].is_alive()

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from lguest.launcher.devices import DEVICE_OPTIONS
 from lguest.launcher.options import USAGE, HelpRequested, Options, UsageError, parse_args
 
 
@@ -26,9 +27,9 @@ def test_minimal() -> None:
 
 def test_defaults() -> None:
     o = parse_args(["64", "bzImage"])
-    assert o.cmdline == "" and o.initrd is None and not o.verbose and not o.rng and not o.bundled
+    assert o.cmdline == "" and o.initrd is None and not o.verbose and not o.bundled
     assert o.trace == frozenset() and o.syscall_vector == 0x80
-    assert o.blocks == () and o.tunnets == () and o.devices == ()
+    assert o.devices == ()
 
 
 def test_options_is_frozen() -> None:
@@ -45,7 +46,7 @@ def test_launcher_options_after_the_kernel_still_count() -> None:
     """The original's documented example puts --tunnet/--block after the kernel (getopt permutes)."""
     o = parse_args(["64", "vmlinux", "--tunnet=192.168.19.1", "--block=rootfile", "root=/dev/vda"])
     assert o.kernel == "vmlinux" and o.cmdline == "root=/dev/vda"
-    assert o.tunnets == ("192.168.19.1",) and o.blocks == ("rootfile",)
+    assert o.devices == (("tunnet", "192.168.19.1"), ("block", "rootfile"))
 
 
 def test_other_words_after_the_kernel_are_kernel_args() -> None:
@@ -53,7 +54,7 @@ def test_other_words_after_the_kernel_are_kernel_args() -> None:
                     "--help", "64"])
     assert o.kernel == "vmlinux"
     assert o.cmdline == "root=/dev/vda -s init=/bin/sh --help 64"
-    assert o.blocks == ("x",) and o.verbose
+    assert o.devices == (("block", "x"),) and o.verbose
 
 
 def test_word_starting_with_dash_right_after_the_kernel() -> None:
@@ -63,13 +64,13 @@ def test_word_starting_with_dash_right_after_the_kernel() -> None:
 def test_options_before_memory_and_between_memory_and_kernel() -> None:
     o = parse_args(["-v", "--block=a.img", "128", "--rng", "--initrd=ird", "vmlinux", "quiet"])
     assert o.mem_mib == 128 and o.kernel == "vmlinux" and o.cmdline == "quiet"
-    assert o.verbose and o.rng and o.initrd == "ird" and o.blocks == ("a.img",)
+    assert o.verbose and o.initrd == "ird" and o.devices == (("block", "a.img"), ("rng", ""))
 
 
 def test_the_documented_example() -> None:
     # spec §8.1, with the options moved before the kernel (all words after it are kernel args).
     o = parse_args(["--tunnet=192.168.19.1", "--block=rootfile", "64", "vmlinux", "root=/dev/vda"])
-    assert o.tunnets == ("192.168.19.1",) and o.blocks == ("rootfile",) and o.cmdline == "root=/dev/vda"
+    assert o.devices == (("tunnet", "192.168.19.1"), ("block", "rootfile")) and o.cmdline == "root=/dev/vda"
 
 
 def test_kernel_args_keep_their_inner_spaces() -> None:
@@ -164,7 +165,7 @@ def test_initrd_twice() -> None:
 
 
 def test_value_may_contain_equals() -> None:
-    assert parse_args(["--block=a=b", "64", "k"]).blocks == ("a=b",)
+    assert parse_args(["--block=a=b", "64", "k"]).devices == (("block", "a=b"),)
 
 
 @pytest.mark.parametrize(
@@ -234,13 +235,25 @@ def test_syscall_vector_twice() -> None:
 def test_devices_repeat_and_keep_their_order() -> None:
     o = parse_args(["--block=a", "--tunnet=10.0.0.1", "--rng", "64", "--block=b",
                     "--tunnet=bridge:br0:52:54:00:12:34:56", "k"])  # fmt: skip
-    assert o.blocks == ("a", "b")
-    assert o.tunnets == ("10.0.0.1", "bridge:br0:52:54:00:12:34:56")
-    assert o.rng
     assert o.devices == (
-        ("block", "a"), ("tunnet", "10.0.0.1"), ("rng", None), ("block", "b"),
+        ("block", "a"), ("tunnet", "10.0.0.1"), ("rng", ""), ("block", "b"),
         ("tunnet", "bridge:br0:52:54:00:12:34:56"),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(DEVICE_OPTIONS))
+def test_every_device_entry_is_an_option_with_help(kind: str) -> None:
+    """devices.py is the only place a device option is declared: the parser and the
+    usage text both follow it."""
+    device = DEVICE_OPTIONS[kind]
+    word = f"--{kind}" if device.value is None else f"--{kind}=x"
+    assert parse_args([word, "64", "k"]).devices == ((kind, "" if device.value is None else "x"),)
+    assert device.help in USAGE
+    if device.value is None:
+        assert error([f"--{kind}=x", "64", "k"]) == f"Option --{kind} takes no value"
+    else:
+        needs = f"Option --{kind} needs a value: write --{kind}=<{device.value}>"
+        assert error([f"--{kind}=", "64", "k"]) == needs
 
 
 # --- lguest run ------------------------------------------------------------------------------
@@ -268,7 +281,7 @@ def test_run_with_memory_and_kernel_args() -> None:
 
 def test_run_with_options_everywhere() -> None:
     o = parse_args(["-v", "run", "--rng", "96", "--block=disk", "quiet", "--block=other"])
-    assert o.verbose and o.rng and o.blocks == ("disk", "other")
+    assert o.verbose and o.devices == (("rng", ""), ("block", "disk"), ("block", "other"))
     assert o.mem_mib == 96 and o.cmdline == "quiet"
 
 

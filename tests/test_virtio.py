@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from lguest.launcher.boot import allocate_guest_ram
 from lguest.launcher.virtio.queue import BadDriver, Virtqueue
-from lguest.launcher.virtio.rng import rng_device
+from lguest.launcher.virtio.rng import RngDevice
 from lguest.launcher.virtio.transport import ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK
 
 MEM = 8 << 20
@@ -30,7 +30,7 @@ BUFFERS = 0x40000
 class Driver:
     """Plays a Guest virtio-pci driver against one device (by default an entropy device)."""
 
-    def __init__(self, make=lambda ram: rng_device(3, ram, MEM)) -> None:
+    def __init__(self, make=lambda ram: RngDevice(3, ram, MEM)) -> None:
         self.ram = allocate_guest_ram(MEM)
         self.errors: list[str] = []
         self.irqs: list[int] = []

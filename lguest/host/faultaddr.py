@@ -34,14 +34,22 @@ def fault_address(page: int, eip: int, code: bytes, fetch: bool, reg: Callable[[
     """The faulting linear address inside `page` (falls back to the page itself)."""
     if fetch:
         return eip if eip & ~0xFFF == page else page
-    for insn in _decoder.disasm(code, eip, count=1):
-        for start, size in _accesses(insn, reg, segment_base):
-            start &= 0xFFFFFFFF
-            if start & ~0xFFF == page:
-                return start
-            if start < page < start + size:
-                return page
+    insn = decode(code, eip)
+    for start, size in _accesses(insn, reg, segment_base) if insn else ():
+        start &= 0xFFFFFFFF
+        if start & ~0xFFF == page:
+            return start
+        if start < page < start + size:
+            return page
     return page
+
+
+def decode(code: bytes, eip: int) -> capstone.CsInsn | None:
+    """The instruction `code` starts with (it sits at `eip`), or None if it is not one.
+
+    The one x86 decoder of the project: the Launcher's --trace lines use it too.
+    """
+    return next(_decoder.disasm(code, eip, count=1), None)
 
 
 def _accesses(insn: capstone.CsInsn, reg: Callable[[str], int],

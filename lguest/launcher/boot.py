@@ -1,6 +1,6 @@
 """The Launcher's loader: Guest RAM, the kernel image, the initrd and `boot_params` (spec §3.1–3.3).
 
-Guest RAM is one anonymous shared mapping of `mem` bytes plus the 1 MiB gap above it that
+Guest RAM is one anonymous shared mapping of `ram_size` bytes plus the 1 MiB gap above it that
 is mapped but is not RAM (§3.1).  The Launcher fills it in this order:
 
 1. `load_kernel`: an i386 ELF `vmlinux` (each PT_LOAD at its physical address) or a
@@ -79,31 +79,41 @@ def _size_str(n: int) -> str:
     return f"{n} bytes"
 
 
-def check_guest_mem(mem: int) -> None:
+def check_guest_mem(ram_size: int) -> None:
     """Refuse a Guest memory size the Launcher cannot honour."""
-    if mem <= 0 or mem % abi.PAGE_SIZE:
-        raise ValueError(f"guest memory size {mem:#x} is not a positive multiple of the page size")
-    if mem < MIN_GUEST_MEM:
+    if ram_size <= 0 or ram_size % abi.PAGE_SIZE:
+        raise ValueError(f"guest memory size {ram_size:#x} is not a positive multiple of the page size")
+    if ram_size < MIN_GUEST_MEM:
         raise LoadError(
-            f"{_size_str(mem)} of guest memory is too small: at least {abi.MIN_GUEST_MEM_MIB} MiB is needed"
+            f"{_size_str(ram_size)} of guest memory is too small: "
+            f"at least {abi.MIN_GUEST_MEM_MIB} MiB is needed"
         )
-    if mem > MAX_GUEST_MEM:
+    if ram_size > MAX_GUEST_MEM:
         raise LoadError(
-            f"{_size_str(mem)} of guest memory is too large: at most {abi.MAX_GUEST_MEM_MIB} MiB fits "
+            f"{_size_str(ram_size)} of guest memory is too large: at most {abi.MAX_GUEST_MEM_MIB} MiB fits "
             f"below the Switcher at {abi.SWITCHER_ADDR:#x}"
         )
 
 
-def _check_ram(ram: mmap.mmap, mem: int) -> None:
-    check_guest_mem(mem)
-    if len(ram) < mem + GAP_SIZE:
-        raise ValueError(f"guest RAM mapping of {len(ram):#x} bytes is smaller than {mem + GAP_SIZE:#x}")
+def _check_ram(ram: mmap.mmap, ram_size: int) -> None:
+    check_guest_mem(ram_size)
+    if len(ram) < ram_size + GAP_SIZE:
+        raise ValueError(f"guest RAM mapping of {len(ram):#x} bytes is smaller than {ram_size + GAP_SIZE:#x}")
 
 
-def allocate_guest_ram(mem: int) -> mmap.mmap:
-    """Map `mem` bytes of zeroed Guest RAM plus the 1 MiB not-RAM gap above it."""
-    check_guest_mem(mem)
-    size = mem + GAP_SIZE
+# tour:L.40 Guest RAM
+# lguest made no copy of the Guest's memory anywhere: the Launcher mapped a region of its
+# own address space and that region *was* Guest-physical memory, so a Guest-physical
+# address was just an offset into it.  We keep that: Guest RAM is one shared anonymous
+# mapping, handed to the emulator as the Guest's physical memory, read and written by the
+# Host (page tables, hypercall arguments), and sliced by the device threads, so a disk
+# read lands straight in the Guest's buffer.  Above the top of RAM the original kept a
+# 1 MiB gap (once a page of device descriptors); the devices' MMIO windows start above
+# it.  The Switcher's top 4 MiB of the address space stays clear of all of it.
+def allocate_guest_ram(ram_size: int) -> mmap.mmap:
+    """Map `ram_size` bytes of zeroed Guest RAM plus the 1 MiB not-RAM gap above it."""
+    check_guest_mem(ram_size)
+    size = ram_size + GAP_SIZE
     try:
         # Anonymous and shared: the emulator, the Host and device workers all see the same pages.
         return mmap.mmap(-1, size)
@@ -147,22 +157,32 @@ def _read_head(f: io.BufferedReader, n: int, what: str) -> bytes:
         raise LoadError(f"Reading {what}: {e.strerror or e}") from e
 
 
-def _check_entry(entry: int, mem: int) -> None:
+def _check_entry(entry: int, ram_size: int) -> None:
     # The Guest starts in linear mode (§6.2), where only guest-physical RAM is mapped.
-    if not 0 <= entry < mem:
+    if not 0 <= entry < ram_size:
         raise LoadError(
-            f"Kernel entry point {entry:#x} is outside guest RAM (0-{mem:#x}): it must be a physical address"
+            f"Kernel entry point {entry:#x} is outside guest RAM (0-{ram_size:#x}): "
+            "it must be a physical address"
         )
 
 
-def load_kernel(ram: mmap.mmap, mem: int, path: str) -> KernelImage:
+# tour:L.50 Loading the kernel: ELF or bzImage
+# A boot loader's job, minus the real mode.  An ELF vmlinux is loaded segment by segment
+# at each segment's *physical* address, and the Guest starts at `e_entry`, which for an
+# i386 vmlinux is the physical address of startup_32: the Host starts the Guest in
+# "linear mode", where every address maps to the same physical one, until the Guest
+# gives it page tables (§6.2).  A bzImage is a real-mode setup program followed by a
+# self-decompressing kernel: we skip the setup sectors (a Guest never runs in real mode),
+# copy the rest to 1 MiB and start at its 32-bit entry, `code32_start`.  Everything a user
+# can get wrong here is a LoadError: one line and exit status 2.
+def load_kernel(ram: mmap.mmap, ram_size: int, path: str) -> KernelImage:
     """Load an ELF vmlinux or a bzImage from `path` into Guest RAM (§3.2)."""
-    _check_ram(ram, mem)
+    _check_ram(ram, ram_size)
     with _open_regular(path) as f:
         head = _read_head(f, abi.ELF_EHDR_SIZE_32, f"kernel {path}")
         if head.startswith(abi.ELF_MAGIC):
-            return _load_elf(f, ram, mem, path, head)
-        return _load_bzimage(f, ram, mem, path)
+            return _load_elf(f, ram, ram_size, path, head)
+        return _load_bzimage(f, ram, ram_size, path)
 
 
 def _enum_value(value: str | int, table: dict[str, int]) -> int:
@@ -170,7 +190,7 @@ def _enum_value(value: str | int, table: dict[str, int]) -> int:
     return value if isinstance(value, int) else table.get(value, -1)
 
 
-def _load_elf(f: io.BufferedReader, ram: mmap.mmap, mem: int, path: str, head: bytes) -> KernelImage:
+def _load_elf(f: io.BufferedReader, ram: mmap.mmap, ram_size: int, path: str, head: bytes) -> KernelImage:
     if len(head) < abi.ELF_EHDR_SIZE_32:
         raise LoadError(MSG_MALFORMED_ELF)
     try:
@@ -204,10 +224,10 @@ def _load_elf(f: io.BufferedReader, ram: mmap.mmap, mem: int, path: str, head: b
         if memsz == 0:
             continue
         end = paddr + memsz
-        if end > mem:
+        if end > ram_size:
             raise LoadError(
                 f"Kernel segment {i} at gpa {paddr:#x}-{end:#x} does not fit in "
-                f"{_size_str(mem)} of guest RAM (gpa 0-{mem:#x})"
+                f"{_size_str(ram_size)} of guest RAM (gpa 0-{ram_size:#x})"
             )
         if paddr < BOOT_AREA_END:
             raise LoadError(
@@ -219,11 +239,11 @@ def _load_elf(f: io.BufferedReader, ram: mmap.mmap, mem: int, path: str, head: b
         sections.append((paddr, memsz))
     if not sections:
         raise LoadError(f"Kernel {path} has no loadable (PT_LOAD) segments")
-    _check_entry(elf["e_entry"], mem)
+    _check_entry(elf["e_entry"], ram_size)
     return KernelImage(entry=elf["e_entry"], kind="elf", sections=tuple(sections))
 
 
-def _load_bzimage(f: io.BufferedReader, ram: mmap.mmap, mem: int, path: str) -> KernelImage:
+def _load_bzimage(f: io.BufferedReader, ram: mmap.mmap, ram_size: int, path: str) -> KernelImage:
     f.seek(0)
     hdr = _read_head(f, _BZIMAGE_HEADER_BYTES, f"kernel {path}")
     magic_at = abi.BZIMAGE_MAGIC_OFFSET
@@ -235,45 +255,49 @@ def _load_bzimage(f: io.BufferedReader, ram: mmap.mmap, mem: int, path: str) -> 
     if size <= 0:
         raise LoadError(f"{MSG_NOT_BZIMAGE}: {path} ends inside its {setup_sects} setup sectors")
     # The decompressor runs at max(ALIGN(0x100000, kernel_alignment), LOAD_PHYSICAL_ADDR) >= 16 MiB.
-    if mem <= abi.KERNEL_ALIGNMENT:
+    if ram_size <= abi.KERNEL_ALIGNMENT:
         raise LoadError(
             f"A bzImage needs more than {_size_str(abi.KERNEL_ALIGNMENT)} of guest RAM "
-            f"(it decompresses itself at {_size_str(abi.KERNEL_ALIGNMENT)}); {_size_str(mem)} is too small"
+            f"(it decompresses itself at {_size_str(abi.KERNEL_ALIGNMENT)}); "
+            f"{_size_str(ram_size)} is too small"
         )
     gpa = abi.BZIMAGE_LOAD_GPA
-    if gpa + size > mem:
+    if gpa + size > ram_size:
         raise LoadError(
-            f"bzImage kernel ({size} bytes at gpa {gpa:#x}) does not fit in {_size_str(mem)} of guest RAM"
+            f"bzImage kernel ({size} bytes at gpa {gpa:#x}) does not fit in "
+            f"{_size_str(ram_size)} of guest RAM"
         )
     _read_into(f, ram, gpa, offset, size, f"kernel {path}")
     entry = abi.u32(hdr, abi.BootParams.CODE32_START)
-    _check_entry(entry, mem)
+    _check_entry(entry, ram_size)
     return KernelImage(entry=entry, kind="bzImage", sections=((gpa, size),))
 
 
-def load_initrd(ram: mmap.mmap, mem: int, path: str, kernel: KernelImage | None = None) -> tuple[int, int]:
+def load_initrd(ram: mmap.mmap, ram_size: int, path: str,
+                kernel: KernelImage | None = None) -> tuple[int, int]:
     """Put the initrd at the page-aligned top of RAM; return its (gpa, page-rounded size).
 
     Pass the loaded `kernel` so an initrd that would land on top of it is refused.
     """
-    _check_ram(ram, mem)
+    _check_ram(ram, ram_size)
     with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise LoadError(f"Initrd {path} is empty")
         rounded = page_align(size)
-        gpa = mem - rounded
+        gpa = ram_size - rounded
         if gpa < BOOT_AREA_END:
-            raise LoadError(f"Initrd {path} ({size} bytes) does not fit in {_size_str(mem)} of guest RAM")
+            raise LoadError(f"Initrd {path} ({size} bytes) does not fit in "
+                            f"{_size_str(ram_size)} of guest RAM")
         for kgpa, ksize in kernel.sections if kernel else ():
-            if kgpa < mem and gpa < kgpa + ksize:
+            if kgpa < ram_size and gpa < kgpa + ksize:
                 raise LoadError(
-                    f"Initrd {path} at gpa {gpa:#x}-{mem:#x} would overlap the kernel at gpa "
+                    f"Initrd {path} at gpa {gpa:#x}-{ram_size:#x} would overlap the kernel at gpa "
                     f"{kgpa:#x}-{kgpa + ksize:#x}: give the guest more memory"
                 )
         _read_into(f, ram, gpa, 0, size, f"initrd {path}")
     # The page-rounded tail is part of the ramdisk the Guest sees: keep it zero.
-    ram[gpa + size : mem] = bytes(mem - gpa - size)
+    ram[gpa + size : ram_size] = bytes(ram_size - gpa - size)
     return gpa, rounded
 
 
@@ -292,16 +316,23 @@ def encode_cmdline(cmdline: str) -> bytes:
     return raw
 
 
-def write_boot_params(ram: mmap.mmap, mem: int, cmdline: str, initrd: tuple[int, int] | None) -> None:
+# tour:L.60 boot_params: how Linux learns it is a Guest
+# The first page of Guest RAM is the `boot_params` structure a PC boot loader leaves for
+# Linux, and the command line follows it.  One memory region (e820), the command line's
+# address, and one field that changes everything: `hardware_subarch = 1`, lguest.  Linux's
+# startup_32 reads it and jumps to lguest_entry instead of setting up a PC, and from there
+# the Guest speaks to the Host in hypercalls (chapter G).  KEEP_SEGMENTS tells a bzImage's
+# decompressor not to reload segment registers, which it cannot do at privilege ring 1.
+def write_boot_params(ram: mmap.mmap, ram_size: int, cmdline: str, initrd: tuple[int, int] | None) -> None:
     """Write `boot_params` at gpa 0 and the command line at gpa 0x1000 (§3.3)."""
-    _check_ram(ram, mem)
+    _check_ram(ram, ram_size)
     raw = encode_cmdline(cmdline)
     bp = abi.BootParams
     page = bytearray(abi.BOOT_PARAMS_SIZE)
     struct.pack_into("<H", page, bp.APM_BIOS_VERSION, 0)  # 0 keeps the Guest's APM driver away
     struct.pack_into("<Q", page, bp.TBOOT_ADDR, 0)
     struct.pack_into("<B", page, bp.E820_ENTRIES, 1)
-    struct.pack_into(abi.E820_ENTRY_FORMAT, page, bp.E820_MAP, 0, mem, abi.E820_RAM)
+    struct.pack_into(abi.E820_ENTRY_FORMAT, page, bp.E820_MAP, 0, ram_size, abi.E820_RAM)
     # 2.07 is the first boot protocol with hardware_subarch, which sends Linux to lguest_entry.
     struct.pack_into("<H", page, bp.HDR_VERSION, abi.BOOT_PROTOCOL_VERSION)
     # KEEP_SEGMENTS: the decompressor must not reload segments, which would fault at ring 1.
@@ -311,7 +342,7 @@ def write_boot_params(ram: mmap.mmap, mem: int, cmdline: str, initrd: tuple[int,
     struct.pack_into("<I", page, bp.HARDWARE_SUBARCH, abi.X86_SUBARCH_LGUEST)
     if initrd is not None:
         gpa, size = initrd
-        if size <= 0 or gpa < BOOT_AREA_END or gpa + size > mem:
+        if size <= 0 or gpa < BOOT_AREA_END or gpa + size > ram_size:
             raise ValueError(f"initrd range {gpa:#x}+{size:#x} is not inside guest RAM")
         struct.pack_into("<B", page, bp.TYPE_OF_LOADER, abi.LOADER_TYPE_UNKNOWN)
         struct.pack_into("<I", page, bp.RAMDISK_IMAGE, gpa)

@@ -37,6 +37,14 @@ PIPE_BUFFER_LIMIT = 1 << 20  # piped input beyond this waits for the Guest to re
 READ_SIZE = 4096
 
 
+# tour:L.100 Signals and escape keys
+# The user must always be able to stop a Guest, whatever it does: spin without a trap,
+# halt for ever, flood the console, restart in a loop.  The main thread is inside the
+# emulator, where a Python signal handler may not run for a long time, so SIGINT, SIGTERM
+# and SIGHUP are written to a pipe by the C-level handler and a watcher thread turns them
+# into a StopRequest.  The keyboard has its own thread too, watching for Ctrl-] and three
+# quick Ctrl-Cs.  Both end the same way: `Guest.stop_run` rings the vCPU's doorbell, the
+# run loop returns, and the Launcher restores the terminal and exits.
 class StopRequest:
     """The first request to stop (exit status and message), passed to the running Guest."""
 

@@ -44,6 +44,11 @@ def stderr_line(text: str) -> None:
             print(f"lguest: {text}", file=sys.stderr, flush=True)
 
 
+# tour:L.80 The console's output
+# Our standard output is the Guest's console.  Two writers share it: the vCPU thread, which
+# delivers the early console one byte at a time, and the console device's output thread.
+# A slow or stuck reader must never stop us from noticing Ctrl-] or SIGTERM, so we only
+# write what stdout will take at once, and wait for it in short steps.
 class ConsoleOutput:
     """The Launcher's stdout: the Guest's console.
 
@@ -92,6 +97,13 @@ def exit_status(result: RunResult) -> int:
     return 0 if clean else 1
 
 
+# tour:L.90 Run, and how it ended
+# The Launcher's main loop.  Build a machine, then `guest.run()`: that is the Host's run
+# loop (chapter H), which returns only when the Guest is dead, wants a restart, or was
+# asked to stop.  The devices run meanwhile in their own threads.  Then the exit status:
+# 0 if the Guest powered off cleanly, 1 if it died (killed by the Host or a device, or
+# it panicked), 128+signum when a signal stopped it, 2 for a bad command line or file,
+# and 3 only for a bug of ours.
 def run(opts: Options) -> int:
     say = stderr_line if opts.verbose else _quiet
     kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path())
@@ -161,6 +173,11 @@ def figures(machine: Machine, elapsed: float) -> dict[str, object]:
             "interrupts": stats["interrupts"], "port_ios": machine.ports.count}
 
 
+# tour:L.110 The terminal in raw mode
+# At a terminal, keys go to the Guest as they are typed: no echo, no line editing, and
+# no SIGINT from ^C (the Guest's shell wants it; three in a row are our escape).  Output
+# processing stays on, so a Guest's bare newline still starts a new line, and the old
+# settings come back however we leave.
 @contextlib.contextmanager
 def terminal_in_raw_mode(fd: int | None) -> Iterator[None]:
     """Keys go to the Guest as typed (no echo, no line editing, no signals from ^C),

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from lguest import abi
+from lguest.launcher.devices import DEVICE_OPTIONS
 
 BUNDLED_DEFAULT_MEM_MIB = 64
 BUNDLED_DEFAULT_COMMAND = "shell"  # `lguest run` alone: puppy's interactive shell
@@ -40,14 +41,7 @@ the kernel is passed to it on its command line ('--' ends the options).
 options:
   -v, --verbose              describe the Guest's memory, devices and I/O as it runs
   --initrd=<file>            load <file> as the initial ramdisk
-  --block=<file>             add a virtio block device backed by <file> (repeatable)
-  --rng                      add a virtio entropy device (reads /dev/urandom)
-  --tunnet=<ipaddr>[:<mac>]  add a virtio network device on a tap interface
-  --tunnet=bridge:<bridge>[:<mac>]
-                             ... or one attached to an existing bridge (repeatable)
-  --net=udp:<port>:<host>:<port>
-                             a network device wired to another Guest over UDP on
-                             this machine: no root needed (repeatable)
+{"".join(device.help for device in DEVICE_OPTIONS.values())}\
   --stats                    say where the time went, when the Guest ends
   --stats=json               ... as one JSON object, with counts by hypercall and trap
   --gdb=[<host>:]<port>      serve gdb's remote protocol on TCP (host 127.0.0.1
@@ -62,13 +56,13 @@ options:
 
 _MEM_RE = re.compile(r"[0-9]+")
 _VECTOR_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
-_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--rng", "--stats", "--gdb-wait"})
+# The devices' options (devices.py), by option.
+_DEVICES = {f"--{kind}": device for kind, device in DEVICE_OPTIONS.items()}
+_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--stats", "--gdb-wait"}
+                   | {name for name, device in _DEVICES.items() if device.value is None})
 # Options that need a value, with the placeholder shown when it is missing.
-_VALUED = {
+_VALUED = {name: device.value for name, device in _DEVICES.items() if device.value is not None} | {
     "--initrd": "file",
-    "--block": "file",
-    "--tunnet": "arg",
-    "--net": "spec",
     "--trace": "list",
     "--syscall-vector": "n",
     "--gdb": "port",
@@ -95,18 +89,16 @@ class Options:
     verbose: bool = False
     trace: frozenset[str] = frozenset()
     syscall_vector: int = abi.SYSCALL_VECTOR
-    blocks: tuple[str, ...] = ()
-    rng: bool = False
-    tunnets: tuple[str, ...] = ()
     bundled: bool = False
     stats: bool = False
     stats_json: bool = False
     gdb: tuple[str, int] | None = None  # where the gdb stub listens
     gdb_wait: bool = False
     trace_file: str | None = None
-    # ("block", file) / ("rng", None) / ("tunnet", arg) in command-line order: the original
-    # creates devices (and so assigns PCI slots) in option order.
-    devices: tuple[tuple[str, str | None], ...] = ()
+    # (kind, value) of each device option (devices.py), e.g. ("block", "disk.img") or
+    # ("rng", ""), in command-line order: the original creates devices (and so assigns
+    # PCI slots) in option order.
+    devices: tuple[tuple[str, str], ...] = ()
 
 
 def _parse_mem(word: str) -> int:
@@ -150,14 +142,11 @@ class _Parser:
         self.gdb: tuple[str, int] | None = None
         self.gdb_wait = False
         self.trace_file: str | None = None
-        self.rng = False
         self.initrd: str | None = None
         self.syscall_vector = abi.SYSCALL_VECTOR
         self.seen: set[str] = set()
         self.trace: set[str] = set()
-        self.blocks: list[str] = []
-        self.tunnets: list[str] = []
-        self.devices: list[tuple[str, str | None]] = []
+        self.devices: list[tuple[str, str]] = []
 
     def option(self, word: str) -> None:
         name, eq, value = word.partition("=")
@@ -169,9 +158,8 @@ class _Parser:
                 raise UsageError(f"Option {name} takes no value")
             if name in ("-h", "--help"):
                 raise HelpRequested()
-            if name == "--rng":
-                self.rng = True
-                self.devices.append(("rng", None))
+            if name in _DEVICES:
+                self.devices.append((_DEVICES[name].kind, ""))
             elif name == "--stats":
                 self.stats = True
             elif name == "--gdb-wait":
@@ -186,7 +174,9 @@ class _Parser:
         if name in _ONCE and name in self.seen:
             raise UsageError(f"Option {name} given twice")
         self.seen.add(name)
-        if name == "--initrd":
+        if name in _DEVICES:
+            self.devices.append((_DEVICES[name].kind, value))
+        elif name == "--initrd":
             self.initrd = value
         elif name == "--syscall-vector":
             self.syscall_vector = _parse_vector(value)
@@ -194,17 +184,8 @@ class _Parser:
             self.trace |= _parse_trace(value)
         elif name == "--gdb":
             self.gdb = _parse_gdb(value)
-        elif name == "--trace-file":
-            self.trace_file = value
-        elif name == "--block":
-            self.blocks.append(value)
-            self.devices.append(("block", value))
-        elif name == "--net":
-            self.devices.append(("net", value))
         else:
-            self.tunnets.append(value)
-            self.devices.append(("tunnet", value))
-
+            self.trace_file = value
 
     def split_kernel_words(self, words: list[str]) -> list[str]:
         """Words after the kernel: the Launcher's own options among them still count.
@@ -224,6 +205,16 @@ class _Parser:
         return kernel_words
 
 
+# tour:L.10 The command line
+# The Launcher is the user program of lguest.  In the original it was a process that
+# mapped some memory for the Guest, opened /dev/lguest, and then sat in a loop on
+# read(), serving devices whenever the Host gave control back.  Here it is the half of
+# one Python process under lguest/launcher/; the half under lguest/host/ plays the kernel
+# module.  You run it as `lguest 64 vmlinux root=/dev/vda`: the first word that is not an
+# option is the memory size in MiB, the next is the kernel, and the rest is the kernel's
+# command line.  `lguest run` boots the bundled puppy instead.  Device options (--block,
+# --rng, --tunnet, --net) are only recorded here, in order; what they mean lives in
+# devices.py.
 def parse_args(argv: list[str]) -> Options:
     """Parse the command line (without the program name)."""
     p = _Parser()
@@ -273,9 +264,6 @@ def parse_args(argv: list[str]) -> Options:
         verbose=p.verbose,
         trace=frozenset(p.trace),
         syscall_vector=p.syscall_vector,
-        blocks=tuple(p.blocks),
-        rng=p.rng,
-        tunnets=tuple(p.tunnets),
         bundled=bundled,
         devices=tuple(p.devices),
         stats=p.stats,

@@ -19,16 +19,75 @@ from lguest import abi
 from lguest.abi import PciCfg, VirtioCap, VirtioMmio
 
 CONFIG_ENABLE = 1 << 31
-MMIO_FIRST_OFFSET = abi.DEVICE_PAGES * abi.PAGE_SIZE  # BARs start 1 MiB above RAM
 
 
 class BadDriver(Exception):
-    """The Guest's driver broke the virtio protocol: fatal, `<dev>: bad driver: <msg>`."""
+    """The Guest's driver broke the virtio protocol: fatal, `<dev>: bad driver: <msg>`.
+
+    Raised by the queue code (a device's service thread turns it into the Guest's
+    death), and by a device nobody has given a `fatal` to (the unit tests' devices).
+    """
 
 
 class DriverRefused(Exception):
     """Raised by `bad_driver` once the Guest is killed, so the access goes no further
     (the original Launcher's errx): nothing the Guest asked for is stored or done."""
+
+
+# tour:D.20 The PCI bus
+# The Guest writes a bus/slot/register number to the address port, then reads or writes
+# the data port; `_target` routes it to one device's configuration space.  Slot 0 is a
+# dummy host bridge that exists so Linux's probe believes in the bus, the console is
+# slot 1 and the other devices follow in command-line order.  A slot nobody is in reads
+# as all ones, as on real hardware.
+class PciBus:
+    """Bus 0: the config address latch and the functions in its 32 slots."""
+
+    def __init__(self) -> None:
+        self.slots: list[PciFunction | None] = [None] * abi.MAX_PCI_DEVICES
+        self.slots[0] = HostBridge()
+        self.address = 0
+
+    def add(self, device: PciFunction) -> int:
+        """Put a device in the next free slot; its slot number."""
+        for slot, present in enumerate(self.slots):
+            if present is None:
+                self.slots[slot] = device
+                return slot
+        raise ValueError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
+
+    def _target(self) -> tuple[PciFunction, int] | None:
+        """The function and register the latched address selects, if it routes anywhere."""
+        addr = self.address
+        reg = addr & 0xFC
+        bus, slot, function = (addr >> 16) & 0xFF, (addr >> 11) & 0x1F, (addr >> 8) & 7
+        if not addr & CONFIG_ENABLE or bus or function or reg >= abi.PCI_CONFIG_SIZE:
+            return None
+        device = self.slots[slot]
+        return (device, reg) if device is not None else None
+
+    def address_write(self, byte: int, size: int, value: int) -> None:
+        mask = ((1 << 8 * size) - 1) << 8 * byte
+        self.address = (self.address & ~mask) | ((value << 8 * byte) & mask)
+
+    def address_read(self, byte: int, size: int) -> int:
+        return (self.address >> 8 * byte) & ((1 << 8 * size) - 1)
+
+    def data_read(self, byte: int, size: int) -> int:
+        target = self._target()
+        if target is None:
+            return (1 << 8 * size) - 1
+        device, reg = target
+        if reg + byte + size > abi.PCI_CONFIG_SIZE:
+            return (1 << 8 * size) - 1
+        return device.config_read(reg + byte, size)
+
+    def data_write(self, byte: int, size: int, value: int) -> bool:
+        target = self._target()
+        if target is None:
+            return False
+        device, reg = target
+        return device.config_write(reg + byte, size, value)
 
 
 class PciFunction:
@@ -77,6 +136,12 @@ class VirtioPciDevice(PciFunction):
         self.refused = False  # a bad driver was seen: every later access is ignored
         self._build_config(class_code, subclass)
 
+    # tour:D.30 What a virtio device looks like on the bus
+    # Vendor 0x1AF4 and device 0x1040 + the virtio id make Linux's virtio-pci driver claim
+    # the device.  BAR0 is the address of its page of MMIO registers, and a chain of vendor
+    # capabilities says where in that page each part lives: the common configuration
+    # (features, status, queues), the notify register, the interrupt status (ISR), the
+    # device's own configuration (a disk's size...), and a PCI_CFG window into BAR0 itself.
     def _build_config(self, class_code: int, subclass: int) -> None:
         c = self.config
         struct.pack_into("<HH", c, PciCfg.VENDOR_ID, abi.PCI_VENDOR_REDHAT_QUMRANET,
@@ -163,6 +228,14 @@ class VirtioPciDevice(PciFunction):
                 or (offset, size) in ((cap + VirtioCap.OFFSET, 4), (cap + VirtioCap.LENGTH, 4)))
 
     # --- the PCI_CFG window: BAR0 accesses through config space ---------------------------
+    # tour:D.40 The early console
+    # Before any driver runs, a Guest kernel already wants to print.  lguest's early console
+    # uses the PCI_CFG capability: through port I/O alone, the Guest points the window at the
+    # console's `emerg_wr` register (in its device configuration) and writes one character
+    # to the window's data.  That write arrives here, becomes a 32-bit write to BAR0 (see
+    # ConsoleDevice.device_config_write), and the byte goes to our stdout.  Slow, about eight
+    # trapping port accesses per character, but it works before interrupts, drivers or even
+    # memory management exist, which is exactly when a kernel most needs to say what is wrong.
     def _window(self) -> tuple[int, int, int]:
         cap = PciCfg.CAP_PCI_CFG
         bar = self.config[cap + VirtioCap.BAR]
@@ -189,6 +262,15 @@ class VirtioPciDevice(PciFunction):
         return True
 
     # --- BAR0 ----------------------------------------------------------------------------
+    # tour:D.50 BAR0: a Guest load or store reaches a device
+    # Once the driver runs it uses BAR0 with ordinary loads and stores.  The original left
+    # those pages unmapped: each access faulted, and the Launcher decoded the faulting
+    # instruction by hand to learn the register and the value.  Here each BAR0 page is an
+    # emulator MMIO region (`Guest.map_mmio`), so the emulator calls `mmio_read` and
+    # `mmio_write` on the vCPU's thread with the access's true width.  Below offset 60 is the
+    # virtio transport (virtio/transport.py), above it the device's own configuration.  Once a
+    # device has killed the Guest for breaking the rules, `DriverRefused` abandons the access
+    # and the device answers nothing more: nothing the Guest asked for afterwards is done.
     def mmio_read(self, offset: int, size: int) -> int:
         """A Guest read of BAR0 (from the Host's MMIO hook, or through the PCI_CFG window)."""
         if self.refused:
@@ -228,56 +310,6 @@ class VirtioPciDevice(PciFunction):
 
     def transport_write(self, offset: int, size: int, value: int) -> None:
         raise NotImplementedError
-
-
-class PciBus:
-    """Bus 0: the config address latch and the functions in its 32 slots."""
-
-    def __init__(self) -> None:
-        self.slots: list[PciFunction | None] = [None] * abi.MAX_PCI_DEVICES
-        self.slots[0] = HostBridge()
-        self.address = 0
-
-    def add(self, device: PciFunction) -> int:
-        """Put a device in the next free slot; its slot number."""
-        for slot, present in enumerate(self.slots):
-            if present is None:
-                self.slots[slot] = device
-                return slot
-        raise ValueError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
-
-    def _target(self) -> tuple[PciFunction, int] | None:
-        """The function and register the latched address selects, if it routes anywhere."""
-        addr = self.address
-        reg = addr & 0xFC
-        bus, slot, function = (addr >> 16) & 0xFF, (addr >> 11) & 0x1F, (addr >> 8) & 7
-        if not addr & CONFIG_ENABLE or bus or function or reg >= abi.PCI_CONFIG_SIZE:
-            return None
-        device = self.slots[slot]
-        return (device, reg) if device is not None else None
-
-    def address_write(self, byte: int, size: int, value: int) -> None:
-        mask = ((1 << 8 * size) - 1) << 8 * byte
-        self.address = (self.address & ~mask) | ((value << 8 * byte) & mask)
-
-    def address_read(self, byte: int, size: int) -> int:
-        return (self.address >> 8 * byte) & ((1 << 8 * size) - 1)
-
-    def data_read(self, byte: int, size: int) -> int:
-        target = self._target()
-        if target is None:
-            return (1 << 8 * size) - 1
-        device, reg = target
-        if reg + byte + size > abi.PCI_CONFIG_SIZE:
-            return (1 << 8 * size) - 1
-        return device.config_read(reg + byte, size)
-
-    def data_write(self, byte: int, size: int, value: int) -> bool:
-        target = self._target()
-        if target is None:
-            return False
-        device, reg = target
-        return device.config_write(reg + byte, size, value)
 
 
 def _within(offset: int, size: int, start: int, end: int) -> bool:

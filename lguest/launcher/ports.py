@@ -16,6 +16,13 @@ from lguest.launcher.pci import PciBus
 ALL_ONES = 0xFFFFFFFF
 
 
+# tour:D.10 Port I/O: the way in
+# A 4.x Guest finds its devices as a PC does, through PCI configuration space, which it
+# reaches with `in` and `out` on ports 0xCF8 (the address) and 0xCFC (the data).  The
+# Guest kernel runs at ring 1 without I/O permission, so each such instruction traps;
+# the Switcher hands it to `port_in` / `port_out` and finishes the instruction (chapter
+# S).  Everything else reads as all ones, like an empty ISA bus, so Linux's probes of
+# the keyboard controller and friends find nothing.
 class Ports:
     def __init__(self, pci: PciBus, warn: Callable[[str], None]) -> None:
         self.pci = pci

@@ -1,7 +1,7 @@
 """`--trace`: one line on stderr per hypercall, trap or interrupt.
 
-Trap lines show the instruction at the faulting address, disassembled with
-capstone, read from Guest memory without disturbing the Guest.
+Trap lines show the instruction at the faulting address, read from Guest memory
+without disturbing the Guest and decoded by the Host's own decoder.
 """
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-import capstone
-
 from lguest import abi
-from lguest.host.core import Guest, Tracer
+from lguest.host.core import INSN_MAX, Guest, Tracer
 from lguest.host.cpu import Exit, ExitKind
+from lguest.host.faultaddr import decode
 
 HCALL_NAMES = {int(h): h.name for h in abi.Hcall}
 TRAP_NAMES = {int(t): t.name for t in abi.Trap}
@@ -23,7 +22,6 @@ class StderrTracer:
     def __init__(self, kinds: frozenset[str], out: TextIO = sys.stderr) -> None:
         self.kinds = kinds
         self.out = out
-        self._disasm = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
     def _line(self, text: str) -> None:
         print(f"lguest trace: {text}", file=self.out, flush=True)
@@ -40,7 +38,7 @@ class StderrTracer:
             return
         if exit_.trapnum == abi.LGUEST_TRAP_ENTRY and guest.cpu.cpl <= abi.GUEST_PL:
             return  # hypercalls have their own lines
-        eip = exit_.eip if exit_.eip is not None else guest.cpu.get("eip")
+        eip = guest.cpu.get("eip")
         if exit_.kind is ExitKind.PAGE_FAULT:
             what = f"#PF cr2={exit_.address:#x} err={exit_.errcode:#x}"
         else:
@@ -51,14 +49,13 @@ class StderrTracer:
         if "irqs" in self.kinds:
             self._line(f"irq {irq} delivered")
 
-    def _instruction(self, guest: Guest, eip: int) -> str:
-        gpa = guest.pages.peek(eip)
-        if gpa is None:
+    @staticmethod
+    def _instruction(guest: Guest, eip: int) -> str:
+        code = guest.peek_virtual(eip, INSN_MAX)
+        if not code:
             return "<unmapped>"
-        code = guest.mem.ram[gpa:min(gpa + 15, guest.mem.size)]
-        for insn in self._disasm.disasm(code, eip, count=1):
-            return f"{insn.mnemonic} {insn.op_str}".strip()
-        return "<undecodable>"
+        insn = decode(code, eip)
+        return f"{insn.mnemonic} {insn.op_str}".strip() if insn else "<undecodable>"
 
 
 class Tracers:

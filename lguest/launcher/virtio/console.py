@@ -16,19 +16,26 @@ from collections.abc import Callable
 
 from lguest import abi
 from lguest.launcher.control import Keyboard
-from lguest.launcher.virtio.queue import BadDriver, Virtqueue
-from lguest.launcher.virtio.transport import VirtioDevice, wait_for_chains
+from lguest.launcher.pci import BadDriver
+from lguest.launcher.virtio.queue import Virtqueue
+from lguest.launcher.virtio.transport import VirtioDevice
 
 VIRTIO_CONSOLE_F_EMERG_WRITE = 2
 END_OF_INPUT = b"\x04"  # Ctrl-D
 
 
+# tour:D.130 The console
+# Once its driver runs, the console is two queues.  Output: the Guest offers buffers of
+# text, and we write them to stdout.  Input: the Guest offers empty buffers ahead of time,
+# and they wait in the ring until a key arrives; the keyboard thread wakes this queue's
+# thread, which fills the next buffer with what was typed.  When piped input ends the
+# Guest gets one Ctrl-D, as from a person at a terminal.
 class ConsoleDevice(VirtioDevice):
     def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, write: Callable[[bytes], None],
                  keyboard: Keyboard | None = None) -> None:
         super().__init__("console", abi.VirtioId.CONSOLE, abi.PCI_CLASS_CONSOLE, irq,
                          bytes(abi.VIRTIO_CONSOLE_CONFIG_SIZE), 1 << VIRTIO_CONSOLE_F_EMERG_WRITE,
-                         [("input", serve_input), ("output", serve_output)], ram, ram_size)
+                         [("input", self.serve_input), ("output", self.serve_output)], ram, ram_size)
         self.write = write
         self.keyboard = keyboard
 
@@ -39,44 +46,40 @@ class ConsoleDevice(VirtioDevice):
         super().device_config_write(at, size, value)
 
 
-def serve_output(device: VirtioDevice, queue: Virtqueue) -> None:
-    assert isinstance(device, ConsoleDevice)
-    for chain in wait_for_chains(device, queue):
-        if chain.into:
-            raise BadDriver("Input buffers in console output queue?")
-        device.write(chain.out_bytes())
-        queue.push(chain.head, 0)
-        device.signal(queue)
+    def serve_output(self, queue: Virtqueue) -> None:
+        for chain in self.chains(queue):
+            if chain.into:
+                raise BadDriver("Input buffers in console output queue?")
+            self.write(chain.out_bytes())
+            queue.push(chain.head, 0)
+            self.signal(queue)
 
-
-def serve_input(device: VirtioDevice, queue: Virtqueue) -> None:
-    """Fill each input buffer with whatever the keyboard (or pipe) gave us next."""
-    assert isinstance(device, ConsoleDevice)
-    keyboard = device.keyboard
-    if keyboard is None:
-        return
-    keyboard.listener = queue.notified.set
-    for chain in wait_for_chains(device, queue):
-        if chain.out:
-            raise BadDriver("Output buffers in console input queue?")
-        data = next_keys(device, keyboard, queue, sum(len(b) for b in chain.into))
-        if data is None:
-            if device.running and not keyboard.is_terminal:
-                # The end of a piped script: tell the Guest as a person at a terminal
-                # would, with one Ctrl-D (the original just stopped reading).
-                queue.push(chain.head, chain.scatter(END_OF_INPUT))
-                device.signal(queue)
+    def serve_input(self, queue: Virtqueue) -> None:
+        """Fill each input buffer with whatever the keyboard (or pipe) gave us next."""
+        keyboard = self.keyboard
+        if keyboard is None:
             return
-        queue.push(chain.head, chain.scatter(data))
-        device.signal(queue)
+        keyboard.listener = queue.notified.set
+        for chain in self.chains(queue):
+            if chain.out:
+                raise BadDriver("Output buffers in console input queue?")
+            data = self.next_keys(keyboard, queue, sum(len(b) for b in chain.into))
+            if data is None:
+                if self.running and not keyboard.is_terminal:
+                    # The end of a piped script: tell the Guest as a person at a terminal
+                    # would, with one Ctrl-D (the original just stopped reading).
+                    queue.push(chain.head, chain.scatter(END_OF_INPUT))
+                    self.signal(queue)
+                return
+            queue.push(chain.head, chain.scatter(data))
+            self.signal(queue)
 
-
-def next_keys(device: VirtioDevice, keyboard: Keyboard, queue: Virtqueue, room: int) -> bytes | None:
-    """Up to `room` bytes, waiting for some (but noticing a reset); None at end of input."""
-    while device.running:
-        data = keyboard.take(room)
-        if data != b"":
-            return data
-        queue.notified.wait()  # set by the keyboard for new keys, and by a reset
-        queue.notified.clear()
-    return None
+    def next_keys(self, keyboard: Keyboard, queue: Virtqueue, room: int) -> bytes | None:
+        """Up to `room` bytes, waiting for some (but noticing a reset); None at end of input."""
+        while self.running:
+            data = keyboard.take(room)
+            if data != b"":
+                return data
+            queue.notified.wait()  # set by the keyboard for new keys, and by a reset
+            queue.notified.clear()
+        return None

@@ -20,8 +20,10 @@ import socket
 import struct
 
 from lguest import abi
-from lguest.launcher.virtio.queue import BadDriver, Virtqueue
-from lguest.launcher.virtio.transport import VirtioDevice, wait_for_chains
+from lguest.launcher.boot import LoadError
+from lguest.launcher.pci import BadDriver
+from lguest.launcher.virtio.queue import Virtqueue
+from lguest.launcher.virtio.transport import VirtioDevice
 
 VIRTIO_NET_F_MAC = 5
 NET_HDR_SIZE = 12  # struct virtio_net_hdr_v1
@@ -150,15 +152,6 @@ def parse_udp(spec: str) -> tuple[int, tuple[str, int]]:
     return local, (parts[2], peer)
 
 
-class NetDevice(VirtioDevice):
-    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, link: UdpLink | TapLink,
-                 mac: bytes | None) -> None:
-        features = link.features | (1 << VIRTIO_NET_F_MAC if mac else 0)
-        super().__init__("net", abi.VirtioId.NET, abi.PCI_CLASS_NET, irq, (mac or bytes(6)) + bytes(2),
-                         features, [("rx", serve_rx), ("tx", serve_tx)], ram, ram_size)
-        self.link = link
-
-
 def parse_mac(text: str) -> bytes:
     try:
         mac = bytes(int(part, 16) for part in text.split(":"))
@@ -169,30 +162,67 @@ def parse_mac(text: str) -> bytes:
     return mac
 
 
-def serve_tx(device: VirtioDevice, queue: Virtqueue) -> None:
-    assert isinstance(device, NetDevice)
-    for chain in wait_for_chains(device, queue):
-        if chain.into:
-            raise BadDriver("Input buffers in net output queue?")
-        packet = chain.out_bytes()
-        if len(packet) < NET_HDR_SIZE:
-            raise BadDriver("iovec too short")
-        device.link.send(packet)
-        queue.push(chain.head, 0)
-        device.signal(queue)
 
+# tour:D.140 The network device
+# Two queues again: tx carries frames from the Guest, rx holds empty buffers for frames
+# to it.  Each frame has a 12-byte virtio header in front (checksum and segmentation
+# hints).  The wire is one of two links: a host tap interface, which speaks that header
+# itself (the original's --tunnet, root needed), or UDP to another Launcher on this
+# machine (--net), which sends the bare frame and gives each received one an empty header.
+class NetDevice(VirtioDevice):
+    """A network card whose wire is `link`, which it owns from now on."""
 
-def serve_rx(device: VirtioDevice, queue: Virtqueue) -> None:
-    assert isinstance(device, NetDevice)
-    for chain in wait_for_chains(device, queue):
-        if chain.out:
-            raise BadDriver("Output buffers in net input queue?")
-        packet = None
-        while device.running and packet is None:
-            ready, _, _ = select.select([device.link], [], [], POLL_SECONDS)
-            if ready:
-                packet = device.link.receive()
-        if packet is None:
-            return
-        queue.push(chain.head, chain.scatter(packet))
-        device.signal(queue)
+    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, link: UdpLink | TapLink,
+                 mac: bytes | None) -> None:
+        features = link.features | (1 << VIRTIO_NET_F_MAC if mac else 0)
+        super().__init__("net", abi.VirtioId.NET, abi.PCI_CLASS_NET, irq, (mac or bytes(6)) + bytes(2),
+                         features, [("rx", self.serve_rx), ("tx", self.serve_tx)], ram, ram_size)
+        self.link = link
+
+    @classmethod
+    def over_udp(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int) -> NetDevice:
+        """`--net=udp:<port>:<host>:<port>`."""
+        try:
+            port, peer = parse_udp(value)
+            link = UdpLink(port, peer)
+        except (ValueError, OSError) as err:
+            raise LoadError(str(err)) from None
+        # A locally administered MAC that differs per port, so two Guests never clash.
+        return cls(irq, ram, ram_size, link, bytes([0x02, 0x00, 0x00, 0x00, port >> 8 & 0xFF, port & 0xFF]))
+
+    @classmethod
+    def over_tap(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int) -> NetDevice:
+        """`--tunnet=<ipaddr>[:<mac>]` or `--tunnet=bridge:<bridge>[:<mac>]`."""
+        try:
+            tap = TapLink(value)
+        except ValueError as err:
+            raise LoadError(str(err)) from None
+        return cls(irq, ram, ram_size, tap, tap.mac)
+
+    def close(self) -> None:
+        self.link.close()
+
+    def serve_tx(self, queue: Virtqueue) -> None:
+        for chain in self.chains(queue):
+            if chain.into:
+                raise BadDriver("Input buffers in net output queue?")
+            packet = chain.out_bytes()
+            if len(packet) < NET_HDR_SIZE:
+                raise BadDriver("iovec too short")
+            self.link.send(packet)
+            queue.push(chain.head, 0)
+            self.signal(queue)
+
+    def serve_rx(self, queue: Virtqueue) -> None:
+        for chain in self.chains(queue):
+            if chain.out:
+                raise BadDriver("Output buffers in net input queue?")
+            packet = None
+            while self.running and packet is None:
+                ready, _, _ = select.select([self.link], [], [], POLL_SECONDS)
+                if ready:
+                    packet = self.link.receive()
+            if packet is None:
+                return
+            queue.push(chain.head, chain.scatter(packet))
+            self.signal(queue)

@@ -6,6 +6,27 @@ back on the used ring (`push`).  Every pointer and index comes from the Guest, s
 each is checked (spec §8.4) and a violation ends the Guest with the original's
 message: `<dev> vq <name>: bad driver: <msg>`.  Buffers are memoryviews straight
 into Guest RAM: no copies.
+
+What a queue guarantees to the device that serves it.  Each rule is checked once,
+in the place named after it, and nowhere else:
+
+1. Its size is a power of two from 1 to VIRTQUEUE_NUM (256)   (`check_size`, when the
+   Guest writes queue_size; a reset brings back 256).
+2. The three rings are aligned (descriptors 16, avail 2, used 4 bytes), their high
+   address halves are 0, and each lies wholly inside Guest RAM       (`Virtqueue.check`,
+   when the Guest enables the queue; the rings cannot move while it is enabled).
+3. The used ring's flags start at 0                                  (`Virtqueue.check`).
+4. The Guest's avail index runs at most `size` entries ahead of what we took, and every
+   head it offers is below `size`                                    (`Virtqueue.pop`).
+5. A chain stays inside its table: every `next` is below the table's length, and it has
+   no more links than the table has entries, so a loop ends it       (`Virtqueue._chain`).
+6. An indirect table is used only if negotiated, never with NEXT and never nested; it is a
+   whole number of descriptors, at most `size` of them               (`Virtqueue._chain`).
+7. Readable buffers come before writable ones, and every buffer lies wholly inside
+   Guest RAM                                      (`Virtqueue._chain`, `Virtqueue._pointer`).
+
+Only the device writes the used ring, and one thread serves a queue; a rule broken is
+a `BadDriver`, which ends the Guest.
 """
 
 from __future__ import annotations
@@ -16,17 +37,21 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lguest import abi
+from lguest.launcher.pci import BadDriver
+
 DESC_SIZE = 16
 VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2
 VRING_DESC_F_INDIRECT = 4
 VRING_AVAIL_F_NO_INTERRUPT = 1
 VIRTIO_RING_F_INDIRECT_DESC = 28
-DEFAULT_SIZE = 256
 
 
-class BadDriver(Exception):
-    """Raised inside the queue code; the device turns it into a fatal Guest death."""
+def check_size(size: int) -> None:
+    """Rule 1: the only sizes a Guest may choose."""
+    if size & (size - 1) or not 0 < size <= abi.VIRTQUEUE_NUM:
+        raise BadDriver(f"invalid queue size {size}")
 
 
 @dataclass
@@ -62,7 +87,7 @@ class Virtqueue:
 
     def reset(self) -> None:
         """Back to the state after a device reset (§7.3: size 256, disabled)."""
-        self.size = DEFAULT_SIZE
+        self.size = abi.VIRTQUEUE_NUM
         self.enabled = False
         self.desc = self.avail = self.used = 0
         self.high = 0  # OR of the three high halves: must stay 0 on a 32-bit Guest
@@ -71,7 +96,7 @@ class Virtqueue:
 
     # --- enabling --------------------------------------------------------------------
     def check(self) -> None:
-        """What the Launcher checks when the Guest enables the queue (§7.3)."""
+        """Rules 2 and 3: what the Launcher checks when the Guest enables the queue (§7.3)."""
         if self.high:
             raise BadDriver("invalid 64-bit queue address")
         if self.desc % 16 or self.avail % 2 or self.used % 4:
@@ -93,14 +118,20 @@ class Virtqueue:
         return struct.unpack_from("<H", self.ram, gpa)[0]
 
     # --- the driver's side of the rings ------------------------------------------------
-    def available(self) -> bool:
-        return self.enabled and self._u16(self.avail + 2) != self.last_avail
-
     def wants_interrupt(self) -> bool:
         return not self._u16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT
 
+    # tour:D.100 A request, from the avail ring
+    # The Guest's driver writes a request as a chain of descriptors.  Each descriptor is
+    # (address, length, flags, next) and names one buffer in Guest-physical memory: readable
+    # by the device ("out", a request header, data to write) or, with the WRITE flag,
+    # writable ("in", data to read, a status byte).  It puts the chain's first index into
+    # the avail ring, then advances avail.idx, then notifies.  `pop` reads that index, takes
+    # the next head, and walks the chain, checking every index and every address against
+    # the rules at the top of this file; the buffers become memoryviews into Guest RAM.
+    # A Guest that lies about any of it is ended as a bad driver.
     def pop(self) -> Chain | None:
-        """The next available chain, validated; None if the Guest has offered none."""
+        """The next available chain, validated (rules 4 to 7); None if the Guest offered none."""
         avail_idx = self._u16(self.avail + 2)
         if avail_idx == self.last_avail:
             return None

@@ -7,22 +7,28 @@ import mmap
 import os
 
 from lguest import abi
-from lguest.launcher.virtio.queue import BadDriver, Virtqueue
-from lguest.launcher.virtio.transport import VirtioDevice, wait_for_chains
+from lguest.launcher.pci import BadDriver
+from lguest.launcher.virtio.queue import Virtqueue
+from lguest.launcher.virtio.transport import VirtioDevice
 
 
-def serve_random(device: VirtioDevice, queue: Virtqueue) -> None:
-    for chain in wait_for_chains(device, queue):
-        if chain.out:
-            raise BadDriver("Output buffers in rng queue?")
-        written = 0
-        for buffer in chain.into:
-            buffer[:] = os.urandom(len(buffer))
-            written += len(buffer)
-        queue.push(chain.head, written)
-        device.signal(queue)
+class RngDevice(VirtioDevice):
+    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int) -> None:
+        super().__init__("rng", abi.VirtioId.RNG, abi.PCI_CLASS_RNG, irq, b"", 0,
+                         [("input", self.serve_random)], ram, ram_size)
 
+    @classmethod
+    def from_option(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int) -> RngDevice:
+        """`--rng` (it takes no value)."""
+        return cls(irq, ram, ram_size)
 
-def rng_device(irq: int, ram: mmap.mmap, ram_size: int) -> VirtioDevice:
-    return VirtioDevice("rng", abi.VirtioId.RNG, abi.PCI_CLASS_RNG, irq, b"", 0,
-                        [("input", serve_random)], ram, ram_size)
+    def serve_random(self, queue: Virtqueue) -> None:
+        for chain in self.chains(queue):
+            if chain.out:
+                raise BadDriver("Output buffers in rng queue?")
+            written = 0
+            for buffer in chain.into:
+                buffer[:] = os.urandom(len(buffer))
+                written += len(buffer)
+            queue.push(chain.head, written)
+            self.signal(queue)

@@ -13,16 +13,11 @@ from __future__ import annotations
 import mmap
 import threading
 from collections.abc import Callable, Iterator
+from enum import IntEnum
 
 from lguest import abi
-from lguest.launcher.pci import VirtioPciDevice
-from lguest.launcher.virtio.queue import (
-    DEFAULT_SIZE,
-    VIRTIO_RING_F_INDIRECT_DESC,
-    BadDriver,
-    Chain,
-    Virtqueue,
-)
+from lguest.launcher.pci import BadDriver, VirtioPciDevice
+from lguest.launcher.virtio.queue import VIRTIO_RING_F_INDIRECT_DESC, Chain, Virtqueue, check_size
 
 VIRTIO_F_VERSION_1 = 32
 ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK = 1, 2, 4, 8
@@ -30,23 +25,58 @@ ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK = 1, 2, 4, 8
 STATUS_STEPS = {ACKNOWLEDGE: 0, DRIVER: ACKNOWLEDGE, FEATURES_OK: ACKNOWLEDGE | DRIVER,
                 DRIVER_OK: ACKNOWLEDGE | DRIVER | FEATURES_OK}
 
-# Common configuration registers: offset -> (name, width in bytes).
-COMMON = {
-    0: ("device_feature_select", 4), 4: ("device_feature", 4), 8: ("guest_feature_select", 4),
-    12: ("guest_feature", 4), 16: ("msix_config", 2), 18: ("num_queues", 2), 20: ("device_status", 1),
-    21: ("config_generation", 1), 22: ("queue_select", 2), 24: ("queue_size", 2),
-    26: ("queue_msix_vector", 2), 28: ("queue_enable", 2), 30: ("queue_notify_off", 2),
-    32: ("queue_desc_lo", 4), 36: ("queue_desc_hi", 4), 40: ("queue_avail_lo", 4),
-    44: ("queue_avail_hi", 4), 48: ("queue_used_lo", 4), 52: ("queue_used_hi", 4),
-    abi.VirtioMmio.NOTIFY: ("notify", 2), abi.VirtioMmio.ISR: ("isr", 1),
-}
-# queue_desc_lo .. queue_used_hi: which ring, and whether it is the (always 0) high half.
-QUEUE_ADDRESSES = {"queue_desc_lo": ("desc", False), "queue_desc_hi": ("desc", True),
-                   "queue_avail_lo": ("avail", False), "queue_avail_hi": ("avail", True),
-                   "queue_used_lo": ("used", False), "queue_used_hi": ("used", True)}
+
+# tour:D.60 The common configuration
+# Every virtio device shares these registers; each has one offset and one width, and an
+# access of the wrong width, or to an offset that names no register, ends the Guest with
+# `<dev>: bad driver: ...`, as the 4.x Launcher did.  `_read` and `_write` dispatch on them
+# with one `match` each, under the device's lock: the vCPU and the device's service
+# threads both touch this state.
+class Common(IntEnum):
+    """BAR0 below the device config: struct virtio_pci_common_cfg, then notify and ISR.
+
+    Each register is its offset, and carries the one access width it allows.
+    """
+
+    width: int
+
+    def __new__(cls, offset: int, width: int) -> Common:
+        register = int.__new__(cls, offset)
+        register._value_ = offset
+        register.width = width
+        return register
+
+    DEVICE_FEATURE_SELECT = 0, 4
+    DEVICE_FEATURE = 4, 4
+    GUEST_FEATURE_SELECT = 8, 4
+    GUEST_FEATURE = 12, 4
+    MSIX_CONFIG = 16, 2
+    NUM_QUEUES = 18, 2
+    DEVICE_STATUS = 20, 1
+    CONFIG_GENERATION = 21, 1
+    QUEUE_SELECT = 22, 2
+    QUEUE_SIZE = 24, 2
+    QUEUE_MSIX_VECTOR = 26, 2
+    QUEUE_ENABLE = 28, 2
+    QUEUE_NOTIFY_OFF = 30, 2
+    QUEUE_DESC_LO = 32, 4
+    QUEUE_DESC_HI = 36, 4
+    QUEUE_AVAIL_LO = 40, 4
+    QUEUE_AVAIL_HI = 44, 4
+    QUEUE_USED_LO = 48, 4
+    QUEUE_USED_HI = 52, 4
+    NOTIFY = abi.VirtioMmio.NOTIFY, 2
+    ISR = abi.VirtioMmio.ISR, 1
+
+
+# The ring addresses: which ring each register sets, and whether it is the (always 0) high half.
+RING_ADDRESSES = {Common.QUEUE_DESC_LO: ("desc", False), Common.QUEUE_DESC_HI: ("desc", True),
+                  Common.QUEUE_AVAIL_LO: ("avail", False), Common.QUEUE_AVAIL_HI: ("avail", True),
+                  Common.QUEUE_USED_LO: ("used", False), Common.QUEUE_USED_HI: ("used", True)}
 
 STOP_TIMEOUT = 2.0  # seconds: a hang guard; a service thread notices a stop within 0.1 s
-QueueService = Callable[["VirtioDevice", Virtqueue], None]
+POLL_SECONDS = 0.1  # how often an idle service thread looks for a reset
+QueueService = Callable[[Virtqueue], None]
 
 
 class VirtioDevice(VirtioPciDevice):
@@ -55,6 +85,7 @@ class VirtioDevice(VirtioPciDevice):
     def __init__(self, name: str, virtio_id: int, pci_class: tuple[int, int], irq: int,
                  device_config: bytes, features: int, queues: list[tuple[str, QueueService]],
                  ram: mmap.mmap, ram_size: int) -> None:
+        """`queues` names each queue and the method that serves it (in its own thread)."""
         super().__init__(name, virtio_id, *pci_class, irq, device_config)
         self.features = features | 1 << VIRTIO_F_VERSION_1
         self.queues = [Virtqueue(qname, ram, ram_size) for qname, _ in queues]
@@ -73,6 +104,201 @@ class VirtioDevice(VirtioPciDevice):
         self.wrote_features_ok = False
         self.queue_select = 0
         self.isr = 0
+
+    # --- BAR0: the common configuration ---------------------------------------------------
+    def _register(self, offset: int, size: int, write: bool) -> Common:
+        """The register an access names, at the width it allows, or the Guest is refused."""
+        if offset == abi.VirtioMmio.ISR + 1:
+            self.bad_driver("read from padding")
+        try:
+            reg = Common(offset)
+        except ValueError:
+            self.bad_driver(f"Unexpected {'write to' if write else 'read of'} offset {offset}")
+        if size != reg.width:
+            self.bad_driver(f"non-{8 * reg.width}-bit {'write to' if write else 'read to'} offset {offset}")
+        return reg
+
+    def transport_read(self, offset: int, size: int) -> int:
+        with self.lock:
+            return self._read(self._register(offset, size, write=False))
+
+    def _read(self, reg: Common) -> int:
+        queue = self._selected()
+        match reg:
+            case Common.DEVICE_FEATURE_SELECT | Common.DEVICE_FEATURE | Common.GUEST_FEATURE_SELECT \
+                    | Common.GUEST_FEATURE:
+                return self._feature_read(reg)
+            case Common.MSIX_CONFIG:
+                self.bad_driver("read of msix_config")
+            case Common.NUM_QUEUES:
+                return len(self.queues)
+            case Common.DEVICE_STATUS:
+                self.wrote_features_ok = False  # they read it: FEATURES_OK is confirmed
+                return self.status
+            case Common.NOTIFY:
+                if not self.status & DRIVER_OK:
+                    self.bad_driver("notify before VIRTIO_CONFIG_S_DRIVER_OK")
+                return 0
+            case Common.ISR:
+                isr, self.isr = self.isr, 0
+                return isr
+            case Common.CONFIG_GENERATION | Common.QUEUE_NOTIFY_OFF | Common.QUEUE_MSIX_VECTOR:
+                return 0
+            case Common.QUEUE_SELECT:
+                return self.queue_select
+            case _ if queue is None:
+                return 0
+            case Common.QUEUE_SIZE:
+                return queue.size
+            case Common.QUEUE_ENABLE:
+                return int(queue.enabled)
+            case _:
+                ring, high = RING_ADDRESSES[reg]
+                return 0 if high else getattr(queue, ring)
+
+    def _feature_read(self, reg: Common) -> int:
+        if not self.status & DRIVER:
+            self.bad_driver("feature read before VIRTIO_CONFIG_S_DRIVER")
+        if reg is Common.DEVICE_FEATURE:
+            select = self.device_feature_select
+            return self.features >> 32 * select & 0xFFFFFFFF if select < 2 else 0
+        if reg is Common.GUEST_FEATURE:
+            return self.features_accepted >> 32 * self.guest_feature_select & 0xFFFFFFFF
+        if reg is Common.DEVICE_FEATURE_SELECT:
+            return self.device_feature_select
+        return self.guest_feature_select
+
+    def _selected(self) -> Virtqueue | None:
+        return self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
+
+    def transport_write(self, offset: int, size: int, value: int) -> None:
+        with self.lock:
+            reg = self._register(offset, size, write=True)
+            resetting = reg is Common.DEVICE_STATUS and value == 0
+            if not resetting:
+                self._write(reg, value)
+        if resetting:  # once the lock is free: the threads being stopped may need it
+            self.reset()
+
+    def _write(self, reg: Common, value: int) -> None:
+        queue = self._selected()
+        match reg:
+            case Common.DEVICE_FEATURE_SELECT:
+                self._feature_write()
+                self.device_feature_select = value
+            case Common.GUEST_FEATURE_SELECT:
+                if value > 1:
+                    self.bad_driver(f"Unexpected driver select {value}")
+                self._feature_write()
+                self.guest_feature_select = value
+            case Common.GUEST_FEATURE:
+                self._accept_features(value)
+            case Common.DEVICE_STATUS:
+                self._status_write(value)
+            case Common.QUEUE_SELECT:
+                self.queue_select = value
+            case Common.QUEUE_SIZE:
+                self._resize_queue(queue, value)
+            case Common.QUEUE_MSIX_VECTOR | Common.MSIX_CONFIG:
+                self.bad_driver(f"attempt to set MSIX vector to {value}")
+            case Common.QUEUE_ENABLE:
+                self._enable_queue(queue, value)
+            case Common.QUEUE_NOTIFY_OFF:
+                self.bad_driver("attempt to write to queue_notify_off")
+            case _ if reg in RING_ADDRESSES:
+                self._queue_address(queue, reg, value)
+            case Common.NOTIFY:
+                if value >= len(self.queues):
+                    self.bad_driver(f"Invalid vq notification on {value}")
+                self.queues[value].notified.set()
+            case Common.ISR:
+                self.bad_driver("Unexpected write to isr")
+            case _:
+                self.bad_driver(f"Unexpected write to offset {int(reg)}")
+
+    def _accept_features(self, value: int) -> None:
+        self._feature_write()
+        shift = 32 * self.guest_feature_select
+        accepted = self.features_accepted & ~(0xFFFFFFFF << shift) | value << shift
+        if accepted & ~self.features:
+            self.bad_driver(f"over-accepted features {accepted:#x} of {self.features:#x}")
+        self.features_accepted = accepted
+
+    def _feature_write(self) -> None:
+        if not self.status & DRIVER:
+            self.bad_driver("feature write before VIRTIO_CONFIG_S_DRIVER")
+        elif self.status & FEATURES_OK:
+            self.bad_driver("feature write after VIRTIO_CONFIG_S_FEATURES_OK")
+
+    # tour:D.70 The handshake
+    # A driver brings a device up in four steps, each one status bit: ACKNOWLEDGE (I see you),
+    # DRIVER (I can drive you), then it reads the device's feature bits and writes the ones it
+    # accepts, FEATURES_OK (and reads the status back, to see we agreed), and after setting up
+    # its queues, DRIVER_OK.  Bits are only ever added, one step at a time and in this order;
+    # writing 0 resets the device.  We hold a driver to all of it, because a Guest driver that
+    # skips a step would break on a real device too.
+    def _status_write(self, value: int) -> None:
+        if self.status & ~value:
+            self.bad_driver(f"unset of device status bit {self.status:#x} -> {value:#x}")
+        added = value & ~self.status
+        if added not in STATUS_STEPS:
+            self.bad_driver(f"unknown device status bit {self.status:#x} -> {value:#x}")
+        if self.status != STATUS_STEPS[added]:
+            self.bad_driver(f"unexpected status transition {self.status:#x} -> {value:#x}")
+        if added == DRIVER_OK and self.wrote_features_ok:
+            self.bad_driver("did not re-read FEATURES_OK")
+        self.wrote_features_ok = added == FEATURES_OK
+        self.status = value
+        if added == DRIVER_OK:
+            self._start_queues()
+
+    # tour:D.80 Setting up a queue
+    # Between FEATURES_OK and DRIVER_OK the driver sets up each queue: select it, choose a
+    # size, write the Guest-physical addresses of its three rings (descriptors, avail, used),
+    # then enable it.  The enable is the moment of truth: `Virtqueue.check` makes sure the
+    # rings are aligned and lie wholly inside Guest RAM, so that from now on the device may
+    # trust where they are (the rules are written at the top of queue.py).
+    def _enable_queue(self, queue: Virtqueue | None, value: int) -> None:
+        if value != 1:
+            self.bad_driver(f"setting queue_enable to {value}")
+        elif self.status & DRIVER_OK:
+            self.bad_driver("enabling vq after DRIVER_OK")
+        elif queue is not None:
+            try:
+                queue.check()
+            except BadDriver as err:
+                self.refuse(f"{self.name} vq {queue.name}: bad driver: {err}")
+            queue.enabled = True
+
+    def _resize_queue(self, queue: Virtqueue | None, value: int) -> None:
+        try:
+            check_size(value)
+        except BadDriver as err:
+            self.bad_driver(str(err))
+        if queue is not None and queue.enabled:
+            self.bad_driver("changing queue size on live device")
+        if queue is not None:
+            queue.size = value
+
+    def _queue_address(self, queue: Virtqueue | None, reg: Common, value: int) -> None:
+        if queue is not None and queue.enabled:
+            self.bad_driver("changing queue on live device")
+        elif not self.status & FEATURES_OK:
+            self.bad_driver("setting up vq before FEATURES_OK")
+        elif self.wrote_features_ok:
+            self.bad_driver("didn't re-read FEATURES_OK before setup")
+        elif queue is not None:
+            ring, high = RING_ADDRESSES[reg]
+            if high:
+                queue.high |= value
+            else:
+                setattr(queue, ring, value)
+
+    # --- BAR0: device config ----------------------------------------------------------------
+    def bar0_read(self, offset: int, size: int) -> int:
+        if offset >= abi.VirtioMmio.DEVICE and not self.status & DRIVER:
+            self.bad_driver("config read before VIRTIO_CONFIG_S_DRIVER")
+        return super().bar0_read(offset, size)
 
     # --- reset and the service threads ---------------------------------------------------
     def reset(self) -> None:
@@ -96,6 +322,18 @@ class VirtioDevice(VirtioPciDevice):
                 thread.join(timeout=STOP_TIMEOUT)
         self.threads = []
 
+    def close(self) -> None:
+        """Release what the device holds on the host (a file, a socket): after `stop`."""
+
+    # tour:D.90 DRIVER_OK: a thread per queue, woken by a notify
+    # As in lguest 4.x, every enabled queue gets its own service thread, so the vCPU never
+    # waits for a disk or a keyboard: it only stores a register and goes on running.  When
+    # the Guest has put requests in a queue it writes the queue's number to the notify
+    # register; `_write` sets that queue's event, and the thread in `chains` wakes up, takes
+    # each new request under the device's lock, and gives it to the device's method (the
+    # `queues` the device listed when it was made).  Anything that goes wrong in the thread
+    # ends the Guest with a reason: a thread that died in silence would leave it waiting
+    # for ever.
     def _start_queues(self) -> None:
         self.running = True
         for queue, service in zip(self.queues, self.services, strict=True):
@@ -110,7 +348,7 @@ class VirtioDevice(VirtioPciDevice):
         """A queue's service thread: whatever goes wrong in it ends the Guest, with a reason
         (a thread that died quietly would leave the Guest waiting for ever)."""
         try:
-            service(self, queue)
+            service(queue)
         except BadDriver as err:
             self.fatal(f"{self.name} vq {queue.name}: bad driver: {err}")
         except OSError as err:
@@ -118,190 +356,31 @@ class VirtioDevice(VirtioPciDevice):
         except Exception as err:  # noqa: BLE001 - our bug, but the Guest must not hang on it
             self.fatal(f"{self.name}: {type(err).__name__}: {err}")
 
+    def chains(self, queue: Virtqueue) -> Iterator[Chain]:
+        """A service thread's loop: each chain the Guest makes available, until reset.
+
+        Between chains it sleeps until the Guest notifies the queue (or a poll interval
+        passes, to notice a reset).
+        """
+        while self.running:
+            with self.lock:
+                chain = queue.pop() if queue.enabled else None
+            if chain is not None:
+                yield chain
+                continue
+            queue.notified.wait(POLL_SECONDS)
+            queue.notified.clear()
+
+    # tour:D.120 An interrupt, back to the Guest
+    # Unless the Guest asked for quiet (VRING_AVAIL_F_NO_INTERRUPT), a device with used
+    # buffers sets its ISR bit and calls the Host's `interrupt(irq)`: the irq is marked
+    # pending and the vCPU's doorbell rung, since this is another thread.  The vCPU leaves the
+    # emulator at its next block, the run loop sees the irq, and when the Guest has interrupts
+    # enabled the Host delivers it through the Guest's IDT (chapter H).  The driver reads ISR,
+    # which clears it, and collects the finished requests from the used ring.
     def signal(self, queue: Virtqueue) -> None:
         """Tell the Guest a queue has used buffers, unless it asked not to be told."""
         if queue.wants_interrupt():
             with self.lock:
                 self.isr |= 1
             self.interrupt(self.irq)
-
-    # --- BAR0: the common configuration ---------------------------------------------------
-    def _field(self, offset: int, size: int, write: bool) -> str:
-        reg = COMMON.get(offset)
-        if offset == abi.VirtioMmio.ISR + 1:
-            self.bad_driver("read from padding")
-        if reg is None:
-            self.bad_driver(f"Unexpected {'write to' if write else 'read of'} offset {offset}")
-        name, width = reg
-        if size != width:
-            self.bad_driver(f"non-{8 * width}-bit {'write to' if write else 'read to'} offset {offset}")
-        return name
-
-    def transport_read(self, offset: int, size: int) -> int:
-        with self.lock:
-            return self._read(self._field(offset, size, write=False))
-
-    def _read(self, name: str) -> int:
-        queue = self._selected()
-        if name in ("device_feature_select", "device_feature", "guest_feature_select", "guest_feature"):
-            if not self.status & DRIVER:
-                self.bad_driver("feature read before VIRTIO_CONFIG_S_DRIVER")
-            if name == "device_feature":
-                return self.features >> 32 * self.device_feature_select & 0xFFFFFFFF \
-                    if self.device_feature_select < 2 else 0
-            if name == "guest_feature":
-                return self.features_accepted >> 32 * self.guest_feature_select & 0xFFFFFFFF
-            return getattr(self, name)
-        if name == "msix_config":
-            self.bad_driver("read of msix_config")
-        if name == "num_queues":
-            return len(self.queues)
-        if name == "device_status":
-            self.wrote_features_ok = False  # they read it: FEATURES_OK is confirmed
-            return self.status
-        if name == "notify":
-            if not self.status & DRIVER_OK:
-                self.bad_driver("notify before VIRTIO_CONFIG_S_DRIVER_OK")
-            return 0
-        if name == "isr":
-            isr, self.isr = self.isr, 0
-            return isr
-        if name in ("config_generation", "queue_notify_off", "queue_msix_vector"):
-            return 0
-        if name == "queue_select":
-            return self.queue_select
-        if queue is None:
-            return 0
-        if name == "queue_size":
-            return queue.size
-        if name == "queue_enable":
-            return int(queue.enabled)
-        part, high = QUEUE_ADDRESSES[name]
-        return 0 if high else getattr(queue, part)
-
-    def _selected(self) -> Virtqueue | None:
-        return self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
-
-    def transport_write(self, offset: int, size: int, value: int) -> None:
-        with self.lock:
-            name = self._field(offset, size, write=True)
-            resetting = name == "device_status" and value == 0
-            if not resetting:
-                self._write(name, offset, value)
-        if resetting:  # once the lock is free: the threads being stopped may need it
-            self.reset()
-
-    def _write(self, name: str, offset: int, value: int) -> None:
-        queue = self._selected()
-        if name == "device_feature_select":
-            self._feature_write()
-            self.device_feature_select = value
-        elif name == "guest_feature_select":
-            if value > 1:
-                self.bad_driver(f"Unexpected driver select {value}")
-            self._feature_write()
-            self.guest_feature_select = value
-        elif name == "guest_feature":
-            self._feature_write()
-            shift = 32 * self.guest_feature_select
-            accepted = self.features_accepted & ~(0xFFFFFFFF << shift) | value << shift
-            if accepted & ~self.features:
-                self.bad_driver(f"over-accepted features {accepted:#x} of {self.features:#x}")
-            self.features_accepted = accepted
-        elif name == "device_status":
-            self._status_write(value)
-        elif name == "queue_select":
-            self.queue_select = value
-        elif name == "queue_size":
-            if value & (value - 1) or not 0 < value <= DEFAULT_SIZE:
-                self.bad_driver(f"invalid queue size {value}")
-            elif queue is not None and queue.enabled:
-                self.bad_driver("changing queue size on live device")
-            elif queue is not None:
-                queue.size = value
-        elif name in ("queue_msix_vector", "msix_config"):
-            self.bad_driver(f"attempt to set MSIX vector to {value}")
-        elif name == "queue_enable":
-            self._enable_queue(queue, value)
-        elif name == "queue_notify_off":
-            self.bad_driver("attempt to write to queue_notify_off")
-        elif name in QUEUE_ADDRESSES:
-            self._queue_address(queue, name, value)
-        elif name == "notify":
-            if value >= len(self.queues):
-                self.bad_driver(f"Invalid vq notification on {value}")
-            else:
-                self.queues[value].notified.set()
-        elif name == "isr":
-            self.bad_driver("Unexpected write to isr")
-        else:
-            self.bad_driver(f"Unexpected write to offset {offset}")
-
-    def _feature_write(self) -> None:
-        if not self.status & DRIVER:
-            self.bad_driver("feature write before VIRTIO_CONFIG_S_DRIVER")
-        elif self.status & FEATURES_OK:
-            self.bad_driver("feature write after VIRTIO_CONFIG_S_FEATURES_OK")
-
-    def _status_write(self, value: int) -> None:
-        if self.status & ~value:
-            self.bad_driver(f"unset of device status bit {self.status:#x} -> {value:#x}")
-        added = value & ~self.status
-        if added not in STATUS_STEPS:
-            self.bad_driver(f"unknown device status bit {self.status:#x} -> {value:#x}")
-        if self.status != STATUS_STEPS[added]:
-            self.bad_driver(f"unexpected status transition {self.status:#x} -> {value:#x}")
-        if added == DRIVER_OK and self.wrote_features_ok:
-            self.bad_driver("did not re-read FEATURES_OK")
-        self.wrote_features_ok = added == FEATURES_OK
-        self.status = value
-        if added == DRIVER_OK:
-            self._start_queues()
-
-    def _enable_queue(self, queue: Virtqueue | None, value: int) -> None:
-        if value != 1:
-            self.bad_driver(f"setting queue_enable to {value}")
-        elif self.status & DRIVER_OK:
-            self.bad_driver("enabling vq after DRIVER_OK")
-        elif queue is not None:
-            try:
-                queue.check()
-            except BadDriver as err:
-                self.refuse(f"{self.name} vq {queue.name}: bad driver: {err}")
-            queue.enabled = True
-
-    def _queue_address(self, queue: Virtqueue | None, name: str, value: int) -> None:
-        if queue is not None and queue.enabled:
-            self.bad_driver("changing queue on live device")
-        elif not self.status & FEATURES_OK:
-            self.bad_driver("setting up vq before FEATURES_OK")
-        elif self.wrote_features_ok:
-            self.bad_driver("didn't re-read FEATURES_OK before setup")
-        elif queue is not None:
-            part, high = QUEUE_ADDRESSES[name]
-            if high:
-                queue.high |= value
-            else:
-                setattr(queue, part, value)
-
-    # --- BAR0: device config ----------------------------------------------------------------
-    def bar0_read(self, offset: int, size: int) -> int:
-        if offset >= abi.VirtioMmio.DEVICE and not self.status & DRIVER:
-            self.bad_driver("config read before VIRTIO_CONFIG_S_DRIVER")
-        return super().bar0_read(offset, size)
-
-
-def wait_for_chains(device: VirtioDevice, queue: Virtqueue, poll: float = 0.1) -> Iterator[Chain]:
-    """A service thread's loop: each chain the Guest makes available, until reset.
-
-    Between chains it sleeps until the Guest notifies the queue (or `poll` seconds
-    pass, to notice a reset).
-    """
-    while device.running:
-        with device.lock:
-            chain = queue.pop() if queue.enabled else None
-        if chain is not None:
-            yield chain
-            continue
-        queue.notified.wait(poll)
-        queue.notified.clear()
