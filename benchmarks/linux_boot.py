@@ -27,7 +27,8 @@ from test_linux import PROLOGUE, newc  # noqa: E402  (the tests' initramfs build
 
 MARKER = b"GUEST-BOOTED"
 INIT = PROLOGUE + """
-[ -e /dev/hvc1 ] && exec </dev/hvc1 >/dev/hvc1 2>&1
+# Under QEMU a kernel without a serial console has no /dev/console: init opens ttyS0 itself.
+if [ -e /dev/hvc1 ]; then exec </dev/hvc1 >/dev/hvc1 2>&1; else exec </dev/ttyS0 >/dev/ttyS0 2>&1; fi
 echo GUEST-BOOTED
 poweroff -f
 """
