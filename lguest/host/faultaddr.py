@@ -1,4 +1,5 @@
-"""Which byte a page fault was about: the CR2 the Guest must see.
+"""Which byte a page fault was about: the CR2 the Guest must see (no lguest
+counterpart: a real CPU sets CR2, and lguest's Switcher just saved it).
 
 The emulator's TLB-fill hook only tells us the page that missed, but a Guest's
 page-fault handler needs the exact address (Linux checks, for instance, how far

@@ -7,6 +7,7 @@ and a page of MMIO window above the 1 MiB gap that follows RAM (§3.1).
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,17 +35,26 @@ MIB = 1 << 20
 @dataclass
 class Machine:
     guest: Guest
+    ram: mmap.mmap
     kernel: KernelImage
     ports: Ports
     console: ConsoleDevice
     devices: list[VirtioDevice]
 
     def close(self) -> None:
-        """Stop every device's threads and release files and sockets."""
+        """Stop every device's threads, release files and sockets, then the Guest's
+        emulator and RAM (a restart loop must not grow by a machine every boot)."""
         for device in self.devices:
             device.stop()
         for device in self.devices:
             device.close()
+        self.guest.close()
+        try:
+            for device in self.devices:
+                device.release_ram()
+            self.ram.close()
+        except BufferError:
+            pass  # a device thread that would not stop still holds a buffer: the collector frees it
 
 
 # tour:L.30 A machine is built
@@ -93,5 +103,5 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
         say(f"device {slot}: {device.name}")
         window += abi.PAGE_SIZE
     guest.pages.device_limit = window >> abi.PAGE_SHIFT
-    return Machine(guest, kernel, ports, console, devices)
+    return Machine(guest, ram, kernel, ports, console, devices)
 

@@ -325,6 +325,11 @@ class VirtioDevice(VirtioPciDevice):
     def close(self) -> None:
         """Release what the device holds on the host (a file, a socket): after `stop`."""
 
+    def release_ram(self) -> None:
+        """Let go of Guest RAM, so the machine can unmap it: after `stop`."""
+        for queue in self.queues:
+            queue.close()
+
     # tour:D.90 DRIVER_OK: a thread per queue, woken by a notify
     # As in lguest 4.x, every enabled queue gets its own service thread, so the vCPU never
     # waits for a disk or a keyboard: it only stores a register and goes on running.  When
