@@ -49,6 +49,20 @@ class CalibrationError(RuntimeError):
     pass
 
 
+# tour:S.110 Workaround: the emulator's private state, measured
+# Unicorn never finishes delivering an exception, and it has no API for two pieces of CPU
+# state the Switcher must repair: the "exception in flight" field (reset after every fault
+# the Host handles, or the next one becomes a #DF) and the CPL bits of `hflags` (the only
+# way back to ring 0, "Entering the Guest: back to ring 0 first").  Both live in the
+# engine's saved-context blob, with the error code and the "raised by `int`" flag, at
+# offsets that depend on how Unicorn was built.  So at start-up a probe measures them: at
+# ring 1 it loads three bad selectors into %ds (three #GPs with known error codes: the
+# offset holding each is the error-code field; the one that held 13 and now 0xffffffff after
+# a reset is the in-flight field, and three in a row prove the reset works), then `iret`s to
+# ring 3 and runs `int3` (the word whose low bits went from 1 to 3 is hflags; the flag set
+# just before the return address is the "raised by int" flag).  If any field is not found
+# exactly once, the Host refuses to start.  This file is the only one that reads or writes
+# that blob.
 class SavedContext:
     """One engine's saved-context buffer, and the repairs made through it.
 

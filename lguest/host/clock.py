@@ -73,11 +73,12 @@ class OneShot:
 
 # tour:H.160 The clock
 # The Guest has no timer chip: it asks for one interrupt at a time with SET_CLOCKEVENT
-# (nanoseconds from now).  A timer thread waits for the deadline and raises irq 0 with
-# the same call the Launcher's devices use, from any thread: mark it pending, ring the
-# doorbell (S.110).  The vCPU, in the emulator or asleep in HALT, comes back to its run
-# loop and delivers it (H.140).  The time itself reaches the Guest in lguest_data, written
-# at INIT and with every interrupt.
+# (nanoseconds from now).  A timer thread waits for the deadline and raises irq 0 with the
+# same call the Launcher's devices use, from any thread: mark it pending, ring the doorbell
+# ("The doorbell: another thread needs the vCPU").  The vCPU, in the emulator or asleep in
+# HALT, comes back to its run loop and delivers it ("When an interrupt may be delivered").
+# The time itself reaches the Guest in lguest_data, written at INIT and with every
+# interrupt.
 class Clock:
     def __init__(self, raise_irq: Callable[[int], object]) -> None:
         self._timer = OneShot(lambda: raise_irq(TIMER_IRQ), "lguest-clock")

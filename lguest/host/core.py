@@ -87,16 +87,16 @@ RECHECK_SECONDS = 0.001  # how soon a deferred interrupt is looked at again
 
 
 # tour:H.10 One Guest, built from narrow parts
-# The Host's half of lguest was a kernel module; ours is this package, and a `Guest` is
-# what /dev/lguest handed the Launcher: one Guest with one virtual CPU.  The Launcher
-# builds it with the Guest's RAM, the kernel's entry point and the port bus its devices
-# answer on.  It is put together from parts that each get only what they need: the RAM
-# behind a bounds-checked `GuestMemory`, the shadow page tables (memory and a way to
-# kill the Guest), the Switcher (which owns the emulated CPU, and asks the page tables on
-# every TLB miss and the port bus on every `in`/`out`), the Guest's IDT and GDT, and the
-# clock.  The Guest starts as lguest's did (§3.4): at the kernel's entry point, in ring 1,
-# flat segments, paging in "linear" mode until the kernel installs tables of its own.
-# Nothing is wired in after construction, and `close()` gives the emulator back at once.
+# The Host's half of lguest was a kernel module; ours is this package, and a `Guest` is what
+# /dev/lguest handed the Launcher: one Guest with one virtual CPU.  The Launcher builds it
+# with the Guest's RAM, the kernel's entry point and the port bus its devices answer on.  It
+# is put together from parts that each get only what they need: the RAM behind a
+# bounds-checked `GuestMemory`, the shadow page tables (memory and a way to kill the Guest),
+# the Switcher (which owns the emulated CPU, and asks the page tables on every TLB miss and
+# the port bus on every `in`/`out`), the Guest's IDT and GDT, and the clock.  The Guest
+# starts as lguest's did (§3.4): at the kernel's entry point, in ring 1, flat segments,
+# paging in "linear" mode until the kernel installs tables of its own. Nothing is wired in
+# after construction, and `close()` gives the emulator back at once.
 class Guest:
     """One Guest (lguest's `struct lguest` with its single `struct lg_cpu`)."""
 
@@ -203,15 +203,14 @@ class Guest:
         return deliver_trap(self, num, errcode)
 
 # tour:H.20 The run loop
-# This is lguest's run_guest(), and the heart of the Host.  Each turn: answer the
-# doorbell (other threads rang it to get our attention), run the hypercall the Guest
-# left pending (it trapped with `int $0x1f` last time round), let a debugger look, then
-# deliver an interrupt if one is pending and the Guest can take it.  A halted Guest
-# sleeps here until an interrupt is worth waking for.  Otherwise we switch into the
-# Guest: flush the emulator's TLB if the page tables said it went stale, and run the CPU
-# until something brings it back (`_run_guest`).  What came back is handled, and round we
-# go.  The loop only ends when the Guest is dead (killed, or shut down), or the Launcher
-# asked it to stop.
+# This is lguest's run_guest(), and the heart of the Host.  Each turn: answer the doorbell
+# (other threads rang it to get our attention), run the hypercall the Guest left pending (it
+# trapped with `int $0x1f` last time round), let a debugger look, then deliver an interrupt
+# if one is pending and the Guest can take it.  A halted Guest sleeps here until an
+# interrupt is worth waking for.  Otherwise we switch into the Guest: flush the emulator's
+# TLB if the page tables said it went stale, and run the CPU until something brings it back
+# (`_run_guest`).  What came back is handled, and round we go.  The loop only ends when the
+# Guest is dead (killed, or shut down), or the Launcher asked it to stop.
     def run(self) -> RunResult:
         """The run loop (§4.2): returns when the Guest is dead or wants a restart."""
         try:
@@ -253,15 +252,16 @@ class Guest:
 
     # --- traps ---------------------------------------------------------------------------
 # tour:H.30 What each return from the Guest means
-# lguest_arch_handle_trap: the Switcher tells us why the CPU stopped.  A kick (the
-# doorbell) means nothing by itself: the loop goes round and delivers what was pending.
-# A page fault the page tables refused is the Guest's to handle (H.130).  A trap with
-# vector 0x1f from ring 1 is a hypercall: it is only noted here, and the next turn of
-# the loop runs it, exactly as lguest did.  An `int n` the Guest's gate forbids at the
-# caller's ring becomes the #GP a real CPU would raise.  A #GP(0) may be an instruction
-# we finish for the Guest (a stray `cli`); a #NM it did not ask for (TS clear) is ours
-# to ignore.  Everything else goes back to the Guest's own handler: reflected (H.70).
-# Trap 256 means the Switcher itself failed to enter the Guest: that kills it.
+# lguest_arch_handle_trap: the Switcher tells us why the CPU stopped.  A kick (the doorbell)
+# means nothing by itself: the loop goes round and delivers what was pending. A page fault
+# the page tables refused is the Guest's to handle ("A page fault, back to the Guest").  A
+# trap with vector 0x1f from ring 1 is a hypercall: it is only noted here, and the next turn
+# of the loop runs it, exactly as lguest did.  An `int n` the Guest's gate forbids at the
+# caller's ring becomes the #GP a real CPU would raise.  A #GP(0) may be an instruction we
+# finish for the Guest (a stray `cli`); a #NM it did not ask for (TS clear) is ours to
+# ignore.  Everything else goes back to the Guest's own handler: reflected ("Reflecting a
+# trap into the Guest"). Trap 256 means the Switcher itself failed to enter the Guest: that
+# kills it.
     def handle_trap(self, exit_: Exit) -> None:
         """lguest_arch_handle_trap (§4.3): decide what each return to the Host means."""
         if self.dead:
@@ -300,13 +300,14 @@ class Guest:
             self.kill(f"unhandled trap {num} at {hex32(eip)} ({hex32(detail)})")
 
 # tour:H.130 A page fault, back to the Guest
-# When demand_page could not fix a miss (H.110), the fault is the Guest's: the Switcher
-# left the emulator with the page and the #PF error code.  A real CPU would also have put
-# the faulting address in CR2.  The Guest cannot read CR2 (it is a privileged register),
-# so lguest writes it into lguest_data.cr2, where the Guest's fault handler reads it
-# first.  The emulator only told us the page, so the exact byte is worked out by decoding
-# the faulting instruction (S.90), fetched through the Guest's own page tables with
-# `peek_virtual`.  Then the #PF is reflected like any trap.
+# When demand_page could not fix a miss ("A page fault: from a TLB miss to demand_page"),
+# the fault is the Guest's: the Switcher left the emulator with the page and the #PF error
+# code.  A real CPU would also have put the faulting address in CR2.  The Guest cannot read
+# CR2 (it is a privileged register), so lguest writes it into lguest_data.cr2, where the
+# Guest's fault handler reads it first.  The emulator only told us the page, so the exact
+# byte is worked out by decoding the faulting instruction ("Workaround: the exact CR2"),
+# fetched through the Guest's own page tables with `peek_virtual`.  Then the #PF is
+# reflected like any trap.
     def _reflect_page_fault(self, exit_: Exit) -> None:
         """A fault demand paging could not fix (§4.3, trap 14): the Guest's to handle.
 
@@ -385,12 +386,13 @@ class Guest:
 # tour:H.140 When an interrupt may be delivered
 # The Guest never runs `cli` or `sti`: it says whether it takes interrupts in
 # lguest_data.irq_enabled, and which lines it has masked in blocked_interrupts (§4.7).
-# Between runs the loop picks the lowest pending, unblocked irq.  If interrupts are off
-# the Host only sets irq_pending, the Guest's hint to make a SEND_INTERRUPTS hypercall
-# when it turns them back on, and looks again in a millisecond (a Guest may spin with
-# interrupts enabled and never trap again).  A halted Guest is woken instead, with
-# interrupts on.  Otherwise the interrupt goes through the Guest's IDT (H.80), the clock
-# in lguest_data is refreshed, and irq_pending is cleared once nothing more is waiting.
+# Between runs the loop picks the lowest pending, unblocked irq.  If interrupts are off the
+# Host only sets irq_pending, the Guest's hint to make a SEND_INTERRUPTS hypercall when it
+# turns them back on, and looks again in a millisecond (a Guest may spin with interrupts
+# enabled and never trap again).  A halted Guest is woken instead, with interrupts on.
+# Otherwise the interrupt goes through the Guest's IDT ("An interrupt, through the same
+# gates"), the clock in lguest_data is refreshed, and irq_pending is cleared once nothing
+# more is waiting.
     def try_deliver_interrupt(self, irq: int) -> None:
         """§4.7, with irq_pending cleared when nothing more is deliverable (docs/abi.md)."""
         assert self.lguest_data is not None
@@ -421,10 +423,10 @@ class Guest:
             self.memory.write_u32(base + LguestData.IRQ_PENDING, 0)
 
 # tour:H.150 HALT: the Guest is idle
-# The HALT hypercall only sets `halted`; here the vCPU thread sleeps on an event until
-# there is an interrupt the Guest would take, it was killed or stopped, or a debugger
-# wants it.  It never polls: every sleep is one wait, and the Host counts them, which is
-# how the tests tell an idle Guest from a busy one without looking at a clock.
+# The HALT hypercall only sets `halted`; here the vCPU thread sleeps on an event until there
+# is an interrupt the Guest would take, it was killed or stopped, or a debugger wants it.
+# It never polls: every sleep is one wait, and the Host counts them, which is how the tests
+# tell an idle Guest from a busy one without looking at a clock.
     def _sleep_until_interrupt(self) -> None:
         """HALT: sleep, without spinning, until an unblocked interrupt is pending."""
         while (self._deliverable_irq() is None and not self.dead and not self.stopped

@@ -32,6 +32,16 @@ class _Bell(ctypes.Structure):
     _fields_ = (("rung", ctypes.c_int32), ("stop", ctypes.c_void_p))
 
 
+# tour:S.120 The doorbell: another thread needs the vCPU
+# The clock and the device threads raise interrupts while the vCPU is inside the emulator,
+# and must get it back to its run loop.  Unicorn's own `uc_emu_stop` is not safe from
+# another thread: landing while the CPU is inside one of our hooks, it can leave an
+# instruction half done, to be run twice.  So other threads only ring the doorbell: they set
+# one word.  A block hook in C (doorbell.c) reads it before every translated block and stops
+# the CPU there, between instructions, on the vCPU's own thread.  The bell stays rung until
+# the run loop answers it at the top of its next turn, so a kick can never be lost;
+# `ring_later` is the original Host's timer tick, for an interrupt the Guest could not take
+# yet.
 class Doorbell:
     """One vCPU's doorbell, installed in its engine."""
 

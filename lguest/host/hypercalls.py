@@ -24,14 +24,14 @@ HCALL_REGS = ("eax", "ebx", "ecx", "edx", "esi")  # §1.1: where arg0..arg4 trav
 
 
 # tour:H.40 A hypercall reaches the Host
-# The Guest loaded a call number in %eax, up to four arguments in %ebx, %ecx, %edx and
-# %esi, and ran `int $0x1f` at ring 1 (chapter G).  The Switcher left the emulator on that
-# trap, the run loop noted it (H.30) and, on its next turn, comes here.  The registers
-# are read in one go.  Before INIT nothing but INIT is allowed.  After it, the Host first
-# drains the Guest's ring of queued calls, in order, and only then runs the call in the
-# registers: the Guest may batch page-table updates and rely on them being done before
-# a call that depends on them.  Nothing is returned to the Guest: a call either works or
-# kills it, and the loop then resumes the Guest just after its `int`.
+# The Guest loaded a call number in %eax, up to four arguments in %ebx, %ecx, %edx and %esi,
+# and ran `int $0x1f` at ring 1 (chapter G).  The Switcher left the emulator on that trap,
+# the run loop noted it ("What each return from the Guest means") and, on its next turn,
+# comes here.  The registers are read in one go.  Before INIT nothing but INIT is allowed.
+# After it, the Host first drains the Guest's ring of queued calls, in order, and only then
+# runs the call in the registers: the Guest may batch page-table updates and rely on them
+# being done before a call that depends on them.  Nothing is returned to the Guest: a call
+# either works or kills it, and the loop then resumes the Guest just after its `int`.
 def do_hypercalls(guest: Guest) -> None:
     """Run the pending synchronous hypercall (and first, the async ring)."""
     args: HcallArgs = tuple(guest.switcher.get_many(HCALL_REGS))  # type: ignore[assignment]
@@ -44,14 +44,14 @@ def do_hypercalls(guest: Guest) -> None:
 
 
 # tour:H.50 INIT: lguest_data
-# The first hypercall hands the Host the guest-physical address of lguest_data, the
-# page both sides share (§3.6).  It must lie wholly inside the Guest's RAM.  The Host
-# reads what the Guest filled in (where its `iret` that re-enables interrupts sits, which
-# vector is its system call, where its kernel's mappings start, which cannot overlap the
-# Switcher at the top of memory), and writes what the Guest must know: the time, that
-# there is no TSC rate to trust, and how much of the address space is reserved for the
-# Switcher.  From here on the run loop reads irq_enabled and blocked_interrupts in this
-# page, and writes cr2, irq_pending and the time into it.
+# The first hypercall hands the Host the guest-physical address of lguest_data, the page
+# both sides share (§3.6).  It must lie wholly inside the Guest's RAM.  The Host reads what
+# the Guest filled in (where its `iret` that re-enables interrupts sits, which vector is its
+# system call, where its kernel's mappings start, which cannot overlap the Switcher at the
+# top of memory), and writes what the Guest must know: the time, that there is no TSC rate
+# to trust, and how much of the address space is reserved for the Switcher.  From here on
+# the run loop reads irq_enabled and blocked_interrupts in this page, and writes cr2,
+# irq_pending and the time into it.
 def initialize(guest: Guest, args: HcallArgs) -> None:
     """LGUEST_INIT, the first hypercall (§3.6); any other call first is fatal."""
     nr, gpa = args[0], args[1]
@@ -83,13 +83,13 @@ def initialize(guest: Guest, args: HcallArgs) -> None:
 
 # tour:H.60 The async ring, and one call from it: SET_PTE
 # Calls that can wait (page-table updates mostly) are not made one trap each: the Guest
-# writes them into a 64-slot ring in lguest_data and marks each slot's status byte used.
-# The Host keeps its own cursor and, on the next synchronous hypercall (or any trap into
-# the Host that runs hypercalls), takes the slots in order, runs each as if it had come in
+# writes them into a 64-slot ring in lguest_data and marks each slot's status byte used. The
+# Host keeps its own cursor and, on the next synchronous hypercall (FLUSH_ASYNC when the
+# Guest has nothing else to ask), takes the slots in order, runs each as if it had come in
 # registers (`do_hcall`), and marks it free again.  Take SET_PTE: the Guest changed one
-# entry of its page tables.  `do_hcall` finds its handler in the table at the bottom of
-# this file, which hands the change to the shadow page tables (H.120).  A bad slot, or a
-# status byte the Host cannot write back, kills the Guest.
+# entry of its page tables.  `do_hcall` finds its handler in the table at the bottom of this
+# file, which hands the change to the shadow page tables ("SET_PTE, and a TLB gone stale").
+# A bad slot, or a status byte the Host cannot write back, kills the Guest.
 def do_async_hcalls(guest: Guest) -> None:
     """Drain the async ring (§1.4) in order, starting at the Host's cursor."""
     base = guest.lguest_data

@@ -73,14 +73,14 @@ class Idt:
 
 # tour:H.70 Reflecting a trap into the Guest
 # The Guest gave us its IDT one gate at a time (LOAD_IDT_ENTRY, kept in `Idt` above with
-# lguest's rules: interrupt or trap gates only, always the Guest kernel's code segment).
-# Our emulated CPU never delivers through an IDT, so to give the Guest a trap the Host
-# does what the CPU would: push the frame the handler expects (EFLAGS, CS, EIP, and the
-# error code for the traps that have one) on the Guest's kernel stack, switching first to
-# the stack SET_STACK named if the trap came from user mode (then the old SS:ESP go on
-# too), and resume at the handler in ring 1.  An interrupt gate also turns the Guest's
-# virtual interrupt flag off (irq_enabled = 0), as the CPU would clear IF.  The pushed
-# EFLAGS says what irq_enabled said, so the Guest's `iret` path restores it.
+# lguest's rules: interrupt or trap gates only, always the Guest kernel's code segment). Our
+# emulated CPU never delivers through an IDT, so to give the Guest a trap the Host does what
+# the CPU would: push the frame the handler expects (EFLAGS, CS, EIP, and the error code for
+# the traps that have one) on the Guest's kernel stack, switching first to the stack
+# SET_STACK named if the trap came from user mode (then the old SS:ESP go on too), and
+# resume at the handler in ring 1.  An interrupt gate also turns the Guest's virtual
+# interrupt flag off (irq_enabled = 0), as the CPU would clear IF.  The pushed EFLAGS says
+# what irq_enabled said, so the Guest's `iret` path restores it.
 def deliver_trap(guest: Guest, num: int, errcode: int = 0) -> bool:
     """Reflect trap `num` into the Guest (§4.3 "reflect"); False if it has no handler."""
     if not guest.idt.present(num):
@@ -93,11 +93,11 @@ def deliver_trap(guest: Guest, num: int, errcode: int = 0) -> bool:
 
 
 # tour:H.80 An interrupt, through the same gates
-# External interrupts use vectors 32 and up and the same machinery as traps, without
-# an error code.  One subtlety from lguest: if the Guest is sitting exactly on the `iret`
-# that would re-enable its interrupts (noirq_iret, named at INIT), the frame that `iret`
-# was about to pop is still on its stack.  Rather than push another frame on top, the
-# Host reuses it, as if the `iret` had finished and the interrupt had come right after.
+# External interrupts use vectors 32 and up and the same machinery as traps, without an
+# error code.  One subtlety from lguest: if the Guest is sitting exactly on the `iret` that
+# would re-enable its interrupts (noirq_iret, named at INIT), the frame that `iret` was
+# about to pop is still on its stack.  Rather than push another frame on top, the Host
+# reuses it, as if the `iret` had finished and the interrupt had come right after.
 def deliver_interrupt(guest: Guest, vector: int) -> None:
     """Deliver a virtual interrupt through IDT entry `vector` (present, checked by caller).
 
@@ -171,12 +171,12 @@ def push_frame(guest: Guest, esp: int, words: list[int]) -> bool:
 
 # tour:H.90 Direct traps: no trip through the run loop
 # On real hardware lguest pointed some of the CPU's IDT entries straight at the Guest's
-# handlers, so a system call or a breakpoint never left the Guest at all.  We mimic it:
-# the Switcher calls `direct_trap` from inside its interrupt hook, and when the vector
-# could go direct (below 32 or the system-call vector, except #NM, #GP, #PF and the
-# hypercall, which the Host must see), the gate is a present trap gate the caller may use,
-# and the stack is visible, the frame is pushed and the CPU resumes at the handler
-# without leaving the emulator.  Anything unusual returns False and takes the slow path.
+# handlers, so a system call or a breakpoint never left the Guest at all.  We mimic it: the
+# Switcher calls `direct_trap` from inside its interrupt hook, and when the vector could go
+# direct (below 32 or the system-call vector, except #NM, #GP, #PF and the hypercall, which
+# the Host must see), the gate is a present trap gate the caller may use, and the stack is
+# visible, the frame is pushed and the CPU resumes at the handler without leaving the
+# emulator.  Anything unusual returns False and takes the slow path.
 def could_be_direct(vector: int, syscall_vector: int) -> bool:
     """§4.4: the vectors lguest let the CPU deliver straight through the real IDT."""
     return ((vector < abi.FIRST_EXTERNAL_VECTOR or vector == syscall_vector)

@@ -73,17 +73,17 @@ class PageTables:
 
     # --- demand_page ------------------------------------------------------------------------
 # tour:H.110 A page fault: from a TLB miss to demand_page
-# The Guest's page tables live in its own RAM and the emulated CPU never walks them.
-# Instead Unicorn's TLB is our shadow page table: whenever it has no translation for an
-# address it calls the Switcher's TLB-fill hook (S.80), which asks `translate`.  If the
-# current shadow already holds a validated entry that allows this access, that is the
-# answer.  Otherwise `demand_page` walks the Guest's two-level tables, checks the entry
-# (present, writable for a write, user for ring 3; never a 4 MiB page, never outside RAM,
-# a device window only for loads and stores), sets ACCESSED and DIRTY in the Guest's
-# entry as the CPU would, and remembers it.  The answer grants only the kind of access
-# that missed, so a first write to a clean page comes back here to set DIRTY.  If the walk
-# fails, the answer is a #PF error code: the Switcher leaves the emulator, and the run
-# loop gives the fault to the Guest (H.130).
+# The Guest's page tables live in its own RAM and the emulated CPU never walks them. Instead
+# Unicorn's TLB is our shadow page table: whenever it has no translation for an address it
+# calls the Switcher's TLB-fill hook ("The TLB-fill hook: a page fault leaves the Guest"),
+# which asks `translate`.  If the current shadow already holds a validated entry that allows
+# this access, that is the answer.  Otherwise `demand_page` walks the Guest's two-level
+# tables, checks the entry (present, writable for a write, user for ring 3; never a 4 MiB
+# page, never outside RAM, a device window only for loads and stores), sets ACCESSED and
+# DIRTY in the Guest's entry as the CPU would, and remembers it.  The answer grants only the
+# kind of access that missed, so a first write to a clean page comes back here to set DIRTY.
+# If the walk fails, the answer is a #PF error code: the Switcher leaves the emulator, and
+# the run loop gives the fault to the Guest ("A page fault, back to the Guest").
     def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int] | int:
         """Answer one TLB miss (§6.3): (physical page, permissions) or a #PF error code."""
         page = vaddr & ~0xFFF
@@ -250,11 +250,11 @@ class PageTables:
 # tour:H.120 SET_PTE, and a TLB gone stale
 # The Guest tells us of every change to its tables (chapter G), here one entry.  Every
 # shadow of that address space (of every space, for a kernel address, which all spaces
-# share) drops the old entry, or takes the new one at once if the Guest marks it
-# accessed, since it will be used soon.  The emulator may still hold the old translation
-# in its TLB: if the page is one it may have filled since its last flush, the TLB is
-# marked stale, and the run loop flushes it before the Guest runs again (H.20).  This
-# module never touches the CPU itself.
+# share) drops the old entry, or takes the new one at once if the Guest marks it accessed,
+# since it will be used soon.  The emulator may still hold the old translation in its TLB:
+# if the page is one it may have filled since its last flush, the TLB is marked stale, and
+# the run loop flushes it before the Guest runs again ("The run loop").  This module never
+# touches the CPU itself.
     def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
         """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used.
 

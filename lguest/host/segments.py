@@ -66,11 +66,11 @@ def installable(hi: int) -> bool:
 # The Guest cannot load a GDT: the real one belongs to the Switcher, which keeps its own
 # ring-0 code and data and the TSS in it.  The Guest hands descriptors over by hypercall,
 # one at a time or its three TLS entries at once, and the Host keeps the Guest's copy and
-# builds the real GDT from it.  Two fixes on the way: a descriptor of privilege 0 becomes
-# 1 (the Guest's kernel runs in ring 1, and it must be able to load its own segments), and
-# each is marked accessed, so the CPU never writes to the read-only GDT.  Unlike lguest,
-# a system descriptor (a TSS, an LDT, a gate) is never installed: on our CPU it would be a
-# way into ring 0.
+# builds the real GDT from it.  Two fixes on the way: a descriptor of privilege 0 becomes 1
+# (the Guest's kernel runs in ring 1, and it must be able to load its own segments), and
+# each is marked accessed, so the CPU never writes to the read-only GDT.  Unlike lguest, a
+# system descriptor (a TSS, an LDT, a gate) is never installed: on our CPU it would be a way
+# into ring 0.
 class Segments:
     """The Guest's 32 GDT entries, and copying them into the real one."""
 

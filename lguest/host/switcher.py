@@ -92,7 +92,17 @@ from lguest.host.calibration import SavedContext, close_engine, context_layout
 from lguest.host.doorbell import Doorbell
 from lguest.host.segments import segment_descriptor
 
-# The Switcher's pages, at the same virtual and (emulator-)physical address.
+# tour:S.10 The Switcher's pages and the trampoline
+# Last, the part lguest called the Bit of Despair.  Its Switcher was a few pages of assembly
+# mapped at the same high address (0xFFC00000) in the Host and in every Guest: it saved the
+# Host's registers, loaded the Guest's segments, GDT, IDT and page tables, and `iret`ed into
+# the Guest; a trap came back through the same pages.  Ours keeps the address and four
+# pages: a code page holding a seven-byte trampoline (pop the Guest's four data segments,
+# `iret`), a page emulation is told to stop at and never reaches, a ring-0 stack holding the
+# Guest's entry frame, and the GDT, IDT and TSS.  The Guest's kernel may read some of them,
+# its user code none, and nothing the Guest does maps them: the TLB-fill hook answers for
+# them before the Guest's tables are even asked. The Switcher's pages, at the same virtual
+# and (emulator-)physical address.
 CODE_PAGE = abi.SWITCHER_ADDR  # the trampoline: kernel read+exec
 STOP_PAGE = abi.SWITCHER_ADDR + 0x1000  # `until` address for emu_start: never executed
 REGS_PAGE = abi.SWITCHER_ADDR + 0x2000  # ring-0 stack holding the entry frame: kernel rw
@@ -264,6 +274,14 @@ class Switcher:
         """Copy the Host's view of the GDT into the page the emulated CPU reads."""
         self.uc.mem_write(GDT_ADDR, b"".join(struct.pack("<II", lo, hi) for lo, hi in self.gdt))
 
+# tour:S.20 Leaving the Guest: every hook in one place
+# On a real CPU a trap vectors through the IDT into the Switcher.  Unicorn has hooks
+# instead, and these are all of them: the interrupt hook (every exception and `int n`), the
+# `in` and `out` hooks (port I/O, handed to the Launcher's bus), the invalid-opcode hook
+# (#UD), the TLB-fill hook (every miss: our page tables), and the doorbell, a block hook
+# written in C so that other threads can stop the CPU cleanly.  Debugging hooks
+# (breakpoints, watchpoints) come and go through `watch_code` and `watch_writes`; nothing
+# else adds a hook.
     def _install_hooks(self) -> Doorbell:
         """Every way out of the Guest, installed here and nowhere else.
 
@@ -344,6 +362,16 @@ class Switcher:
         if uclib.uc_reg_write(self._uch, reg, self._reg_ref):
             raise ValueError(f"cannot load selector {selector:#x}")
 
+# tour:S.30 Entering the Guest: back to ring 0 first
+# To enter the Guest in any ring the trampoline must start in ring 0, where its `iret` may
+# go anywhere the CPU's own checks allow.  A real Switcher got there through a gate. Ours
+# cannot: Unicorn offers no way to change the privilege level, so the Host clears the CPL
+# bits in the emulator's saved CPU state (the only way in, found by calibration:
+# "Workaround: the emulator's private state, measured"), loads the Switcher's ring-0 code
+# and stack segments, and gives the trampoline clean EFLAGS, whatever the Guest left there
+# (a trap flag, a nested-task flag).  Then `run` writes the Guest's frame on the ring-0
+# stack and starts emulating at the trampoline.  When only EIP, ESP or EFLAGS change within
+# the same ring (most trap returns), the Host skips all this and just sets the registers.
     def _enter_host_state(self) -> None:
         """Put the CPU in the Switcher's own state: its EFLAGS, and CPL 0 so the
         trampoline may load any Guest ring.  Whatever the Guest left in EFLAGS
@@ -385,6 +413,12 @@ class Switcher:
         self.set("esp", ENTRY_FRAME_ADDR)
         return CODE_PAGE
 
+# tour:S.40 One world switch
+# `run` starts the emulator (at the trampoline if a new frame waits, else where the Guest
+# stopped) and returns when a hook asked it to stop, with the reason (`Exit`).  A doorbell
+# can ring while the trampoline itself is running; the world switch must then be all or
+# nothing, so the frame is read back from the ring-0 stack and the next run starts the
+# trampoline again, as if it had never begun.
     def run(self) -> Exit:
         """Run the Guest from its current state until it traps back to the Host.
 
@@ -406,6 +440,12 @@ class Switcher:
         """Is the CPU itself (not a frame waiting for the trampoline) in virtual-8086 mode?"""
         return self._frame is None and bool(self.get("eflags") & abi.X86_EFLAGS_VM)
 
+# tour:S.50 Workaround: refusing virtual-8086 mode
+# A real CPU honours the VM flag in an `iret` frame only at ring 0, which the Guest never
+# has.  Unicorn honours it at any ring, so a hostile Guest could enter virtual-8086 mode
+# from ring 1 or even ring 3.  No hook sees an `iret`, so the Host checks EFLAGS.VM each
+# time the CPU comes back, and turns such an entry into the #GP a real CPU would have
+# raised, with a frame that reads as ring 3.
     def _refuse_vm86(self) -> Exit:
         """Undo a virtual-8086 entry the emulator should have refused: a #GP from ring 3.
 
@@ -502,6 +542,13 @@ class Switcher:
         self.uc.ctl_flush_tb()
 
     # --- leaving: the hooks ---------------------------------------------------------------
+# tour:S.60 Workaround: a failing hook must not look like the Guest's fault
+# Our hooks are Python called from C through ctypes.  An exception escaping one would be
+# printed and swallowed, and the emulator would carry on with a default answer: a refused
+# TLB fill (a page fault the Guest never caused) or a zero from a port.  So every hook is
+# wrapped: the first exception is kept, the emulator is stopped, and every later hook call
+# in the same run gets the harmless default; `run` then raises the exception on the vCPU
+# thread, where the Launcher reports it as our bug (exit 3), never as the Guest's.
     def _guard(self, hook: Callable[..., object], default: object) -> Callable[..., object]:
         """`hook` made safe to call from the emulator.
 
@@ -526,6 +573,16 @@ class Switcher:
             self.exit = exit_
         self.uc.emu_stop()
 
+# tour:S.70 The interrupt hook: a trap leaves the Guest
+# Every exception and every `int n` stops here, before the CPU would look at an IDT. For a
+# fault the Host asks the emulator's saved state ("Workaround: the emulator's private state,
+# measured") for the error code and whether an `int` raised it, and resets the "exception in
+# flight" field, or the next fault would be escalated to a double fault.  A fault inside the
+# trampoline means the Guest's frame or segments were bad: that is trap 256 (the Switcher's
+# own pages never fault otherwise).  An `int n` is two bytes long, `int3` one, and the
+# length is recorded so a refused gate can point EIP back at it.  Then the fast path may
+# deliver it at once ("Direct traps: no trip through the run loop"), or the CPU stops and
+# the run loop gets the trap.
     def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
         if vector == abi.LGUEST_TRAP_ENTRY or vector >= abi.FIRST_EXTERNAL_VECTOR:
             # Only `int n` raises these on our CPU (there is no hardware to interrupt).
@@ -572,6 +629,14 @@ class Switcher:
         self._trap(abi.Trap.UD, 0)
         return True
 
+# tour:S.80 Workaround: precise faults on in and out
+# lguest's TSS gives user code no I/O permission, so `in` or `out` at ring 3 is a #GP, and
+# so is a port write the Launcher refuses.  The emulator has no such check, and a hook
+# cannot stop it before the rest of the translated block runs.  So the Host makes the fault
+# precise by hand: it saves the registers as they are at the `in`/`out`, flushes the TLB and
+# refuses every further fill, so no later instruction in the block can touch memory, ignores
+# port I/O once an exit is pending, and when the emulator stops puts the registers back.
+# The Guest sees the #GP at the instruction, as on a real CPU.
     def _fault_here(self, exit_: Exit) -> None:
         """Make the in/out instruction being executed fault, precisely.
 
@@ -601,6 +666,14 @@ class Switcher:
             # User code, or a write the Launcher rejected: #GP(0) at the out.
             self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
 
+# tour:S.90 The TLB-fill hook: a page fault leaves the Guest
+# Unicorn is built here in virtual-TLB mode: it never walks page tables itself, and calls
+# this hook on every miss with the address and the kind of access.  The Switcher's own pages
+# are answered first ("The Switcher's pages and the trampoline"); everything else goes to
+# the Host's page tables ("A page fault: from a TLB miss to demand_page"). A translation
+# goes into the emulator's TLB and the Guest never notices.  A refusal makes the hook record
+# a page-fault exit with the page, the error code and whether it was an instruction fetch;
+# the CPU stops, and the run loop reflects the fault ("A page fault, back to the Guest").
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
         if self._undo is not None:
             return False  # an in/out already faulted: nothing after it may run
