@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import make_guest, symbol
 
 from lguest import abi
@@ -153,3 +155,15 @@ def test_nested_task_in_the_entry_frame_is_the_guests_not_the_switchers(asm_gues
     exit_ = guest.switcher.run()
     assert (exit_.kind, exit_.trapnum) == (ExitKind.TRAP, abi.Trap.UD)
     assert guest.switcher.get("eflags") & abi.X86_EFLAGS_NT
+
+
+def test_only_calibration_touches_the_emulators_private_state() -> None:
+    """The saved-context blob and the binding's private finalizer are reached from one
+    module (calibration.py); the doorbell's C hook from one module (doorbell.py)."""
+    package = Path(calibration.__file__).resolve().parent.parent
+    private = ("uc_context", "_Uc__", "context_save", "context_restore")
+    owners = {word: sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                           if word in path.read_text())
+              for word in (*private, "lguest_doorbell_hook")}
+    assert owners == {**{word: ["host/calibration.py"] for word in private},
+                      "lguest_doorbell_hook": ["host/doorbell.py"]}
