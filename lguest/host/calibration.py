@@ -57,8 +57,9 @@ class CalibrationError(RuntimeError):
 # engine's saved-context blob, with the error code and the "raised by `int`" flag, at
 # offsets that depend on how Unicorn was built.  So at start-up a probe measures them: at
 # ring 1 it loads three bad selectors into %ds (three #GPs with known error codes: the
-# offset holding each is the error-code field; the one that held 13 and now 0xffffffff after
-# a reset is the in-flight field, and three in a row prove the reset works), then `iret`s to
+# offset holding each is the error-code field; the word that was 0xffffffff at rest and
+# holds 13 after the first is the in-flight field, and three #GPs in a row, each reset,
+# prove the reset works), then `iret`s to
 # ring 3 and runs `int3` (the word whose low bits went from 1 to 3 is hflags; the flag set
 # just before the return address is the "raised by int" flag).  If any field is not found
 # exactly once, the Host refuses to start.  This file is the only one that reads or writes

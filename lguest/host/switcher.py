@@ -101,8 +101,9 @@ from lguest.host.segments import segment_descriptor
 # `iret`), a page emulation is told to stop at and never reaches, a ring-0 stack holding the
 # Guest's entry frame, and the GDT, IDT and TSS.  The Guest's kernel may read some of them,
 # its user code none, and nothing the Guest does maps them: the TLB-fill hook answers for
-# them before the Guest's tables are even asked. The Switcher's pages, at the same virtual
-# and (emulator-)physical address.
+# them before the Guest's tables are even asked.
+
+# The Switcher's pages, at the same virtual and (emulator-)physical address.
 CODE_PAGE = abi.SWITCHER_ADDR  # the trampoline: kernel read+exec
 STOP_PAGE = abi.SWITCHER_ADDR + 0x1000  # `until` address for emu_start: never executed
 REGS_PAGE = abi.SWITCHER_ADDR + 0x2000  # ring-0 stack holding the entry frame: kernel rw
