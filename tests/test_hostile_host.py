@@ -266,7 +266,6 @@ def test_exception_in_a_hook_is_raised_by_run(asm_guest, where: str, failure: Ba
     if where == "mmio":
         window = guest.pages.device_limit << abi.PAGE_SHIFT
         guest.map_mmio(window, abi.PAGE_SIZE, _raise(failure), _raise(failure))
-        guest.pages.device_limit += 1
         guest.set_reg(abi.PtRegs.BP, window)
     elif where == "port":
         guest.switcher.bus.port_in = _raise(failure)

@@ -196,7 +196,7 @@ class Guest:
                  write: Callable[[int, int, int], None]) -> None:
         """Give a Launcher device window (page-aligned) to the Guest's physical map."""
         self.switcher.map_mmio(gpa, size, read, write)
-        self.pages.mmio_pages.update(range(gpa >> abi.PAGE_SHIFT, (gpa + size) >> abi.PAGE_SHIFT))
+        self.pages.add_device_window(gpa, size)
 
     def inject_trap(self, num: int, errcode: int = 0) -> bool:
         """LHREQ_TRAP: deliver a trap into the Guest now; False if it has no handler."""

@@ -59,13 +59,20 @@ class PageTables:
         self.shadows: list[Shadow] = []
         self.current = Shadow(0)  # linear mode's blank shadow
         self.pfn_limit = memory.size >> abi.PAGE_SHIFT
-        self.device_limit = self.pfn_limit
+        self.device_limit = self.pfn_limit  # pfns from pfn_limit up to here: device windows or gap
         self.kernel_address = 0  # where the Guest kernel's part of every space begins (INIT)
         self.stack_top = 0  # SET_STACK's esp1, and how many pages below it must stay mapped
         self.stack_pages = 0
         self.tlb_may_hold: set[int] = set()  # pages the emulator's TLB may hold since its last flush
         self.tlb_stale = False  # the emulator's TLB must be flushed before the Guest runs
         self.mmio_pages: set[int] = set()  # device windows the Launcher mapped (pfns)
+
+    def add_device_window(self, gpa: int, size: int) -> None:
+        """The Launcher mapped a device's registers here: the Guest may map these pages
+        (as MMIO, never RAM), and the ones between RAM and them (which then fault)."""
+        first, end = gpa >> abi.PAGE_SHIFT, (gpa + size) >> abi.PAGE_SHIFT
+        self.mmio_pages.update(range(first, end))
+        self.device_limit = max(self.device_limit, end)
 
     @property
     def pgdir(self) -> int:

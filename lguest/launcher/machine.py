@@ -102,7 +102,6 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
         guest.map_mmio(window, abi.PAGE_SIZE, device.mmio_read, device.mmio_write)
         say(f"device {slot}: {device.name}")
         window += abi.PAGE_SIZE
-    guest.pages.device_limit = window >> abi.PAGE_SHIFT
     return Machine(guest, ram, kernel, ports, console, devices)
 
 
