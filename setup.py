@@ -1,5 +1,5 @@
 """Build hook: compile the bundled puppy kernel (lguest/guests/) and the Host's doorbell
-hook (lguest/host/_kick.so) into the package."""
+hook (lguest/host/_native.so) into the package."""
 
 import importlib.util
 import shutil
@@ -21,7 +21,7 @@ class BuildWithPuppy(build_py):
         native = _load_native(Path(__file__).resolve().parent / "lguest" / "host" / "native.py")
         host = Path(self.build_lib) / "lguest" / "host"
         host.mkdir(parents=True, exist_ok=True)
-        native.build(target=host / "_kick.so")
+        native.build(target=host / "_native.so")
 
 
 def _load_native(path: Path):

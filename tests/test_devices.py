@@ -31,7 +31,7 @@ def disk(tmp_path):
 
 def block_driver(path, read_only: bool = False) -> Driver:
     fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
-    d = Driver(lambda ram: BlockDevice(2, ram, MEM, fd, read_only))
+    d = Driver(lambda ram, host: BlockDevice(2, ram, MEM, fd, read_only, host=host))
     d.start()
     return d
 
@@ -98,7 +98,7 @@ def test_block_read_past_the_end_is_an_io_error(disk) -> None:
 
 def test_host_io_errors_reach_the_guest_as_ioerr(tmp_path) -> None:
     """A flush the host cannot do (/dev/null has no data to sync) fails the request only."""
-    d = Driver(lambda ram: BlockDevice(2, ram, MEM, os.open("/dev/null", os.O_RDWR), False))
+    d = Driver(lambda ram, host: BlockDevice(2, ram, MEM, os.open("/dev/null", os.O_RDWR), False, host=host))
     d.start()
     assert d.ram[request(d, 0, 4, 0, 0, 0)] == 1  # FLUSH: EINVAL from fdatasync
     assert d.errors == [] and d.dev.threads[0].is_alive()
@@ -116,7 +116,8 @@ def test_block_request_without_status_room_is_fatal(disk) -> None:
 def test_console_output_and_input() -> None:
     out = bytearray()
     read_end, write_end = os.pipe()
-    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, out.extend, Keyboard(read_end, StopRequest())))
+    d = Driver(lambda ram, host: ConsoleDevice(1, ram, MEM, out.extend, Keyboard(read_end, StopRequest()),
+                                 host=host))
     d.start()
     d.ram[DATA:DATA + 6] = b"hello\n"
     d.descriptor(0, DATA, 6, 0, q=1)
@@ -139,7 +140,8 @@ def test_console_escape_keys() -> None:
     """Two lone Ctrl-C reach the Guest; the third within a second asks for a stop (130)."""
     read_end, write_end = os.pipe()
     stop = StopRequest()
-    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, Keyboard(read_end, stop)))
+    d = Driver(lambda ram, host: ConsoleDevice(1, ram, MEM, lambda data: None, Keyboard(read_end, stop),
+                                 host=host))
     d.start()
     for i in range(3):
         d.descriptor(i, BUFFERS + 64 * i, 64, W, q=0)
@@ -162,7 +164,7 @@ def test_keys_typed_before_the_driver_wait_for_it() -> None:
     os.write(write_end, b"early keys\n")
     os.close(write_end)
     wait_until(lambda: keyboard.ended)
-    d = Driver(lambda ram: ConsoleDevice(1, ram, MEM, lambda data: None, keyboard))
+    d = Driver(lambda ram, host: ConsoleDevice(1, ram, MEM, lambda data: None, keyboard, host=host))
     d.start()
     d.descriptor(0, BUFFERS, 64, W, q=0)
     d.descriptor(1, BUFFERS + 64, 64, W, q=0)
@@ -182,8 +184,10 @@ def free_port() -> int:
 
 def test_two_network_devices_exchange_frames() -> None:
     pa, pb = free_port(), free_port()
-    a = Driver(lambda ram: NetDevice(3, ram, MEM, UdpLink(pa, ("127.0.0.1", pb)), bytes([2, 0, 0, 0, 0, 1])))
-    b = Driver(lambda ram: NetDevice(3, ram, MEM, UdpLink(pb, ("127.0.0.1", pa)), bytes([2, 0, 0, 0, 0, 2])))
+    a = Driver(lambda ram, host: NetDevice(3, ram, MEM, UdpLink(pa, ("127.0.0.1", pb)),
+                                           bytes([2, 0, 0, 0, 0, 1]), host=host))
+    b = Driver(lambda ram, host: NetDevice(3, ram, MEM, UdpLink(pb, ("127.0.0.1", pa)),
+                                           bytes([2, 0, 0, 0, 0, 2]), host=host))
     a.start()
     b.start()
     b.descriptor(0, BUFFERS, 2048, W, q=0)  # rx buffer on B
@@ -215,7 +219,7 @@ def test_tap_network_reaches_the_host_kernel() -> None:
 
     mac = bytes([2, 0, 0, 0, 0x77, 2])
     tap = TapLink("10.77.0.1")
-    d = Driver(lambda ram: NetDevice(3, ram, MEM, tap, mac))
+    d = Driver(lambda ram, host: NetDevice(3, ram, MEM, tap, mac, host=host))
     d.start()
     assert d.dev.features >> 28 & 1  # indirect descriptors, with the tap's offloads
     d.descriptor(0, BUFFERS, 2048, W, q=0)
@@ -237,7 +241,8 @@ def test_any_exception_in_a_service_thread_ends_the_guest() -> None:
     """Issue 9.6: a thread that dies must take the Guest with it, saying why (here the
     host socket vanished under the receive thread), never leave it waiting."""
     port = free_port()
-    d = Driver(lambda ram: NetDevice(3, ram, MEM, UdpLink(port, ("127.0.0.1", port)), bytes(6)))
+    d = Driver(lambda ram, host: NetDevice(3, ram, MEM, UdpLink(port, ("127.0.0.1", port)), bytes(6),
+                                 host=host))
     d.dev.link.close()
     d.start()
     d.descriptor(0, BUFFERS, 2048, W, q=0)

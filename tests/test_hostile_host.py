@@ -147,7 +147,7 @@ test_main:
 
 def test_kernel_iret_into_vm86_without_handler_kills_with_gp(asm_guest) -> None:
     """In linear mode nothing is a user page: the Host sees the CPU at the first
-    vm86 fetch, so the #GP names the IP the iret loaded, not the iret (cpu.py says why)."""
+    vm86 fetch, so the #GP names the IP the iret loaded, not the iret (switcher.py says why)."""
     run = lguest("32", str(asm_guest(VM86 + VM86_EMERG_WR + """
 test_main:
 	INIT
@@ -266,14 +266,13 @@ def test_exception_in_a_hook_is_raised_by_run(asm_guest, where: str, failure: Ba
     if where == "mmio":
         window = guest.pages.device_limit << abi.PAGE_SHIFT
         guest.map_mmio(window, abi.PAGE_SIZE, _raise(failure), _raise(failure))
-        guest.pages.device_limit += 1
         guest.set_reg(abi.PtRegs.BP, window)
     elif where == "port":
-        guest.cpu.bus.port_in = _raise(failure)
+        guest.switcher.bus.port_in = _raise(failure)
     elif where == "trap":
-        guest.cpu.direct_trap = _raise(failure)
+        guest.switcher.direct_trap = _raise(failure)
     else:
-        guest.cpu.mmu = type("BrokenMmu", (), {"translate": _raise(failure), "peek": _raise(failure)})()
+        guest.switcher.mmu = type("BrokenMmu", (), {"translate": _raise(failure), "peek": _raise(failure)})()
     with pytest.raises(type(failure)) as raised:
         guest.run()
     assert raised.value is failure

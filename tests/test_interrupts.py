@@ -208,14 +208,14 @@ def test_syscall_through_trap_gate_goes_direct(asm_guest) -> None:
     """A trap gate for 0x80 is delivered inside the emulator hook: irq_enabled untouched."""
     guest = make_guest(asm_guest(SYSCALL_GUEST.format(vector="0x80", gate="0xF", irq_enabled="200")))
     assert guest.run().reason == "CRASH: Power down"
-    assert guest.cpu.direct_traps == 1
+    assert guest.switcher.direct_traps == 1
 
 
 def test_syscall_through_interrupt_gate_is_reflected(asm_guest) -> None:
     """Linux >= 4.6 uses an interrupt gate for 0x80: the Host delivers it, clearing irq_enabled."""
     guest = make_guest(asm_guest(SYSCALL_GUEST.format(vector="0x80", gate="0xE", irq_enabled="0")))
     assert guest.run().reason == "CRASH: Power down"
-    assert guest.cpu.direct_traps == 0
+    assert guest.switcher.direct_traps == 0
 
 
 def test_alternative_syscall_vector(asm_guest) -> None:
@@ -223,7 +223,7 @@ def test_alternative_syscall_vector(asm_guest) -> None:
     elf = asm_guest(SYSCALL_GUEST.format(vector="0x40", gate="0xF", irq_enabled="200"))
     guest = make_guest(elf, syscall_vector=0x40)
     assert guest.run().reason == "CRASH: Power down"
-    assert guest.cpu.direct_traps == 1
+    assert guest.switcher.direct_traps == 1
     boots_ok("--syscall-vector=64", "32", str(elf))
     # ...and without the option, 0x40 is an ordinary vector with a DPL-0 stub: #GP(0x202).
     assert lguest("32", str(elf)).reason.startswith("unhandled trap 13 at ")
@@ -233,7 +233,7 @@ def test_reflected_alternative_vector(asm_guest) -> None:
     elf = asm_guest(SYSCALL_GUEST.format(vector="0x40", gate="0xE", irq_enabled="0"))
     guest = make_guest(elf, syscall_vector=0x40)
     assert guest.run().reason == "CRASH: Power down"
-    assert guest.cpu.direct_traps == 0
+    assert guest.switcher.direct_traps == 0
 
 
 # --- virtual interrupts (§4.7) ---------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_interrupt_is_delivered_when_enabled_and_unblocked(asm_guest) -> None:
 	movl $0x200, lguest_data + LD_IRQ_ENABLED""", after=""))
     guest, result = run_with_irq(elf)
     assert result.reason == "CRASH: Power down"
-    assert guest.mem.read_u32(guest.lguest_data + abi.LguestData.IRQ_PENDING) == 0
+    assert guest.memory.read_u32(guest.lguest_data + abi.LguestData.IRQ_PENDING) == 0
 
 
 def test_blocked_interrupt_waits_for_unmask(asm_guest) -> None:
@@ -463,8 +463,8 @@ def test_halt_is_woken_by_the_timer_without_spinning(asm_guest) -> None:
     # The tick came no earlier than asked: compare the time INIT wrote with the delivery's.
     data = symbol(elf, "lguest_data")
     init_time = symbol(elf, "init_time")
-    at_init = struct.unpack("<ii", guest.mem.ram[init_time:init_time + 8])
-    at_tick = struct.unpack("<ii", guest.mem.ram[data + 12:data + 20])
+    at_init = struct.unpack("<ii", guest.memory.ram[init_time:init_time + 8])
+    at_tick = struct.unpack("<ii", guest.memory.ram[data + 12:data + 20])
     slept_ns = (at_tick[0] - at_init[0]) * 10**9 + at_tick[1] - at_init[1]
     assert slept_ns >= 290_000_000, slept_ns  # 300 ms, less what an NTP slew could take
 
@@ -551,10 +551,10 @@ stop_flag: .long 0
         deadline = time.monotonic() + 60
         for n in range(1, kicks + 1):
             guest.interrupt(1)
-            while guest.mem.read_u32(count_at) < n and time.monotonic() < deadline:
+            while guest.memory.read_u32(count_at) < n and time.monotonic() < deadline:
                 time.sleep(0)
-        delivered.append(guest.mem.read_u32(count_at))
-        guest.mem.ram[stop_at:stop_at + 4] = struct.pack("<I", 1)
+        delivered.append(guest.memory.read_u32(count_at))
+        guest.memory.ram[stop_at:stop_at + 4] = struct.pack("<I", 1)
 
     thread = threading.Thread(target=raise_irqs)
     thread.start()

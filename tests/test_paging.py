@@ -398,7 +398,7 @@ test_main:
     assert guest.run().reason == "CRASH: Power down"
     assert guest.segments.gdt[20] == (0x0000FFFF, 0x00CFB300)  # DPL 1, accessed
     assert guest.segments.gdt[21] == (0x0000FFFF, 0x00CFF300)  # DPL 3 kept, accessed
-    assert guest.cpu.gdt[10] == (0x0000FFFF, 0x00CF9B00)  # the Switcher's, untouched
+    assert guest.switcher.gdt[10] == (0x0000FFFF, 0x00CF9B00)  # the Switcher's, untouched
 
 
 def test_load_tls(asm_guest) -> None:
@@ -423,7 +423,7 @@ tls:	.long 0x0000ffff, 0x00cff200		/* base filled in below */
     from conftest import symbol
     tls = symbol(elf, "tls")
     lo, hi = 0x0000FFFF | (tls & 0xFFFF) << 16, 0x00CFF200 | (tls >> 16) & 0xFF | tls & 0xFF000000
-    guest.mem.write(tls, lo.to_bytes(4, "little") + hi.to_bytes(4, "little"))
+    guest.memory.write(tls, lo.to_bytes(4, "little") + hi.to_bytes(4, "little"))
     assert guest.run().reason == "CRASH: Power down"
     assert guest.segments.gdt[6][1] & 0x100  # accessed
 

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from lguest.launcher.boot import allocate_guest_ram
-from lguest.launcher.pci import PciBus
+from lguest.launcher.pci import HostLink, PciBus
 from lguest.launcher.ports import Ports
 from lguest.launcher.virtio.console import ConsoleDevice
 
@@ -18,11 +18,10 @@ MMIO = 0x4100000
 def ports():
     pci = PciBus()
     out = bytearray()
-    console = ConsoleDevice(1, allocate_guest_ram(8 << 20), 8 << 20, out.extend)
+    fatal: list[str] = []
+    console = ConsoleDevice(1, allocate_guest_ram(8 << 20), 8 << 20, out.extend, host=HostLink(fatal.append))
     pci.add(console)
     console.place(MMIO)
-    fatal: list[str] = []
-    console.fatal = fatal.append
     warnings: list[str] = []
     p = Ports(pci, warnings.append)
     p.out, p.fatal, p.warnings = out, fatal, warnings

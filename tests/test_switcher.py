@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import make_guest, symbol
 
 from lguest import abi
-from lguest.host import cpu
+from lguest.host import calibration
+from lguest.host.switcher import ExitKind
 
 
 def test_calibration_finds_each_field_once() -> None:
-    layout = cpu.calibrate()
+    layout = calibration.calibrate()
     offsets = {layout.hflags, layout.old_exception, layout.error_code, layout.exception_is_int}
     assert len(offsets) == 4
-    assert layout == cpu.context_layout()  # measured once per process, stable
+    assert layout == calibration.context_layout()  # measured once per process, stable
 
 
 def test_initial_vcpu_state(asm_guest) -> None:
@@ -113,7 +116,7 @@ test_main:
     def kick() -> None:
         nonlocal kicks
         while not done.is_set():
-            guest.cpu.stop()
+            guest.switcher.doorbell.ring()
             kicks += 1
             time.sleep(0)  # as often as the GIL allows: raw emu_stop fails this reliably
 
@@ -125,7 +128,7 @@ test_main:
     assert result.reason == "CRASH: Power down"
     assert kicks > 1000
     expected = sum(range(200)) & 0xFFFFFFFF
-    values = {guest.mem.read_u32(0x200000 + 4096 * i) for i in range(512)}
+    values = {guest.memory.read_u32(0x200000 + 4096 * i) for i in range(512)}
     assert values == {expected}
 
 
@@ -134,12 +137,12 @@ def test_trap_flag_in_the_entry_frame_steps_the_first_guest_instruction(asm_gues
     Guest's: TF there is a #DB after the Guest's first instruction, not in the Switcher."""
     elf = asm_guest("test_main: nop\nsecond: ud2")
     guest = make_guest(elf)
-    guest.cpu.load_frame(symbol(elf, "test_main"), abi.KERNEL_CS, abi.INITIAL_EFLAGS | abi.X86_EFLAGS_TF,
+    guest.switcher.load_frame(symbol(elf, "test_main"), abi.KERNEL_CS, abi.INITIAL_EFLAGS | abi.X86_EFLAGS_TF,
                          0x1000, abi.KERNEL_DS, abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
-    exit_ = guest.cpu.run()
-    assert (exit_.kind, exit_.trapnum) == (cpu.ExitKind.TRAP, abi.Trap.DB)
-    assert guest.cpu.get("eip") == symbol(elf, "second")
-    assert guest.cpu.get("eflags") & abi.X86_EFLAGS_TF
+    exit_ = guest.switcher.run()
+    assert (exit_.kind, exit_.trapnum) == (ExitKind.TRAP, abi.Trap.DB)
+    assert guest.switcher.get("eip") == symbol(elf, "second")
+    assert guest.switcher.get("eflags") & abi.X86_EFLAGS_TF
 
 
 def test_nested_task_in_the_entry_frame_is_the_guests_not_the_switchers(asm_guest) -> None:
@@ -147,8 +150,20 @@ def test_nested_task_in_the_entry_frame_is_the_guests_not_the_switchers(asm_gues
     the trampoline's `iret` is an ordinary one."""
     elf = asm_guest("test_main: ud2")
     guest = make_guest(elf)
-    guest.cpu.load_frame(symbol(elf, "test_main"), abi.KERNEL_CS, abi.INITIAL_EFLAGS | abi.X86_EFLAGS_NT,
+    guest.switcher.load_frame(symbol(elf, "test_main"), abi.KERNEL_CS, abi.INITIAL_EFLAGS | abi.X86_EFLAGS_NT,
                          0x1000, abi.KERNEL_DS, abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
-    exit_ = guest.cpu.run()
-    assert (exit_.kind, exit_.trapnum) == (cpu.ExitKind.TRAP, abi.Trap.UD)
-    assert guest.cpu.get("eflags") & abi.X86_EFLAGS_NT
+    exit_ = guest.switcher.run()
+    assert (exit_.kind, exit_.trapnum) == (ExitKind.TRAP, abi.Trap.UD)
+    assert guest.switcher.get("eflags") & abi.X86_EFLAGS_NT
+
+
+def test_only_calibration_touches_the_emulators_private_state() -> None:
+    """The saved-context blob and the binding's private finalizer are reached from one
+    module (calibration.py); the doorbell's C hook from one module (doorbell.py)."""
+    package = Path(calibration.__file__).resolve().parent.parent
+    private = ("uc_context", "_Uc__", "context_save", "context_restore")
+    owners = {word: sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                           if word in path.read_text())
+              for word in (*private, "lguest_doorbell_hook")}
+    assert owners == {**{word: ["host/calibration.py"] for word in private},
+                      "lguest_doorbell_hook": ["host/doorbell.py"]}

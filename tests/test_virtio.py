@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lguest.launcher.boot import allocate_guest_ram
+from lguest.launcher.pci import HostLink
 from lguest.launcher.virtio.queue import BadDriver, Virtqueue
 from lguest.launcher.virtio.rng import RngDevice
 from lguest.launcher.virtio.transport import ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK
@@ -30,13 +31,11 @@ BUFFERS = 0x40000
 class Driver:
     """Plays a Guest virtio-pci driver against one device (by default an entropy device)."""
 
-    def __init__(self, make=lambda ram: RngDevice(3, ram, MEM)) -> None:
+    def __init__(self, make=lambda ram, host: RngDevice(3, ram, MEM, host=host)) -> None:
         self.ram = allocate_guest_ram(MEM)
         self.errors: list[str] = []
         self.irqs: list[int] = []
-        self.dev = make(self.ram)
-        self.dev.fatal = self.errors.append
-        self.dev.interrupt = self.irqs.append
+        self.dev = make(self.ram, HostLink(self.errors.append, self.irqs.append))
 
     def r(self, off: int, size: int) -> int:
         return self.dev.mmio_read(off, size)

@@ -15,7 +15,7 @@ from collections import Counter
 
 from lguest import abi
 from lguest.host.core import Guest
-from lguest.host.cpu import Exit, ExitKind
+from lguest.host.switcher import Exit, ExitKind
 
 HCALL_NAMES = {int(h): h.name for h in abi.Hcall}
 TRAP_NAMES = {int(t): t.name for t in abi.Trap}
@@ -27,11 +27,11 @@ def hcall_name(nr: int) -> str:
 
 def exit_category(guest: Guest, exit_: Exit) -> str:
     """What one return to the Host was for."""
-    if exit_.kind is ExitKind.HALTED:
+    if exit_.kind is ExitKind.KICKED:
         return "kick"
     if exit_.kind is ExitKind.PAGE_FAULT:
         return "page fault"
-    if exit_.trapnum == abi.LGUEST_TRAP_ENTRY and guest.cpu.cpl <= abi.GUEST_PL:
+    if exit_.trapnum == abi.LGUEST_TRAP_ENTRY and guest.switcher.cpl <= abi.GUEST_PL:
         return "hypercall"
     return "trap"
 
@@ -53,7 +53,7 @@ class Census:
         self.exits[category] += 1
         if category == "trap":
             self.traps[exit_.trapnum] += 1
-        now, emulated = time.perf_counter(), guest.cpu.emulating
+        now, emulated = time.perf_counter(), guest.switcher.emulating
         if self._last is None:
             self.seconds["emulating"] += emulated  # the first run, up to the first exit
         else:

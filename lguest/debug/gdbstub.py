@@ -34,7 +34,7 @@ from lguest import abi
 from lguest.debug import monitor, rsp
 from lguest.debug.target import GENERAL, SEGMENTS, SIZES, TARGET_XML
 from lguest.host.core import Guest
-from lguest.host.cpu import Exit, ExitKind
+from lguest.host.switcher import Exit, ExitKind
 
 SIGINT, SIGTRAP = 2, 5
 GUEST_TOP = abi.SWITCHER_ADDR - 1  # the highest address a Guest instruction may have
@@ -76,7 +76,7 @@ class GdbStub:
         guest.debugger = self
         self._insn_hook = None
         for key in self._breaks:
-            self._breaks[key] = guest.cpu.watch_code(key[1], key[1], self._on_break)
+            self._breaks[key] = guest.switcher.watch_code(key[1], key[1], self._on_break)
         watches, self._watches = self._watches, {}
         for addr, length in watches:
             self._watch(guest, addr, length)
@@ -125,7 +125,7 @@ class GdbStub:
             self._stop(f"T{SIGTRAP:02x}")
 
     def trap(self, guest: Guest, exit_: Exit) -> None:
-        if exit_.kind is not ExitKind.HALTED and exit_.trapnum in self.break_traps:
+        if exit_.kind is not ExitKind.KICKED and exit_.trapnum in self.break_traps:
             self._stop(f"T{SIGTRAP:02x}")
 
     def irq(self, guest: Guest, irq: int) -> None:
@@ -154,7 +154,7 @@ class GdbStub:
 
     def _pause(self) -> None:
         assert self.guest is not None
-        self.guest.cpu.pause()
+        self.guest.switcher.pause()
 
     def _update_insn_hook(self) -> None:
         """The every-instruction hook costs a call per instruction: only while needed."""
@@ -162,9 +162,9 @@ class GdbStub:
             return
         needed = self._step_from is not None or bool(self._watches)
         if needed and self._insn_hook is None:
-            self._insn_hook = self.guest.cpu.watch_code(0, GUEST_TOP, self._on_insn)
+            self._insn_hook = self.guest.switcher.watch_code(0, GUEST_TOP, self._on_insn)
         elif not needed and self._insn_hook is not None:
-            self.guest.cpu.unwatch(self._insn_hook)
+            self.guest.switcher.unwatch(self._insn_hook)
             self._insn_hook = None
 
     # --- serving gdb while the Guest is stopped -----------------------------------------------
@@ -208,9 +208,9 @@ class GdbStub:
 
     def _resume(self, guest: Guest, step: bool, addr: bytes) -> bool:
         if addr:
-            guest.cpu.set("eip", int(addr, 16))
+            guest.switcher.set("eip", int(addr, 16))
         if step:
-            self._step_from, self._step_began = guest.cpu.get("eip"), False
+            self._step_from, self._step_began = guest.switcher.get("eip"), False
             self._update_insn_hook()
         self._gdb_waits = True
         return True
@@ -229,7 +229,7 @@ class GdbStub:
 
     # --- registers ----------------------------------------------------------------------------
     def _read_registers(self, guest: Guest, _: str) -> str:
-        values = guest.cpu.get_many(GENERAL)
+        values = guest.switcher.get_many(GENERAL)
         return struct.pack(f"<{len(values)}I", *values).hex() + "xx" * sum(SIZES[len(GENERAL):])
 
     def _read_register(self, guest: Guest, text: str) -> str:
@@ -238,7 +238,7 @@ class GdbStub:
             return EINVAL
         if n >= len(GENERAL):
             return "xx" * SIZES[n]
-        return struct.pack("<I", guest.cpu.get(GENERAL[n])).hex()
+        return struct.pack("<I", guest.switcher.get(GENERAL[n])).hex()
 
     def _write_registers(self, guest: Guest, text: str) -> str:
         raw = bytes.fromhex(text[:8 * len(GENERAL)])
@@ -260,10 +260,10 @@ class GdbStub:
     def _set_register(guest: Guest, name: str, value: int) -> bool:
         """Segment registers stay the Host's business (gdb may only write what they are)."""
         if name in SEGMENTS:
-            return value == guest.cpu.get(name)
+            return value == guest.switcher.get(name)
         if name == "eflags":
-            value = guest.cpu.get("eflags") & ~WRITABLE_EFLAGS | value & WRITABLE_EFLAGS
-        guest.cpu.set(name, value)
+            value = guest.switcher.get("eflags") & ~WRITABLE_EFLAGS | value & WRITABLE_EFLAGS
+        guest.switcher.set(name, value)
         return True
 
     # --- memory -------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ class GdbStub:
             if addr > GUEST_TOP:
                 return EINVAL
             if (kind, addr) not in self._breaks:
-                self._breaks[(kind, addr)] = guest.cpu.watch_code(addr, addr, self._on_break)
+                self._breaks[(kind, addr)] = guest.switcher.watch_code(addr, addr, self._on_break)
             return "OK"
         if kind == 2:
             return "OK" if self._watch(guest, addr, length) else EINVAL
@@ -303,7 +303,7 @@ class GdbStub:
             def hit(_: int) -> None:
                 if guest.peek_virtual_pa(addr) == gpa:
                     self._on_write(addr)
-            self._watches[(addr, length)] = guest.cpu.watch_writes(gpa, gpa + length - 1, hit)
+            self._watches[(addr, length)] = guest.switcher.watch_writes(gpa, gpa + length - 1, hit)
             self._update_insn_hook()
         return True
 
@@ -312,7 +312,7 @@ class GdbStub:
         hook = self._breaks.pop((kind, addr), None) if kind in (0, 1) else \
             self._watches.pop((addr, length), None) if kind == 2 else None
         if hook is not None:
-            guest.cpu.unwatch(hook)
+            guest.switcher.unwatch(hook)
         self._update_insn_hook()
         return "OK" if kind in (0, 1, 2) else ""
 

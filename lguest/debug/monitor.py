@@ -91,10 +91,10 @@ def pgdir(guest: Guest) -> str:
 def irqs(guest: Guest) -> str:
     text = f"pending {guest.irqs_pending:#010x}\nhalted {guest.halted}\n"
     base = guest.lguest_data
-    if base is None or not guest.mem.ok(base, LguestData.SIZE):
+    if base is None or not guest.memory.ok(base, LguestData.SIZE):
         return text + "no lguest_data yet\n"
-    blocked = guest.mem.read_u32(base + LguestData.BLOCKED_INTERRUPTS)
-    enabled = guest.mem.read_u32(base + LguestData.IRQ_ENABLED)
+    blocked = guest.memory.read_u32(base + LguestData.BLOCKED_INTERRUPTS)
+    enabled = guest.memory.read_u32(base + LguestData.IRQ_ENABLED)
     return text + f"blocked {blocked:#010x}\nirq_enabled {enabled:#x}\n"
 
 

@@ -25,7 +25,7 @@ from collections import Counter, deque
 from lguest import abi
 from lguest.debug.census import TRAP_NAMES, exit_category, hcall_name
 from lguest.host.core import Guest
-from lguest.host.cpu import Exit, ExitKind
+from lguest.host.switcher import Exit, ExitKind
 from lguest.launcher.virtio.queue import Chain
 from lguest.launcher.virtio.transport import VirtioDevice
 
@@ -62,8 +62,8 @@ class Timeline:
     # --- the tracer protocol -------------------------------------------------------------------
     def trap(self, guest: Guest, exit_: Exit) -> None:
         now = time.perf_counter()
-        ran = guest.cpu.emulating - self._emulated
-        self._emulated = guest.cpu.emulating
+        ran = guest.switcher.emulating - self._emulated
+        self._emulated = guest.switcher.emulating
         entered = now - ran
         if self._host_began is not None:
             self._slice(self._host_name, "host", HOST_TID, self._host_began, max(entered, self._host_began))
@@ -73,7 +73,7 @@ class Timeline:
         self._host_began, self._host_name = now, category
         if category in ("trap", "page fault"):
             self._trap_event(guest, exit_)
-        self._count(now, guest.cpu.fills)
+        self._count(now, guest.switcher.fills)
 
     def hcall(self, guest: Guest, args: tuple[int, ...], queued: bool) -> None:
         name = hcall_name(args[0])
@@ -97,7 +97,7 @@ class Timeline:
                             "in_bytes": sum(len(b) for b in chain.into)}})
 
     def _trap_event(self, guest: Guest, exit_: Exit) -> None:
-        eip = exit_.eip if exit_.eip is not None else guest.cpu.get("eip")
+        eip = guest.switcher.get("eip")
         if exit_.kind is ExitKind.PAGE_FAULT:
             self._instant("#PF", "trap", {"vector": abi.Trap.PF, "cr2": f"{exit_.address:#x}",
                                           "errcode": f"{exit_.errcode:#x}", "eip": f"{eip:#x}"})

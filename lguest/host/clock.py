@@ -1,10 +1,14 @@
-"""The Guest's clock: a one-shot timer that raises irq 0 (spec §4.8).
+"""The Guest's clock: a one-shot timer that raises irq 0 (mirrors the clockdev of
+interrupts_and_traps.c: guest_set_clockevent and its hrtimer; spec §4.8).
 
 SET_CLOCKEVENT(ns) arms it `ns` nanoseconds from now; 0 cancels it.  It runs
 whether or not the Guest is running, like the original's hrtimer.  One thread per
 timer waits for the deadline (Linux re-arms every tick: a thread per arm would
 cost more than the tick).  We count on the monotonic clock, so a wall-clock step
 on the host neither fires nor delays the Guest's tick.
+
+What it owns: `OneShot`, the timer thread (the doorbell's delayed ring uses it
+too), and `Clock`, SET_CLOCKEVENT's timer.
 """
 
 from __future__ import annotations
@@ -67,6 +71,14 @@ class OneShot:
                     self._cond.acquire()
 
 
+# tour:H.160 The clock
+# The Guest has no timer chip: it asks for one interrupt at a time with SET_CLOCKEVENT
+# (nanoseconds from now).  A timer thread waits for the deadline and raises irq 0 with the
+# same call the Launcher's devices use, from any thread: mark it pending, ring the doorbell
+# ("The doorbell: another thread needs the vCPU").  The vCPU, in the emulator or asleep in
+# HALT, comes back to its run loop and delivers it ("When an interrupt may be delivered").
+# The time itself reaches the Guest in lguest_data, written at INIT and with every
+# interrupt.
 class Clock:
     def __init__(self, raise_irq: Callable[[int], object]) -> None:
         self._timer = OneShot(lambda: raise_irq(TIMER_IRQ), "lguest-clock")

@@ -1,10 +1,18 @@
-"""The Host's core: one Guest, its run loop, and the API the Launcher drives.
+"""The Host's core: one Guest, its run loop, and the API the Launcher drives
+(mirrors drivers/lguest/core.c and lguest_user.c, and the trap half of x86/core.c).
 
-This mirrors /dev/lguest (spec §8.2) as Python calls: the Launcher creates a
-`Guest` with its RAM and entry point, may raise interrupts, read and set
-registers and inject traps, and calls `run()`, which returns only when the Guest
-dies or asks to be restarted.  Port I/O reaches the Launcher through the `bus`
-it handed us; the Host itself knows nothing of devices, files or terminals.
+This is /dev/lguest (spec §8.2) as Python calls: the Launcher creates a `Guest`
+with its RAM and entry point, may raise interrupts, read and set registers and
+inject traps, and calls `run()`, which returns only when the Guest dies, asks to
+be restarted or is stopped; then `close()` releases the emulator and the RAM.
+Port I/O reaches the Launcher through the `bus` it handed us; the Host itself
+knows nothing of devices, files or terminals.
+
+What it owns: the Guest's life (kill, restart, close), the run loop, what each
+return from the Switcher means (`handle_trap`), interrupt delivery policy and
+HALT, and the Launcher's and the debugger's ways in.  The parts it is built
+from each get only what they need: memory and the kill callback (page tables,
+IDT, segments), the page tables and the port bus (the Switcher).
 """
 
 from __future__ import annotations
@@ -22,13 +30,12 @@ from lguest import abi
 from lguest.abi import LguestData, PtRegs
 from lguest.host import hypercalls
 from lguest.host.clock import Clock
-from lguest.host.cpu import Exit, ExitKind, PortBus, Switcher
 from lguest.host.faultaddr import fault_address
 from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap, direct_trap
-from lguest.host.kick import Kicker
 from lguest.host.memory import GuestMemory, hex32
 from lguest.host.page_tables import PageTables
 from lguest.host.segments import Segments
+from lguest.host.switcher import Exit, ExitKind, PortBus, Switcher
 
 
 class Tracer(Protocol):
@@ -79,6 +86,17 @@ INSN_MAX = 15  # the longest x86 instruction
 RECHECK_SECONDS = 0.001  # how soon a deferred interrupt is looked at again
 
 
+# tour:H.10 One Guest, built from narrow parts
+# The Host's half of lguest was a kernel module; ours is this package, and a `Guest` is what
+# /dev/lguest handed the Launcher: one Guest with one virtual CPU.  The Launcher builds it
+# with the Guest's RAM, the kernel's entry point and the port bus its devices answer on.  It
+# is put together from parts that each get only what they need: the RAM behind a
+# bounds-checked `GuestMemory`, the shadow page tables (memory and a way to kill the Guest),
+# the Switcher (which owns the emulated CPU, and asks the page tables on every TLB miss and
+# the port bus on every `in`/`out`), the Guest's IDT and GDT, and the clock.  The Guest
+# starts as lguest's did (§3.4): at the kernel's entry point, in ring 1, flat segments,
+# paging in "linear" mode until the kernel installs tables of its own. Nothing is wired in
+# after construction, and `close()` gives the emulator back at once.
 class Guest:
     """One Guest (lguest's `struct lguest` with its single `struct lg_cpu`)."""
 
@@ -88,30 +106,28 @@ class Guest:
         self.stopped = False  # the Launcher asked run() to return (stop_run)
         self.restart = False
         self.shutdown_how: int | None = None
-        self.mem = GuestMemory(ram, mem_size, self.kill)
+        self.memory = GuestMemory(ram, mem_size, self.kill)
         self.syscall_vector = syscall_vector
         self.tracer = tracer
         self.debugger: Debugger | None = None
-        self._ram_anchor = ctypes.c_char.from_buffer(ram)
-        self.pages = PageTables(self)
-        self.cpu = Switcher(ctypes.addressof(self._ram_anchor), mem_size, self.pages, bus)
-        self.idt = Idt(self)
-        self.segments = Segments(self)
+        self._ram_anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(ram)
+        self.pages = PageTables(self.memory, self.kill)
+        self.switcher = Switcher(ctypes.addressof(self._ram_anchor), mem_size, self.pages, bus,
+                                 self._direct_trap)
+        self.doorbell = self.switcher.doorbell
+        self.idt = Idt(self.kill)
+        self.segments = Segments(self.memory, self.kill, self.switcher)
         self.clock = Clock(self.interrupt)
-        self.kicker = Kicker(self.cpu.stop)
-        self.cpu.direct_trap = lambda vector, errcode, software: direct_trap(self, vector, errcode, software)
         # lguest_data and what INIT read from it
         self.lguest_data: int | None = None
         self.noirq_iret = 0
-        self.kernel_address = 0
         self.next_hcall = 0
         # vCPU state the Host keeps
         self.hcall_pending = False
         self.halted = False
         self.ts = 0
-        self.ss1 = 0
+        self.ss1 = 0  # SET_STACK: where traps from user mode land
         self.esp1 = 0
-        self.stack_pages = 0
         self.irqs_pending = 0
         self.stats: Counter[str] = Counter()  # hypercalls, reflected traps, interrupts (--stats)
         self._irq_lock = threading.Lock()
@@ -121,9 +137,20 @@ class Guest:
     def _initial_state(self, start: int) -> None:
         """§3.4: ring 1, flat kernel segments, everything else zero."""
         for reg in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp"):
-            self.cpu.set(reg, 0)
-        self.cpu.load_frame(start, abi.KERNEL_CS, abi.INITIAL_EFLAGS, 0, abi.KERNEL_DS,
+            self.switcher.set(reg, 0)
+        self.switcher.load_frame(start, abi.KERNEL_CS, abi.INITIAL_EFLAGS, 0, abi.KERNEL_DS,
                             abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
+
+    def close(self) -> None:
+        """Release the emulator and our hold on the RAM (after run(); idempotent).
+
+        Without this a dead Guest's engine lived until the cycle collector found
+        it, and a Guest restarting in a loop grew by an engine every boot.  The
+        Launcher owns the RAM itself and unmaps it after this.
+        """
+        self.clock.close()
+        self.switcher.close()
+        self._ram_anchor = None
 
     # --- death ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
@@ -131,7 +158,7 @@ class Guest:
         if self.dead is None:
             self.dead = reason
         self._wake.set()
-        self.kicker.kick()
+        self.doorbell.ring()
 
     # --- the Launcher's API (LHREQ_*) ----------------------------------------------------
     def interrupt(self, irq: int) -> bool:
@@ -141,7 +168,7 @@ class Guest:
         with self._irq_lock:
             self.irqs_pending |= 1 << irq
         self._wake.set()
-        self.kicker.kick()
+        self.doorbell.ring()
         return True
 
     def stop_run(self) -> None:
@@ -152,34 +179,43 @@ class Guest:
         """
         self.stopped = True
         self._wake.set()
-        self.kicker.kick()
+        self.doorbell.ring()
 
     def get_reg(self, offset: int) -> int:
         """LHREQ_GETREG: a register by its offset in i386 `struct pt_regs`."""
-        return self.cpu.get(PT_REG_NAMES[offset])
+        return self.switcher.get(PT_REG_NAMES[offset])
 
     def set_reg(self, offset: int, value: int) -> bool:
         """LHREQ_SETREG: only the general registers, eip and esp may be set."""
         if offset not in abi.SETTABLE_PT_REGS:
             return False
-        self.cpu.set(PT_REG_NAMES[offset], value)
+        self.switcher.set(PT_REG_NAMES[offset], value)
         return True
 
     def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None]) -> None:
         """Give a Launcher device window (page-aligned) to the Guest's physical map."""
-        self.cpu.map_mmio(gpa, size, read, write)
-        self.pages.mmio_pages.update(range(gpa >> abi.PAGE_SHIFT, (gpa + size) >> abi.PAGE_SHIFT))
+        self.switcher.map_mmio(gpa, size, read, write)
+        self.pages.add_device_window(gpa, size)
 
     def inject_trap(self, num: int, errcode: int = 0) -> bool:
         """LHREQ_TRAP: deliver a trap into the Guest now; False if it has no handler."""
         return deliver_trap(self, num, errcode)
 
+# tour:H.20 The run loop
+# This is lguest's run_guest(), and the heart of the Host.  Each turn: answer the doorbell
+# (other threads rang it to get our attention), run the hypercall the Guest left pending (it
+# trapped with `int $0x1f` last time round), let a debugger look, then deliver an interrupt
+# if one is pending and the Guest can take it.  A halted Guest sleeps here until an
+# interrupt is worth waking for.  Otherwise we switch into the Guest: flush the emulator's
+# TLB if the page tables said it went stale, and run the CPU until something brings it back
+# (`_run_guest`).  What came back is handled, and round we go.  The loop only ends when the
+# Guest is dead (killed, or shut down), or the Launcher asked it to stop.
     def run(self) -> RunResult:
         """The run loop (§4.2): returns when the Guest is dead or wants a restart."""
         try:
             while not self.dead:
-                self.cpu.doorbell_answered()
+                self.doorbell.answered()
                 if self.stopped:  # looked at after the doorbell is reset, so no stop is missed
                     break
                 if self.hcall_pending:
@@ -198,34 +234,53 @@ class Guest:
                 if self.halted:
                     self._sleep_until_interrupt()
                     continue
-                self.handle_trap(self.cpu.run())
+                self.handle_trap(self._run_guest())
         finally:
             self.clock.close()
-            self.kicker.close()
+            self.doorbell.close()
         return RunResult(self.dead or "", self.restart, self.shutdown_how)
 
+    def _run_guest(self) -> Exit:
+        """One world switch: into the Guest until it comes back (lguest_arch_run_guest)."""
+        if self.pages.take_tlb_flush():
+            self.switcher.flush_tlb()
+        return self.switcher.run()
+
+    def _direct_trap(self, vector: int, errcode: int, software: bool) -> bool:
+        """The Switcher's fast path, from inside its interrupt hook (§4.4)."""
+        return direct_trap(self, vector, errcode, software)
+
     # --- traps ---------------------------------------------------------------------------
+# tour:H.30 What each return from the Guest means
+# lguest_arch_handle_trap: the Switcher tells us why the CPU stopped.  A kick (the doorbell)
+# means nothing by itself: the loop goes round and delivers what was pending. A page fault
+# the page tables refused is the Guest's to handle ("A page fault, back to the Guest").  A
+# trap with vector 0x1f from ring 1 is a hypercall: it is only noted here, and the next turn
+# of the loop runs it, exactly as lguest did.  An `int n` the Guest's gate forbids at the
+# caller's ring becomes the #GP a real CPU would raise.  A #GP(0) may be an instruction we
+# finish for the Guest (a stray `cli`); a #NM it did not ask for (TS clear) is ours to
+# ignore.  Everything else goes back to the Guest's own handler: reflected ("Reflecting a
+# trap into the Guest"). Trap 256 means the Switcher itself failed to enter the Guest: that
+# kills it.
     def handle_trap(self, exit_: Exit) -> None:
         """lguest_arch_handle_trap (§4.3): decide what each return to the Host means."""
         if self.dead:
             return
         if self.tracer:
             self.tracer.trap(self, exit_)
-        if exit_.kind is ExitKind.HALTED:
+        if exit_.kind is ExitKind.KICKED:
             return
         if exit_.kind is ExitKind.PAGE_FAULT:
             self._reflect_page_fault(exit_)
             return
         num, errcode = exit_.trapnum, exit_.errcode
-        if exit_.eip is not None:
-            self.cpu.set("eip", exit_.eip)
         if num == abi.TRAPNUM_IN_SWITCHER:
-            self.kill(f"unhandled trap {num} at {hex32(self.cpu.get('eip'))} ({hex32(errcode)})")
-        elif num == abi.LGUEST_TRAP_ENTRY and self.cpu.cpl <= abi.GUEST_PL:
+            self.kill(f"unhandled trap {num} at {hex32(self.switcher.get('eip'))} ({hex32(errcode)})")
+        elif num == abi.LGUEST_TRAP_ENTRY and self.switcher.cpl <= abi.GUEST_PL:
             self.hcall_pending = True
-        elif exit_.software and self.cpu.cpl > self.idt.software_int_dpl(num, self.syscall_vector):
+        elif exit_.software and self.switcher.cpl > self.idt.software_int_dpl(num, self.syscall_vector):
             # `int n` through a gate the caller may not use: #GP with the IDT error code.
-            self.cpu.set("eip", self.cpu.get("eip") - exit_.insn_len)
+            self.switcher.set("eip", self.switcher.get("eip") - exit_.insn_len)
             self.reflect(abi.Trap.GP, num * 8 + 2)
         elif not self._handled_by_host(num, errcode):
             self.reflect(num, errcode)
@@ -239,11 +294,20 @@ class Guest:
     def reflect(self, num: int, errcode: int, cr2: int | None = None) -> None:
         """Deliver a trap to the Guest's handler, or kill it if it has none."""
         self.stats["reflected traps"] += 1
-        eip = self.cpu.get("eip")
+        eip = self.switcher.get("eip")
         if not deliver_trap(self, num, errcode) and not self.dead:
             detail = errcode if cr2 is None else cr2
             self.kill(f"unhandled trap {num} at {hex32(eip)} ({hex32(detail)})")
 
+# tour:H.130 A page fault, back to the Guest
+# When demand_page could not fix a miss ("A page fault: from a TLB miss to demand_page"),
+# the fault is the Guest's: the Switcher left the emulator with the page and the #PF error
+# code.  A real CPU would also have put the faulting address in CR2.  The Guest cannot read
+# CR2 (it is a privileged register), so lguest writes it into lguest_data.cr2, where the
+# Guest's fault handler reads it first.  The emulator only told us the page, so the exact
+# byte is worked out by decoding the faulting instruction ("Workaround: the exact CR2"),
+# fetched through the Guest's own page tables with `peek_virtual`.  Then the #PF is
+# reflected like any trap.
     def _reflect_page_fault(self, exit_: Exit) -> None:
         """A fault demand paging could not fix (§4.3, trap 14): the Guest's to handle.
 
@@ -251,18 +315,17 @@ class Guest:
         the fault is simply unhandled, as in lguest.
         """
         cr2 = self.fault_address(exit_)
-        if self.lguest_data is not None and not self.mem.write_u32(self.lguest_data + LguestData.CR2, cr2):
+        if self.lguest_data is not None and not self.memory.write_u32(self.lguest_data + LguestData.CR2, cr2):
             self.kill("Writing cr2")
             return
         self.reflect(abi.Trap.PF, exit_.errcode, cr2)
 
     def fault_address(self, exit_: Exit) -> int:
         """The exact faulting address (the emulator only names the page)."""
-        eip = self.cpu.get("eip")
-        gpa = self.pages.peek(eip)
-        code = b"" if gpa is None else self.mem.ram[gpa:min(gpa + INSN_MAX, self.mem.size)]
-        return fault_address(exit_.address, eip, code, exit_.fetch, self.cpu.get,
-                             lambda seg: self.segments.base(self.cpu.get(seg)))
+        eip = self.switcher.get("eip")
+        code = self.peek_virtual(eip, INSN_MAX)
+        return fault_address(exit_.address, eip, code, exit_.fetch, self.switcher.get,
+                             lambda seg: self.segments.base(self.switcher.get(seg)))
 
     def _emulate_insn(self) -> bool:
         """A #GP(0) at ring 1 the Host can finish for the Guest (§7.1): only `cli`.
@@ -270,40 +333,40 @@ class Guest:
         Port I/O never gets here (the Switcher passes it to the bus directly);
         a `cli` left in non-paravirtualised code is simply skipped.
         """
-        if self.cpu.cpl != abi.GUEST_PL:
+        if self.switcher.cpl != abi.GUEST_PL:
             return False
-        eip = self.cpu.get("eip")
+        eip = self.switcher.get("eip")
         gpa = self.pages.guest_pa(eip)
-        if gpa is None or not self.mem.ok(gpa, 1):
+        if gpa is None or not self.memory.ok(gpa, 1):
             return False
-        if self.mem.ram[gpa] == abi.OPCODE_CLI:
-            self.cpu.set("eip", eip + 1)
+        if self.memory.ram[gpa] == abi.OPCODE_CLI:
+            self.switcher.set("eip", eip + 1)
             return True
         return False
 
     def enter(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
         """Resume the Guest at a new frame: directly, or through the trampoline."""
-        cpu = self.cpu
-        now_cs, now_ss, ds, es, fs, gs = cpu.get_many(("cs", "ss", "ds", "es", "fs", "gs"))
+        switcher = self.switcher
+        now_cs, now_ss, ds, es, fs, gs = switcher.get_many(("cs", "ss", "ds", "es", "fs", "gs"))
         if now_cs == cs and now_ss == ss:
-            cpu.set("esp", esp)
-            cpu.set("eflags", eflags)
-            cpu.set("eip", eip)
+            switcher.set("esp", esp)
+            switcher.set("eflags", eflags)
+            switcher.set("eip", eip)
             return
-        cpu.load_frame(eip, cs, eflags, esp, ss, ds, es, fs, gs)
+        switcher.load_frame(eip, cs, eflags, esp, ss, ds, es, fs, gs)
 
     # --- interrupts ------------------------------------------------------------------------
     def read_irq_enabled(self) -> int:
         assert self.lguest_data is not None
-        if not self.mem.ok(self.lguest_data, 4):
+        if not self.memory.ok(self.lguest_data, 4):
             return 0
-        return self.mem.read_u32(self.lguest_data + LguestData.IRQ_ENABLED)
+        return self.memory.read_u32(self.lguest_data + LguestData.IRQ_ENABLED)
 
     def _deliverable_irq(self) -> int | None:
         """The first pending irq the Guest has not blocked (None without lguest_data)."""
         if self.lguest_data is None or not self.irqs_pending:
             return None
-        blocked = self.mem.read_u32(self.lguest_data + LguestData.BLOCKED_INTERRUPTS)
+        blocked = self.memory.read_u32(self.lguest_data + LguestData.BLOCKED_INTERRUPTS)
         pending = self.irqs_pending & ~blocked
         if not pending:
             return None
@@ -318,21 +381,31 @@ class Guest:
             # blocked_interrupts, without a hypercall (Linux does), and may then spin
             # without ever trapping: look again soon, as the original Host's own timer
             # tick made it do.  (Missing this hung Linux at "Calibrating delay loop".)
-            self.kicker.kick_later(RECHECK_SECONDS)
+            self.doorbell.ring_later(RECHECK_SECONDS)
 
+# tour:H.140 When an interrupt may be delivered
+# The Guest never runs `cli` or `sti`: it says whether it takes interrupts in
+# lguest_data.irq_enabled, and which lines it has masked in blocked_interrupts (§4.7).
+# Between runs the loop picks the lowest pending, unblocked irq.  If interrupts are off the
+# Host only sets irq_pending, the Guest's hint to make a SEND_INTERRUPTS hypercall when it
+# turns them back on, and looks again in a millisecond (a Guest may spin with interrupts
+# enabled and never trap again).  A halted Guest is woken instead, with interrupts on.
+# Otherwise the interrupt goes through the Guest's IDT ("An interrupt, through the same
+# gates"), the clock in lguest_data is refreshed, and irq_pending is cleared once nothing
+# more is waiting.
     def try_deliver_interrupt(self, irq: int) -> None:
         """§4.7, with irq_pending cleared when nothing more is deliverable (docs/abi.md)."""
         assert self.lguest_data is not None
         base = self.lguest_data
         if self.halted:
-            if not self.mem.write_u32(base + LguestData.IRQ_ENABLED, abi.X86_EFLAGS_IF):
+            if not self.memory.write_u32(base + LguestData.IRQ_ENABLED, abi.X86_EFLAGS_IF):
                 self.kill("Re-enabling interrupts")
                 return
             self.halted = False
         elif not self.read_irq_enabled() & abi.X86_EFLAGS_IF:
-            self.mem.write_u32(base + LguestData.IRQ_PENDING, abi.X86_EFLAGS_IF)
+            self.memory.write_u32(base + LguestData.IRQ_PENDING, abi.X86_EFLAGS_IF)
             # Look again soon, as the original Host's own timer tick made it do.
-            self.kicker.kick_later(RECHECK_SECONDS)
+            self.doorbell.ring_later(RECHECK_SECONDS)
             return
         vector = abi.FIRST_EXTERNAL_VECTOR + irq
         if not self.idt.present(vector):
@@ -347,8 +420,13 @@ class Guest:
             return
         self.write_timestamp()
         if self._deliverable_irq() is None:
-            self.mem.write_u32(base + LguestData.IRQ_PENDING, 0)
+            self.memory.write_u32(base + LguestData.IRQ_PENDING, 0)
 
+# tour:H.150 HALT: the Guest is idle
+# The HALT hypercall only sets `halted`; here the vCPU thread sleeps on an event until there
+# is an interrupt the Guest would take, it was killed or stopped, or a debugger wants it.
+# It never polls: every sleep is one wait, and the Host counts them, which is how the tests
+# tell an idle Guest from a busy one without looking at a clock.
     def _sleep_until_interrupt(self) -> None:
         """HALT: sleep, without spinning, until an unblocked interrupt is pending."""
         while (self._deliverable_irq() is None and not self.dead and not self.stopped
@@ -360,14 +438,14 @@ class Guest:
     def write_timestamp(self) -> None:
         assert self.lguest_data is not None
         sec, nsec = hypercalls.timestamp()
-        if not self.mem.write(self.lguest_data + LguestData.TIME, struct.pack("<ii", sec, nsec)):
+        if not self.memory.write(self.lguest_data + LguestData.TIME, struct.pack("<ii", sec, nsec)):
             self.kill("Writing timestamp")
 
     # --- debugging (the Launcher's gdb stub) -------------------------------------------------
     def attention(self) -> None:
         """Make the vCPU reach its next safe point soon, halted or not (any thread)."""
         self._wake.set()
-        self.kicker.kick()
+        self.doorbell.ring()
 
     def _debugger_waiting(self) -> bool:
         return self.debugger is not None and self.debugger.wants_stop
@@ -388,7 +466,7 @@ class Guest:
             if gpa is None:
                 break
             chunk = min(size - len(data), abi.PAGE_SIZE - (gpa & 0xFFF))
-            data += self.mem.ram[gpa:gpa + chunk]
+            data += self.memory.ram[gpa:gpa + chunk]
         return data
 
     def poke_virtual(self, vaddr: int, data: bytes) -> bool:
@@ -403,8 +481,8 @@ class Guest:
             spans.append((gpa, data[done:done + chunk]))
             done += chunk
         for gpa, chunk in spans:
-            self.mem.ram[gpa:gpa + len(chunk)] = chunk
-        self.cpu.forget_code()  # the emulator may have translated the old bytes
+            self.memory.ram[gpa:gpa + len(chunk)] = chunk
+        self.switcher.forget_code()  # the emulator may have translated the old bytes
         return True
 
     def peek_virtual_pa(self, vaddr: int) -> int | None:

@@ -1,4 +1,5 @@
-"""Which byte a page fault was about: the CR2 the Guest must see.
+"""Which byte a page fault was about: the CR2 the Guest must see (no lguest
+counterpart: a real CPU sets CR2, and lguest's Switcher just saved it).
 
 The emulator's TLB-fill hook only tells us the page that missed, but a Guest's
 page-fault handler needs the exact address (Linux checks, for instance, how far
@@ -29,6 +30,14 @@ _PUSHES = {"push", "pushal", "pushfd", "call", "enter", "pushf", "pusha"}
 _POPS = {"pop", "popal", "popfd", "ret", "retf", "iretd", "popf", "popa", "leave"}
 
 
+# tour:S.100 Workaround: the exact CR2
+# The TLB-fill hook only says which page missed, but a Guest's fault handler needs the byte:
+# Linux grows a stack only if the fault is close enough below the stack pointer, and it
+# reports a user's bad pointer by its address.  So the Host decodes the faulting instruction
+# (capstone), computes the address of each memory operand it has (base, index, scale,
+# displacement and segment base), and the stack slot that push, pop, call and ret use, and
+# picks the one on the faulting page.  An access that straddles into the page faults at the
+# page's first byte, as on a real CPU; an instruction fetch faults at EIP itself.
 def fault_address(page: int, eip: int, code: bytes, fetch: bool, reg: Callable[[str], int],
                   segment_base: Callable[[str], int]) -> int:
     """The faulting linear address inside `page` (falls back to the page itself)."""

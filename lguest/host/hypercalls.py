@@ -1,4 +1,4 @@
-"""Hypercalls: how the Guest asks the Host for privileged work (hypercalls.c, spec §1).
+"""Hypercalls: how the Guest asks the Host for privileged work (mirrors hypercalls.c, spec §1).
 
 A hypercall is `int $0x1f` at ring 1 with the call number in %eax and up to four
 arguments in %ebx, %ecx, %edx and %esi.  Nothing is returned: a bad request kills
@@ -23,9 +23,18 @@ HcallArgs = tuple[int, int, int, int, int]  # arg0 (the number) .. arg4
 HCALL_REGS = ("eax", "ebx", "ecx", "edx", "esi")  # §1.1: where arg0..arg4 travel
 
 
+# tour:H.40 A hypercall reaches the Host
+# The Guest loaded a call number in %eax, up to four arguments in %ebx, %ecx, %edx and %esi,
+# and ran `int $0x1f` at ring 1 (chapter G).  The Switcher left the emulator on that trap,
+# the run loop noted it ("What each return from the Guest means") and, on its next turn,
+# comes here.  The registers are read in one go.  Before INIT nothing but INIT is allowed.
+# After it, the Host first drains the Guest's ring of queued calls, in order, and only then
+# runs the call in the registers: the Guest may batch page-table updates and rely on them
+# being done before a call that depends on them.  Nothing is returned to the Guest: a call
+# either works or kills it, and the loop then resumes the Guest just after its `int`.
 def do_hypercalls(guest: Guest) -> None:
     """Run the pending synchronous hypercall (and first, the async ring)."""
-    args: HcallArgs = tuple(guest.cpu.get_many(HCALL_REGS))  # type: ignore[assignment]
+    args: HcallArgs = tuple(guest.switcher.get_many(HCALL_REGS))  # type: ignore[assignment]
     if guest.lguest_data is None:
         initialize(guest, args)
         return
@@ -34,6 +43,15 @@ def do_hypercalls(guest: Guest) -> None:
         do_hcall(guest, args, queued=False)
 
 
+# tour:H.50 INIT: lguest_data
+# The first hypercall hands the Host the guest-physical address of lguest_data, the page
+# both sides share (§3.6).  It must lie wholly inside the Guest's RAM.  The Host reads what
+# the Guest filled in (where its `iret` that re-enables interrupts sits, which vector is its
+# system call, where its kernel's mappings start, which cannot overlap the Switcher at the
+# top of memory), and writes what the Guest must know: the time, that there is no TSC rate
+# to trust, and how much of the address space is reserved for the Switcher.  From here on
+# the run loop reads irq_enabled and blocked_interrupts in this page, and writes cr2,
+# irq_pending and the time into it.
 def initialize(guest: Guest, args: HcallArgs) -> None:
     """LGUEST_INIT, the first hypercall (§3.6); any other call first is fatal."""
     nr, gpa = args[0], args[1]
@@ -41,48 +59,57 @@ def initialize(guest: Guest, args: HcallArgs) -> None:
     if nr != Hcall.LGUEST_INIT:
         guest.kill(f"hypercall {nr} before INIT")
         return
-    if not guest.mem.ok(gpa, LguestData.SIZE):
+    if not guest.memory.ok(gpa, LguestData.SIZE):
         guest.kill(f"bad guest page {gpa:#010x}")
         return
-    mem = guest.mem
-    mem.write_u32(gpa + LguestData.TSC_KHZ, 0)  # no constant-rate TSC to offer (docs/design.md)
-    syscall_vec = mem.read_u32(gpa + LguestData.SYSCALL_VEC)
+    memory = guest.memory
+    memory.write_u32(gpa + LguestData.TSC_KHZ, 0)  # no constant-rate TSC to offer (docs/design.md)
+    syscall_vec = memory.read_u32(gpa + LguestData.SYSCALL_VEC)
     if syscall_vec not in (abi.SYSCALL_VECTOR, guest.syscall_vector):
         guest.kill("bad syscall vector")
         return
-    guest.noirq_iret = mem.read_u32(gpa + LguestData.NOIRQ_IRET)
+    guest.noirq_iret = memory.read_u32(gpa + LguestData.NOIRQ_IRET)
     guest.lguest_data = gpa
     guest.write_timestamp()
-    kernel_address = mem.read_u32(gpa + LguestData.KERNEL_ADDRESS)
-    mem.write_u32(gpa + LguestData.RESERVE_MEM, abi.RESERVE_MEM)
+    kernel_address = memory.read_u32(gpa + LguestData.KERNEL_ADDRESS)
+    memory.write_u32(gpa + LguestData.RESERVE_MEM, abi.RESERVE_MEM)
     if kernel_address >= abi.SWITCHER_ADDR:
         guest.kill(f"bad kernel address {kernel_address:#x}")
         return
-    guest.kernel_address = kernel_address
+    guest.pages.kernel_address = kernel_address
     # Our own writes above must not be hidden behind a stale translation.
     guest.pages.clear_all()
 
 
+# tour:H.60 The async ring, and one call from it: SET_PTE
+# Calls that can wait (page-table updates mostly) are not made one trap each: the Guest
+# writes them into a 64-slot ring in lguest_data and marks each slot's status byte used. The
+# Host keeps its own cursor and, on the next synchronous hypercall (FLUSH_ASYNC when the
+# Guest has nothing else to ask), takes the slots in order, runs each as if it had come in
+# registers (`do_hcall`), and marks it free again.  Take SET_PTE: the Guest changed one
+# entry of its page tables.  `do_hcall` finds its handler in the table at the bottom of this
+# file, which hands the change to the shadow page tables ("SET_PTE, and a TLB gone stale").
+# A bad slot, or a status byte the Host cannot write back, kills the Guest.
 def do_async_hcalls(guest: Guest) -> None:
     """Drain the async ring (§1.4) in order, starting at the Host's cursor."""
     base = guest.lguest_data
     assert base is not None
-    mem = guest.mem
-    status = mem.read(base + LguestData.HCALL_STATUS, abi.LHCALL_RING_SIZE)
+    memory = guest.memory
+    status = memory.read(base + LguestData.HCALL_STATUS, abi.LHCALL_RING_SIZE)
     for _ in range(abi.LHCALL_RING_SIZE):
         n = guest.next_hcall
         if status[n] == abi.HCALL_FREE:
             break
         guest.next_hcall = (n + 1) % abi.LHCALL_RING_SIZE
         slot = base + LguestData.HCALLS + n * LguestData.HCALL_SIZE
-        if not mem.ok(slot, LguestData.HCALL_SIZE):
+        if not memory.ok(slot, LguestData.HCALL_SIZE):
             guest.kill("Fetching async hypercalls")
             return
-        args: HcallArgs = struct.unpack("<5I", mem.read(slot, LguestData.HCALL_SIZE))
+        args: HcallArgs = struct.unpack("<5I", memory.read(slot, LguestData.HCALL_SIZE))
         do_hcall(guest, args, queued=True)
         if guest.dead:
             return
-        if not mem.write(base + LguestData.HCALL_STATUS + n, bytes([abi.HCALL_FREE])):
+        if not memory.write(base + LguestData.HCALL_STATUS + n, bytes([abi.HCALL_FREE])):
             guest.kill("Writing result for async hypercall")
             return
 
@@ -108,7 +135,7 @@ def hcall_init_again(guest: Guest, *_: int) -> None:
 
 def hcall_shutdown(guest: Guest, reason_gpa: int, how: int, *_: int) -> None:
     """SHUTDOWN: read exactly 128 bytes of reason; a restart replaces the reason."""
-    raw = bytearray(guest.mem.read(reason_gpa, abi.SHUTDOWN_REASON_BYTES))
+    raw = bytearray(guest.memory.read(reason_gpa, abi.SHUTDOWN_REASON_BYTES))
     raw[-1] = 0
     text = raw[: raw.index(0)].decode("utf-8", "replace")
     guest.kill(f"CRASH: {text}")
@@ -137,14 +164,14 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
     if pages > 2:
         guest.kill(f"bad stack pages {pages}")
         return
-    guest.ss1, guest.esp1, guest.stack_pages = ss, esp, pages
-    guest.pages.pin_stack()
+    guest.ss1, guest.esp1 = ss, esp
+    guest.pages.set_stack(esp, pages)
 
 
 def hcall_ts(guest: Guest, ts: int, *_: int) -> None:
     """TS (§7.5): the Guest wants CR0.TS, to catch its next FPU use (lazy FPU)."""
     guest.ts = ts
-    guest.cpu.set_task_switched(bool(ts))
+    guest.switcher.set_task_switched(bool(ts))
 
 
 def hcall_set_clockevent(guest: Guest, delta_ns: int, *_: int) -> None:

@@ -1,4 +1,5 @@
-"""Guest-physical memory as the Host sees it: one shared mapping, bounds-checked.
+"""Guest-physical memory as the Host sees it: one shared mapping, bounds-checked
+(mirrors lguest_address_ok, lgread and lgwrite of core.c and lg.h).
 
 Every Host access to Guest RAM by guest-physical address goes through here, so a
 Guest can never make the Host read or write outside its RAM: a bad address kills

@@ -1,7 +1,10 @@
-"""The Host's one piece of C: the doorbell hook (kick.c), built on first use.
+"""The Host's C, built on first use (no lguest counterpart: lguest was all C).
 
-An installed package carries `_kick.so`, built with the package; in a source
-checkout it is compiled here the first time it is needed, like puppy.
+Everything in `lguest/host/*.c` (today the doorbell hook, doorbell.c) becomes one
+shared library, `_native.so`.  An installed package carries it, built with the
+package (setup.py loads this file on its own: it needs only the standard
+library); in a source checkout it is compiled here the first time it is needed,
+and again whenever a source is newer than the library, like puppy.
 """
 
 from __future__ import annotations
@@ -11,19 +14,27 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "kick.c"
-LIBRARY = HERE / "_kick.so"
+SOURCES = (HERE / "doorbell.c",)
+LIBRARY = HERE / "_native.so"
 
 
 class NativeBuildError(RuntimeError):
     pass
 
 
-def build(source: Path = SOURCE, target: Path = LIBRARY) -> None:
-    result = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(target), str(source)],
+def build(sources: tuple[Path, ...] = SOURCES, target: Path = LIBRARY) -> None:
+    result = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(target), *map(str, sources)],
                             capture_output=True, text=True)
     if result.returncode:
-        raise NativeBuildError(f"building {source.name} failed: {result.stderr.strip()}")
+        names = ", ".join(source.name for source in sources)
+        raise NativeBuildError(f"building {names} failed: {result.stderr.strip()}")
+
+
+def _stale() -> bool:
+    if not LIBRARY.exists():
+        return True
+    built = LIBRARY.stat().st_mtime
+    return any(source.exists() and source.stat().st_mtime > built for source in SOURCES)
 
 
 _library: ctypes.CDLL | None = None
@@ -32,7 +43,7 @@ _library: ctypes.CDLL | None = None
 def library() -> ctypes.CDLL:
     global _library
     if _library is None:
-        if not LIBRARY.exists() or (SOURCE.exists() and SOURCE.stat().st_mtime > LIBRARY.stat().st_mtime):
+        if _stale():
             build()
         _library = ctypes.CDLL(str(LIBRARY))
     return _library

@@ -1,4 +1,4 @@
-"""Shadow page tables: the emulated TLB is lguest's shadow (page_tables.c, spec §6).
+"""Shadow page tables: the emulated TLB is lguest's shadow (mirrors page_tables.c, spec §6).
 
 The Guest keeps ordinary two-level i386 page tables in its own RAM.  The CPU never
 walks them: every TLB miss in the emulator asks `translate`, which is lguest's
@@ -10,22 +10,24 @@ Like lguest we keep up to four shadows, one per Guest page directory recently
 used (`Shadow`): the Guest entries we validated, so that switching back to an
 address space answers misses without walking the Guest's tables again.  What the
 Guest changes in its tables reaches us only through hypercalls (SET_PTE,
-SET_PGD, FLUSH_TLB, NEW_PGTABLE); each drops what it invalidates, here and in the
-emulator's TLB.
+SET_PGD, FLUSH_TLB, NEW_PGTABLE); each drops what it invalidates here, and marks
+the emulator's TLB stale when it may hold a dropped translation: the run loop
+flushes it before the Guest runs again (`take_tlb_flush`), so this module never
+touches the CPU.
+
+What it owns: the shadows, the walk of the Guest's tables, the device windows'
+pages (no RAM behind them), and the kernel stack SET_STACK asked us to keep mapped.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from lguest import abi
-from lguest.host.cpu import PERM_EXEC, PERM_READ, PERM_WRITE
-from lguest.host.memory import hex32
-
-if TYPE_CHECKING:
-    from lguest.host.core import Guest
+from lguest.host.memory import GuestMemory, hex32
+from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
 
 SHADOW_SLOTS = 4
 # What linear mode pretends the Guest's tables say (§6.2).
@@ -48,21 +50,47 @@ class Shadow:
 
 
 class PageTables:
-    def __init__(self, guest: Guest) -> None:
-        self.guest = guest
+    """One Guest's shadows (lguest's `struct pgdir` array and its helpers)."""
+
+    def __init__(self, memory: GuestMemory, kill: Callable[[str], None]) -> None:
+        self.memory = memory
+        self.kill = kill
         self.linear = True  # until the first NEW_PGTABLE
         self.shadows: list[Shadow] = []
         self.current = Shadow(0)  # linear mode's blank shadow
-        self.pfn_limit = guest.mem.size >> abi.PAGE_SHIFT
-        self.device_limit = self.pfn_limit
-        self.filled: set[int] = set()  # pages the emulator's TLB may hold since its last flush
+        self.pfn_limit = memory.size >> abi.PAGE_SHIFT
+        self.device_limit = self.pfn_limit  # pfns from pfn_limit up to here: device windows or gap
+        self.kernel_address = 0  # where the Guest kernel's part of every space begins (INIT)
+        self.stack_top = 0  # SET_STACK's esp1, and how many pages below it must stay mapped
+        self.stack_pages = 0
+        self.tlb_may_hold: set[int] = set()  # pages the emulator's TLB may hold since its last flush
+        self.tlb_stale = False  # the emulator's TLB must be flushed before the Guest runs
         self.mmio_pages: set[int] = set()  # device windows the Launcher mapped (pfns)
+
+    def add_device_window(self, gpa: int, size: int) -> None:
+        """The Launcher mapped a device's registers here: the Guest may map these pages
+        (as MMIO, never RAM), and the ones between RAM and them (which then fault)."""
+        first, end = gpa >> abi.PAGE_SHIFT, (gpa + size) >> abi.PAGE_SHIFT
+        self.mmio_pages.update(range(first, end))
+        self.device_limit = max(self.device_limit, end)
 
     @property
     def pgdir(self) -> int:
         return self.current.pgdir
 
     # --- demand_page ------------------------------------------------------------------------
+# tour:H.110 A page fault: from a TLB miss to demand_page
+# The Guest's page tables live in its own RAM and the emulated CPU never walks them. Instead
+# Unicorn's TLB is our shadow page table: whenever it has no translation for an address it
+# calls the Switcher's TLB-fill hook ("The TLB-fill hook: a page fault leaves the Guest"),
+# which asks `translate`.  If the current shadow already holds a validated entry that allows
+# this access, that is the answer.  Otherwise `demand_page` walks the Guest's two-level
+# tables, checks the entry (present, writable for a write, user for ring 3; never a 4 MiB
+# page, never outside RAM, a device window only for loads and stores), sets ACCESSED and
+# DIRTY in the Guest's entry as the CPU would, and remembers it.  The answer grants only the
+# kind of access that missed, so a first write to a clean page comes back here to set DIRTY.
+# If the walk fails, the answer is a #PF error code: the Switcher leaves the emulator, and
+# the run loop gives the fault to the Guest ("A page fault, back to the Guest").
     def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int] | int:
         """Answer one TLB miss (§6.3): (physical page, permissions) or a #PF error code."""
         page = vaddr & ~0xFFF
@@ -71,7 +99,7 @@ class PageTables:
             gpte, error = self.demand_page(vaddr, write, user, fetch)
             if gpte is None:
                 return error
-        self.filled.add(page)
+        self.tlb_may_hold.add(page)
         return (gpte & ~0xFFF), self._permissions(gpte, write, fetch)
 
     def demand_page(self, vaddr: int, write: bool, user: bool,
@@ -95,7 +123,7 @@ class PageTables:
             return None, error
         new = gpte | abi.PTE_ACCESSED | (abi.PTE_DIRTY if write else 0)
         if new != gpte and not self.linear:
-            self.guest.mem.write_u32(pte_gpa, new)
+            self.memory.write_u32(pte_gpa, new)
         self.current.ptes[vaddr & ~0xFFF] = new
         return new, 0
 
@@ -110,7 +138,7 @@ class PageTables:
     def _valid(self, gpte: int) -> bool:
         """No 4 MiB pages and nothing outside RAM (§6.3 step 6): else the Guest dies."""
         if gpte & abi.PTE_PSE or gpte >> abi.PAGE_SHIFT >= self.pfn_limit:
-            self.guest.kill("bad page table entry")
+            self.kill("bad page table entry")
             return False
         return True
 
@@ -139,7 +167,7 @@ class PageTables:
         vaddr &= 0xFFFFFFFF
         if self.linear:
             return 0, (vaddr & ~0xFFF) | LINEAR_PTE_FLAGS
-        mem = self.guest.mem
+        mem = self.memory
         pgd_gpa = self.pgdir + 4 * (vaddr >> abi.PGDIR_SHIFT)
         if quiet and not mem.ok(pgd_gpa, 4):
             return None, 0
@@ -148,7 +176,7 @@ class PageTables:
             return None, 0
         if pgd & 0xFFF & ~abi.PAGE_TABLE_FLAGS or pgd >> abi.PAGE_SHIFT >= self.pfn_limit:
             if not quiet:
-                self.guest.kill("bad page directory entry")
+                self.kill("bad page directory entry")
             return None, 0
         pte_gpa = (pgd & ~0xFFF) + 4 * ((vaddr >> abi.PAGE_SHIFT) & 0x3FF)
         return pte_gpa, mem.read_u32(pte_gpa)
@@ -157,7 +185,7 @@ class PageTables:
         """The gpa behind vaddr in RAM, or None; never kills, never sets A/D."""
         pte_gpa, gpte = self._walk(vaddr, quiet=True)
         gpa = (gpte & ~0xFFF) | (vaddr & 0xFFF)
-        if pte_gpa is None or not gpte & abi.PTE_PRESENT or not self.guest.mem.ok(gpa, 1):
+        if pte_gpa is None or not gpte & abi.PTE_PRESENT or not self.memory.ok(gpa, 1):
             return None
         return gpa
 
@@ -165,20 +193,25 @@ class PageTables:
         """Follow a Guest-virtual address the Host must touch (kill `Bad address` if unmapped)."""
         pte_gpa, gpte = self._walk(vaddr)
         if pte_gpa is None or not gpte & abi.PTE_PRESENT:
-            self.guest.kill(f"Bad address {hex32(vaddr)}")
+            self.kill(f"Bad address {hex32(vaddr)}")
             return None
         return (gpte & ~0xFFF) | (vaddr & 0xFFF)
 
     # --- the emulator's TLB ---------------------------------------------------------------
     def flush(self) -> None:
-        """Forget every translation the emulator has cached."""
-        self.guest.cpu.flush_tlb()
-        self.filled.clear()
+        """The emulator must forget every translation it has cached."""
+        self.tlb_stale = True
+        self.tlb_may_hold.clear()
 
-    def _flush_if_filled(self, start: int, end: int) -> None:
+    def _flush_if_held(self, start: int, end: int) -> None:
         """Flush only if the emulator may hold a translation in [start, end)."""
-        if any(start <= page < end for page in self.filled):
+        if any(start <= page < end for page in self.tlb_may_hold):
             self.flush()
+
+    def take_tlb_flush(self) -> bool:
+        """Must the emulator's TLB be flushed now?  (Asked, and answered, once.)"""
+        stale, self.tlb_stale = self.tlb_stale, False
+        return stale
 
     # --- what the hypercalls change ---------------------------------------------------------
     def new_pgtable(self, pgdir: int) -> None:
@@ -202,7 +235,7 @@ class PageTables:
             return shadow
         shadow = random.choice(self.shadows)
         shadow.pgdir = pgdir
-        shadow.drop_user_part(self.guest.kernel_address)
+        shadow.drop_user_part(self.kernel_address)
         return shadow
 
     def flush_tlb(self, everything: int) -> None:
@@ -210,7 +243,7 @@ class PageTables:
         if everything:
             self.clear_all()
             return
-        self.current.drop_user_part(self.guest.kernel_address)
+        self.current.drop_user_part(self.kernel_address)
         self.flush()
 
     def clear_all(self) -> None:
@@ -221,6 +254,14 @@ class PageTables:
         self.flush()
         self.pin_stack()
 
+# tour:H.120 SET_PTE, and a TLB gone stale
+# The Guest tells us of every change to its tables (chapter G), here one entry.  Every
+# shadow of that address space (of every space, for a kernel address, which all spaces
+# share) drops the old entry, or takes the new one at once if the Guest marks it accessed,
+# since it will be used soon.  The emulator may still hold the old translation in its TLB:
+# if the page is one it may have filled since its last flush, the TLB is marked stale, and
+# the run loop flushes it before the Guest runs again ("The run loop").  This module never
+# touches the CPU itself.
     def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
         """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used.
 
@@ -229,10 +270,10 @@ class PageTables:
         not even checked, as in lguest.
         """
         if vaddr >= abi.SWITCHER_ADDR:
-            self.guest.kill("attempt to set pte into Switcher pages")
+            self.kill("attempt to set pte into Switcher pages")
             return
         page = vaddr & ~0xFFF
-        kernel = vaddr >= self.guest.kernel_address
+        kernel = vaddr >= self.kernel_address
         shadows = self.shadows if kernel else [s for s in self.shadows if s.pgdir == pgdir]
         if not shadows:
             return
@@ -245,26 +286,30 @@ class PageTables:
             else:
                 shadow.ptes.pop(page, None)
         if kernel or self.current in shadows:
-            self._flush_if_filled(page, page + abi.PAGE_SIZE)
+            self._flush_if_held(page, page + abi.PAGE_SIZE)
 
     def set_pgd(self, pgdir: int, index: int) -> None:
         """SET_PGD (§6.7).  We reject index 1024 too, where the original tested `>`."""
         if index >= abi.PTRS_PER_PGD:
-            self.guest.kill(f"Attempt to set pgd {index}/{abi.PTRS_PER_PGD}")
+            self.kill(f"Attempt to set pgd {index}/{abi.PTRS_PER_PGD}")
             return
         start = index << abi.PGDIR_SHIFT
         for shadow in self.shadows:
             if shadow.pgdir == pgdir:
                 shadow.drop_range(start, start + PGD_SPAN)
                 if shadow is self.current:
-                    self._flush_if_filled(start, start + PGD_SPAN)
+                    self._flush_if_held(start, start + PGD_SPAN)
 
     # --- the kernel stack (§6.8) ----------------------------------------------------------------
+    def set_stack(self, top: int, pages: int) -> None:
+        """SET_STACK: these pages below `top` must stay mapped and writable."""
+        self.stack_top, self.stack_pages = top, pages
+        self.pin_stack()
+
     def pin_stack(self) -> None:
         """Make sure the SET_STACK pages are mapped and writable (else `bad stack page`)."""
-        guest = self.guest
-        for i in range(guest.stack_pages):
-            page = (guest.esp1 - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
+        for i in range(self.stack_pages):
+            page = (self.stack_top - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
             if isinstance(self.translate(page, True, False, False), int):
-                guest.kill(f"bad stack page {hex32(page)}")
+                self.kill(f"bad stack page {hex32(page)}")
                 return

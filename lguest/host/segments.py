@@ -1,4 +1,4 @@
-"""Segments: the Guest's GDT, held by the Host (segments.c, spec §5).
+"""Segments: the Guest's GDT, held by the Host (mirrors segments.c, spec §5).
 
 The Guest never loads a GDT itself: it hands us descriptors one at a time
 (LOAD_GDT_ENTRY) or three TLS entries at once (LOAD_TLS).  We keep its 32-entry
@@ -9,16 +9,36 @@ the Switcher owns (its ring-0 code and data, the TSS, the double-fault TSS).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from lguest import abi
-
-if TYPE_CHECKING:
-    from lguest.host.core import Guest
+from lguest.host.memory import GuestMemory
 
 DESC_S = 1 << 12  # code/data descriptor (clear for TSS, LDT and gates)
 DESC_DPL_SHIFT = 13
 DESC_ACCESSED = 1 << 8
+
+
+class RealGdt(Protocol):
+    """The GDT the emulated CPU really reads (the Switcher's, which owns some entries)."""
+
+    gdt: list[tuple[int, int]]
+
+    def write_gdt(self) -> None: ...
+
+
+def segment_descriptor(base: int, limit: int, access: int, flags: int = 0xC) -> tuple[int, int]:
+    """An 8-byte GDT descriptor as (low dword, high dword)."""
+    lo = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
+    hi = (
+        ((base >> 16) & 0xFF)
+        | (access << 8)
+        | (((limit >> 16) & 0xF) << 16)
+        | (flags << 20)
+        | (base & 0xFF000000)
+    )
+    return lo, hi
 
 
 def fix_descriptor(hi: int) -> int:
@@ -42,9 +62,22 @@ def installable(hi: int) -> bool:
     return bool(hi & DESC_S)
 
 
+# tour:H.100 Segments: the Guest's GDT, filtered
+# The Guest cannot load a GDT: the real one belongs to the Switcher, which keeps its own
+# ring-0 code and data and the TSS in it.  The Guest hands descriptors over by hypercall,
+# one at a time or its three TLS entries at once, and the Host keeps the Guest's copy and
+# builds the real GDT from it.  Two fixes on the way: a descriptor of privilege 0 becomes 1
+# (the Guest's kernel runs in ring 1, and it must be able to load its own segments), and
+# each is marked accessed, so the CPU never writes to the read-only GDT.  Unlike lguest, a
+# system descriptor (a TSS, an LDT, a gate) is never installed: on our CPU it would be a way
+# into ring 0.
 class Segments:
-    def __init__(self, guest: Guest) -> None:
-        self.guest = guest
+    """The Guest's 32 GDT entries, and copying them into the real one."""
+
+    def __init__(self, memory: GuestMemory, kill: Callable[[str], None], real: RealGdt) -> None:
+        self.memory = memory
+        self.kill = kill
+        self.real = real
         self.gdt: list[tuple[int, int]] = [(0, 0)] * abi.GDT_ENTRIES
         # §3.4: only the kernel code and data entries exist at first.
         self.gdt[abi.GDT_ENTRY_KERNEL_CS] = abi.FLAT_CODE_DPL1
@@ -59,16 +92,17 @@ class Segments:
     def load_gdt_entry(self, num: int, lo: int, hi: int) -> None:
         """LOAD_GDT_ENTRY (§5.2)."""
         if num >= abi.GDT_ENTRIES:
-            self.guest.kill(f"too many gdt entries {num}")
+            self.kill(f"too many gdt entries {num}")
             return
         self._store(num, lo, hi)
         self.copy_to_cpu()
 
     def load_tls(self, gpa: int) -> None:
         """LOAD_TLS (§5.3): three descriptors from Guest memory into entries 6..8."""
-        data = self.guest.mem.read(gpa, 8 * abi.GDT_ENTRY_TLS_ENTRIES)
-        if self.guest.dead:
-            return
+        size = 8 * abi.GDT_ENTRY_TLS_ENTRIES
+        data = self.memory.read(gpa, size)
+        if not self.memory.ok(gpa, size):
+            return  # the read killed the Guest
         for i in range(abi.GDT_ENTRY_TLS_ENTRIES):
             lo, hi = struct.unpack_from("<II", data, 8 * i)
             self._store(abi.GDT_ENTRY_TLS_MIN + i, lo, hi)
@@ -81,9 +115,8 @@ class Segments:
 
     def copy_to_cpu(self) -> None:
         """Build the real GDT: the Guest's entries, the Switcher's own where it owns them."""
-        cpu = self.guest.cpu
         for num, (lo, hi) in enumerate(self.gdt):
             if num in abi.HOST_OWNED_GDT_ENTRIES:
                 continue
-            cpu.gdt[num] = (lo, hi) if installable(hi) else (0, 0)
-        cpu.write_gdt()
+            self.real.gdt[num] = (lo, hi) if installable(hi) else (0, 0)
+        self.real.write_gdt()

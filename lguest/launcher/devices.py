@@ -13,13 +13,15 @@ import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lguest.launcher.pci import HostLink
 from lguest.launcher.virtio.block import BlockDevice
 from lguest.launcher.virtio.net import NetDevice
 from lguest.launcher.virtio.rng import RngDevice
 from lguest.launcher.virtio.transport import VirtioDevice
 
-# (the option's value, "" for a flag; irq; Guest RAM; its size) -> the device, or LoadError.
-Constructor = Callable[[str, int, mmap.mmap, int], VirtioDevice]
+# (the option's value, "" for a flag; irq; Guest RAM; its size; the device's link to the Host)
+# -> the device, or LoadError.
+Constructor = Callable[[str, int, mmap.mmap, int, HostLink], VirtioDevice]
 
 
 # tour:L.20 One entry per device

@@ -7,6 +7,7 @@ and a page of MMIO window above the 1 MiB gap that follows RAM (§3.1).
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from lguest.launcher.boot import (
 from lguest.launcher.control import Keyboard
 from lguest.launcher.devices import DEVICE_OPTIONS
 from lguest.launcher.options import Options
-from lguest.launcher.pci import PciBus
+from lguest.launcher.pci import HostLink, PciBus
 from lguest.launcher.ports import Ports
 from lguest.launcher.virtio.console import ConsoleDevice
 from lguest.launcher.virtio.transport import VirtioDevice
@@ -34,27 +35,38 @@ MIB = 1 << 20
 @dataclass
 class Machine:
     guest: Guest
+    ram: mmap.mmap
     kernel: KernelImage
     ports: Ports
     console: ConsoleDevice
     devices: list[VirtioDevice]
 
     def close(self) -> None:
-        """Stop every device's threads and release files and sockets."""
+        """Stop every device's threads, release files and sockets, then the Guest's
+        emulator and RAM (a restart loop must not grow by a machine every boot)."""
         for device in self.devices:
             device.stop()
         for device in self.devices:
             device.close()
+        self.guest.close()
+        try:
+            for device in self.devices:
+                device.release_ram()
+            self.ram.close()
+        except BufferError:
+            pass  # a device thread that would not stop still holds a buffer: the collector frees it
 
 
 # tour:L.30 A machine is built
 # One boot of a Guest is put together here, in the order the Guest needs things:
 # Guest RAM; the kernel copied into it (and an initrd at its top); `boot_params`, the
-# page Linux reads first; the devices, the console always first; the PCI bus and the
-# port I/O answers; and the Host's `Guest`, which owns the virtual CPU, the shadow page
-# tables and the run loop.  Last each device takes a PCI slot, an irq and a page of
-# MMIO.  Nothing runs yet: main.py calls `guest.run()`.  When the Guest asks to restart,
-# all of this is thrown away and built again, as the original Launcher re-executed itself.
+# page Linux reads first; the PCI bus and the port I/O answers; the Host's `Guest`,
+# which owns the virtual CPU, the shadow page tables and the run loop; and the devices,
+# the console always first, each built with its link to that Guest.  Last each device
+# takes a PCI slot, an irq and a page of MMIO.  Nothing runs yet: main.py calls
+# `guest.run()`.  When the Guest asks to restart, all of this is closed (`Machine.close`:
+# the devices, the Host's emulator, the RAM) and built again, as the original Launcher
+# re-executed itself.
 def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], None],
                   keyboard: Keyboard | None = None, say: Callable[[str], None] = lambda _: None,
                   warn: Callable[[str], None] = print, tracer: Tracer | None = None) -> Machine:
@@ -65,14 +77,12 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
     write_boot_params(ram, ram_size, opts.cmdline, initrd)
     if 1 + len(opts.devices) > abi.MAX_PCI_DEVICES - 1:  # the console, and slot 0 is the bridge
         raise LoadError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
-    console = ConsoleDevice(abi.CONSOLE_IRQ, ram, ram_size, output, keyboard)
-    devices: list[VirtioDevice] = [console]
-    for kind, value in opts.devices:
-        irq = abi.CONSOLE_IRQ + len(devices)
-        devices.append(DEVICE_OPTIONS[kind].make(value, irq, ram, ram_size))
     pci = PciBus()
     ports = Ports(pci, warn)
     guest = Guest(ram, ram_size, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer)
+    host = HostLink(guest.kill, guest.interrupt)
+    console = ConsoleDevice(abi.CONSOLE_IRQ, ram, ram_size, output, keyboard, host=host)
+    devices = [console, *_command_line_devices(opts, ram, ram_size, host, console, guest)]
     window = ram_size + abi.DEVICE_PAGES * abi.PAGE_SIZE
     say(f"Guest: 0x0 - {ram_size:#x} ({ram_size:#x}, MMIO {window:#x})")
     for i, (gpa, size) in enumerate(kernel.sections):
@@ -83,15 +93,31 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
     # Each device gets the next PCI slot (the console slot 1, after the host bridge), the next
     # irq (the console 1; irq 0 is the timer), and a page of MMIO above the gap for its BAR0
     # registers.  `map_mmio` tells the Host that the Guest's loads and stores to that page
-    # are the device's business (chapter D), and the device is given the Host's `kill` (for a
-    # driver that breaks the rules) and `interrupt` (to tell the Guest a request is done).
+    # are the device's business (chapter D).  Each device was built with the Host's `kill`
+    # (for a driver that breaks the rules) and `interrupt` (to tell the Guest a request is
+    # done), so the Guest exists before the devices do.
     for device in devices:
         slot = pci.add(device)
         device.place(window)
         guest.map_mmio(window, abi.PAGE_SIZE, device.mmio_read, device.mmio_write)
-        device.fatal, device.interrupt = guest.kill, guest.interrupt
         say(f"device {slot}: {device.name}")
         window += abi.PAGE_SIZE
-    guest.pages.device_limit = window >> abi.PAGE_SHIFT
-    return Machine(guest, kernel, ports, console, devices)
+    return Machine(guest, ram, kernel, ports, console, devices)
 
+
+def _command_line_devices(opts: Options, ram: mmap.mmap, ram_size: int, host: HostLink,
+                          console: ConsoleDevice, guest: Guest) -> list[VirtioDevice]:
+    """Each device of the command line, in order, given its link to the Host as it is
+    built.  A device the user got wrong (LoadError) leaves nothing behind: the devices
+    already made, the console and the Guest are closed."""
+    devices: list[VirtioDevice] = []
+    try:
+        for kind, value in opts.devices:
+            irq = abi.CONSOLE_IRQ + 1 + len(devices)
+            devices.append(DEVICE_OPTIONS[kind].make(value, irq, ram, ram_size, host))
+    except LoadError:
+        for device in (console, *devices):
+            device.close()
+        guest.close()
+        raise
+    return devices

@@ -156,7 +156,7 @@ def report(opts: Options, tools: DebugTools, machine: Machine, status: int, elap
 def statistics(machine: Machine, elapsed: float) -> str:
     """Where the time went (the last boot, if the Guest restarted)."""
     f = figures(machine, elapsed)
-    emulating = machine.guest.cpu.emulating
+    emulating = machine.guest.switcher.emulating
     return (f"{elapsed:.2f} s: {emulating:.2f} s emulating, {elapsed - emulating:.2f} s in the Host"
             f" and Launcher; {f['world_switches']} world switches, {f['hypercalls']} hypercalls,"
             f" {f['page_faults_served']} page faults served by the Host,"
@@ -166,10 +166,11 @@ def statistics(machine: Machine, elapsed: float) -> str:
 
 def figures(machine: Machine, elapsed: float) -> dict[str, object]:
     """The --stats line's figures, by name (also --stats=json's and the timeline's)."""
-    cpu, stats = machine.guest.cpu, machine.guest.stats
-    return {"seconds": round(elapsed, 6), "seconds_emulating": round(cpu.emulating, 6),
-            "world_switches": cpu.runs, "hypercalls": stats["hypercalls"], "page_faults_served": cpu.fills,
-            "traps_reflected": stats["reflected traps"], "direct_traps": cpu.direct_traps,
+    switcher, stats = machine.guest.switcher, machine.guest.stats
+    return {"seconds": round(elapsed, 6), "seconds_emulating": round(switcher.emulating, 6),
+            "world_switches": switcher.runs, "hypercalls": stats["hypercalls"],
+            "page_faults_served": switcher.fills,
+            "traps_reflected": stats["reflected traps"], "direct_traps": switcher.direct_traps,
             "interrupts": stats["interrupts"], "port_ios": machine.ports.count}
 
 

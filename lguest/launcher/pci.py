@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 from lguest import abi
@@ -116,6 +117,24 @@ class HostBridge(PciFunction):
         self.config[PciCfg.CLASS] = abi.PCI_CLASS_BRIDGE_HOST
 
 
+
+def _no_fatal(reason: str) -> None:
+    raise BadDriver(reason)
+
+
+@dataclass(frozen=True)
+class HostLink:
+    """What a device may ask of the Host, handed to it when it is built: end the Guest
+    with a reason (`fatal`, lguest's kill_guest) and raise the device's irq (`interrupt`).
+
+    The defaults serve a device built alone (the unit tests'): a fatal error raises
+    BadDriver in the caller, and interrupts go nowhere.
+    """
+
+    fatal: Callable[[str], None] = _no_fatal
+    interrupt: Callable[[int], object] = lambda irq: None
+
+
 class VirtioPciDevice(PciFunction):
     """A virtio 1.0 device's PCI face: config space, capabilities, BAR0 window.
 
@@ -124,7 +143,7 @@ class VirtioPciDevice(PciFunction):
     """
 
     def __init__(self, name: str, virtio_id: int, class_code: int, subclass: int, irq: int,
-                 device_config: bytes) -> None:
+                 device_config: bytes, host: HostLink) -> None:
         super().__init__()
         self.name = name
         self.virtio_id = virtio_id
@@ -132,7 +151,7 @@ class VirtioPciDevice(PciFunction):
         self.device_config = bytearray(device_config)
         self.mmio_size = _power_of_two_at_least(VirtioMmio.DEVICE + len(device_config))
         self.mmio_addr = 0
-        self.fatal: Callable[[str], None] = _no_fatal
+        self.fatal = host.fatal
         self.refused = False  # a bad driver was seen: every later access is ignored
         self._build_config(class_code, subclass)
 
@@ -319,6 +338,3 @@ def _within(offset: int, size: int, start: int, end: int) -> bool:
 def _power_of_two_at_least(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
-
-def _no_fatal(reason: str) -> None:
-    raise BadDriver(reason)

@@ -11,8 +11,8 @@ from typing import TextIO
 
 from lguest import abi
 from lguest.host.core import INSN_MAX, Guest, Tracer
-from lguest.host.cpu import Exit, ExitKind
 from lguest.host.faultaddr import decode
+from lguest.host.switcher import Exit, ExitKind
 
 HCALL_NAMES = {int(h): h.name for h in abi.Hcall}
 TRAP_NAMES = {int(t): t.name for t in abi.Trap}
@@ -34,16 +34,16 @@ class StderrTracer:
         self._line(f"hcall {name}({shown}){' async' if queued else ''}")
 
     def trap(self, guest: Guest, exit_: Exit) -> None:
-        if "traps" not in self.kinds or exit_.kind is ExitKind.HALTED:
+        if "traps" not in self.kinds or exit_.kind is ExitKind.KICKED:
             return
-        if exit_.trapnum == abi.LGUEST_TRAP_ENTRY and guest.cpu.cpl <= abi.GUEST_PL:
+        if exit_.trapnum == abi.LGUEST_TRAP_ENTRY and guest.switcher.cpl <= abi.GUEST_PL:
             return  # hypercalls have their own lines
-        eip = guest.cpu.get("eip")
+        eip = guest.switcher.get("eip")
         if exit_.kind is ExitKind.PAGE_FAULT:
             what = f"#PF cr2={exit_.address:#x} err={exit_.errcode:#x}"
         else:
             what = f"trap {exit_.trapnum} ({TRAP_NAMES.get(exit_.trapnum, 'int')}) err={exit_.errcode:#x}"
-        self._line(f"{what} at {guest.cpu.get('cs'):#x}:{eip:#x} {self._instruction(guest, eip)}")
+        self._line(f"{what} at {guest.switcher.get('cs'):#x}:{eip:#x} {self._instruction(guest, eip)}")
 
     def irq(self, guest: Guest, irq: int) -> None:
         if "irqs" in self.kinds:

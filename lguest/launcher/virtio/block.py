@@ -15,7 +15,7 @@ import struct
 
 from lguest import abi
 from lguest.launcher.boot import LoadError
-from lguest.launcher.pci import BadDriver
+from lguest.launcher.pci import BadDriver, HostLink
 from lguest.launcher.virtio.queue import Chain, Virtqueue
 from lguest.launcher.virtio.transport import VirtioDevice
 
@@ -32,7 +32,8 @@ CONFIG_SIZE = 36  # struct virtio_blk_config up to num_queues; we fill capacity 
 class BlockDevice(VirtioDevice):
     """A disk backed by the open file `fd`, which it owns from now on."""
 
-    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, fd: int, read_only: bool) -> None:
+    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, fd: int, read_only: bool, *,
+                 host: HostLink) -> None:
         self.fd = fd
         self.read_only = read_only
         self.capacity = os.lseek(fd, 0, os.SEEK_END) // SECTOR  # st_size is 0 for a block device
@@ -40,15 +41,15 @@ class BlockDevice(VirtioDevice):
         struct.pack_into("<QII", config, 0, self.capacity, 0, SEG_MAX)
         features = 1 << VIRTIO_BLK_F_SEG_MAX | (1 << VIRTIO_BLK_F_RO if read_only else 0)
         super().__init__("block", abi.VirtioId.BLOCK, abi.PCI_CLASS_BLOCK, irq, bytes(config), features,
-                         [("request", self.serve_requests)], ram, ram_size)
+                         [("request", self.serve_requests)], ram, ram_size, host)
 
     @classmethod
-    def from_option(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int) -> BlockDevice:
+    def from_option(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int, host: HostLink) -> BlockDevice:
         """`--block=<file>[,ro]`."""
         path, _, flag = value.partition(",")
         if flag not in ("", "ro"):
             raise LoadError(f"Bad --block '{value}': the only option is ',ro'")
-        return cls(irq, ram, ram_size, open_disk(path, read_only=bool(flag)), read_only=bool(flag))
+        return cls(irq, ram, ram_size, open_disk(path, read_only=bool(flag)), read_only=bool(flag), host=host)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from lguest import abi
 from lguest.launcher.control import Keyboard
-from lguest.launcher.pci import BadDriver
+from lguest.launcher.pci import BadDriver, HostLink
 from lguest.launcher.virtio.queue import Virtqueue
 from lguest.launcher.virtio.transport import VirtioDevice
 
@@ -32,10 +32,11 @@ END_OF_INPUT = b"\x04"  # Ctrl-D
 # Guest gets one Ctrl-D, as from a person at a terminal.
 class ConsoleDevice(VirtioDevice):
     def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, write: Callable[[bytes], None],
-                 keyboard: Keyboard | None = None) -> None:
+                 keyboard: Keyboard | None = None, *, host: HostLink) -> None:
         super().__init__("console", abi.VirtioId.CONSOLE, abi.PCI_CLASS_CONSOLE, irq,
                          bytes(abi.VIRTIO_CONSOLE_CONFIG_SIZE), 1 << VIRTIO_CONSOLE_F_EMERG_WRITE,
-                         [("input", self.serve_input), ("output", self.serve_output)], ram, ram_size)
+                         [("input", self.serve_input), ("output", self.serve_output)], ram, ram_size,
+                         host)
         self.write = write
         self.keyboard = keyboard
 

@@ -21,7 +21,7 @@ import struct
 
 from lguest import abi
 from lguest.launcher.boot import LoadError
-from lguest.launcher.pci import BadDriver
+from lguest.launcher.pci import BadDriver, HostLink
 from lguest.launcher.virtio.queue import Virtqueue
 from lguest.launcher.virtio.transport import VirtioDevice
 
@@ -173,14 +173,14 @@ class NetDevice(VirtioDevice):
     """A network card whose wire is `link`, which it owns from now on."""
 
     def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, link: UdpLink | TapLink,
-                 mac: bytes | None) -> None:
+                 mac: bytes | None, *, host: HostLink) -> None:
         features = link.features | (1 << VIRTIO_NET_F_MAC if mac else 0)
         super().__init__("net", abi.VirtioId.NET, abi.PCI_CLASS_NET, irq, (mac or bytes(6)) + bytes(2),
-                         features, [("rx", self.serve_rx), ("tx", self.serve_tx)], ram, ram_size)
+                         features, [("rx", self.serve_rx), ("tx", self.serve_tx)], ram, ram_size, host)
         self.link = link
 
     @classmethod
-    def over_udp(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int) -> NetDevice:
+    def over_udp(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int, host: HostLink) -> NetDevice:
         """`--net=udp:<port>:<host>:<port>`."""
         try:
             port, peer = parse_udp(value)
@@ -188,16 +188,17 @@ class NetDevice(VirtioDevice):
         except (ValueError, OSError) as err:
             raise LoadError(str(err)) from None
         # A locally administered MAC that differs per port, so two Guests never clash.
-        return cls(irq, ram, ram_size, link, bytes([0x02, 0x00, 0x00, 0x00, port >> 8 & 0xFF, port & 0xFF]))
+        return cls(irq, ram, ram_size, link, bytes([0x02, 0x00, 0x00, 0x00, port >> 8 & 0xFF, port & 0xFF]),
+                   host=host)
 
     @classmethod
-    def over_tap(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int) -> NetDevice:
+    def over_tap(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int, host: HostLink) -> NetDevice:
         """`--tunnet=<ipaddr>[:<mac>]` or `--tunnet=bridge:<bridge>[:<mac>]`."""
         try:
             tap = TapLink(value)
         except ValueError as err:
             raise LoadError(str(err)) from None
-        return cls(irq, ram, ram_size, tap, tap.mac)
+        return cls(irq, ram, ram_size, tap, tap.mac, host=host)
 
     def close(self) -> None:
         self.link.close()

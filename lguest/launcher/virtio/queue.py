@@ -85,6 +85,10 @@ class Virtqueue:
         self.on_request: Callable[[Chain], None] | None = None  # --trace-file's timeline
         self.reset()
 
+    def close(self) -> None:
+        """Let go of Guest RAM (the machine is being thrown away; no thread serves us)."""
+        self.view.release()
+
     def reset(self) -> None:
         """Back to the state after a device reset (§7.3: size 256, disabled)."""
         self.size = abi.VIRTQUEUE_NUM

@@ -7,20 +7,20 @@ import mmap
 import os
 
 from lguest import abi
-from lguest.launcher.pci import BadDriver
+from lguest.launcher.pci import BadDriver, HostLink
 from lguest.launcher.virtio.queue import Virtqueue
 from lguest.launcher.virtio.transport import VirtioDevice
 
 
 class RngDevice(VirtioDevice):
-    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int) -> None:
+    def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, *, host: HostLink) -> None:
         super().__init__("rng", abi.VirtioId.RNG, abi.PCI_CLASS_RNG, irq, b"", 0,
-                         [("input", self.serve_random)], ram, ram_size)
+                         [("input", self.serve_random)], ram, ram_size, host)
 
     @classmethod
-    def from_option(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int) -> RngDevice:
+    def from_option(cls, value: str, irq: int, ram: mmap.mmap, ram_size: int, host: HostLink) -> RngDevice:
         """`--rng` (it takes no value)."""
-        return cls(irq, ram, ram_size)
+        return cls(irq, ram, ram_size, host=host)
 
     def serve_random(self, queue: Virtqueue) -> None:
         for chain in self.chains(queue):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from enum import IntEnum
 
 from lguest import abi
-from lguest.launcher.pci import BadDriver, VirtioPciDevice
+from lguest.launcher.pci import BadDriver, HostLink, VirtioPciDevice
 from lguest.launcher.virtio.queue import VIRTIO_RING_F_INDIRECT_DESC, Chain, Virtqueue, check_size
 
 VIRTIO_F_VERSION_1 = 32
@@ -84,13 +84,13 @@ class VirtioDevice(VirtioPciDevice):
 
     def __init__(self, name: str, virtio_id: int, pci_class: tuple[int, int], irq: int,
                  device_config: bytes, features: int, queues: list[tuple[str, QueueService]],
-                 ram: mmap.mmap, ram_size: int) -> None:
+                 ram: mmap.mmap, ram_size: int, host: HostLink) -> None:
         """`queues` names each queue and the method that serves it (in its own thread)."""
-        super().__init__(name, virtio_id, *pci_class, irq, device_config)
+        super().__init__(name, virtio_id, *pci_class, irq, device_config, host)
         self.features = features | 1 << VIRTIO_F_VERSION_1
         self.queues = [Virtqueue(qname, ram, ram_size) for qname, _ in queues]
         self.services = [service for _, service in queues]
-        self.interrupt: Callable[[int], object] = lambda irq: None
+        self.interrupt = host.interrupt
         self.lock = threading.Lock()  # the vCPU and the service threads share this device
         self.threads: list[threading.Thread] = []
         self.running = False
@@ -324,6 +324,11 @@ class VirtioDevice(VirtioPciDevice):
 
     def close(self) -> None:
         """Release what the device holds on the host (a file, a socket): after `stop`."""
+
+    def release_ram(self) -> None:
+        """Let go of Guest RAM, so the machine can unmap it: after `stop`."""
+        for queue in self.queues:
+            queue.close()
 
     # tour:D.90 DRIVER_OK: a thread per queue, woken by a notify
     # As in lguest 4.x, every enabled queue gets its own service thread, so the vCPU never

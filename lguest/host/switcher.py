@@ -1,4 +1,5 @@
-"""The Switcher: how the Host enters and leaves the Guest on an emulated CPU.
+"""The Switcher: entering and leaving the Guest (lguest's x86/switcher_32.S and
+the run half of x86/core.c).
 
 The original Switcher was a page of assembly mapped at the top of every address
 space: it saved the Host, loaded the Guest's segments and page tables, and `iret`ed
@@ -12,13 +13,11 @@ is Unicorn (QEMU's TCG), and the two halves become:
   port I/O arrives in the in/out hooks, invalid opcodes in the invalid-instruction
   hook, and every TLB miss asks the Host's page tables (the TLB is our shadow).
 
-Unicorn never completes delivery through an IDT, so two pieces of CPU state need
-the Host's help, both reached through the saved-context blob at offsets measured
-at start-up (`calibrate`): the "exception in flight" field, which must be reset
-after every handled fault or the next fault becomes a #DF, and the CPL bits of
-`hflags`, which is the only way back to ring 0 for the trampoline.
-
-Two things the Host must never trust to the emulator:
+What it owns: the engine, the Switcher's four pages, the Guest's registers (fast
+paths into Unicorn's C API), the hooks (all installed in `_install_hooks`), and
+the workarounds that keep the emulator honest: CPU state the emulator leaves
+half-done is repaired through calibration.py (the only module touching its
+private state), other threads reach the vCPU through doorbell.py, and
 
 * Unicorn's `iret` loads EFLAGS.VM at any CPL, where a real CPU only does so at
   CPL 0 (`helper_ret_protected` jumps to `return_to_vm86` before looking at the
@@ -46,7 +45,6 @@ from unicorn import (
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_EXCEPTION,
-    UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -63,7 +61,7 @@ from unicorn import (
     Uc,
     UcError,
 )
-from unicorn.unicorn_py3.unicorn import uc_context, uc_hook_h, uclib
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
@@ -90,7 +88,20 @@ from unicorn.x86_const import (
 )
 
 from lguest import abi
-from lguest.host import native
+from lguest.host.calibration import SavedContext, close_engine, context_layout
+from lguest.host.doorbell import Doorbell
+from lguest.host.segments import segment_descriptor
+
+# tour:S.10 The Switcher's pages and the trampoline
+# Last, the part lguest called the Bit of Despair.  Its Switcher was a few pages of assembly
+# mapped at the same high address (0xFFC00000) in the Host and in every Guest: it saved the
+# Host's registers, loaded the Guest's segments, GDT, IDT and page tables, and `iret`ed into
+# the Guest; a trap came back through the same pages.  Ours keeps the address and four
+# pages: a code page holding a seven-byte trampoline (pop the Guest's four data segments,
+# `iret`), a page emulation is told to stop at and never reaches, a ring-0 stack holding the
+# Guest's entry frame, and the GDT, IDT and TSS.  The Guest's kernel may read some of them,
+# its user code none, and nothing the Guest does maps them: the TLB-fill hook answers for
+# them before the Guest's tables are even asked.
 
 # The Switcher's pages, at the same virtual and (emulator-)physical address.
 CODE_PAGE = abi.SWITCHER_ADDR  # the trampoline: kernel read+exec
@@ -136,16 +147,10 @@ PERM_WRITE = UC_PROT_READ | UC_PROT_WRITE
 SWITCHER_PERMS = {CODE_PAGE: PERM_EXEC, REGS_PAGE: PERM_WRITE, STATE_PAGE: PERM_READ}
 
 
-class Doorbell(ctypes.Structure):
-    """struct doorbell of kick.c."""
-
-    _fields_ = (("rung", ctypes.c_int32), ("stop", ctypes.c_void_p))
-
-
 class ExitKind(Enum):
     TRAP = auto()  # an exception or `int n`: vector and error code
     PAGE_FAULT = auto()  # the Host's page tables refused a translation
-    HALTED = auto()  # the run ended without a trap (a kick from another thread)
+    KICKED = auto()  # the run ended without a trap: the doorbell rang (another thread)
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,6 @@ class Exit:
     fetch: bool = False  # the fault was an instruction fetch
     software: bool = False  # raised by an `int n`-style instruction (EIP is past it)
     insn_len: int = 0  # length of that instruction
-    eip: int | None = None  # where the trap really happened, when EIP moved on since
 
 
 class Mmu(Protocol):
@@ -174,6 +178,14 @@ class Mmu(Protocol):
         ...
 
 
+class DirectTrap(Protocol):
+    """The Host's fast path (interrupts.py): deliver a trap without leaving the emulator."""
+
+    def __call__(self, vector: int, errcode: int, software: bool) -> bool:
+        """True if delivered (keep emulating), False to leave for the run loop."""
+        ...
+
+
 class PortBus(Protocol):
     """The Launcher's port I/O, handed to the Host (spec §7.1)."""
 
@@ -182,18 +194,6 @@ class PortBus(Protocol):
     def port_out(self, port: int, size: int, value: int) -> bool: ...
 
 
-@dataclass(frozen=True)
-class ContextLayout:
-    """Where the fields the Host must touch sit in Unicorn's saved-context blob."""
-
-    hflags: int
-    old_exception: int
-    error_code: int
-    exception_is_int: int
-
-
-HF_CPL_MASK = 3
-HF_PE_MASK = 0x80  # protected mode
 CR0_TS = 1 << 3
 EFLAGS_IOPL = 0x3000
 EFLAGS_VIF = 0x80000
@@ -204,30 +204,15 @@ EFLAGS_VIP = 0x100000
 SWITCHER_EFLAGS = 0x2
 # What only Unicorn's unprivileged virtual-8086 entry can have put in EFLAGS.
 VM86_ONLY_FLAGS = abi.X86_EFLAGS_VM | EFLAGS_IOPL | EFLAGS_VIF | EFLAGS_VIP
-_layout: ContextLayout | None = None
-
-
-def segment_descriptor(base: int, limit: int, access: int, flags: int = 0xC) -> tuple[int, int]:
-    """An 8-byte GDT descriptor as (low dword, high dword)."""
-    lo = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
-    hi = (
-        ((base >> 16) & 0xFF)
-        | (access << 8)
-        | (((limit >> 16) & 0xF) << 16)
-        | (flags << 20)
-        | (base & 0xFF000000)
-    )
-    return lo, hi
 
 
 class Switcher:
     """One emulated CPU running one Guest, and the world switch in and out of it."""
 
     def __init__(self, ram_address: int, ram_size: int, mmu: Mmu, bus: PortBus,
-                 calibrated: bool = True) -> None:
-        if calibrated:
-            context_layout()
-        self.calibrated = calibrated
+                 direct_trap: DirectTrap | None = None, *, probing: bool = False) -> None:
+        """An engine with the Guest's RAM (at `ram_address`, from guest-physical 0)
+        and the Switcher's pages mapped; `probing` only for calibration's own probe."""
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         if ram_size:
@@ -235,6 +220,10 @@ class Switcher:
         self.uc.mem_map(abi.SWITCHER_ADDR, SWITCHER_PAGES * abi.PAGE_SIZE)
         self.mmu = mmu
         self.bus = bus
+        # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
+        # called in the interrupt hook; True means delivered, keep emulating.
+        self.direct_trap = direct_trap
+        self.context = SavedContext(self.uc, None if probing else context_layout())
         self.exit: Exit | None = None
         self._undo: dict[str, int] | None = None  # registers to restore after a faulting in/out
         self._switching = False  # the Host is loading ring-0 segments
@@ -244,28 +233,23 @@ class Switcher:
         self._reg_ref = ctypes.byref(self._reg_buf)
         self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
         self._ring_regs = self._batch(("cs", "eflags"))
-        # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
-        # called in the interrupt hook; True means delivered, keep emulating.
-        self.direct_trap: Callable[[int, int, bool], bool] | None = None
-        self.direct_traps = 0
-        # Statistics for --stats: world switches, seconds inside the emulator, TLB fills.
+        # Statistics for --stats: world switches, seconds inside the emulator, TLB
+        # fills, traps delivered without leaving the emulator.
         self.runs = 0
         self.emulating = 0.0
         self.fills = 0
-        # One saved-context buffer for the Host's fixes to CPU state.  Unicorn frees it
-        # itself when the engine closes, so it is deliberately not a UcContext (whose
-        # finalizer would free it a second time).
-        self._context = uc_context()
-        uclib.uc_context_alloc(self.uc._uch, ctypes.byref(self._context))
-        self._context_size = uclib.uc_context_size(self.uc._uch)
-        self._install_switcher_pages()
+        self.direct_traps = 0
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
-        self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
-        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
-        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
-        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
-        self._install_doorbell()
+        self._install_switcher_pages()
+        self.doorbell = self._install_hooks()
+        self.closed = False
+
+    def close(self) -> None:
+        """Close the engine (and the doorbell's timer).  Nothing may use the Switcher after."""
+        if not self.closed:
+            self.closed = True
+            self.doorbell.close()
+            close_engine(self.uc)
 
     # --- set-up ---------------------------------------------------------------------------
     def _install_switcher_pages(self) -> None:
@@ -290,6 +274,26 @@ class Switcher:
     def write_gdt(self) -> None:
         """Copy the Host's view of the GDT into the page the emulated CPU reads."""
         self.uc.mem_write(GDT_ADDR, b"".join(struct.pack("<II", lo, hi) for lo, hi in self.gdt))
+
+# tour:S.20 Leaving the Guest: every hook in one place
+# On a real CPU a trap vectors through the IDT into the Switcher.  Unicorn has hooks
+# instead, and these are all of them: the interrupt hook (every exception and `int n`), the
+# `in` and `out` hooks (port I/O, handed to the Launcher's bus), the invalid-opcode hook
+# (#UD), the TLB-fill hook (every miss: our page tables), and the doorbell, a block hook
+# written in C so that other threads can stop the CPU cleanly.  Debugging hooks
+# (breakpoints, watchpoints) come and go through `watch_code` and `watch_writes`; nothing
+# else adds a hook.
+    def _install_hooks(self) -> Doorbell:
+        """Every way out of the Guest, installed here and nowhere else.
+
+        Python hooks are guarded (`_guard`); the doorbell is C (doorbell.py).
+        """
+        self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
+        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
+        return Doorbell(self.uc)
 
     # --- registers ------------------------------------------------------------------------
     # Registers are read and written straight through Unicorn's C API: the Python
@@ -354,34 +358,21 @@ class Switcher:
             cs, eflags = values
         return 3 if eflags & abi.X86_EFLAGS_VM else cs & 3
 
-    # --- the saved-context blob -------------------------------------------------------------
-    def _context_bytes(self) -> ctypes.Array[ctypes.c_char]:
-        uclib.uc_context_save(self.uc._uch, self._context)
-        return (ctypes.c_char * self._context_size).from_address(self._context.value or 0)
-
-    def _context_commit(self) -> None:
-        uclib.uc_context_restore(self.uc._uch, self._context)
-
-    def _fault_state(self) -> tuple[int, bool]:
-        """The error code of the exception just raised, whether an `int n` raised it;
-        and mark it finished.
-
-        Unicorn never finishes delivering an exception, so without this reset the
-        CPU would think it is still inside one and turn the next fault into a #DF.
-        """
-        layout = context_layout()
-        blob = self._context_bytes()
-        errcode = struct.unpack_from("<I", blob, layout.error_code)[0]
-        software = struct.unpack_from("<i", blob, layout.exception_is_int)[0] == 1
-        struct.pack_into("<i", blob, layout.old_exception, -1)
-        self._context_commit()
-        return errcode, software
-
     def _write_segment(self, reg: int, selector: int) -> None:
         self._reg_buf.value = selector
         if uclib.uc_reg_write(self._uch, reg, self._reg_ref):
             raise ValueError(f"cannot load selector {selector:#x}")
 
+# tour:S.30 Entering the Guest: back to ring 0 first
+# To enter the Guest in any ring the trampoline must start in ring 0, where its `iret` may
+# go anywhere the CPU's own checks allow.  A real Switcher got there through a gate. Ours
+# cannot: Unicorn offers no way to change the privilege level, so the Host clears the CPL
+# bits in the emulator's saved CPU state (the only way in, found by calibration:
+# "Workaround: the emulator's private state, measured"), loads the Switcher's ring-0 code
+# and stack segments, and gives the trampoline clean EFLAGS, whatever the Guest left there
+# (a trap flag, a nested-task flag).  Then `run` writes the Guest's frame on the ring-0
+# stack and starts emulating at the trampoline.  When only EIP, ESP or EFLAGS change within
+# the same ring (most trap returns), the Host skips all this and just sets the registers.
     def _enter_host_state(self) -> None:
         """Put the CPU in the Switcher's own state: its EFLAGS, and CPL 0 so the
         trampoline may load any Guest ring.  Whatever the Guest left in EFLAGS
@@ -392,11 +383,7 @@ class Switcher:
         uclib.uc_reg_write(self._uch, UC_X86_REG_EFLAGS, self._reg_ref)
         if ring == 0:
             return
-        layout = context_layout()
-        blob = self._context_bytes()
-        hflags = struct.unpack_from("<I", blob, layout.hflags)[0]
-        struct.pack_into("<I", blob, layout.hflags, hflags & ~HF_CPL_MASK)
-        self._context_commit()
+        self.context.drop_to_ring0()
         # Loading these reads the GDT, which may miss in the TLB: the fill must
         # see ring 0 (a refused fill outside emulation would crash Unicorn).
         self._switching = True
@@ -427,6 +414,12 @@ class Switcher:
         self.set("esp", ENTRY_FRAME_ADDR)
         return CODE_PAGE
 
+# tour:S.40 One world switch
+# `run` starts the emulator (at the trampoline if a new frame waits, else where the Guest
+# stopped) and returns when a hook asked it to stop, with the reason (`Exit`).  A doorbell
+# can ring while the trampoline itself is running; the world switch must then be all or
+# nothing, so the frame is read back from the ring-0 stack and the next run starts the
+# trampoline again, as if it had never begun.
     def run(self) -> Exit:
         """Run the Guest from its current state until it traps back to the Host.
 
@@ -435,7 +428,7 @@ class Switcher:
         exit_ = self._emulate(self._start_address())
         if self._in_vm86():
             return self._refuse_vm86()
-        if exit_.kind is ExitKind.HALTED and self.get("eip") & ~0xFFF == CODE_PAGE:
+        if exit_.kind is ExitKind.KICKED and self.get("eip") & ~0xFFF == CODE_PAGE:
             # A kick stopped us inside the trampoline, before the Guest got the CPU
             # back.  The world switch is all or nothing: the Guest's state is still
             # the whole entry frame, and the next run starts the trampoline again.
@@ -448,6 +441,12 @@ class Switcher:
         """Is the CPU itself (not a frame waiting for the trampoline) in virtual-8086 mode?"""
         return self._frame is None and bool(self.get("eflags") & abi.X86_EFLAGS_VM)
 
+# tour:S.50 Workaround: refusing virtual-8086 mode
+# A real CPU honours the VM flag in an `iret` frame only at ring 0, which the Guest never
+# has.  Unicorn honours it at any ring, so a hostile Guest could enter virtual-8086 mode
+# from ring 1 or even ring 3.  No hook sees an `iret`, so the Host checks EFLAGS.VM each
+# time the CPU comes back, and turns such an entry into the #GP a real CPU would have
+# raised, with a frame that reads as ring 3.
     def _refuse_vm86(self) -> Exit:
         """Undo a virtual-8086 entry the emulator should have refused: a #GP from ring 3.
 
@@ -493,7 +492,7 @@ class Switcher:
             for reg, value in self._undo.items():
                 self.set(reg, value)
             self._undo = None
-        return self.exit or Exit(ExitKind.HALTED)
+        return self.exit or Exit(ExitKind.KICKED)
 
     def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None]) -> None:
@@ -511,24 +510,6 @@ class Switcher:
     def flush_tlb(self) -> None:
         """Forget every translation the emulator has cached (our shadow page tables)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-
-    def _install_doorbell(self) -> None:
-        """A block hook in C that stops emulation when another thread rang (kick.c)."""
-        self._doorbell = Doorbell(0, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
-        self._doorbell_hook = uc_hook_h()
-        err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(self._doorbell_hook), UC_HOOK_BLOCK,
-                                ctypes.cast(native.library().lguest_doorbell_hook, ctypes.c_void_p),
-                                ctypes.byref(self._doorbell), ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if err:
-            raise UcError(err)
-
-    def stop(self) -> None:
-        """Ring the doorbell: the vCPU leaves the emulator at its next block (any thread)."""
-        self._doorbell.rung = 1
-
-    def doorbell_answered(self) -> None:
-        """The run loop is about to look at everything pending: no need to stop for it."""
-        self._doorbell.rung = 0
 
     # --- debugging: what the Launcher's gdb stub may ask of the CPU ------------------------------
     def watch_code(self, begin: int, end: int, callback: Callable[[int], None]) -> int:
@@ -562,6 +543,13 @@ class Switcher:
         self.uc.ctl_flush_tb()
 
     # --- leaving: the hooks ---------------------------------------------------------------
+# tour:S.60 Workaround: a failing hook must not look like the Guest's fault
+# Our hooks are Python called from C through ctypes.  An exception escaping one would be
+# printed and swallowed, and the emulator would carry on with a default answer: a refused
+# TLB fill (a page fault the Guest never caused) or a zero from a port.  So every hook is
+# wrapped: the first exception is kept, the emulator is stopped, and every later hook call
+# in the same run gets the harmless default; `run` then raises the exception on the vCPU
+# thread, where the Launcher reports it as our bug (exit 3), never as the Guest's.
     def _guard(self, hook: Callable[..., object], default: object) -> Callable[..., object]:
         """`hook` made safe to call from the emulator.
 
@@ -586,12 +574,22 @@ class Switcher:
             self.exit = exit_
         self.uc.emu_stop()
 
+# tour:S.70 The interrupt hook: a trap leaves the Guest
+# Every exception and every `int n` stops here, before the CPU would look at an IDT. For a
+# fault the Host asks the emulator's saved state ("Workaround: the emulator's private state,
+# measured") for the error code and whether an `int` raised it, and resets the "exception in
+# flight" field, or the next fault would be escalated to a double fault.  A fault inside the
+# trampoline means the Guest's frame or segments were bad: that is trap 256 (the Switcher's
+# own pages never fault otherwise).  An `int n` is two bytes long, `int3` one, and the
+# length is recorded so a refused gate can point EIP back at it.  Then the fast path may
+# deliver it at once ("Direct traps: no trip through the run loop"), or the CPU stops and
+# the run loop gets the trap.
     def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
         if vector == abi.LGUEST_TRAP_ENTRY or vector >= abi.FIRST_EXTERNAL_VECTOR:
             # Only `int n` raises these on our CPU (there is no hardware to interrupt).
             errcode, software, insn_len = 0, True, 2
         else:
-            errcode, software = self._fault_state() if self.calibrated else (0, False)
+            errcode, software = self.context.finish_exception()
             if self.get("eip") >> 12 == CODE_PAGE >> 12:
                 # A fault in the trampoline: the Guest's segments or frame were bad.
                 self._leave(Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, errcode))
@@ -632,6 +630,14 @@ class Switcher:
         self._trap(abi.Trap.UD, 0)
         return True
 
+# tour:S.80 Workaround: precise faults on in and out
+# lguest's TSS gives user code no I/O permission, so `in` or `out` at ring 3 is a #GP, and
+# so is a port write the Launcher refuses.  The emulator has no such check, and a hook
+# cannot stop it before the rest of the translated block runs.  So the Host makes the fault
+# precise by hand: it saves the registers as they are at the `in`/`out`, flushes the TLB and
+# refuses every further fill, so no later instruction in the block can touch memory, ignores
+# port I/O once an exit is pending, and when the emulator stops puts the registers back.
+# The Guest sees the #GP at the instruction, as on a real CPU.
     def _fault_here(self, exit_: Exit) -> None:
         """Make the in/out instruction being executed fault, precisely.
 
@@ -661,6 +667,14 @@ class Switcher:
             # User code, or a write the Launcher rejected: #GP(0) at the out.
             self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
 
+# tour:S.90 The TLB-fill hook: a page fault leaves the Guest
+# Unicorn is built here in virtual-TLB mode: it never walks page tables itself, and calls
+# this hook on every miss with the address and the kind of access.  The Switcher's own pages
+# are answered first ("The Switcher's pages and the trampoline"); everything else goes to
+# the Host's page tables ("A page fault: from a TLB miss to demand_page"). A translation
+# goes into the emulator's TLB and the Guest never notices.  A refusal makes the hook record
+# a page-fault exit with the page, the error code and whether it was an instruction fetch;
+# the CPU stops, and the run loop reflects the fault ("A page fault, back to the Guest").
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
         if self._undo is not None:
             return False  # an in/out already faulted: nothing after it may run
@@ -696,119 +710,3 @@ class Switcher:
         if not perms & needed:
             return error | 1
         return page, perms
-
-
-def context_layout() -> ContextLayout:
-    """The calibrated context-blob offsets (measured once per process)."""
-    global _layout
-    if _layout is None:
-        _layout = calibrate()
-    return _layout
-
-
-class CalibrationError(RuntimeError):
-    pass
-
-
-class _NoPaging:
-    """The calibration probe's MMU: every address maps to itself."""
-
-    def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int]:
-        return vaddr & ~0xFFF, UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
-
-    def peek(self, vaddr: int) -> int:
-        return vaddr
-
-
-class _NoPorts:
-    def port_in(self, port: int, size: int) -> int:
-        return 0xFFFFFFFF
-
-    def port_out(self, port: int, size: int, value: int) -> bool:
-        return True
-
-
-# The probe: at ring 1, load three bad selectors into %ds (three #GPs with known
-# error codes), then `iret` to ring 3 and stop there with `int3`.
-_FLAT_CODE_DPL3 = segment_descriptor(0, 0xFFFFF, 0xFB)
-_FLAT_DATA_DPL3 = segment_descriptor(0, 0xFFFFF, 0xF3)
-_PROBE_BASE = 0x1000
-_PROBE_SELECTORS = (0x13, 0x1B, 0x23)
-
-
-def _probe_code() -> bytes:
-    code = b""
-    for sel in _PROBE_SELECTORS:
-        code += b"\xb8" + struct.pack("<I", sel) + b"\x8e\xd8"  # mov $sel,%eax; mov %eax,%ds
-    ring3 = _PROBE_BASE + len(code) + 23
-    code += b"\x6a" + bytes([abi.USER_DS])  # push $USER_DS (ss)
-    code += b"\x68" + struct.pack("<I", 0x3000)  # push $esp
-    code += b"\x68" + struct.pack("<I", 0x202)  # push $eflags
-    code += b"\x6a" + bytes([abi.USER_CS])  # push $USER_CS
-    code += b"\x68" + struct.pack("<I", ring3)  # push $eip
-    code += b"\xcf" + b"\x90" * 3  # iret (+ padding up to ring3)
-    code += b"\xcc\xeb\xfe"  # int3; jmp .
-    return code
-
-
-def calibrate() -> ContextLayout:
-    """Find the fields the Host needs in Unicorn's saved-context blob.
-
-    Their offsets depend on how Unicorn was built, so we measure them with a probe:
-    three #GPs with known selectors (the error code is the selector with RPL
-    cleared; the in-flight field holds 13 after the first), then an `iret` to
-    ring 3 and an `int3` there (the CPL bits of hflags follow the ring, and the
-    "raised by int" flag sits just before the known return address).  The three
-    #GPs in a row also prove the in-flight reset works: without it the second
-    would be reported as a #DF.
-    """
-    ram = ctypes.create_string_buffer(0x4000)
-    cpu = Switcher(ctypes.addressof(ram), 0x4000, _NoPaging(), _NoPorts(), calibrated=False)
-    code = _probe_code()
-    cpu.uc.mem_write(_PROBE_BASE, code)
-    for index, desc in enumerate((abi.FLAT_CODE_DPL1, abi.FLAT_DATA_DPL1, _FLAT_CODE_DPL3,
-                                  _FLAT_DATA_DPL3), start=abi.GDT_ENTRY_KERNEL_CS):
-        cpu.gdt[index] = desc
-    cpu.write_gdt()
-    idle = _words(bytes(cpu._context_bytes()))
-    cpu.load_frame(_PROBE_BASE, abi.KERNEL_CS, abi.INITIAL_EFLAGS, 0x2000, abi.KERNEL_DS,
-                   abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
-    errors: set[int] | None = None
-    in_flight: set[int] | None = None
-    for sel in _PROBE_SELECTORS:
-        blob = _run_probe_step(cpu, abi.Trap.GP)
-        matches = {i for i, v in enumerate(blob) if v == sel & 0xFFFC}
-        errors = matches if errors is None else errors & matches
-        if in_flight is None:
-            in_flight = {i for i, v in enumerate(blob) if v == abi.Trap.GP and idle[i] == 0xFFFFFFFF}
-        for i in in_flight:
-            struct.pack_into("<i", cpu._context_bytes(), 4 * i, -1)
-            cpu._context_commit()
-        ring1 = blob
-        cpu.set("eip", cpu.get("eip") + 2)  # past the faulting mov to %ds
-    ring3 = _run_probe_step(cpu, abi.Trap.BP)
-    next_eip = _PROBE_BASE + len(code) - 2
-    hflags = [i for i in range(len(ring3)) if ring1[i] & 3 == 1 and ring3[i] & 3 == 3
-              and ring1[i] & ~3 == ring3[i] & ~3 and ring1[i] & HF_PE_MASK]
-    is_int = [i for i in range(len(ring3) - 2) if ring3[i] == 1 and ring1[i] == 0
-              and next_eip in (ring3[i + 1], ring3[i + 2])]
-    found = [errors or set(), in_flight or set(), set(hflags), set(is_int)]
-    if any(len(f) != 1 for f in found):
-        raise CalibrationError("cannot locate the CPU fields in Unicorn's saved context "
-                               f"(candidates: {[len(f) for f in found]})")
-    error_code, old_exception, hflags_word, is_int_word = (4 * next(iter(f)) for f in found)
-    return ContextLayout(hflags_word, old_exception, error_code, is_int_word)
-
-
-def _run_probe_step(cpu: Switcher, expected: int) -> tuple[int, ...]:
-    exit_ = cpu.run()
-    if exit_.trapnum != expected:
-        got = exit_.trapnum
-        raise CalibrationError(f"calibration probe expected trap {expected}, got {got}")
-    return _words(bytes(cpu._context_bytes()))
-
-
-def _words(blob: bytes) -> tuple[int, ...]:
-    return struct.unpack_from(f"<{len(blob) // 4}I", blob)
-
-

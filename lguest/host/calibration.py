@@ -1,0 +1,252 @@
+"""The emulator's private state: measured, never assumed (no lguest counterpart).
+
+lguest ran on a real CPU; we run on Unicorn (QEMU's TCG), which never finishes
+delivering an exception through an IDT and offers no API for the CPU state the
+Switcher must repair afterwards.  That state lives in Unicorn's saved-context
+blob, at offsets that depend on how Unicorn was built, so this module measures
+them once per process with a probe (`calibrate`) and is the only module that
+reads or writes that blob (`SavedContext`) or any other private part of the
+engine (`close_engine`).  A newer Unicorn that moves a field breaks the probe
+loudly, at start-up, instead of corrupting a Guest.
+
+What it owns: the probe, the measured offsets (`ContextLayout`), and the three
+repairs the Switcher asks for: finish the exception just raised (else the next
+fault becomes a #DF), read its error code and whether an `int n` raised it, and
+drop the CPL to 0 so the trampoline may load any Guest ring.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
+from unicorn.unicorn_py3.unicorn import uc_context, uclib
+
+from lguest import abi
+from lguest.host.segments import segment_descriptor
+
+if TYPE_CHECKING:
+    from lguest.host.switcher import Switcher
+
+HF_CPL_MASK = 3
+HF_PE_MASK = 0x80  # protected mode
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Where the fields the Host must touch sit in Unicorn's saved-context blob."""
+
+    hflags: int
+    old_exception: int
+    error_code: int
+    exception_is_int: int
+
+
+class CalibrationError(RuntimeError):
+    pass
+
+
+# tour:S.110 Workaround: the emulator's private state, measured
+# Unicorn never finishes delivering an exception, and it has no API for two pieces of CPU
+# state the Switcher must repair: the "exception in flight" field (reset after every fault
+# the Host handles, or the next one becomes a #DF) and the CPL bits of `hflags` (the only
+# way back to ring 0, "Entering the Guest: back to ring 0 first").  Both live in the
+# engine's saved-context blob, with the error code and the "raised by `int`" flag, at
+# offsets that depend on how Unicorn was built.  So at start-up a probe measures them: at
+# ring 1 it loads three bad selectors into %ds (three #GPs with known error codes: the
+# offset holding each is the error-code field; the word that was 0xffffffff at rest and
+# holds 13 after the first is the in-flight field, and three #GPs in a row, each reset,
+# prove the reset works), then `iret`s to
+# ring 3 and runs `int3` (the word whose low bits went from 1 to 3 is hflags; the flag set
+# just before the return address is the "raised by int" flag).  If any field is not found
+# exactly once, the Host refuses to start.  This file is the only one that reads or writes
+# that blob.
+class SavedContext:
+    """One engine's saved-context buffer, and the repairs made through it.
+
+    Unicorn frees the buffer itself when the engine closes, so it is deliberately
+    not a UcContext (whose finalizer would free it a second time).
+    """
+
+    def __init__(self, uc: Uc, layout: ContextLayout | None) -> None:
+        self._uch = uc._uch
+        self.layout = layout  # None only while the probe is measuring it
+        self._context = uc_context()
+        uclib.uc_context_alloc(self._uch, ctypes.byref(self._context))
+        self._size = uclib.uc_context_size(self._uch)
+
+    def blob(self) -> ctypes.Array[ctypes.c_char]:
+        """Save the CPU into the buffer and return it, writable in place."""
+        uclib.uc_context_save(self._uch, self._context)
+        return (ctypes.c_char * self._size).from_address(self._context.value or 0)
+
+    def commit(self) -> None:
+        """Load the (edited) buffer back into the CPU."""
+        uclib.uc_context_restore(self._uch, self._context)
+
+    def finish_exception(self) -> tuple[int, bool]:
+        """The error code of the exception just raised and whether an `int n` raised
+        it; and mark it finished.
+
+        Unicorn never finishes delivering an exception, so without this reset the
+        CPU would think it is still inside one and turn the next fault into a #DF.
+        """
+        if self.layout is None:
+            return 0, False
+        layout = self.layout
+        blob = self.blob()
+        errcode = struct.unpack_from("<I", blob, layout.error_code)[0]
+        software = struct.unpack_from("<i", blob, layout.exception_is_int)[0] == 1
+        struct.pack_into("<i", blob, layout.old_exception, -1)
+        self.commit()
+        return errcode, software
+
+    def drop_to_ring0(self) -> None:
+        """Clear the CPL bits of hflags: the only way back to ring 0 without a gate."""
+        if self.layout is None:
+            raise CalibrationError("the probe cannot leave its ring: no layout yet")
+        blob = self.blob()
+        hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
+        struct.pack_into("<I", blob, self.layout.hflags, hflags & ~HF_CPL_MASK)
+        self.commit()
+
+    def words(self) -> tuple[int, ...]:
+        """The whole blob as 32-bit words (what the probe compares)."""
+        blob = bytes(self.blob())
+        return struct.unpack_from(f"<{len(blob) // 4}I", blob)
+
+
+def close_engine(uc: Uc) -> None:
+    """Close a Unicorn engine now, instead of whenever the cycle collector frees it.
+
+    The binding closes the engine in a finalizer it keeps privately; calling that
+    finalizer closes it once, and the binding will not close it a second time.
+    Each engine holds its translation buffer (tens of MiB of address space), so a
+    Launcher that restarts its Guest must not wait for the collector.
+    """
+    finalizer = getattr(uc, "_Uc__finalizer", None)
+    if finalizer is None:
+        raise CalibrationError("this Unicorn binding has no finalizer to close its engine with")
+    finalizer()
+
+
+_layout: ContextLayout | None = None
+
+
+def context_layout() -> ContextLayout:
+    """The calibrated context-blob offsets (measured once per process)."""
+    global _layout
+    if _layout is None:
+        _layout = calibrate()
+    return _layout
+
+
+class _NoPaging:
+    """The calibration probe's MMU: every address maps to itself."""
+
+    def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int]:
+        return vaddr & ~0xFFF, UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
+
+    def peek(self, vaddr: int) -> int:
+        return vaddr
+
+
+class _NoPorts:
+    def port_in(self, port: int, size: int) -> int:
+        return 0xFFFFFFFF
+
+    def port_out(self, port: int, size: int, value: int) -> bool:
+        return True
+
+
+# The probe: at ring 1, load three bad selectors into %ds (three #GPs with known
+# error codes), then `iret` to ring 3 and stop there with `int3`.
+_FLAT_CODE_DPL3 = segment_descriptor(0, 0xFFFFF, 0xFB)
+_FLAT_DATA_DPL3 = segment_descriptor(0, 0xFFFFF, 0xF3)
+_PROBE_BASE = 0x1000
+_PROBE_SELECTORS = (0x13, 0x1B, 0x23)
+
+
+def _probe_code() -> bytes:
+    code = b""
+    for sel in _PROBE_SELECTORS:
+        code += b"\xb8" + struct.pack("<I", sel) + b"\x8e\xd8"  # mov $sel,%eax; mov %eax,%ds
+    ring3 = _PROBE_BASE + len(code) + 23
+    code += b"\x6a" + bytes([abi.USER_DS])  # push $USER_DS (ss)
+    code += b"\x68" + struct.pack("<I", 0x3000)  # push $esp
+    code += b"\x68" + struct.pack("<I", 0x202)  # push $eflags
+    code += b"\x6a" + bytes([abi.USER_CS])  # push $USER_CS
+    code += b"\x68" + struct.pack("<I", ring3)  # push $eip
+    code += b"\xcf" + b"\x90" * 3  # iret (+ padding up to ring3)
+    code += b"\xcc\xeb\xfe"  # int3; jmp .
+    return code
+
+
+def calibrate() -> ContextLayout:
+    """Find the fields the Host needs in Unicorn's saved-context blob.
+
+    Their offsets depend on how Unicorn was built, so we measure them with a probe:
+    three #GPs with known selectors (the error code is the selector with RPL
+    cleared; the in-flight field holds 13 after the first), then an `iret` to
+    ring 3 and an `int3` there (the CPL bits of hflags follow the ring, and the
+    "raised by int" flag sits just before the known return address).  The three
+    #GPs in a row also prove the in-flight reset works: without it the second
+    would be reported as a #DF.
+    """
+    from lguest.host.switcher import Switcher  # the probe runs on a Switcher of its own
+
+    ram = ctypes.create_string_buffer(0x4000)
+    cpu = Switcher(ctypes.addressof(ram), 0x4000, _NoPaging(), _NoPorts(), probing=True)
+    try:
+        return _measure(cpu)
+    finally:
+        cpu.close()
+
+
+def _measure(cpu: Switcher) -> ContextLayout:
+    code = _probe_code()
+    cpu.uc.mem_write(_PROBE_BASE, code)
+    for index, desc in enumerate((abi.FLAT_CODE_DPL1, abi.FLAT_DATA_DPL1, _FLAT_CODE_DPL3,
+                                  _FLAT_DATA_DPL3), start=abi.GDT_ENTRY_KERNEL_CS):
+        cpu.gdt[index] = desc
+    cpu.write_gdt()
+    context = cpu.context
+    idle = context.words()
+    cpu.load_frame(_PROBE_BASE, abi.KERNEL_CS, abi.INITIAL_EFLAGS, 0x2000, abi.KERNEL_DS,
+                   abi.KERNEL_DS, abi.KERNEL_DS, 0, 0)
+    errors: set[int] | None = None
+    in_flight: set[int] | None = None
+    for sel in _PROBE_SELECTORS:
+        blob = _run_probe_step(cpu, abi.Trap.GP)
+        matches = {i for i, v in enumerate(blob) if v == sel & 0xFFFC}
+        errors = matches if errors is None else errors & matches
+        if in_flight is None:
+            in_flight = {i for i, v in enumerate(blob) if v == abi.Trap.GP and idle[i] == 0xFFFFFFFF}
+        for i in in_flight:
+            struct.pack_into("<i", context.blob(), 4 * i, -1)
+            context.commit()
+        ring1 = blob
+        cpu.set("eip", cpu.get("eip") + 2)  # past the faulting mov to %ds
+    ring3 = _run_probe_step(cpu, abi.Trap.BP)
+    next_eip = _PROBE_BASE + len(code) - 2
+    hflags = [i for i in range(len(ring3)) if ring1[i] & 3 == 1 and ring3[i] & 3 == 3
+              and ring1[i] & ~3 == ring3[i] & ~3 and ring1[i] & HF_PE_MASK]
+    is_int = [i for i in range(len(ring3) - 2) if ring3[i] == 1 and ring1[i] == 0
+              and next_eip in (ring3[i + 1], ring3[i + 2])]
+    found = [errors or set(), in_flight or set(), set(hflags), set(is_int)]
+    if any(len(f) != 1 for f in found):
+        raise CalibrationError("cannot locate the CPU fields in Unicorn's saved context "
+                               f"(candidates: {[len(f) for f in found]})")
+    error_code, old_exception, hflags_word, is_int_word = (4 * next(iter(f)) for f in found)
+    return ContextLayout(hflags_word, old_exception, error_code, is_int_word)
+
+
+def _run_probe_step(cpu: Switcher, expected: int) -> tuple[int, ...]:
+    exit_ = cpu.run()
+    if exit_.trapnum != expected:
+        got = exit_.trapnum
+        raise CalibrationError(f"calibration probe expected trap {expected}, got {got}")
+    return cpu.context.words()
