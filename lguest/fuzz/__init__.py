@@ -1,0 +1,1 @@
+"""The fuzzing harness (placeholder docstring)."""
