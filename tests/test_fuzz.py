@@ -19,7 +19,7 @@ CI_OPS = 100  # per boot: short enough that some runs power off, long enough to 
 
 
 def test_short_campaign_has_no_failures() -> None:
-    report = Campaign(Plan(ops=CI_OPS), workers=2, command_every=10).run(FIRST_SEED, runs=CI_RUNS)
+    report = Campaign(Plan(ops=CI_OPS, timeout=10), workers=2, command_every=10).run(FIRST_SEED, runs=CI_RUNS)
     assert [(f.seed, f.kind, f.reason, f.detail) for f in report.failures] == []
     assert report.runs == CI_RUNS and report.command_runs == CI_RUNS // 10
     assert report.ops >= 1500

@@ -26,7 +26,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="the first seed (default 1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--ops", type=int, default=Plan.ops, help="operations per boot")
-    parser.add_argument("--command-every", type=int, default=20, metavar="N",
+    parser.add_argument("--command-every", type=int, default=50, metavar="N",
                         help="every Nth seed boots through the real `lguest` command (0: none)")
     parser.add_argument("--mask-eflags", type=lambda s: int(s, 0), default=0, metavar="BITS",
                         help="EFLAGS bits the Guest never sets (e.g. 0x20000 to step around vm86)")
@@ -46,6 +46,11 @@ def replay(outcome: Outcome, args: argparse.Namespace, plan: Plan) -> str:
     else:
         ours += " --command-every 0"
     return ours
+
+
+def print_progress(report: Report) -> None:
+    print(f"lguest.fuzz: {report.seconds:.0f} s: {report.runs} runs, {report.ops} operations,"
+          f" {len(report.failures)} failures", file=sys.stderr, flush=True)
 
 
 def print_report(report: Report, args: argparse.Namespace, plan: Plan) -> None:
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     fuzz_kernel()  # build it once here, not in every worker at the same moment
     campaign = Campaign(plan, args.workers, args.command_every)
     seconds = args.minutes * 60 if args.minutes is not None else None
-    report = campaign.run(args.seed, seconds=seconds, runs=args.runs)
+    report = campaign.run(args.seed, seconds=seconds, runs=args.runs, progress=print_progress)
     print_report(report, args, plan)
     return 1 if report.failures else 0
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO
 
@@ -27,6 +27,7 @@ from lguest.fuzz.run import HANG, WORKER_DIED, Outcome, Plan
 from lguest.fuzz.worker import COMMAND, IN_PROCESS
 
 RUNS_PER_WORKER = 300
+PROGRESS_SECONDS = 60
 
 
 def worker_command(plan: Plan, launcher: list[str] | None) -> list[str]:
@@ -85,7 +86,7 @@ class Worker:
 class Campaign:
     """Runs seeds first_seed, first_seed+1, ... until the time or the run budget is spent."""
 
-    def __init__(self, plan: Plan, workers: int, command_every: int = 20,
+    def __init__(self, plan: Plan, workers: int, command_every: int = 50,
                  launcher: list[str] | None = None, worker_argv: list[str] | None = None) -> None:
         self.plan = plan
         self.workers = workers
@@ -97,9 +98,11 @@ class Campaign:
     def how(self, seed: int) -> str:
         return COMMAND if self.command_every and seed % self.command_every == 0 else IN_PROCESS
 
-    def run(self, first_seed: int, seconds: float | None = None, runs: int | None = None) -> Report:
+    def run(self, first_seed: int, seconds: float | None = None, runs: int | None = None,
+            progress: Callable[[Report], None] | None = None) -> Report:
+        """`progress`, if given, sees the report so far about once a minute."""
         report = Report()
-        started = time.monotonic()
+        started = last_progress = time.monotonic()
         seeds = self._seeds(first_seed, started, seconds, runs)
         pool: list[Worker] = []
         selector = selectors.DefaultSelector()
@@ -113,6 +116,10 @@ class Campaign:
                     report.add(self._failure(worker, HANG, f"no answer within {self.watchdog:.0f} s"))
                     self._retire(worker, selector, pool)
                     self._start(seeds, selector, pool)
+                if progress and time.monotonic() - last_progress >= PROGRESS_SECONDS:
+                    last_progress = time.monotonic()
+                    report.seconds = last_progress - started
+                    progress(report)
         finally:
             for worker in pool:
                 worker.stop()
@@ -154,8 +161,9 @@ class Campaign:
             worker.proc.wait()
             report.add(self._failure(worker, WORKER_DIED, f"worker exited {worker.proc.returncode}"))
         else:
-            report.add(Outcome(**json.loads(line)))
-            if worker.runs < RUNS_PER_WORKER:
+            outcome = Outcome(**json.loads(line))
+            report.add(outcome)
+            if outcome.kind != HANG and worker.runs < RUNS_PER_WORKER:
                 seed = next(seeds, None)
                 if seed is not None:
                     worker.send(seed, self.how(seed), self.watchdog)

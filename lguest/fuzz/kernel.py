@@ -34,7 +34,7 @@ class GuestBuildError(RuntimeError):
 class FuzzKernel:
     path: Path
     ops_counter: int  # guest-physical address of `fuzz_ops` (linked at its physical address)
-    last_op: int  # `fuzz_last_op`: which kind of operation was running
+    last_op: int  # `fuzz_last_op`: a pointer to the name of the operation under way
 
 
 def build(target: Path = IMAGE) -> None:

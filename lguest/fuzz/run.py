@@ -8,6 +8,7 @@ what a user would see: exit 0 or 1 with one `lguest: <reason>` line, never 3.
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 import subprocess
@@ -17,7 +18,8 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lguest.fuzz.kernel import fuzz_kernel
+from lguest.fuzz.kernel import FuzzKernel, fuzz_kernel
+from lguest.host.core import RunResult
 from lguest.launcher.machine import build_machine
 from lguest.launcher.options import Options
 
@@ -54,7 +56,7 @@ def group_reason(reason: str) -> str:
     if reason.startswith("CRASH: ") and reason != POWER_OFF:
         return "CRASH: <Guest's message>"
     reason = re.sub(r"0x[0-9a-fA-F]+", "0x_", reason)
-    return re.sub(r"\b\d{3,}\b", "N", reason)
+    return re.sub(r"(?<!trap )\b\d{3,}\b", "N", reason)  # a trap's number tells what happened
 
 
 @dataclass(frozen=True)
@@ -79,29 +81,53 @@ def ensure_disk(path: Path) -> Path:
 
 
 def run_in_process(seed: int, plan: Plan, disk: Path) -> Outcome:
-    """Boot once in this process; a Python exception anywhere is a failure."""
+    """Boot once in this process; a Python exception anywhere is a failure.
+
+    The vCPU runs on its own thread so that a Guest still running after
+    `plan.timeout` can be reported here, with what it was doing; the caller
+    must then exit, since that thread cannot be taken back.
+    """
     kernel = fuzz_kernel()
-    thread_errors: list[str] = []
+    crashes: list[str] = []
     previous_hook = threading.excepthook
-    threading.excepthook = lambda args: thread_errors.append(
+    threading.excepthook = lambda args: crashes.append(
         "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
     opts = Options(mem_mib=MEM_MIB, kernel=str(kernel.path), cmdline=" ".join(guest_args(seed, plan)),
                    devices=(("rng", None), ("block", str(ensure_disk(disk)))))
     try:
         machine = build_machine(opts, str(kernel.path), output=_discard, warn=_discard)
-        try:
-            result = machine.guest.run()
-        finally:
-            machine.close()
+        results: list[RunResult] = []
+        vcpu = threading.Thread(target=lambda: results.append(machine.guest.run()), name="fuzz-vcpu")
+        vcpu.start()
+        vcpu.join(plan.timeout)
+        if vcpu.is_alive():
+            doing = last_operation(machine.guest.mem.ram, kernel)
+            return Outcome(seed, HANG, f"Guest still running after {plan.timeout:.0f} s (during {doing})",
+                           f"last operation: {doing}", ops_started(machine.guest.mem.ram, kernel))
+        machine.close()
     except Exception:  # noqa: BLE001 - any exception here is the finding
         return Outcome(seed, TRACEBACK, "exception in the Host or Launcher", traceback.format_exc(), 0)
     finally:
         threading.excepthook = previous_hook
-    done = struct.unpack_from("<I", machine.guest.mem.ram, kernel.ops_counter)[0]
-    if thread_errors:
-        return Outcome(seed, TRACEBACK, "exception in a device thread", thread_errors[0], done)
-    kind = POWERED_OFF if result.reason == POWER_OFF else KILLED
-    return Outcome(seed, kind, group_reason(result.reason), result.reason.rstrip("\n"), done)
+    done = ops_started(machine.guest.mem.ram, kernel)
+    if crashes or not results:
+        where = "the vCPU" if not results else "a device thread"
+        return Outcome(seed, TRACEBACK, f"exception in {where}", "\n".join(crashes), done)
+    reason = results[0].reason
+    kind = POWERED_OFF if reason == POWER_OFF else KILLED
+    return Outcome(seed, kind, group_reason(reason), reason.rstrip("\n"), done)
+
+
+def ops_started(ram: mmap.mmap, kernel: FuzzKernel) -> int:
+    return struct.unpack_from("<I", ram, kernel.ops_counter)[0]
+
+
+def last_operation(ram: mmap.mmap, kernel: FuzzKernel) -> str:
+    """The name the Guest gave the operation it was in (a pointer to a C string)."""
+    name = struct.unpack_from("<I", ram, kernel.last_op)[0]
+    if not 0 < name < len(ram) - 32:
+        return "boot"
+    return bytes(ram[name:name + 32]).split(b"\0")[0].decode(errors="replace")
 
 
 def launcher_command() -> list[str]:

@@ -1,7 +1,8 @@
 """A fuzz worker process: runs the seeds its parent sends, one JSON outcome each.
 
 Protocol: one line per run on stdin, `<seed> <in-process|command>`, the plan as
-JSON on the command line; one JSON line back per run.  Its own stdout is the
+JSON on the command line; one JSON line back per run.  After an in-process hang
+the worker exits (its vCPU thread is stuck) and the parent starts another.  Its own stdout is the
 protocol's alone: anything else the Launcher might print goes to stderr.
 """
 
@@ -13,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lguest.fuzz.run import Plan, run_command, run_in_process
+from lguest.fuzz.run import HANG, Plan, run_command, run_in_process
 
 IN_PROCESS, COMMAND = "in-process", "command"
 
@@ -33,6 +34,8 @@ def main() -> None:
             else:
                 outcome = run_in_process(seed, plan, disk)
             replies.write(json.dumps(outcome.to_json()) + "\n")
+            if outcome.kind == HANG and how == IN_PROCESS:
+                os._exit(0)  # the stuck vCPU thread cannot be stopped: leave it behind
 
 
 if __name__ == "__main__":

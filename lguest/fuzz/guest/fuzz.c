@@ -56,7 +56,8 @@ extern u32 user_snippets[], user_snippet_count;
 extern u8 etext[];	/* the linker's end of .text */
 
 /* Read by the harness: keep these names. */
-volatile u32 fuzz_ops, fuzz_limit, fuzz_last_op;
+volatile u32 fuzz_ops, fuzz_limit;
+const char *volatile fuzz_last_op;	/* the name of the operation under way */
 volatile u32 fuzz_traps[257];	/* per vector; [256] = came back without a trap */
 
 static u64 prng;
@@ -779,14 +780,17 @@ static void op_virtqueue(void)
 struct op {
 	void (*run)(void);
 	u32 weight;
+	const char *name;
 };
 
+#define OP(fn, weight) { op_##fn, weight, #fn }
+
 static const struct op ops[] = {
-	{ op_hypercall, 14 }, { op_async, 5 }, { op_int, 8 }, { op_user, 12 }, { op_wild_iret, 5 },
-	{ op_popf, 2 }, { op_gate, 3 }, { op_segment, 4 }, { op_fpu, 2 }, { op_privileged, 2 },
-	{ op_irq_flags, 3 }, { op_halt, 1 }, { op_pte, 10 }, { op_pgd, 4 }, { op_switch, 3 },
-	{ op_touch, 5 }, { op_port, 6 }, { op_pci, 7 }, { op_mmio, 3 }, { op_virtio_setup, 4 },
-	{ op_virtqueue, 8 },
+	OP(hypercall, 14), OP(async, 5), OP(int, 8), OP(user, 12), OP(wild_iret, 5),
+	OP(popf, 2), OP(gate, 3), OP(segment, 4), OP(fpu, 2), OP(privileged, 2),
+	OP(irq_flags, 3), OP(halt, 1), OP(pte, 10), OP(pgd, 4), OP(switch, 3),
+	OP(touch, 5), OP(port, 6), OP(pci, 7), OP(mmio, 3), OP(virtio_setup, 4),
+	OP(virtqueue, 8),
 };
 #define NOPS (sizeof(ops) / sizeof(ops[0]))
 
@@ -815,7 +819,7 @@ void fuzz_loop(void)
 			power_off();
 		fuzz_ops = fuzz_ops + 1;
 		kind = pick();
-		fuzz_last_op = kind;
+		fuzz_last_op = ops[kind].name;
 		ops[kind].run();
 	}
 }
