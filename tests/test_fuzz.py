@@ -11,11 +11,27 @@ from __future__ import annotations
 import sys
 
 from lguest.fuzz.campaign import Campaign
-from lguest.fuzz.run import EXIT_STATUS, HANG, POWERED_OFF, WORKER_DIED, Plan
+from lguest.fuzz.run import (
+    EXIT_STATUS,
+    HANG,
+    POWER_OFF,
+    POWERED_OFF,
+    WORKER_DIED,
+    Plan,
+    run_command,
+    run_in_process,
+)
 
 FIRST_SEED = 1000  # the CI campaign's seeds: FIRST_SEED .. FIRST_SEED + CI_RUNS - 1
 CI_RUNS = 80
 CI_OPS = 100  # per boot: short enough that some runs power off, long enough to go deep
+
+
+def test_the_fuzz_guest_boots_and_powers_off_after_its_operations(tmp_path) -> None:
+    """With no operations to do it only boots, sets everything up and says goodbye."""
+    for outcome in (run_in_process(3, Plan(ops=0), tmp_path / "disk"),
+                    run_command(3, Plan(ops=0), tmp_path / "disk")):
+        assert (outcome.kind, outcome.detail, outcome.ops) == (POWERED_OFF, POWER_OFF, 0)
 
 
 def test_short_campaign_has_no_failures() -> None:
