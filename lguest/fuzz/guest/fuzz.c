@@ -50,8 +50,8 @@ enum { HC_FLUSH_ASYNC, HC_INIT, HC_SHUTDOWN, HC_NEW_PGTABLE = 4, HC_FLUSH_TLB, H
 #define LD_HCALL_STATUS	24
 #define LD_HCALLS	88
 
-extern u8 lguest_data[], trap_stubs[], int_table[], loop_stack_top[], kstack_top[], ustack_top[];
-extern u8 lguest_iret[], plain_iret[], iret_from_frame[], ring1_landing[];
+extern u8 lguest_data[], trap_stubs[], int_table[], kstack_top[], ustack_top[];
+extern u8 lguest_iret[], plain_iret[], ring1_landing[];
 extern u32 user_snippets[], user_snippet_count;
 extern u8 etext[];	/* the linker's end of .text */
 
