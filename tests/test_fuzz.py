@@ -38,7 +38,7 @@ def test_short_campaign_has_no_failures() -> None:
     report = Campaign(Plan(ops=CI_OPS, timeout=10), workers=2, command_every=10).run(FIRST_SEED, runs=CI_RUNS)
     assert [(f.seed, f.kind, f.reason, f.detail) for f in report.failures] == []
     assert report.runs == CI_RUNS and report.command_runs == CI_RUNS // 10
-    assert report.ops >= 1500
+    assert report.ops >= 1000
     powered_off = sum(n for (kind, _), n in report.outcomes.items() if kind == POWERED_OFF)
     assert powered_off >= 1  # the Guest really can finish its operations
 
