@@ -10,6 +10,7 @@ or a device's, and never a service thread that outlives the device's stop().
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import threading
@@ -21,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lguest.launcher.boot import allocate_guest_ram
+from lguest.launcher.pci import HostLink
 from lguest.launcher.virtio.block import BlockDevice
 from lguest.launcher.virtio.console import ConsoleDevice
-from lguest.launcher.virtio.rng import rng_device
-from lguest.launcher.virtio.transport import ACKNOWLEDGE, COMMON, DRIVER, DRIVER_OK, FEATURES_OK
+from lguest.launcher.virtio.rng import RngDevice
+from lguest.launcher.virtio.transport import ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, Common
 
 MEM = 4 << 20
 DESC, AVAIL, USED, BUFFERS = 0x10000, 0x11000, 0x12000, 0x20000
@@ -41,16 +43,15 @@ class Harness:
         self.ram = allocate_guest_ram(MEM)
         self.errors: list[str] = []
         self.crashes: list[str] = []
+        host = HostLink(self.errors.append, lambda irq: None)
         if kind == "rng":
-            self.dev = rng_device(3, self.ram, MEM)
+            self.dev = RngDevice(3, self.ram, MEM, host=host)
         elif kind == "console":
-            self.dev = ConsoleDevice(1, self.ram, MEM, lambda data: None, None)
+            self.dev = ConsoleDevice(1, self.ram, MEM, lambda data: None, None, host=host)
         else:
             disk.write_bytes(bytes(DISK_SECTORS * 512))
             self.fd = disk.open("r+b")
-            self.dev = BlockDevice(2, self.ram, MEM, str(disk), self.fd.fileno(), read_only=False)
-        self.dev.fatal = self.errors.append
-        self.dev.interrupt = lambda irq: None
+            self.dev = BlockDevice(2, self.ram, MEM, os.dup(self.fd.fileno()), read_only=False, host=host)
 
     def access(self, write: bool, offset: int, size: int, value: int) -> None:
         if write:
@@ -84,7 +85,7 @@ def assert_only_bad_driver(errors: list[str], crashes: list[str]) -> None:
 
 # --- random BAR0 sequences -----------------------------------------------------------------
 
-REGISTERS = sorted(COMMON)  # the registers a driver knows, at their own offsets
+REGISTERS = sorted(int(r) for r in Common)  # the registers a driver knows, at their own offsets
 STATUS_VALUES = [0, ACKNOWLEDGE, ACKNOWLEDGE | DRIVER, ACKNOWLEDGE | DRIVER | FEATURES_OK,
                  ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK]
 

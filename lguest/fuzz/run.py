@@ -101,15 +101,15 @@ def run_in_process(seed: int, plan: Plan, disk: Path) -> Outcome:
         vcpu.start()
         vcpu.join(plan.timeout)
         if vcpu.is_alive():
-            doing = last_operation(machine.guest.mem.ram, kernel)
+            doing = last_operation(machine.guest.memory.ram, kernel)
             return Outcome(seed, HANG, f"Guest still running after {plan.timeout:.0f} s (during {doing})",
-                           f"last operation: {doing}", ops_started(machine.guest.mem.ram, kernel))
+                           f"last operation: {doing}", ops_started(machine.guest.memory.ram, kernel))
+        done = ops_started(machine.guest.memory.ram, kernel)  # read before close() unmaps the RAM
         machine.close()
     except Exception:  # noqa: BLE001 - any exception here is the finding
         return Outcome(seed, TRACEBACK, "exception in the Host or Launcher", traceback.format_exc(), 0)
     finally:
         threading.excepthook = previous_hook
-    done = ops_started(machine.guest.mem.ram, kernel)
     if crashes or not results:
         where = "the vCPU" if not results else "a device thread"
         return Outcome(seed, TRACEBACK, f"exception in {where}", "\n".join(crashes), done)
