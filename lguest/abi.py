@@ -48,7 +48,7 @@ class Hcall(IntEnum):
     TS = 8
     SET_CLOCKEVENT = 9
     HALT = 10
-    SET_PMD = 13  # PAE Hosts only: ours is non-PAE, so this is a bad hypercall
+    SET_PMD = 13  # PAE Guests only: for a non-PAE one this is a bad hypercall
     SET_PTE = 14
     SET_PGD = 15
     LOAD_TLS = 16

@@ -83,7 +83,8 @@ class Guest:
     """One Guest (lguest's `struct lguest` with its single `struct lg_cpu`)."""
 
     def __init__(self, ram: mmap.mmap, mem_size: int, start: int, bus: PortBus, *,
-                 syscall_vector: int = abi.SYSCALL_VECTOR, tracer: Tracer | None = None) -> None:
+                 syscall_vector: int = abi.SYSCALL_VECTOR, tracer: Tracer | None = None,
+                 pae: bool = False) -> None:
         self.dead: str | None = None
         self.stopped = False  # the Launcher asked run() to return (stop_run)
         self.restart = False
@@ -93,7 +94,7 @@ class Guest:
         self.tracer = tracer
         self.debugger: Debugger | None = None
         self._ram_anchor = ctypes.c_char.from_buffer(ram)
-        self.pages = PageTables(self)
+        self.pages = PageTables(self, pae)
         self.cpu = Switcher(ctypes.addressof(self._ram_anchor), mem_size, self.pages, bus)
         self.idt = Idt(self)
         self.segments = Segments(self)
