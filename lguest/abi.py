@@ -87,6 +87,7 @@ BZIMAGE_LOAD_GPA = 0x100000
 BZIMAGE_MAGIC_OFFSET = 0x202
 BZIMAGE_MAGIC = b"HdrS"
 KERNEL_ALIGNMENT = 0x1000000  # 16 MiB
+BZIMAGE_PAYLOAD_VERSION = 0x208  # the boot protocol that added payload_offset/_length
 
 
 class BootParams:
@@ -105,6 +106,8 @@ class BootParams:
     CMD_LINE_PTR = 0x228  # u32
     KERNEL_ALIGNMENT = 0x230  # u32
     HARDWARE_SUBARCH = 0x23C  # u32
+    PAYLOAD_OFFSET = 0x248  # u32 (bzImage, protocol 2.08+): the compressed kernel, from code32 start
+    PAYLOAD_LENGTH = 0x24C  # u32
     E820_MAP = 0x2D0  # { u64 addr; u64 size; u32 type; } entries
 
 

@@ -132,7 +132,7 @@ def mismatch(fmt: PageFormat, mem: GuestMemory, top: int, eip: int, pfn_limit: i
     Guest would die of an unexplained page fault on its very next instruction.
     """
     other = PAE if fmt is TWO_LEVEL else TWO_LEVEL
-    wrong = f"{other.name} page tables in a {fmt.name} Guest (NEW_PGTABLE {hex32(top)}"
+    wrong = f"{other.name} page tables in a Guest run as {fmt.name} (NEW_PGTABLE {hex32(top)}"
     if top % fmt.top_align:
         return f"{wrong} is not {fmt.top_align}-byte aligned)"
     if _maps(fmt, mem, top, eip, pfn_limit) or not _maps(other, mem, top, eip, pfn_limit):
