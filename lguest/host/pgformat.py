@@ -127,14 +127,16 @@ PAE = Pae("PAE", 4, PAE_PDPT_SHIFT, PAE_PDPT_ALIGN, PAE_PFN_MASK, PTE_NX, PF_FET
 def mismatch(fmt: PageFormat, mem: GuestMemory, top: int, eip: int, pfn_limit: int) -> str | None:
     """Why the table at `top` is in the other format than `fmt`, or None if nothing says so.
 
-    Either `top` cannot be a directory of ours (misaligned), or our walk of the
+    Either `top` is aligned for the other format only, or our walk of the
     Guest's running code finds nothing while the other format's finds a PTE: the
     Guest would die of an unexplained page fault on its very next instruction.
     """
     other = PAE if fmt is TWO_LEVEL else TWO_LEVEL
     wrong = f"{other.name} page tables in a Guest run as {fmt.name} (NEW_PGTABLE {hex32(top)}"
+    if top % other.top_align == 0 and top % fmt.top_align:
+        return f"{wrong} is not page aligned)"  # only a PDPT may sit inside a page
     if top % fmt.top_align:
-        return f"{wrong} is not {fmt.top_align}-byte aligned)"
+        return f"NEW_PGTABLE {hex32(top)} is not {fmt.top_align}-byte aligned"  # in no format
     if _maps(fmt, mem, top, eip, pfn_limit) or not _maps(other, mem, top, eip, pfn_limit):
         return None
     return f"{wrong} maps the running code at {hex32(eip)} only as {other.name})"
