@@ -11,34 +11,13 @@ from conftest import lguest, symbol
 POWER_OFF = (0, "CRASH: Power down")
 PAGE_OFFSET = 0xC0000000
 
-# PAE paging for an assembly guest: a PDPT, one PMD and two page tables, mapping the
-# first 4 MiB one to one (user-accessible), like the prelude's setup_user_paging does
-# with two levels.  set_pae_pte(vaddr in %ecx, low half in %edx, high half in %esi)
-# stores a PTE of the first 4 MiB silently.
+# The prelude's setup_pae_paging maps the first 4 MiB one to one through `pdpt`, `pmd`
+# and `pae_pt`, as setup_user_paging does with two levels.
 PAE = r"""
-	.set LHCALL_SET_PMD, 13
 	.bss
-	.p2align 12
-pdpt:	.space 4096
-pmd:	.space 4096
-pae_pt:	.space 8192
 frames:	.space 4096 * 4
 	.text
-setup_pae_paging:
-	xorl %eax, %eax
-1:	movl %eax, %edx
-	shll $12, %edx
-	orl $0x067, %edx
-	movl %edx, pae_pt(,%eax,8)
-	incl %eax
-	cmpl $1024, %eax
-	jne 1b
-	movl $pae_pt + 0x067, pmd
-	movl $pae_pt + 0x1067, pmd + 8
-	movl $pmd + 1, pdpt			/* a PDPT entry: P only */
-	HCALL LHCALL_NEW_PGTABLE, $pdpt
-	HCALL LHCALL_SET_STACK, $0x69, $kstack_top, $1
-	ret
+/* Store a PTE of the first 4 MiB silently: vaddr in %ecx, low half in %edx, high in %esi. */
 set_pae_pte:
 	pushl %eax
 	movl %ecx, %eax

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from lguest import abi
 from lguest.host.memory import GuestMemory, hex32
@@ -62,60 +62,65 @@ class PageFormat:
     def pfn(self, entry: int) -> int:
         return (entry & self.pfn_mask) >> abi.PAGE_SHIFT
 
+    def table(self, entry: int, allowed: int, pfn_limit: int) -> int | None:
+        """The gpa of the table an upper-level entry names; None if it carries a flag
+        outside `allowed` (PAE's high bits, NX included, count as flags) or leaves RAM."""
+        page = entry & self.pfn_mask
+        if entry & ~self.pfn_mask & ~allowed or page >> abi.PAGE_SHIFT >= pfn_limit:
+            return None
+        return page
+
     def walk(self, mem: GuestMemory, top: int, vaddr: int, pfn_limit: int, quiet: bool) -> Walk:
         raise NotImplementedError
 
 
-class _Reader(Protocol):
-    def __call__(self, gpa: int) -> int | None: ...
+_U32 = struct.Struct("<I").unpack_from
+_U64 = struct.Struct("<Q").unpack_from
 
 
-def _reader(mem: GuestMemory, size: int, quiet: bool) -> _Reader:
-    """Read one entry; quietly, an address outside RAM reads as None instead of killing."""
-    fmt = "<I" if size == 4 else "<Q"
+def _read(mem: GuestMemory, gpa: int, size: int, quiet: bool) -> int | None:
+    """One entry (this is every TLB miss's walk: straight from RAM when in bounds).
 
-    def read(gpa: int) -> int | None:
-        if quiet and not mem.ok(gpa, size):
-            return None
-        return struct.unpack(fmt, mem.read(gpa, size))[0]
-    return read
-
-
-def _table_ok(entry: int, pfn: int, pfn_limit: int, allowed: int, flags_mask: int) -> bool:
-    return not entry & flags_mask & ~allowed and pfn < pfn_limit
+    Out of bounds it is None, after the kill `mem.read` makes, unless `quiet`.
+    """
+    if gpa >= 0 and gpa + size <= mem.size:
+        return (_U32 if size == 4 else _U64)(mem.ram, gpa)[0]
+    if not quiet:
+        mem.read(gpa, size)
+    return None
 
 
 @dataclass(frozen=True)
 class TwoLevel(PageFormat):
     def walk(self, mem: GuestMemory, top: int, vaddr: int, pfn_limit: int, quiet: bool) -> Walk:
-        read = _reader(mem, 4, quiet)
-        pgd = read(top + 4 * (vaddr >> abi.PGDIR_SHIFT))
+        pgd = _read(mem, top + 4 * (vaddr >> abi.PGDIR_SHIFT), 4, quiet)
         if pgd is None or not pgd & abi.PTE_PRESENT:
             return NO_PTE
-        if not _table_ok(pgd, self.pfn(pgd), pfn_limit, abi.PAGE_TABLE_FLAGS, 0xFFF):
+        table = self.table(pgd, abi.PAGE_TABLE_FLAGS, pfn_limit)
+        if table is None:
             return Walk(None, 0, "bad page directory entry")
-        pte_gpa = self.page(pgd) + 4 * ((vaddr >> abi.PAGE_SHIFT) & 0x3FF)
-        pte = read(pte_gpa)
+        pte_gpa = table + 4 * ((vaddr >> abi.PAGE_SHIFT) & 0x3FF)
+        pte = _read(mem, pte_gpa, 4, quiet)
         return NO_PTE if pte is None else Walk(pte_gpa, pte)
 
 
 @dataclass(frozen=True)
 class Pae(PageFormat):
     def walk(self, mem: GuestMemory, top: int, vaddr: int, pfn_limit: int, quiet: bool) -> Walk:
-        read = _reader(mem, 8, quiet)
-        flags = ~self.pfn_mask  # the high bits (NX, software bits) count as flags too
-        pdpte = read(top + 8 * (vaddr >> PAE_PDPT_SHIFT))
+        pdpte = _read(mem, top + 8 * (vaddr >> PAE_PDPT_SHIFT), 8, quiet)
         if pdpte is None or not pdpte & abi.PTE_PRESENT:
             return NO_PTE
-        if not _table_ok(pdpte, self.pfn(pdpte), pfn_limit, PDPT_FLAGS, flags):
+        pmd_page = self.table(pdpte, PDPT_FLAGS, pfn_limit)
+        if pmd_page is None:
             return Walk(None, 0, "bad page directory entry")
-        pmd = read(self.page(pdpte) + 8 * ((vaddr >> PAE_PMD_SHIFT) & 0x1FF))
+        pmd = _read(mem, pmd_page + 8 * ((vaddr >> PAE_PMD_SHIFT) & 0x1FF), 8, quiet)
         if pmd is None or not pmd & abi.PTE_PRESENT:
             return NO_PTE
-        if not _table_ok(pmd, self.pfn(pmd), pfn_limit, abi.PAGE_TABLE_FLAGS, flags):
+        table = self.table(pmd, abi.PAGE_TABLE_FLAGS, pfn_limit)
+        if table is None:
             return Walk(None, 0, "bad page middle directory entry")
-        pte_gpa = self.page(pmd) + 8 * ((vaddr >> abi.PAGE_SHIFT) & 0x1FF)
-        pte = read(pte_gpa)
+        pte_gpa = table + 8 * ((vaddr >> abi.PAGE_SHIFT) & 0x1FF)
+        pte = _read(mem, pte_gpa, 8, quiet)
         return NO_PTE if pte is None else Walk(pte_gpa, pte)
 
 

@@ -38,6 +38,9 @@ into its shell; words after `run` replace "{BUNDLED_DEFAULT_COMMAND}" on its com
 Options need '=' for their values and may come anywhere; every other word after
 the kernel is passed to it on its command line ('--' ends the options).
 
+Memory: {abi.MIN_GUEST_MEM_MIB}..{abi.MAX_GUEST_MEM_MIB} MiB in both modes.  A non-PAE Linux uses only its low
+memory (891 MiB at most); a PAE (HIGHMEM64G) one uses it all.
+
 options:
   -v, --verbose              describe the Guest's memory, devices and I/O as it runs
   --initrd=<file>            load <file> as the initial ramdisk
