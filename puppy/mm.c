@@ -146,9 +146,10 @@ static pte_t *alloc_user_pte(struct mm *mm, u32 vaddr)
 /*
  * Give user page @vaddr a zeroed page with PTE @flags and return the
  * kernel's address for it (NULL: out of memory).  A page that is already
- * mapped (two ELF segments sharing one) is kept, made writable if asked.
+ * mapped (two ELF segments sharing one) is kept, made writable if either
+ * segment is writable and executable if either is code.
  */
-void *map_user_page(struct mm *mm, u32 vaddr, u32 flags)
+void *map_user_page(struct mm *mm, u32 vaddr, pte_t flags)
 {
 	pte_t *ptep = alloc_user_pte(mm, vaddr);
 	void *page;
@@ -156,8 +157,10 @@ void *map_user_page(struct mm *mm, u32 vaddr, u32 flags)
 	if (!ptep)
 		return NULL;
 	if (*ptep & _PAGE_PRESENT) {
-		if ((flags & _PAGE_RW) && !(*ptep & _PAGE_RW))
-			set_pte_at(mm, vaddr & PAGE_MASK, ptep, *ptep | flags);
+		pte_t merged = (*ptep | (flags & (_PAGE_RW | _PAGE_DIRTY))) & (flags | ~_PAGE_NX);
+
+		if (merged != *ptep)
+			set_pte_at(mm, vaddr & PAGE_MASK, ptep, merged);
 		return __va(*ptep & PAGE_MASK);
 	}
 	page = get_zeroed_page();
@@ -336,7 +339,7 @@ u32 mm_brk(struct mm *mm, u32 new_brk)
 			return (u32)-12;
 		lazy_mmu_enter();
 		for (va = old_end; va < new_end; va += PAGE_SIZE) {
-			if (!map_user_page(mm, va, PTE_USER_RW)) {
+			if (!map_user_page(mm, va, PTE_USER_DATA)) {
 				unmap_user_range(mm, old_end, va);
 				lazy_mmu_leave();
 				return (u32)-12;

@@ -30,8 +30,9 @@ typedef u64 pte_t;
 #define PMD_SHIFT		21	/* one page table maps 2 MiB */
 #define PTRS_PER_PTE		512
 #define PDPT_KERNEL		3	/* the PDPT entry of PAGE_OFFSET.. */
-#define _PAGE_NX		(1ULL << 63)
+#define _PAGE_NX		(1ULL << 63)	/* no fetches: the Host honours it */
 #else
+#define _PAGE_NX		0		/* two levels have no NX bit */
 typedef u32 pte_t;
 #define PGDIR_SHIFT		22
 #define PMD_SHIFT		PGDIR_SHIFT	/* the directory is the pmd: 4 MiB */
@@ -58,6 +59,8 @@ typedef u32 pte_t;
  */
 #define PTE_USER_RO	(_PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED)
 #define PTE_USER_RW	(PTE_USER_RO | _PAGE_RW | _PAGE_DIRTY)
+/* Stack and heap: data, never code (where the format can say so). */
+#define PTE_USER_DATA	(PTE_USER_RW | _PAGE_NX)
 
 /* The user half of every address space. */
 #define USER_TOP		PAGE_OFFSET	/* 0xC0000000: the kernel's */
@@ -108,7 +111,7 @@ void mm_init(u64 ram);
 int mm_create(struct mm *mm);
 void mm_release_user(struct mm *mm);
 void mm_free(struct mm *mm);
-void *map_user_page(struct mm *mm, u32 vaddr, u32 flags);
+void *map_user_page(struct mm *mm, u32 vaddr, pte_t flags);
 pte_t *lookup_user_pte(struct mm *mm, u32 vaddr);
 int user_access_ok(struct mm *mm, u32 addr, u32 len);
 int user_write_ok(struct mm *mm, u32 addr, u32 len);

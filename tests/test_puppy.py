@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -198,6 +199,13 @@ def test_hostile_processes_are_killed_and_the_good_one_survives(puppy, pae) -> N
         if name in expected:
             assert f"puppy: pid {pid} ({name}) killed: {expected[name]}" in out
     assert set(expected) <= set(names.values())
+    # Code on the stack: PAE's NX forbids it (a fetch fault: P|U|I/D), two levels cannot.
+    stack_pid = next(pid for pid, name in names.items() if name == "run-stack")
+    if pae:
+        assert re.search(rf"puppy: pid {stack_pid} \(run-stack\) killed: page fault at 0xbfff[0-9a-f]{{4}} "
+                         r"\(error 0x15\)", out)
+    else:
+        assert f"evil: pid {stack_pid} run-stack was NOT stopped" in out
     assert "isolation ok" in out
     assert "puppy: all processes finished" in out
 
