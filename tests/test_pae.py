@@ -3,7 +3,13 @@ and a Guest in the other format than it runs as, killed by name."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import re
+import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import lguest, symbol
@@ -252,3 +258,66 @@ def test_puppy_in_the_other_mode_is_killed_by_name(puppy, pae: bool) -> None:
     assert result.status == 1
     assert re.fullmatch(rf"{theirs} page tables in a Guest run as {ours} \(NEW_PGTABLE {top:#x} maps the "
                         rf"running code at 0x[0-9a-f]+ only as {theirs}\)", result.reason), result.reason
+
+
+# --- the mode, read from the kernel image ---------------------------------------------------
+
+PAE_GUEST = PAE + """
+test_main:
+	INIT
+	call setup_pae_paging
+	POWEROFF
+"""
+# What x86_report_nx() can print, in a PAE build only.
+PAE_WORDS = b"NX (Execute Disable) protection: active\n"
+
+
+def test_mode_read_from_an_elf(asm_guest) -> None:
+    """The PAE guest carries a PAE kernel's words: it runs as PAE unless told otherwise."""
+    elf = asm_guest(PAE_GUEST + f'\t.section .rodata\n\t.ascii "{PAE_WORDS.decode().strip()}"\n')
+    result = run(elf)
+    assert (result.status, result.reason) == POWER_OFF, result.stderr
+    assert killed(elf, "--no-pae").startswith("PAE page tables in a Guest run as non-PAE (")
+
+
+PAYLOAD_AT = 0x100000  # far above the guest's code, data and bss (all at 1 MiB, loaded from offset 0)
+
+
+def bzimage(tmp_path: Path, elf: Path, payload: bytes) -> Path:
+    """The guest as a bzImage: its flat image at code32_start, `payload` as the compressed kernel."""
+    flat = tmp_path / "flat.bin"
+    subprocess.run(["objcopy", "-O", "binary", str(elf), str(flat)], check=True)
+    code = flat.read_bytes().ljust(PAYLOAD_AT, b"\0") + payload
+    setup = bytearray(5 * 512)
+    setup[0x1F1] = 4
+    setup[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", setup, 0x206, 0x020D)
+    struct.pack_into("<I", setup, 0x214, symbol(elf, "start"))
+    struct.pack_into("<II", setup, 0x248, PAYLOAD_AT, len(payload))
+    path = tmp_path / "bzImage"
+    path.write_bytes(bytes(setup) + code)
+    return path
+
+
+KERNEL = b"\x7fELF" + bytes(4000) + PAE_WORDS + bytes(4000)
+
+
+@pytest.mark.parametrize("compress", [
+    lambda data: lzma.compress(data, lzma.FORMAT_XZ, check=lzma.CHECK_CRC32),
+    lambda data: lzma.compress(data, lzma.FORMAT_ALONE),
+    gzip.compress,
+    bz2.compress,
+], ids=["xz", "lzma", "gzip", "bzip2"])
+def test_mode_read_from_a_bzimage_payload(asm_guest, tmp_path: Path, compress) -> None:
+    """The payload is decompressed (the size word the kernel's build appends is ignored)."""
+    image = bzimage(tmp_path, asm_guest(PAE_GUEST), compress(KERNEL) + struct.pack("<I", len(KERNEL)))
+    result = run(image)
+    assert (result.status, result.reason) == POWER_OFF, result.stderr
+
+
+def test_a_corrupt_payload_says_nothing(asm_guest, tmp_path: Path) -> None:
+    """Undecided: the Guest runs as non-PAE, and its PAE tables are named at NEW_PGTABLE."""
+    image = bzimage(tmp_path, asm_guest(PAE_GUEST), b"\xfd7zXZ\x00" + b"garbage" * 100)
+    assert killed(image).startswith("PAE page tables in a Guest run as non-PAE (")
+    result = run(image, "--pae")
+    assert (result.status, result.reason) == POWER_OFF, result.stderr
