@@ -18,12 +18,16 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from collections.abc import Iterable
 from typing import Protocol
 
 PAE_MARKER = b"NX (Execute Disable) protection: active"
 NON_PAE_MARKER = b"NX (Execute Disable) protection cannot be enabled: non-PAE kernel!"
-_OVERLAP = max(len(PAE_MARKER), len(NON_PAE_MARKER))
+# More than any i386 kernel decompresses to: a file that claims more is not searched further.
+MAX_KERNEL = 256 << 20
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
 
 
 def _inflate(payload: bytes) -> bytes:
@@ -43,24 +47,16 @@ def _inflate(payload: bytes) -> bytes:
     else:
         return b""
     try:
-        return decompressor.decompress(payload)
+        return decompressor.decompress(payload, MAX_KERNEL)
     except (lzma.LZMAError, zlib.error, OSError, EOFError):
         return b""
 
 
-class _Decompressor(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
-
-
-def _decide(chunks: Iterable[bytes]) -> bool | None:
-    tail = b""
-    for chunk in chunks:
-        window = tail + chunk
-        if PAE_MARKER in window:
-            return True
-        if NON_PAE_MARKER in window:
-            return False
-        tail = window[-_OVERLAP:]
+def _says(kernel: bytes) -> bool | None:
+    if PAE_MARKER in kernel:
+        return True
+    if NON_PAE_MARKER in kernel:
+        return False
     return None
 
 
@@ -73,5 +69,9 @@ def image_is_pae(ram: bytes | memoryview, sections: tuple[tuple[int, int], ...],
     """
     if payload is not None:
         gpa, length = payload
-        return _decide([_inflate(bytes(ram[gpa:gpa + length]))])
-    return _decide(bytes(ram[gpa:gpa + size]) for gpa, size in sections)
+        return _says(_inflate(bytes(ram[gpa:gpa + length])))
+    for gpa, size in sections:
+        said = _says(bytes(ram[gpa:gpa + size]))
+        if said is not None:
+            return said
+    return None
