@@ -204,7 +204,7 @@ HANDLERS: dict[int, Callable[..., None]] = {
     Hcall.LOAD_GDT_ENTRY: hcall_load_gdt_entry,
     Hcall.SEND_INTERRUPTS: hcall_send_interrupts,
 }
-# A PAE Guest has one more level of table to tell us about (a non-PAE Host: `Bad hypercall 13`).
+# A PAE Guest has one more level of table to tell us about (from a non-PAE one: `Bad hypercall 13`).
 PAE_HANDLERS: dict[int, Callable[..., None]] = {**HANDLERS, Hcall.SET_PMD: hcall_set_pmd}
 
 
