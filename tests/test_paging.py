@@ -369,23 +369,23 @@ test_main:
 
 # --- the kernel stack (§6.8) ------------------------------------------------------------------
 
-def test_stack_must_be_mapped_in_every_new_space(asm_guest) -> None:
+def test_stack_must_be_mapped_in_every_new_space(asm_guest, pae: bool) -> None:
     """A blank shadow re-pins the SET_STACK pages: a space without them is fatal."""
-    assert kill_reason(asm_guest(EXTRA + """
+    assert kill_reason(asm_guest(paging(pae) + """
 test_main:
 	INIT
-	call setup_user_paging			/* SET_STACK(kstack_top, 1 page) */
-	HCALL LHCALL_NEW_PGTABLE, $dir_a	/* an empty directory */
-""")).startswith("bad stack page 0x")
+	SETUP_PAGING				/* SET_STACK(kstack_top, 1 page) */
+	HCALL LHCALL_NEW_PGTABLE, $dir_a	/* an empty directory (or PDPT) */
+"""), pae).startswith("bad stack page 0x")
 
 
-def test_set_stack_on_unmapped_pages(asm_guest) -> None:
-    assert kill_reason(asm_guest(EXTRA + """
+def test_set_stack_on_unmapped_pages(asm_guest, pae: bool) -> None:
+    assert kill_reason(asm_guest(paging(pae) + """
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	HCALL LHCALL_SET_STACK, $0x69, $0x900000, $2
-""")) == "bad stack page 0x8fffff"
+"""), pae) == "bad stack page 0x8fffff"
 
 
 # --- isolation: what a hostile Guest kernel cannot make the Host do -----------------------------
@@ -467,12 +467,12 @@ test_main:
     assert reason.startswith("unhandled trap 13 at 0x")
 
 
-def test_device_window_is_real_mmio(asm_guest) -> None:
+def test_device_window_is_real_mmio(asm_guest, pae: bool) -> None:
     """A PTE to a device's BAR0 page reaches its registers, with any instruction."""
-    run_ok(asm_guest(EXTRA + """
+    run_ok(asm_guest(paging(pae) + """
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	REMAP_300000 $0x2100063			/* the console's BAR0 window */
 	movw 0x300000 + 18, %ax			/* num_queues */
 	cmpw $2, %ax
@@ -481,4 +481,4 @@ test_main:
 	cmpb $0, (%esi)				/* device_status, through another form */
 	jne fail
 	POWEROFF
-""" + FAIL))
+""" + FAIL), pae)
