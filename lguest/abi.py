@@ -178,7 +178,7 @@ X86_EFLAGS_RF = 0x10000
 X86_EFLAGS_VM = 0x20000
 INITIAL_EFLAGS = 0x202  # §3.4
 
-# Page-table entry bits (§6, non-PAE).
+# Page-table entry bits (§6): the low half of a PAE entry has the same (host/pgformat.py has the rest).
 PTE_PRESENT = 0x001
 PTE_RW = 0x002
 PTE_USER = 0x004
