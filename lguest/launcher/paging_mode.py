@@ -60,6 +60,14 @@ def _says(kernel: bytes) -> bool | None:
     return None
 
 
+# tour:L.55 Two page-table formats: the kernel says which
+# lguest's Host module was built for one format, PAE or not, and a Guest had to match it.
+# Ours takes either, per Guest, so the Launcher must know which one a kernel uses before
+# it runs: a Guest whose tables the Host walks in the wrong format would die of a page
+# fault on the instruction after its first NEW_PGTABLE.  The boot protocol does not say;
+# the kernel's own boot messages do, and they are in the image (a bzImage's payload is
+# decompressed here, in memory).  `--pae`/`--no-pae` override it, and should the image
+# say nothing and the guess be wrong, the Host names the mismatch instead of a page fault.
 def image_is_pae(ram: bytes | memoryview, sections: tuple[tuple[int, int], ...],
                  payload: tuple[int, int] | None) -> bool | None:
     """True for a PAE kernel, False for a non-PAE one, None if the image does not say.
