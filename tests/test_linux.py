@@ -305,3 +305,13 @@ def test_memory_above_896_mib_needs_pae(tmp_path, busybox, linux) -> None:
         assert 1400 < total_mib <= 1500
     else:
         assert total_mib < 896
+
+
+def test_forced_into_the_other_mode_it_dies_by_name(tmp_path, busybox, linux) -> None:
+    """The issue's case: a PAE kernel walked as non-PAE (and the reverse) is named, at its
+    first NEW_PGTABLE, instead of dying of `unhandled trap 14`."""
+    run = boot(tmp_path, busybox, PROLOGUE, linux.bzimage, "--no-pae" if linux.pae else "--pae")
+    theirs, ours = ("PAE", "non-PAE") if linux.pae else ("non-PAE", "PAE")
+    assert run.status == 1
+    assert re.fullmatch(rf"{theirs} page tables in a Guest run as {ours} \(NEW_PGTABLE 0x[0-9a-f]+ maps the "
+                        rf"running code at 0x[0-9a-f]+ only as {theirs}\)", run.reason), run.reason
