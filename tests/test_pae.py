@@ -205,6 +205,34 @@ test_main:
     assert (result.status, result.reason) == POWER_OFF, result.stderr
 
 
+def test_guest_cannot_map_the_switcher(asm_guest) -> None:
+    """PDPT entry 3, a PMD and a table mapping 0xFFD00000 to a frame of ours: still a fault."""
+    result = run(asm_guest(PAE + """
+	.bss
+	.p2align 12
+pmd3:	.space 4096
+pt3:	.space 4096
+	.text
+pf_handler:
+	cmpl $0, (%esp)
+	jne fail
+	cmpl $0xffd00008, lguest_data + LD_CR2
+	jne fail
+	POWEROFF
+test_main:
+	INIT
+	call setup_pae_paging
+	GATE 14, pf_handler
+	movl $frames + 0x67, pt3 + 0x100 * 8	/* 0xFFD00000 -> a frame of ours */
+	movl $pt3 + 0x67, pmd3 + 510 * 8
+	movl $pmd3 + 1, pdpt + 3 * 8
+	HCALL LHCALL_SET_PGD, $pdpt, $3
+	movl 0xffd00008, %eax
+	jmp fail
+"""), "--pae")
+    assert (result.status, result.reason) == POWER_OFF, result.stderr
+
+
 # --- the wrong mode, named -----------------------------------------------------------------
 
 def test_pae_tables_in_a_guest_run_as_non_pae(asm_guest) -> None:
