@@ -1,5 +1,5 @@
-"""Build hook: compile the bundled puppy kernel (lguest/guests/) and the Host's doorbell
-hook (lguest/host/_native.so) into the package."""
+"""Build hook: compile the bundled puppy kernel, in both page-table formats (lguest/guests/),
+and the Host's native hooks (lguest/host/_native.so) into the package."""
 
 import importlib.util
 import shutil
@@ -14,10 +14,12 @@ class BuildWithPuppy(build_py):
     def run(self) -> None:
         super().run()
         source = Path(__file__).resolve().parent / "puppy"
-        subprocess.run(["make", "-s", "-C", str(source)], check=True)
         target = Path(self.build_lib) / "lguest" / "guests"
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source / "build" / "puppy.elf", target / "puppy.elf")
+        # Both page-table formats: `lguest run --pae` boots the second.
+        for build, name, flags in (("build", "puppy.elf", []), ("build-pae", "puppy-pae.elf", ["PAE=1"])):
+            subprocess.run(["make", "-s", "-C", str(source), *flags], check=True)
+            shutil.copy(source / build / "puppy.elf", target / name)
         native = _load_native(Path(__file__).resolve().parent / "lguest" / "host" / "native.py")
         host = Path(self.build_lib) / "lguest" / "host"
         host.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 /* Benchmark guest: ROUNDS passes over 1024 pages (4 MiB) each touching every page once,
- * with FLUSH_TLB(1) between passes, so every touch is a shadow fill by the Host. */
+ * with FLUSH_TLB(1) between passes, so every touch is a shadow fill by the Host.
+ * SETUP_PAGING is the prelude's setup_user_paging, or setup_pae_paging (run with PAE). */
 test_main:
 	INIT
-	call setup_user_paging
+	call SETUP_PAGING
 	movl $ROUNDS, %edi
 1:	HCALL LHCALL_FLUSH_TLB, $1
 	xorl %ebp, %ebp

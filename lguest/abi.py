@@ -48,7 +48,7 @@ class Hcall(IntEnum):
     TS = 8
     SET_CLOCKEVENT = 9
     HALT = 10
-    SET_PMD = 13  # PAE Hosts only: ours is non-PAE, so this is a bad hypercall
+    SET_PMD = 13  # PAE Guests only: for a non-PAE one this is a bad hypercall
     SET_PTE = 14
     SET_PGD = 15
     LOAD_TLS = 16
@@ -87,6 +87,7 @@ BZIMAGE_LOAD_GPA = 0x100000
 BZIMAGE_MAGIC_OFFSET = 0x202
 BZIMAGE_MAGIC = b"HdrS"
 KERNEL_ALIGNMENT = 0x1000000  # 16 MiB
+BZIMAGE_PAYLOAD_VERSION = 0x208  # the boot protocol that added payload_offset/_length
 
 
 class BootParams:
@@ -105,6 +106,8 @@ class BootParams:
     CMD_LINE_PTR = 0x228  # u32
     KERNEL_ALIGNMENT = 0x230  # u32
     HARDWARE_SUBARCH = 0x23C  # u32
+    PAYLOAD_OFFSET = 0x248  # u32 (bzImage, protocol 2.08+): the compressed kernel, from code32 start
+    PAYLOAD_LENGTH = 0x24C  # u32
     E820_MAP = 0x2D0  # { u64 addr; u64 size; u32 type; } entries
 
 
@@ -175,7 +178,7 @@ X86_EFLAGS_RF = 0x10000
 X86_EFLAGS_VM = 0x20000
 INITIAL_EFLAGS = 0x202  # §3.4
 
-# Page-table entry bits (§6, non-PAE).
+# Page-table entry bits (§6): the low half of a PAE entry has the same (host/pgformat.py has the rest).
 PTE_PRESENT = 0x001
 PTE_RW = 0x002
 PTE_USER = 0x004

@@ -53,8 +53,12 @@ void puppy_cpuid(u32 leaf, u32 *eax, u32 *ebx, u32 *ecx, u32 *edx)
 		if (a > 0x80000008)
 			a = 0x80000008;
 		break;
-	case 0x80000001:	/* no NX: 2-level page tables have no NX bit */
+	case 0x80000001:
+#ifndef CONFIG_PAE
+		/* No NX: two-level page tables have no NX bit.  (The PAE
+		 * build keeps it: the Host honours NX in PAE PTEs.) */
 		d &= ~(1u << 20);
+#endif
 		break;
 	}
 	*eax = a;

@@ -28,6 +28,7 @@ extern const struct program user_programs[];	/* programs.S */
 #define ET_EXEC		2
 #define EM_386		3
 #define PT_LOAD		1
+#define PF_X		1
 #define PF_W		2
 #define MAX_PHDRS	16
 
@@ -62,7 +63,10 @@ static int user_range(u32 start, u32 len, u32 limit)
 /* Map and fill one PT_LOAD segment. */
 static int load_segment(struct mm *mm, const u8 *image, const struct elf32_phdr *ph)
 {
-	u32 flags = (ph->p_flags & PF_W) ? PTE_USER_RW : PTE_USER_RO;
+	pte_t flags = (ph->p_flags & PF_W) ? PTE_USER_RW : PTE_USER_RO;
+
+	if (!(ph->p_flags & PF_X))
+		flags |= _PAGE_NX;
 	u32 file_end = ph->p_vaddr + ph->p_filesz;
 	u32 va;
 
@@ -92,7 +96,7 @@ static int setup_stack(struct mm *mm, const char *name, const char *arg, u32 *us
 	u8 *page = NULL;
 
 	for (va = USER_STACK_TOP - USER_STACK_PAGES * PAGE_SIZE; va < USER_STACK_TOP; va += PAGE_SIZE) {
-		page = map_user_page(mm, va, PTE_USER_RW);
+		page = map_user_page(mm, va, PTE_USER_DATA);
 		if (!page)
 			return -12;
 	}

@@ -8,10 +8,19 @@
 
 /* How much low memory the boot page table covers, at most (like Linux). */
 #define MAX_LOWMEM	0x4000000	/* 64 MiB */
-#define BOOT_PTS	(MAX_LOWMEM / (1024 * PAGE_SIZE))	/* 16 */
 #define PDE_KERNEL	0x063	/* Present, RW, Accessed, Dirty: no USER */
 #define PTE_KERNEL	0x063	/* same; never PSE, never GLOBAL */
+#ifdef CONFIG_PAE
+/* 64-bit entries, 512 to a table; the PDPT's entries may carry only P. */
+#define PTE_BYTES	8
+#define TABLE_SHIFT	9
+#define PDPT_ENTRY	0x001
+#else
+#define PTE_BYTES	4
+#define TABLE_SHIFT	10
 #define PGD_KERNEL_IDX	(PAGE_OFFSET >> 22)			/* 768 */
+#endif
+#define BOOT_PTS	(MAX_LOWMEM / (PAGE_SIZE << TABLE_SHIFT))	/* 16, PAE: 32 */
 
 /* tour:G.10 Booting: a kernel that knows it is a Guest
  * The Launcher loads puppy the way a bootloader loads Linux: the ELF's two
@@ -69,7 +78,8 @@ startup_32:
 	 * so low memory (all of RAM, at most 64 MiB; the size is e820_map[0])
 	 * is mapped twice: at 0, so that this code, still running at
 	 * physical addresses, survives the switch, and at PAGE_OFFSET, where
-	 * the C code lives.  4 KiB pages only, and only pages that exist: the
+	 * the C code lives.  (PAE: the PDPT's first and kernel entries both
+	 * name one PMD, as Linux's initial_page_table does.)  4 KiB pages only, and only pages that exist: the
 	 * Host takes no large pages and kills a Guest whose tables point
 	 * past the end of its RAM (§6.3).
 	 *
@@ -95,27 +105,38 @@ startup_32:
 	movl	$PTE_KERNEL, %edx
 3:	cmpl	%eax, %ecx
 	jae	4f
-	movl	%edx, (%edi,%ecx,4)
+	movl	%edx, (%edi,%ecx,PTE_BYTES)	/* (PAE: the high half stays 0) */
 	addl	$PAGE_SIZE, %edx
 	incl	%ecx
 	jmp	3b
 
 	/* One PDE per page table used, in both halves of the directory. */
-4:	addl	$1023, %eax
-	shrl	$10, %eax			/* %eax = page tables used */
+4:	addl	$(1 << TABLE_SHIFT) - 1, %eax
+	shrl	$TABLE_SHIFT, %eax		/* %eax = page tables used */
+#ifdef CONFIG_PAE
+	movl	$pa(boot_pmd), %edi
+#else
 	movl	$pa(boot_pgdir), %edi
+#endif
 	xorl	%ecx, %ecx
 	movl	$pa(boot_page_tables) + PDE_KERNEL, %edx
 5:	cmpl	%eax, %ecx
 	jae	6f
-	movl	%edx, (%edi,%ecx,4)
+	movl	%edx, (%edi,%ecx,PTE_BYTES)
+#ifndef CONFIG_PAE
 	movl	%edx, PGD_KERNEL_IDX*4(%edi,%ecx,4)
+#endif
 	addl	$PAGE_SIZE, %edx
 	incl	%ecx
 	jmp	5b
+6:
+#ifdef CONFIG_PAE
+	movl	$pa(boot_pmd) + PDPT_ENTRY, pa(boot_pgdir)
+	movl	$pa(boot_pmd) + PDPT_ENTRY, pa(boot_pgdir) + 3 * 8
+#endif
 
 	/* Switch to it: linear mode ends here. */
-6:	movl	$LHCALL_NEW_PGTABLE, %eax
+	movl	$LHCALL_NEW_PGTABLE, %eax
 	movl	$pa(boot_pgdir), %ebx
 	int	$LGUEST_TRAP_ENTRY
 
@@ -159,6 +180,11 @@ lguest_noirq_iret:
 	.globl	boot_pgdir
 boot_pgdir:
 	.skip	PAGE_SIZE
+#ifdef CONFIG_PAE
+	.globl	boot_pmd
+boot_pmd:
+	.skip	PAGE_SIZE
+#endif
 boot_page_tables:
 	.skip	BOOT_PTS * PAGE_SIZE
 	/* The boot stack becomes the idle task's kernel stack. */

@@ -193,7 +193,7 @@ static void hostile_demo(void)
 {
 	static const char *const attacks[] = {
 		"read-kernel", "write-kernel", "read-switcher", "peek-secret",
-		"write-text", "jump-unmapped", "cli", "hlt", "inb", "int1f",
+		"write-text", "jump-unmapped", "run-stack", "cli", "hlt", "inb", "int1f",
 		"kernel-ds", "ud2", "div0", "big-brk", "bad-write",
 	};
 	unsigned int i;

@@ -32,7 +32,7 @@ extern char _end[];
 #define _PAGE_PWT	0x008
 #define _PAGE_PCD	0x010		/* a device: not cacheable */
 
-static u32 *ioremap_table;
+static pte_t *ioremap_table;
 static unsigned int ioremap_used;
 
 /*
@@ -53,7 +53,7 @@ void mm_init(u64 ram)
 			set_pgd(boot_pgdir, i, 0);
 	ioremap_table = get_zeroed_page();
 	if (ioremap_table)
-		set_pgd(boot_pgdir, IOREMAP_BASE >> PGDIR_SHIFT, __pa(ioremap_table) | PTE_KERNEL);
+		set_pmd(kernel_pmd(IOREMAP_BASE), __pa(ioremap_table) | PTE_KERNEL);
 	lazy_mmu_leave();
 }
 
@@ -89,37 +89,56 @@ int mm_create(struct mm *mm)
 	mm->pgd = get_zeroed_page();
 	if (!mm->pgd)
 		return -1;
+#ifdef CONFIG_PAE
+	{
+		/* The user gigabytes' PMDs, together, and the kernel's shared one. */
+		u32 pa = alloc_pages(KERNEL_PGD_START);
+		unsigned int i;
+
+		if (!pa) {
+			free_page(mm->pgd);
+			return -1;
+		}
+		mm->pmd = __va(pa);
+		memset(mm->pmd, 0, KERNEL_PGD_START * PAGE_SIZE);
+		for (i = 0; i < KERNEL_PGD_START; i++)
+			mm->pgd[i] = (pa + i * PAGE_SIZE) | _PAGE_PRESENT;
+		mm->pgd[PDPT_KERNEL] = boot_pgdir[PDPT_KERNEL];
+	}
+#else
+	mm->pmd = mm->pgd;
 	/* Not the Switcher's slot: the Host fills that in itself. */
 	memcpy(mm->pgd + KERNEL_PGD_START, boot_pgdir + KERNEL_PGD_START,
-	       (SWITCHER_PGD - KERNEL_PGD_START) * sizeof(u32));
+	       (SWITCHER_PGD - KERNEL_PGD_START) * sizeof(pte_t));
+#endif
 	mm->start_brk = mm->brk = 0;
 	return 0;
 }
 
 /* The PTE slot for a user @vaddr, or NULL if it has no page table. */
-u32 *lookup_user_pte(struct mm *mm, u32 vaddr)
+pte_t *lookup_user_pte(struct mm *mm, u32 vaddr)
 {
-	u32 pde;
+	pte_t pde;
 
 	if (vaddr >= USER_TOP)
 		return NULL;
-	pde = mm->pgd[vaddr >> PGDIR_SHIFT];
+	pde = mm->pmd[vaddr >> PMD_SHIFT];
 	if (!(pde & _PAGE_PRESENT))
 		return NULL;
-	return (u32 *)__va(pde & PAGE_MASK) + ((vaddr >> PAGE_SHIFT) & (PTRS_PER_PTE - 1));
+	return (pte_t *)__va(pde & PAGE_MASK) + ((vaddr >> PAGE_SHIFT) & (PTRS_PER_PTE - 1));
 }
 
-/* The same, making the page table if there is none yet (SET_PGD). */
-static u32 *alloc_user_pte(struct mm *mm, u32 vaddr)
+/* The same, making the page table if there is none yet (SET_PGD/SET_PMD). */
+static pte_t *alloc_user_pte(struct mm *mm, u32 vaddr)
 {
-	unsigned int index = vaddr >> PGDIR_SHIFT;
+	pte_t *pmdp = &mm->pmd[vaddr >> PMD_SHIFT];
 
-	if (!(mm->pgd[index] & _PAGE_PRESENT)) {
-		u32 *table = get_zeroed_page();
+	if (!(*pmdp & _PAGE_PRESENT)) {
+		pte_t *table = get_zeroed_page();
 
 		if (!table)
 			return NULL;
-		set_pgd(mm->pgd, index, __pa(table) | _PAGE_TABLE);
+		set_pmd(pmdp, __pa(table) | _PAGE_TABLE);
 	}
 	return lookup_user_pte(mm, vaddr);
 }
@@ -127,18 +146,21 @@ static u32 *alloc_user_pte(struct mm *mm, u32 vaddr)
 /*
  * Give user page @vaddr a zeroed page with PTE @flags and return the
  * kernel's address for it (NULL: out of memory).  A page that is already
- * mapped (two ELF segments sharing one) is kept, made writable if asked.
+ * mapped (two ELF segments sharing one) is kept, made writable if either
+ * segment is writable and executable if either is code.
  */
-void *map_user_page(struct mm *mm, u32 vaddr, u32 flags)
+void *map_user_page(struct mm *mm, u32 vaddr, pte_t flags)
 {
-	u32 *ptep = alloc_user_pte(mm, vaddr);
+	pte_t *ptep = alloc_user_pte(mm, vaddr);
 	void *page;
 
 	if (!ptep)
 		return NULL;
 	if (*ptep & _PAGE_PRESENT) {
-		if ((flags & _PAGE_RW) && !(*ptep & _PAGE_RW))
-			set_pte_at(mm, vaddr & PAGE_MASK, ptep, *ptep | flags);
+		pte_t merged = (*ptep | (flags & (_PAGE_RW | _PAGE_DIRTY))) & (flags | ~_PAGE_NX);
+
+		if (merged != *ptep)
+			set_pte_at(mm, vaddr & PAGE_MASK, ptep, merged);
 		return __va(*ptep & PAGE_MASK);
 	}
 	page = get_zeroed_page();
@@ -160,7 +182,7 @@ static void unmap_user_range(struct mm *mm, u32 start, u32 end)
 	u32 va;
 
 	for (va = start; va < end; va += PAGE_SIZE) {
-		u32 *ptep = lookup_user_pte(mm, va);
+		pte_t *ptep = lookup_user_pte(mm, va);
 
 		if (ptep && (*ptep & _PAGE_PRESENT)) {
 			u32 pa = *ptep & PAGE_MASK;
@@ -182,8 +204,8 @@ void mm_release_user(struct mm *mm)
 	unsigned int i, j;
 
 	lazy_mmu_enter();
-	for (i = 0; i < KERNEL_PGD_START; i++) {
-		u32 pde = mm->pgd[i], *table;
+	for (i = 0; i < KERNEL_PMD_START; i++) {
+		pte_t pde = mm->pmd[i], *table;
 
 		if (!(pde & _PAGE_PRESENT))
 			continue;
@@ -192,11 +214,11 @@ void mm_release_user(struct mm *mm)
 			if (table[j] & _PAGE_PRESENT) {
 				u32 pa = table[j] & PAGE_MASK;
 
-				set_pte_at(mm, (i << PGDIR_SHIFT) | (j << PAGE_SHIFT), &table[j], 0);
+				set_pte_at(mm, (i << PMD_SHIFT) | (j << PAGE_SHIFT), &table[j], 0);
 				free_pages(pa, 1);
 			}
 		}
-		set_pgd(mm->pgd, i, 0);
+		set_pmd(&mm->pmd[i], 0);
 		free_page(table);
 	}
 	lazy_mmu_leave();
@@ -206,8 +228,11 @@ void mm_release_user(struct mm *mm)
 /* The directory itself: only once nobody runs on it (finish_task_switch). */
 void mm_free(struct mm *mm)
 {
+#ifdef CONFIG_PAE
+	free_pages(__pa(mm->pmd), KERNEL_PGD_START);
+#endif
 	free_page(mm->pgd);
-	mm->pgd = NULL;
+	mm->pgd = mm->pmd = NULL;
 }
 
 /*
@@ -221,7 +246,7 @@ static int user_pages_ok(struct mm *mm, u32 addr, u32 len, u32 need)
 	if (addr >= USER_TOP || len > USER_TOP - addr)
 		return 0;
 	for (va = addr & PAGE_MASK; va < addr + len; va += PAGE_SIZE) {
-		u32 *ptep = lookup_user_pte(mm, va);
+		pte_t *ptep = lookup_user_pte(mm, va);
 
 		if (!ptep || (*ptep & need) != need)
 			return 0;
@@ -252,7 +277,7 @@ int copy_from_user(struct mm *mm, void *dst, u32 src, u32 len)
 	if (!user_access_ok(mm, src, len))
 		return -1;
 	while (len) {
-		u32 pte = *lookup_user_pte(mm, src);
+		pte_t pte = *lookup_user_pte(mm, src);
 		u32 chunk = PAGE_SIZE - (src & ~PAGE_MASK);
 
 		if (chunk > len)
@@ -277,7 +302,7 @@ int copy_to_user(struct mm *mm, u32 dst, const void *src, u32 len)
 	if (!user_write_ok(mm, dst, len))
 		return -1;
 	while (len) {
-		u32 pte = *lookup_user_pte(mm, dst);
+		pte_t pte = *lookup_user_pte(mm, dst);
 		u32 chunk = PAGE_SIZE - (dst & ~PAGE_MASK);
 
 		if (chunk > len)
@@ -314,7 +339,7 @@ u32 mm_brk(struct mm *mm, u32 new_brk)
 			return (u32)-12;
 		lazy_mmu_enter();
 		for (va = old_end; va < new_end; va += PAGE_SIZE) {
-			if (!map_user_page(mm, va, PTE_USER_RW)) {
+			if (!map_user_page(mm, va, PTE_USER_DATA)) {
 				unmap_user_range(mm, old_end, va);
 				lazy_mmu_leave();
 				return (u32)-12;

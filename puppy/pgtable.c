@@ -42,41 +42,70 @@ struct mm init_mm = { .pgd = boot_pgdir };
  * A hypercall that can wait: queued on the ring in a lazy window, made
  * right away otherwise.
  */
-static void lazy_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3)
+static void lazy_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3, u32 arg4)
 {
 	if (lazy_mode == LAZY_NONE)
-		hcall(call, arg1, arg2, arg3, 0);
+		hcall(call, arg1, arg2, arg3, arg4);
 	else
-		async_hcall(call, arg1, arg2, arg3, 0);
+		async_hcall(call, arg1, arg2, arg3, arg4);
 }
 
-void set_pte_at(struct mm *mm, u32 vaddr, u32 *ptep, u32 pte)
+/* A PAE PTE is 64 bits: its high half (NX, the pfn above 4 GiB) is arg 4. */
+void set_pte_at(struct mm *mm, u32 vaddr, pte_t *ptep, pte_t pte)
 {
 	*ptep = pte;
 	/* The Host finds its shadow by the directory's physical address. */
-	lazy_hcall(LHCALL_SET_PTE, __pa(mm->pgd), vaddr, pte);
+	lazy_hcall(LHCALL_SET_PTE, __pa(mm->pgd), vaddr, (u32)pte, (u32)((u64)pte >> 32));
 }
 
-void set_pgd(u32 *pgd, unsigned int index, u32 pde)
+/*
+ * A top-level entry.  A PAE PDPT need only be 32-byte aligned, so the Host
+ * is told its address to 32 bytes, and the index is 0..3.
+ */
+void set_pgd(pte_t *pgd, unsigned int index, pte_t pde)
 {
 	pgd[index] = pde;
-	lazy_hcall(LHCALL_SET_PGD, __pa(pgd) & PAGE_MASK, index, 0);
+#ifdef CONFIG_PAE
+	lazy_hcall(LHCALL_SET_PGD, __pa(pgd) & ~0x1F, index, 0, 0);
+#else
+	lazy_hcall(LHCALL_SET_PGD, __pa(pgd) & PAGE_MASK, index, 0, 0);
+#endif
+}
+
+/*
+ * An entry naming a page table.  Without PAE that is a directory entry; with
+ * PAE it is in a PMD, which the Host cannot trace back to a directory: SET_PMD
+ * makes it drop every shadow (§6.7), which is why puppy, like Linux, changes
+ * PMDs rarely (a page table, once made, stays until the process ends).
+ */
+#ifdef CONFIG_PAE
+#define LHCALL_SET_TABLE	LHCALL_SET_PMD
+#else
+#define LHCALL_SET_TABLE	LHCALL_SET_PGD	/* the page holding it is the directory */
+#endif
+
+void set_pmd(pte_t *pmdp, pte_t entry)
+{
+	u32 pa = __pa(pmdp);
+
+	*pmdp = entry;
+	lazy_hcall(LHCALL_SET_TABLE, pa & PAGE_MASK, (pa & ~PAGE_MASK) / sizeof(pte_t), 0, 0);
 }
 
 void flush_tlb_user(void)
 {
-	lazy_hcall(LHCALL_FLUSH_TLB, 0, 0, 0);
+	lazy_hcall(LHCALL_FLUSH_TLB, 0, 0, 0, 0);
 }
 
 void flush_tlb_kernel(void)
 {
-	lazy_hcall(LHCALL_FLUSH_TLB, 1, 0, 0);
+	lazy_hcall(LHCALL_FLUSH_TLB, 1, 0, 0, 0);
 }
 
-void write_cr3(u32 *pgd)
+void write_cr3(pte_t *pgd)
 {
 	current_cr3 = __pa(pgd);
-	lazy_hcall(LHCALL_NEW_PGTABLE, current_cr3, 0, 0);
+	lazy_hcall(LHCALL_NEW_PGTABLE, current_cr3, 0, 0, 0);
 }
 
 u32 read_cr3(void)
@@ -91,7 +120,7 @@ u32 read_cr3(void)
  */
 void load_sp0(u32 sp0)
 {
-	lazy_hcall(LHCALL_SET_STACK, KERNEL_DS, sp0, 2);
+	lazy_hcall(LHCALL_SET_STACK, KERNEL_DS, sp0, 2, 0);
 }
 
 /*

@@ -37,8 +37,21 @@ def lguest(*args: str, stdin: str | None = None) -> Run:
 
 @pytest.fixture(scope="session")
 def puppy() -> Path:
+    """puppy in both page-table formats; the path is the non-PAE one (`lguest run` boots it)."""
     subprocess.run(["make", "-s", "-C", str(ROOT / "puppy")], check=True)
+    subprocess.run(["make", "-s", "-C", str(ROOT / "puppy"), "PAE=1"], check=True)
     return ROOT / "puppy" / "build" / "puppy.elf"
+
+
+@pytest.fixture(params=[False, True], ids=["2level", "pae"])
+def pae(request) -> bool:
+    """Run the test in each page-table format (with `lguest run`, its puppy build)."""
+    return request.param
+
+
+def mode(pae: bool) -> tuple[str, ...]:
+    """The option that picks the format (non-PAE is the default)."""
+    return ("--pae",) if pae else ()
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """An unmodified Linux 4.9 lguest guest on our Host and Launcher (issue: real Linux).
 
 These run when LGUEST_LINUX_BZIMAGE names a 4.9 i386 lguest bzImage (README, "Booting a
-real Linux guest"); LGUEST_LINUX_VMLINUX may name its ELF vmlinux too.  The initramfs is
+real Linux guest"); LGUEST_LINUX_VMLINUX may name its ELF vmlinux too.  Each runs again for
+a PAE build (HIGHMEM64G) when LGUEST_LINUX_PAE_BZIMAGE (and LGUEST_LINUX_PAE_VMLINUX) name
+one: the Launcher must tell the two apart from the image alone.  The initramfs is
 built here from a static i386 busybox: LGUEST_BUSYBOX, or Debian's busybox-static:i386
 fetched with apt-get.
 
@@ -23,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, lguest
 from test_shell import free_ports
 
-BZIMAGE = os.environ.get("LGUEST_LINUX_BZIMAGE")
-VMLINUX = os.environ.get("LGUEST_LINUX_VMLINUX")
 MARKER = "GUEST-BOOTED"
 LAST_EARLY_LINE = "Serial: 8250/16550 driver, 4 ports, IRQ sharing disabled"
 # Early-console lines, in order, that show what the Host and Launcher gave the kernel: the
@@ -52,7 +53,30 @@ HOST_LINES = [
 # Lines that differ between two boots of one kernel (timing, the initrd's size).
 VOLATILE = re.compile(r"BogoMIPS|RAMDISK|Freeing initrd|Memory:")
 
-pytestmark = pytest.mark.skipif(not BZIMAGE, reason="set LGUEST_LINUX_BZIMAGE to a Linux 4.9 lguest bzImage")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    pae: bool
+    bzimage: str
+    vmlinux: str | None
+
+
+def _kernels() -> list:
+    """Both builds, each skipped (saying which variable to set) unless its bzImage is named."""
+    params = []
+    for pae, variable in ((False, "LGUEST_LINUX_"), (True, "LGUEST_LINUX_PAE_")):
+        bzimage = os.environ.get(f"{variable}BZIMAGE")
+        what = "a PAE (HIGHMEM64G)" if pae else "a non-PAE (NOHIGHMEM)"
+        skip = pytest.mark.skipif(not bzimage, reason=f"set {variable}BZIMAGE to {what} Linux 4.9 bzImage")
+        kernel = Kernel(pae, bzimage or "", os.environ.get(f"{variable}VMLINUX"))
+        params.append(pytest.param(kernel, id="pae" if pae else "2level", marks=skip))
+    return params
+
+
+@pytest.fixture(scope="module", params=_kernels())
+def linux(request) -> Kernel:
+    return request.param
 
 
 def newc(entries: list[tuple[str, int, bytes]]) -> bytes:
@@ -98,9 +122,9 @@ def initramfs(tmp_path: Path, busybox: bytes, script: str) -> Path:
     return path
 
 
-def boot(tmp_path: Path, busybox: bytes, script: str, *options: str, kernel: str | None = None):
+def boot(tmp_path: Path, busybox: bytes, script: str, kernel: str, *options: str, mem: str = "64"):
     image = initramfs(tmp_path, busybox, script)
-    return lguest(f"--initrd={image}", *options, "64", kernel or BZIMAGE, "console=hvc0", "panic=-1")
+    return lguest(f"--initrd={image}", *options, mem, kernel, "console=hvc0", "panic=-1")
 
 
 def messages(text: str) -> list[str]:
@@ -117,25 +141,27 @@ def in_order(patterns: list[str], lines: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def hvc1_boot(tmp_path_factory, busybox):
+def hvc1_boot(tmp_path_factory, busybox, linux):
     """The plain boot: an /init that prints the marker on hvc1 and powers off."""
     script = PROLOGUE + ON_HVC1 + f"echo {MARKER}\npoweroff -f\n"
-    return boot(tmp_path_factory.mktemp("hvc1"), busybox, script)
+    return boot(tmp_path_factory.mktemp("hvc1"), busybox, script, linux.bzimage, "--verbose")
 
 
-def test_boots_to_init_on_hvc1(hvc1_boot) -> None:
+def test_boots_to_init_on_hvc1(hvc1_boot, linux) -> None:
     run = hvc1_boot
     assert (run.status, run.reason) == (0, "CRASH: Power down")
     lines = messages(run.stdout)
     assert in_order(HOST_LINES, lines) == [], lines
     # The kernel's own messages stop at the early console's last line; init's go on, on hvc1.
     assert lines.index(MARKER) > lines.index(LAST_EARLY_LINE)
+    # The Launcher read the page-table format from the image (no --pae was given).
+    assert f", {'PAE' if linux.pae else 'non-PAE'} paging" in run.stderr
 
 
-def test_init_on_dev_console_goes_silent_like_the_original(tmp_path, busybox, hvc1_boot) -> None:
+def test_init_on_dev_console_goes_silent_like_the_original(tmp_path, busybox, hvc1_boot, linux) -> None:
     """hvc0 loses its backend when the virtio console binds (as hvc1): nothing more shows,
     yet init runs and powers off.  The boot itself is lguest's: INIT, then NEW_PGTABLE."""
-    run = boot(tmp_path, busybox, PROLOGUE + f"echo {MARKER}\npoweroff -f\n", "--trace=hcalls")
+    run = boot(tmp_path, busybox, PROLOGUE + f"echo {MARKER}\npoweroff -f\n", linux.bzimage, "--trace=hcalls")
     assert (run.status, run.reason) == (0, "CRASH: Power down")
     calls = [line.split("hcall ")[1].split("(")[0] for line in run.stderr.splitlines() if "hcall " in line]
     assert calls[:2] == ["LGUEST_INIT", "NEW_PGTABLE"]
@@ -150,14 +176,15 @@ def test_init_on_dev_console_goes_silent_like_the_original(tmp_path, busybox, hv
         line for line in early if not VOLATILE.search(line)]
 
 
-@pytest.mark.skipif(not VMLINUX, reason="set LGUEST_LINUX_VMLINUX to the same kernel's ELF vmlinux")
-def test_elf_vmlinux_boots_too(tmp_path, busybox) -> None:
-    run = boot(tmp_path, busybox, PROLOGUE + ON_HVC1 + f"echo {MARKER}\npoweroff -f\n", kernel=VMLINUX)
+def test_elf_vmlinux_boots_too(tmp_path, busybox, linux) -> None:
+    if not linux.vmlinux:
+        pytest.skip("set LGUEST_LINUX_VMLINUX (LGUEST_LINUX_PAE_VMLINUX) to the same kernel's ELF vmlinux")
+    run = boot(tmp_path, busybox, PROLOGUE + ON_HVC1 + f"echo {MARKER}\npoweroff -f\n", linux.vmlinux)
     assert (run.status, MARKER in run.stdout) == (0, True)
 
 
 @pytest.mark.skipif(not shutil.which("mke2fs") or not shutil.which("debugfs"), reason="needs e2fsprogs")
-def test_ext2_disk_written_by_linux(tmp_path, busybox) -> None:
+def test_ext2_disk_written_by_linux(tmp_path, busybox, linux) -> None:
     disk = tmp_path / "disk.img"
     subprocess.run(["mke2fs", "-q", "-t", "ext2", str(disk), "4M"], check=True)
     run = boot(tmp_path, busybox, PROLOGUE + ON_HVC1 + """
@@ -167,22 +194,22 @@ umount /mnt
 sync
 echo DONE
 poweroff -f
-""", f"--block={disk}")
+""", linux.bzimage, f"--block={disk}")
     assert (run.status, "DONE" in run.stdout) == (0, True), run.stdout[-2000:]
     content = subprocess.run(["debugfs", "-R", "cat /hello.txt", str(disk)], capture_output=True, text=True)
     assert content.stdout == "written by linux\n"
 
 
-def test_hwrng(tmp_path, busybox) -> None:
+def test_hwrng(tmp_path, busybox, linux) -> None:
     run = boot(tmp_path, busybox, PROLOGUE + ON_HVC1 + """
 echo RNG $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n')
 poweroff -f
-""", "--rng")
+""", linux.bzimage, "--rng")
     found = re.search(r"RNG ([0-9a-f]{32})", run.stdout)
     assert run.status == 0 and found and found.group(1) != "0" * 32
 
 
-def test_reboot_restarts_cleanly(tmp_path, busybox) -> None:
+def test_reboot_restarts_cleanly(tmp_path, busybox, linux) -> None:
     disk = tmp_path / "flag.img"
     disk.write_bytes(bytes(4096))
     run = boot(tmp_path, busybox, PROLOGUE + ON_HVC1 + """
@@ -194,12 +221,12 @@ echo -n BOOT > /dev/vda
 sync
 echo FIRST-BOOT
 reboot -f
-""", f"--block={disk}")
+""", linux.bzimage, f"--block={disk}")
     assert run.status == 0
     assert run.stdout.index("FIRST-BOOT") < run.stdout.index("SECOND-BOOT")
 
 
-def test_two_linux_guests_ping_each_other(tmp_path, busybox) -> None:
+def test_two_linux_guests_ping_each_other(tmp_path, busybox, linux) -> None:
     ports = free_ports()
     scripts = [PROLOGUE + ON_HVC1 + f"""
 ip addr add 10.9.0.{me}/24 dev eth0
@@ -216,7 +243,8 @@ for try in $(seq 60); do ping -c 1 -W 1 10.9.0.{peer} >/dev/null && echo PING-OK
         image = initramfs(work, busybox, script)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "lguest.launcher.main", f"--initrd={image}",
-             f"--net=udp:{ports[n]}:127.0.0.1:{ports[1 - n]}", "64", BZIMAGE, "console=hvc0", "panic=-1"],
+             f"--net=udp:{ports[n]}:127.0.0.1:{ports[1 - n]}", "64", linux.bzimage,
+             "console=hvc0", "panic=-1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True))
     try:
         outputs = [p.communicate(timeout=180)[0] for p in procs]
@@ -229,13 +257,13 @@ for try in $(seq 60); do ping -c 1 -W 1 10.9.0.{peer} >/dev/null && echo PING-OK
 SHELL_ON_HVC1 = "exec setsid sh -c 'exec sh -i </dev/hvc1 >/dev/hvc1 2>&1'\n"  # hvc1 becomes its tty
 
 
-def test_interactive_shell_on_a_terminal(tmp_path, busybox) -> None:
+def test_interactive_shell_on_a_terminal(tmp_path, busybox, linux) -> None:
     """A person at a terminal: a job-control shell, Ctrl-C to the foreground job,
     and the lguest interrupt controller ticking in /proc/interrupts."""
     image = initramfs(tmp_path, busybox, PROLOGUE + SHELL_ON_HVC1)
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "lguest.launcher.main", f"--initrd={image}", "64", BZIMAGE,
-                             "console=hvc0", "panic=-1"], stdin=terminal, stdout=terminal,
+    proc = subprocess.Popen([sys.executable, "-m", "lguest.launcher.main", f"--initrd={image}", "64",
+                             linux.bzimage, "console=hvc0", "panic=-1"], stdin=terminal, stdout=terminal,
                             stderr=subprocess.PIPE, cwd=ROOT)
 
     def type_and_expect(keys: bytes, text: str, timeout: float = 60) -> str:
@@ -264,3 +292,26 @@ def test_interactive_shell_on_a_terminal(tmp_path, busybox) -> None:
         proc.kill()
         os.close(controller)
         os.close(terminal)
+
+
+def test_memory_above_896_mib_needs_pae(tmp_path, busybox, linux) -> None:
+    """1500 MiB: a PAE kernel uses it all (as high memory); a NOHIGHMEM one stops at its
+    low-memory limit (896 MiB less its vmalloc area and the Switcher's 4 MiB)."""
+    run = boot(tmp_path, busybox, PROLOGUE + ON_HVC1 + "free\npoweroff -f\n", linux.bzimage, mem="1500")
+    found = re.search(r"Mem:\s+([0-9]+)", run.stdout)
+    assert run.status == 0 and found, run.stdout[-2000:]
+    total_mib = int(found.group(1)) // 1024
+    if linux.pae:
+        assert 1400 < total_mib <= 1500
+    else:
+        assert total_mib < 896
+
+
+def test_forced_into_the_other_mode_it_dies_by_name(tmp_path, busybox, linux) -> None:
+    """The issue's case: a PAE kernel walked as non-PAE (and the reverse) is named, at its
+    first NEW_PGTABLE, instead of dying of `unhandled trap 14`."""
+    run = boot(tmp_path, busybox, PROLOGUE, linux.bzimage, "--no-pae" if linux.pae else "--pae")
+    theirs, ours = ("PAE", "non-PAE") if linux.pae else ("non-PAE", "PAE")
+    assert run.status == 1
+    assert re.fullmatch(rf"{theirs} page tables in a Guest run as {ours} \(NEW_PGTABLE 0x[0-9a-f]+ maps the "
+                        rf"running code at 0x[0-9a-f]+ only as {theirs}\)", run.reason), run.reason

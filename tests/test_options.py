@@ -156,6 +156,24 @@ def test_usage_text() -> None:
         assert option in USAGE
 
 
+@pytest.mark.parametrize(("argv", "pae"), [
+    (["64", "k"], None), (["--pae", "64", "k"], True), (["64", "k", "--no-pae"], False),
+    (["run", "--pae"], True),
+])
+def test_page_table_format(argv: list[str], pae: bool | None) -> None:
+    assert parse_args(argv).pae is pae
+
+
+def test_page_table_format_given_once() -> None:
+    assert error(["--pae", "--no-pae", "64", "k"]) == "Give --pae or --no-pae once"
+    assert error(["--pae=yes", "64", "k"]) == "Option --pae takes no value"
+
+
+def test_usage_states_the_memory_limits() -> None:
+    assert "Memory: 2..3072 MiB in both modes." in USAGE
+    assert "--pae, --no-pae" in USAGE
+
+
 def test_initrd() -> None:
     assert parse_args(["--initrd=/boot/initrd.img", "64", "k"]).initrd == "/boot/initrd.img"
 

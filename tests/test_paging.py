@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import lguest, make_guest
+from conftest import lguest, make_guest, mode
 
 POWER_OFF = (0, "CRASH: Power down")
 FAIL = """
@@ -12,8 +12,27 @@ failed:	.asciz "check failed"
 """
 
 # A second page table and page directories to play with, and helpers in assembly:
-# map_page(pt in %ebx, vaddr in %ecx, pte in %edx) stores a PTE and tells the Host.
+# set_pte_in(pt in %ebx, vaddr in %ecx, pte in %edx) stores a PTE silently.  The tests
+# that run in both page-table formats (the `pae` fixture) write `SETUP_PAGING`, `PT`
+# (the table mapping the first 4 MiB) and `PTE_BYTES`; `paging(pae)` defines them.
 EXTRA = r"""
+	.ifndef PAE
+	.set PAE, 0
+	.endif
+	.if PAE
+	.set PT, pae_pt
+	.set PTE_BYTES, 8
+	.else
+	.set PT, page_table
+	.set PTE_BYTES, 4
+	.endif
+.macro SETUP_PAGING
+	.if PAE
+	call setup_pae_paging
+	.else
+	call setup_user_paging
+	.endif
+.endm
 	.bss
 	.p2align 12
 pt2:	.space 4096
@@ -23,7 +42,7 @@ frames:	.space 4096 * 8
 	.text
 /* Point 0x300000 at another PTE, silently, then drop every shadow (FLUSH_TLB(1)). */
 .macro REMAP_300000 pte
-	movl $page_table, %ebx
+	movl $PT, %ebx
 	movl $0x300000, %ecx
 	movl \pte, %edx
 	call set_pte_in
@@ -35,19 +54,27 @@ set_pte_in:
 	movl %ecx, %eax
 	shrl $12, %eax
 	andl $0x3ff, %eax
-	movl %edx, (%ebx,%eax,4)
+	movl %edx, (%ebx,%eax,PTE_BYTES)
+	.if PAE
+	movl $0, 4(%ebx,%eax,8)			/* (PAE's two tables are side by side) */
+	.endif
 	popl %eax
 	ret
 """
 
 
-def run_ok(elf) -> None:
-    run = lguest("32", str(elf))
+def paging(pae: bool) -> str:
+    """EXTRA for the page-table format of the `pae` fixture."""
+    return f"\t.set PAE, {int(pae)}\n" + EXTRA
+
+
+def run_ok(elf, pae: bool = False) -> None:
+    run = lguest(*mode(pae), "32", str(elf))
     assert (run.status, run.reason) == POWER_OFF, run.stderr
 
 
-def kill_reason(elf) -> str:
-    run = lguest("32", str(elf))
+def kill_reason(elf, pae: bool = False) -> str:
+    run = lguest(*mode(pae), "32", str(elf))
     assert run.status == 1
     return run.reason
 
@@ -78,15 +105,15 @@ test_main:
 
 @pytest.mark.parametrize("pte", ["0x3000e7", "0x8000067", "0xfffff067"],
                          ids=["4 MiB page", "128 MiB: no RAM, no device", "top of memory"])
-def test_malformed_pte(asm_guest, pte: str) -> None:
+def test_malformed_pte(asm_guest, pte: str, pae: bool) -> None:
     """No 4 MiB pages, and no Guest PTE may reach memory outside Guest RAM."""
-    assert kill_reason(asm_guest(EXTRA + f"""
+    assert kill_reason(asm_guest(paging(pae) + f"""
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	REMAP_300000 ${pte}
 	movl $1, 0x300000
-""")) == "bad page table entry"
+"""), pae) == "bad page table entry"
 
 
 def test_set_pte_of_a_bad_entry_kills_at_once_when_prefilled(asm_guest) -> None:
@@ -100,21 +127,21 @@ test_main:
 """)) == "bad page table entry"
 
 
-def test_pte_pointing_above_ram_is_never_ram(asm_guest) -> None:
+def test_pte_pointing_above_ram_is_never_ram(asm_guest, pae: bool) -> None:
     """The 1 MiB above RAM is not RAM and not a device: it faults (§6.3 step 5)."""
-    run_ok(asm_guest(EXTRA + """
+    run_ok(asm_guest(paging(pae) + """
 pf_handler:
 	cmpl $0x300010, lguest_data + LD_CR2
 	jne fail
 	POWEROFF
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	GATE 14, pf_handler
 	REMAP_300000 $0x2000067			/* the gap just above 32 MiB of RAM */
 	movl 0x300010, %eax
 	jmp fail
-""" + FAIL))
+""" + FAIL), pae)
 
 
 # --- permissions and error codes (§6.3 step 4) -------------------------------------------------
@@ -135,12 +162,12 @@ expected_cr2: .long 0
 """ + FAIL
 
 
-def pf_guest(asm_guest, pte: int, access: str, err: int, user: bool = False):
+def pf_guest(asm_guest, pae: bool, pte: int, access: str, err: int, user: bool = False):
     to_user = "TO_USER user\nuser:" if user else ""
-    return asm_guest(EXTRA + PF_CHECK + f"""
+    return asm_guest(paging(pae) + PF_CHECK + f"""
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	GATE 14, pf_handler
 	REMAP_300000 ${pte:#x}
 	movl ${err}, expected
@@ -151,41 +178,41 @@ test_main:
 """)
 
 
-def test_write_to_read_only_page_from_ring1(asm_guest) -> None:
-    run_ok(pf_guest(asm_guest, 0x300065, "movl $1, 0x300008", 3))
+def test_write_to_read_only_page_from_ring1(asm_guest, pae: bool) -> None:
+    run_ok(pf_guest(asm_guest, pae, 0x300065, "movl $1, 0x300008", 3), pae)
 
 
-def test_write_to_read_only_page_from_ring3(asm_guest) -> None:
-    run_ok(pf_guest(asm_guest, 0x300065, "movl $1, 0x300008", 7, user=True))
+def test_write_to_read_only_page_from_ring3(asm_guest, pae: bool) -> None:
+    run_ok(pf_guest(asm_guest, pae, 0x300065, "movl $1, 0x300008", 7, user=True), pae)
 
 
-def test_user_read_of_supervisor_page(asm_guest) -> None:
-    run_ok(pf_guest(asm_guest, 0x300063, "movl 0x300008, %eax", 5, user=True))
+def test_user_read_of_supervisor_page(asm_guest, pae: bool) -> None:
+    run_ok(pf_guest(asm_guest, pae, 0x300063, "movl 0x300008, %eax", 5, user=True), pae)
 
 
-def test_not_present_read_and_write(asm_guest) -> None:
-    run_ok(pf_guest(asm_guest, 0x300066, "movl 0x300008, %eax", 0))
-    run_ok(pf_guest(asm_guest, 0x300066, "movl %eax, 0x300008", 6, user=True))
+def test_not_present_read_and_write(asm_guest, pae: bool) -> None:
+    run_ok(pf_guest(asm_guest, pae, 0x300066, "movl 0x300008, %eax", 0), pae)
+    run_ok(pf_guest(asm_guest, pae, 0x300066, "movl %eax, 0x300008", 6, user=True), pae)
 
 
 # --- accessed and dirty (§6.3 steps 7-10) ---------------------------------------------------
 
-def test_accessed_and_dirty_bits_are_written_back(asm_guest) -> None:
-    run_ok(asm_guest(EXTRA + """
+def test_accessed_and_dirty_bits_are_written_back(asm_guest, pae: bool) -> None:
+    run_ok(asm_guest(paging(pae) + """
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	REMAP_300000 $0x300007			/* present, rw, user; not accessed, not dirty */
 	movl 0x300000, %eax			/* a read: accessed, still clean */
-	movl page_table + 0x300 * 4, %eax
+	movl PT + 0x300 * PTE_BYTES, %eax
 	cmpl $0x300027, %eax
 	jne fail
 	movl $5, 0x300004			/* the first write faults again: now dirty */
-	movl page_table + 0x300 * 4, %eax
+	movl PT + 0x300 * PTE_BYTES, %eax
 	cmpl $0x300067, %eax
 	jne fail
 	POWEROFF
-""" + FAIL))
+""" + FAIL), pae)
 
 
 # --- what the hypercalls change ------------------------------------------------------------
@@ -342,23 +369,23 @@ test_main:
 
 # --- the kernel stack (§6.8) ------------------------------------------------------------------
 
-def test_stack_must_be_mapped_in_every_new_space(asm_guest) -> None:
+def test_stack_must_be_mapped_in_every_new_space(asm_guest, pae: bool) -> None:
     """A blank shadow re-pins the SET_STACK pages: a space without them is fatal."""
-    assert kill_reason(asm_guest(EXTRA + """
+    assert kill_reason(asm_guest(paging(pae) + """
 test_main:
 	INIT
-	call setup_user_paging			/* SET_STACK(kstack_top, 1 page) */
-	HCALL LHCALL_NEW_PGTABLE, $dir_a	/* an empty directory */
-""")).startswith("bad stack page 0x")
+	SETUP_PAGING				/* SET_STACK(kstack_top, 1 page) */
+	HCALL LHCALL_NEW_PGTABLE, $dir_a	/* an empty directory (or PDPT) */
+"""), pae).startswith("bad stack page 0x")
 
 
-def test_set_stack_on_unmapped_pages(asm_guest) -> None:
-    assert kill_reason(asm_guest(EXTRA + """
+def test_set_stack_on_unmapped_pages(asm_guest, pae: bool) -> None:
+    assert kill_reason(asm_guest(paging(pae) + """
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	HCALL LHCALL_SET_STACK, $0x69, $0x900000, $2
-""")) == "bad stack page 0x8fffff"
+"""), pae) == "bad stack page 0x8fffff"
 
 
 # --- isolation: what a hostile Guest kernel cannot make the Host do -----------------------------
@@ -440,12 +467,12 @@ test_main:
     assert reason.startswith("unhandled trap 13 at 0x")
 
 
-def test_device_window_is_real_mmio(asm_guest) -> None:
+def test_device_window_is_real_mmio(asm_guest, pae: bool) -> None:
     """A PTE to a device's BAR0 page reaches its registers, with any instruction."""
-    run_ok(asm_guest(EXTRA + """
+    run_ok(asm_guest(paging(pae) + """
 test_main:
 	INIT
-	call setup_user_paging
+	SETUP_PAGING
 	REMAP_300000 $0x2100063			/* the console's BAR0 window */
 	movw 0x300000 + 18, %ax			/* num_queues */
 	cmpw $2, %ax
@@ -454,4 +481,4 @@ test_main:
 	cmpb $0, (%esi)				/* device_status, through another form */
 	jne fail
 	POWEROFF
-""" + FAIL))
+""" + FAIL), pae)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
 
-from conftest import ROOT, RUN_TIMEOUT, lguest
+from conftest import ROOT, RUN_TIMEOUT, lguest, mode
 
 BANNER = "puppy 0.1: a paravirtualized guest for lguest (Linux 4.x ABI)"
 
@@ -146,8 +147,8 @@ def started(run) -> dict[int, str]:
     return found
 
 
-def test_puppy_runs_three_user_processes(puppy) -> None:
-    run = lguest("run", "procs")
+def test_puppy_runs_three_user_processes(puppy, pae) -> None:
+    run = lguest(*mode(pae), "run", "procs")
     assert run.status == 0, run.stderr
     assert sorted(started(run).values()) == ["counter", "hello", "sleeper"]
     out = run.stdout
@@ -158,24 +159,26 @@ def test_puppy_runs_three_user_processes(puppy) -> None:
     assert "puppy: all processes finished" in out
 
 
-def test_puppy_processes_use_the_hosts_mmu_hypercalls(puppy) -> None:
-    run = lguest("--trace=hcalls", "run", "procs")
+def test_puppy_processes_use_the_hosts_mmu_hypercalls(puppy, pae) -> None:
+    run = lguest("--trace=hcalls", *mode(pae), "run", "procs")
     calls = run.stderr
     for batched in ("SET_PTE", "NEW_PGTABLE", "SET_STACK"):
         assert f"hcall {batched}(" in calls and " async" in calls
+    # A new page table is a directory entry, or with PAE a PMD entry.
+    assert ("hcall SET_PMD(" in calls) == pae
     assert run.status == 0
 
 
-def test_more_processes_than_shadow_slots(puppy) -> None:
+def test_more_processes_than_shadow_slots(puppy, pae) -> None:
     """Six address spaces against the Host's four cached shadows: no corruption."""
-    run = lguest("run", "procs=6")
+    run = lguest(*mode(pae), "run", "procs=6")
     assert run.status == 0, run.stderr
     checks = [line for line in run.stdout.splitlines() if " checksum " in line]
     assert len(checks) == 6 and all(line.endswith(" ok") for line in checks)
 
 
-def test_hostile_processes_are_killed_and_the_good_one_survives(puppy) -> None:
-    run = lguest("run", "hostile")
+def test_hostile_processes_are_killed_and_the_good_one_survives(puppy, pae) -> None:
+    run = lguest(*mode(pae), "run", "hostile")
     assert run.status == 0, run.stderr
     out = run.stdout
     names = started(run)
@@ -184,7 +187,8 @@ def test_hostile_processes_are_killed_and_the_good_one_survives(puppy) -> None:
         "write-kernel": "page fault at 0xc0100000 (error 0x7)",
         "read-switcher": "page fault at 0xffc00000 (error 0x4)",
         "peek-secret": "page fault at 0x8070000 (error 0x4)",
-        "jump-unmapped": "page fault at 0xdead0000 (error 0x4)",
+        # With PAE the CPU runs with EFER.NXE: a fetch fault says so in bit 4 (I/D).
+        "jump-unmapped": f"page fault at 0xdead0000 (error {0x14 if pae else 0x4:#x})",
         "int1f": "general protection fault (error 0xfa) at 0x",
         "cli": "general protection fault (error 0x0) at 0x",
         "hlt": "general protection fault (error 0x0) at 0x",
@@ -195,13 +199,20 @@ def test_hostile_processes_are_killed_and_the_good_one_survives(puppy) -> None:
         if name in expected:
             assert f"puppy: pid {pid} ({name}) killed: {expected[name]}" in out
     assert set(expected) <= set(names.values())
+    # Code on the stack: PAE's NX forbids it (a fetch fault: P|U|I/D), two levels cannot.
+    stack_pid = next(pid for pid, name in names.items() if name == "run-stack")
+    if pae:
+        assert re.search(rf"puppy: pid {stack_pid} \(run-stack\) killed: page fault at 0xbfff[0-9a-f]{{4}} "
+                         r"\(error 0x15\)", out)
+    else:
+        assert f"evil: pid {stack_pid} run-stack was NOT stopped" in out
     assert "isolation ok" in out
     assert "puppy: all processes finished" in out
 
 
-def test_syscalls_through_a_trap_gate(puppy) -> None:
+def test_syscalls_through_a_trap_gate(puppy, pae) -> None:
     """`trapgate`: system calls go direct (ring 3 to ring 1 without the run loop)."""
-    run = lguest("run", "procs", "trapgate")
+    run = lguest(*mode(pae), "run", "procs", "trapgate")
     assert run.status == 0, run.stderr
     assert "puppy: all processes finished" in run.stdout
 

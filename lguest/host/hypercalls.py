@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from lguest import abi
 from lguest.abi import Hcall, LguestData
+from lguest.host.pgformat import PAE, mismatch
 
 if TYPE_CHECKING:
     from lguest.host.core import Guest
@@ -118,7 +119,7 @@ def do_hcall(guest: Guest, args: HcallArgs, queued: bool) -> None:
     """Execute one hypercall (§1.2)."""
     guest.stats["hypercalls"] += 1
     guest.trace_hcall(args, queued)
-    handler = HANDLERS.get(args[0])
+    handler = (PAE_HANDLERS if guest.pages.format is PAE else HANDLERS).get(args[0])
     if handler is None:
         guest.kill(f"Bad hypercall {args[0]}\n")
         return
@@ -145,7 +146,13 @@ def hcall_shutdown(guest: Guest, reason_gpa: int, how: int, *_: int) -> None:
 
 
 def hcall_new_pgtable(guest: Guest, pgdir: int, *_: int) -> None:
-    guest.pages.new_pgtable(pgdir)
+    """NEW_PGTABLE (§6.4), refusing tables in the other format than the Guest's mode."""
+    pages = guest.pages
+    wrong = mismatch(pages.format, guest.memory, pgdir, guest.switcher.get("eip"), pages.pfn_limit)
+    if wrong:
+        guest.kill(wrong)
+        return
+    pages.new_pgtable(pgdir)
 
 
 def hcall_flush_tlb(guest: Guest, everything: int, *_: int) -> None:
@@ -182,8 +189,13 @@ def hcall_halt(guest: Guest, *_: int) -> None:
     guest.halted = True
 
 
-def hcall_set_pte(guest: Guest, pgdir: int, vaddr: int, pte: int, *_: int) -> None:
-    guest.pages.set_pte(pgdir, vaddr, pte)
+def hcall_set_pte(guest: Guest, pgdir: int, vaddr: int, pte: int, pte_high: int) -> None:
+    guest.pages.set_pte(pgdir, vaddr, pte, pte_high)
+
+
+def hcall_set_pmd(guest: Guest, *_: int) -> None:
+    """SET_PMD (§6.7, PAE only): a PMD entry changed; like lguest, drop every shadow."""
+    guest.pages.clear_all()
 
 
 def hcall_set_pgd(guest: Guest, pgdir: int, index: int, *_: int) -> None:
@@ -219,6 +231,8 @@ HANDLERS: dict[int, Callable[..., None]] = {
     Hcall.LOAD_GDT_ENTRY: hcall_load_gdt_entry,
     Hcall.SEND_INTERRUPTS: hcall_send_interrupts,
 }
+# A PAE Guest has one more level of table to tell us about (from a non-PAE one: `Bad hypercall 13`).
+PAE_HANDLERS: dict[int, Callable[..., None]] = {**HANDLERS, Hcall.SET_PMD: hcall_set_pmd}
 
 
 def timestamp() -> tuple[int, int]:

@@ -1,22 +1,24 @@
 """Shadow page tables: the emulated TLB is lguest's shadow (mirrors page_tables.c, spec §6).
 
-The Guest keeps ordinary two-level i386 page tables in its own RAM.  The CPU never
-walks them: every TLB miss in the emulator asks `translate`, which is lguest's
-`demand_page()`: walk the Guest's tables, check them, set ACCESSED/DIRTY, and
-answer with the physical page and the permissions the access may have, or refuse
-(the Switcher then reports a #PF with the error code we return).
+The Guest keeps ordinary i386 page tables in its own RAM, two-level or PAE
+(`pgformat`, chosen when the Guest is made).  The CPU never walks them: every
+TLB miss in the emulator asks `translate`, which is lguest's `demand_page()`:
+walk the Guest's tables, check them, set ACCESSED/DIRTY, and answer with the
+physical page and the permissions the access may have, or refuse (the Switcher
+then reports a #PF with the error code we return).
 
 Like lguest we keep up to four shadows, one per Guest page directory recently
 used (`Shadow`): the Guest entries we validated, so that switching back to an
 address space answers misses without walking the Guest's tables again.  What the
 Guest changes in its tables reaches us only through hypercalls (SET_PTE,
-SET_PGD, FLUSH_TLB, NEW_PGTABLE); each drops what it invalidates here, and marks
-the emulator's TLB stale when it may hold a dropped translation: the run loop
+SET_PGD, SET_PMD, FLUSH_TLB, NEW_PGTABLE); each drops what it invalidates here, and
+marks the emulator's TLB stale when it may hold a dropped translation: the run loop
 flushes it before the Guest runs again (`take_tlb_flush`), so this module never
 touches the CPU.
 
-What it owns: the shadows, the walk of the Guest's tables, the device windows'
-pages (no RAM behind them), and the kernel stack SET_STACK asked us to keep mapped.
+What it owns: the shadows, the walk of the Guest's tables (through its `PageFormat`),
+the device windows' pages (no RAM behind them), and the kernel stack SET_STACK asked us
+to keep mapped.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from dataclasses import dataclass, field
 
 from lguest import abi
 from lguest.host.memory import GuestMemory, hex32
+from lguest.host.pgformat import PAE, TWO_LEVEL, PageFormat
 from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
 
 SHADOW_SLOTS = 4
 # What linear mode pretends the Guest's tables say (§6.2).
 LINEAR_PTE_FLAGS = abi.PTE_PRESENT | abi.PTE_RW
-PGD_SPAN = 1 << abi.PGDIR_SHIFT
 
 
 @dataclass
@@ -52,9 +54,10 @@ class Shadow:
 class PageTables:
     """One Guest's shadows (lguest's `struct pgdir` array and its helpers)."""
 
-    def __init__(self, memory: GuestMemory, kill: Callable[[str], None]) -> None:
+    def __init__(self, memory: GuestMemory, kill: Callable[[str], None], pae: bool = False) -> None:
         self.memory = memory
         self.kill = kill
+        self.format: PageFormat = PAE if pae else TWO_LEVEL
         self.linear = True  # until the first NEW_PGTABLE
         self.shadows: list[Shadow] = []
         self.current = Shadow(0)  # linear mode's blank shadow
@@ -95,12 +98,12 @@ class PageTables:
         """Answer one TLB miss (§6.3): (physical page, permissions) or a #PF error code."""
         page = vaddr & ~0xFFF
         gpte = self.current.ptes.get(page)
-        if gpte is None or not self._allows(gpte, write, user) or (write and not gpte & abi.PTE_DIRTY):
+        if gpte is None or not self._allows(gpte, write, user, fetch) or (write and not gpte & abi.PTE_DIRTY):
             gpte, error = self.demand_page(vaddr, write, user, fetch)
             if gpte is None:
                 return error
         self.tlb_may_hold.add(page)
-        return (gpte & ~0xFFF), self._permissions(gpte, write, fetch)
+        return self.format.page(gpte), self._permissions(gpte, write, fetch)
 
     def demand_page(self, vaddr: int, write: bool, user: bool,
                     fetch: bool = False) -> tuple[int | None, int]:
@@ -108,15 +111,15 @@ class PageTables:
 
         (the Guest PTE, with ACCESSED/DIRTY set, 0) if fixed, else (None, #PF error code).
         """
-        error = abi.PF_WRITE * write | abi.PF_USER * user
+        error = abi.PF_WRITE * write | abi.PF_USER * user | self.format.fetch_error * fetch
         pte_gpa, gpte = self._walk(vaddr)
         if pte_gpa is None or not gpte & abi.PTE_PRESENT:
             return None, error
-        if not self._allows(gpte, write, user):
+        if not self._allows(gpte, write, user, fetch):
             return None, error | 1  # present, but this access is not allowed
         if self._is_mmio(gpte):
             # A device window: straight to the device's registers (never to RAM, never run).
-            if gpte >> abi.PAGE_SHIFT in self.mmio_pages and not fetch:
+            if self.format.pfn(gpte) in self.mmio_pages and not fetch:
                 return gpte | abi.PTE_DIRTY, 0
             return None, error
         if not self._valid(gpte):
@@ -127,17 +130,18 @@ class PageTables:
         self.current.ptes[vaddr & ~0xFFF] = new
         return new, 0
 
-    @staticmethod
-    def _allows(gpte: int, write: bool, user: bool) -> bool:
-        return not ((write and not gpte & abi.PTE_RW) or (user and not gpte & abi.PTE_USER))
+    def _allows(self, gpte: int, write: bool, user: bool, fetch: bool) -> bool:
+        """RW, USER and (PAE) NX, as a CPU with EFER.NXE set checks them."""
+        return not ((write and not gpte & abi.PTE_RW) or (user and not gpte & abi.PTE_USER)
+                    or (fetch and gpte & self.format.nx_mask))
 
     def _is_mmio(self, gpte: int) -> bool:
         """A page of a device's window: never mapped as RAM (§6.3 step 5)."""
-        return not gpte & abi.PTE_PSE and self.pfn_limit <= gpte >> abi.PAGE_SHIFT < self.device_limit
+        return not gpte & abi.PTE_PSE and self.pfn_limit <= self.format.pfn(gpte) < self.device_limit
 
     def _valid(self, gpte: int) -> bool:
         """No 4 MiB pages and nothing outside RAM (§6.3 step 6): else the Guest dies."""
-        if gpte & abi.PTE_PSE or gpte >> abi.PAGE_SHIFT >= self.pfn_limit:
+        if gpte & abi.PTE_PSE or self.format.pfn(gpte) >= self.pfn_limit:
             self.kill("bad page table entry")
             return False
         return True
@@ -167,24 +171,15 @@ class PageTables:
         vaddr &= 0xFFFFFFFF
         if self.linear:
             return 0, (vaddr & ~0xFFF) | LINEAR_PTE_FLAGS
-        mem = self.memory
-        pgd_gpa = self.pgdir + 4 * (vaddr >> abi.PGDIR_SHIFT)
-        if quiet and not mem.ok(pgd_gpa, 4):
-            return None, 0
-        pgd = mem.read_u32(pgd_gpa)
-        if not pgd & abi.PTE_PRESENT:
-            return None, 0
-        if pgd & 0xFFF & ~abi.PAGE_TABLE_FLAGS or pgd >> abi.PAGE_SHIFT >= self.pfn_limit:
-            if not quiet:
-                self.kill("bad page directory entry")
-            return None, 0
-        pte_gpa = (pgd & ~0xFFF) + 4 * ((vaddr >> abi.PAGE_SHIFT) & 0x3FF)
-        return pte_gpa, mem.read_u32(pte_gpa)
+        pte_gpa, gpte, bad = self.format.walk(self.memory, self.pgdir, vaddr, self.pfn_limit, quiet)
+        if bad and not quiet:
+            self.kill(bad)
+        return pte_gpa, gpte
 
     def peek(self, vaddr: int) -> int | None:
         """The gpa behind vaddr in RAM, or None; never kills, never sets A/D."""
         pte_gpa, gpte = self._walk(vaddr, quiet=True)
-        gpa = (gpte & ~0xFFF) | (vaddr & 0xFFF)
+        gpa = self.format.page(gpte) | (vaddr & 0xFFF)
         if pte_gpa is None or not gpte & abi.PTE_PRESENT or not self.memory.ok(gpa, 1):
             return None
         return gpa
@@ -195,7 +190,7 @@ class PageTables:
         if pte_gpa is None or not gpte & abi.PTE_PRESENT:
             self.kill(f"Bad address {hex32(vaddr)}")
             return None
-        return (gpte & ~0xFFF) | (vaddr & 0xFFF)
+        return self.format.page(gpte) | (vaddr & 0xFFF)
 
     # --- the emulator's TLB ---------------------------------------------------------------
     def flush(self) -> None:
@@ -262,8 +257,10 @@ class PageTables:
 # if the page is one it may have filled since its last flush, the TLB is marked stale, and
 # the run loop flushes it before the Guest runs again ("The run loop").  This module never
 # touches the CPU itself.
-    def set_pte(self, pgdir: int, vaddr: int, pte: int) -> None:
+    def set_pte(self, pgdir: int, vaddr: int, pte: int, pte_high: int = 0) -> None:
         """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used.
+
+        A PAE Guest's PTE is 64 bits: its high half comes as a fourth argument.
 
         Only shadows are changed, so a PTE no shadow covers (a directory we do not
         track, or any before the first NEW_PGTABLE) is none of our business: it is
@@ -272,6 +269,8 @@ class PageTables:
         if vaddr >= abi.SWITCHER_ADDR:
             self.kill("attempt to set pte into Switcher pages")
             return
+        if self.format.nx_mask:
+            pte |= pte_high << 32
         page = vaddr & ~0xFFF
         kernel = vaddr >= self.kernel_address
         shadows = self.shadows if kernel else [s for s in self.shadows if s.pgdir == pgdir]
@@ -289,16 +288,18 @@ class PageTables:
             self._flush_if_held(page, page + abi.PAGE_SIZE)
 
     def set_pgd(self, pgdir: int, index: int) -> None:
-        """SET_PGD (§6.7).  We reject index 1024 too, where the original tested `>`."""
-        if index >= abi.PTRS_PER_PGD:
-            self.kill(f"Attempt to set pgd {index}/{abi.PTRS_PER_PGD}")
+        """SET_PGD (§6.7).  We reject index 1024 (PAE: 4) too, where the original tested `>`."""
+        entries = self.format.top_entries
+        if index >= entries:
+            self.kill(f"Attempt to set pgd {index}/{entries}")
             return
-        start = index << abi.PGDIR_SHIFT
+        start = index << self.format.top_shift
+        end = start + (1 << self.format.top_shift)
         for shadow in self.shadows:
             if shadow.pgdir == pgdir:
-                shadow.drop_range(start, start + PGD_SPAN)
+                shadow.drop_range(start, end)
                 if shadow is self.current:
-                    self._flush_if_held(start, start + PGD_SPAN)
+                    self._flush_if_held(start, end)
 
     # --- the kernel stack (§6.8) ----------------------------------------------------------------
     def set_stack(self, top: int, pages: int) -> None:

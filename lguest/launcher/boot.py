@@ -33,6 +33,7 @@ from elftools.elf.enums import (
 )
 
 from lguest import abi
+from lguest.launcher.paging_mode import image_is_pae
 
 MIB = 1 << 20
 # The mapped-but-not-RAM pages just above the top of RAM (§3.1).
@@ -64,6 +65,11 @@ class KernelImage:
     kind: str  # "elf" or "bzImage"
     # (gpa, size) of every range loaded, in file order, for --verbose and overlap checks.
     sections: tuple[tuple[int, int], ...] = ()
+    payload: tuple[int, int] | None = None  # a bzImage's compressed kernel in RAM: (gpa, length)
+
+    def is_pae(self, ram: mmap.mmap) -> bool | None:
+        """Whether the kernel says it is a PAE build (None: it does not say)."""
+        return image_is_pae(ram, self.sections, self.payload)
 
 
 def page_align(n: int) -> int:
@@ -270,7 +276,20 @@ def _load_bzimage(f: io.BufferedReader, ram: mmap.mmap, ram_size: int, path: str
     _read_into(f, ram, gpa, offset, size, f"kernel {path}")
     entry = abi.u32(hdr, abi.BootParams.CODE32_START)
     _check_entry(entry, ram_size)
-    return KernelImage(entry=entry, kind="bzImage", sections=((gpa, size),))
+    return KernelImage(entry=entry, kind="bzImage", sections=((gpa, size),),
+                       payload=_payload(f, hdr, gpa, size))
+
+
+def _payload(f: io.BufferedReader, hdr: bytes, gpa: int, size: int) -> tuple[int, int] | None:
+    """Where a bzImage's compressed kernel landed (protocol 2.08+), if it lies inside the image."""
+    if struct.unpack_from("<H", hdr, abi.BootParams.HDR_VERSION)[0] < abi.BZIMAGE_PAYLOAD_VERSION:
+        return None
+    f.seek(abi.BootParams.PAYLOAD_OFFSET)
+    fields = _read_head(f, 8, "bzImage header")
+    if len(fields) < 8:
+        return None
+    offset, length = struct.unpack("<II", fields)
+    return (gpa + offset, length) if offset + length <= size else None
 
 
 def load_initrd(ram: mmap.mmap, ram_size: int, path: str,

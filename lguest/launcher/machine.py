@@ -79,12 +79,14 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
         raise LoadError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
     pci = PciBus()
     ports = Ports(pci, warn)
-    guest = Guest(ram, ram_size, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer)
+    pae = opts.pae if opts.pae is not None else bool(kernel.is_pae(ram))
+    guest = Guest(ram, ram_size, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer,
+                  pae=pae)
     host = HostLink(guest.kill, guest.interrupt)
     console = ConsoleDevice(abi.CONSOLE_IRQ, ram, ram_size, output, keyboard, host=host)
     devices = [console, *_command_line_devices(opts, ram, ram_size, host, console, guest)]
     window = ram_size + abi.DEVICE_PAGES * abi.PAGE_SIZE
-    say(f"Guest: 0x0 - {ram_size:#x} ({ram_size:#x}, MMIO {window:#x})")
+    say(f"Guest: 0x0 - {ram_size:#x} ({ram_size:#x}, MMIO {window:#x}), {'PAE' if pae else 'non-PAE'} paging")
     for i, (gpa, size) in enumerate(kernel.sections):
         say(f"Section {i}: size {size} addr {gpa:#x}")
     if initrd:

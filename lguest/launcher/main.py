@@ -106,7 +106,7 @@ def exit_status(result: RunResult) -> int:
 # and 3 only for a bug of ours.
 def run(opts: Options) -> int:
     say = stderr_line if opts.verbose else _quiet
-    kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path())
+    kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path(opts.pae is True))
     input_fd = STDIN if _is_open(STDIN) else None
     stop = StopRequest()
     output = ConsoleOutput(stop)

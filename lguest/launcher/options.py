@@ -38,9 +38,15 @@ into its shell; words after `run` replace "{BUNDLED_DEFAULT_COMMAND}" on its com
 Options need '=' for their values and may come anywhere; every other word after
 the kernel is passed to it on its command line ('--' ends the options).
 
+Memory: {abi.MIN_GUEST_MEM_MIB}..{abi.MAX_GUEST_MEM_MIB} MiB in both modes.  A non-PAE Linux uses only its low
+memory (891 MiB at most); a PAE (HIGHMEM64G) one uses it all.
+
 options:
   -v, --verbose              describe the Guest's memory, devices and I/O as it runs
   --initrd=<file>            load <file> as the initial ramdisk
+  --pae, --no-pae            the kernel uses PAE (three-level) page tables, or does
+                             not; by default the kernel image says (Linux does), else
+                             non-PAE.  `lguest run --pae` boots the PAE build of puppy
 {"".join(device.help for device in DEVICE_OPTIONS.values())}\
   --stats                    say where the time went, when the Guest ends
   --stats=json               ... as one JSON object, with counts by hypercall and trap
@@ -58,7 +64,7 @@ _MEM_RE = re.compile(r"[0-9]+")
 _VECTOR_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
 # The devices' options (devices.py), by option.
 _DEVICES = {f"--{kind}": device for kind, device in DEVICE_OPTIONS.items()}
-_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--stats", "--gdb-wait"}
+_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--stats", "--gdb-wait", "--pae", "--no-pae"}
                    | {name for name, device in _DEVICES.items() if device.value is None})
 # Options that need a value, with the placeholder shown when it is missing.
 _VALUED = {name: device.value for name, device in _DEVICES.items() if device.value is not None} | {
@@ -95,6 +101,7 @@ class Options:
     gdb: tuple[str, int] | None = None  # where the gdb stub listens
     gdb_wait: bool = False
     trace_file: str | None = None
+    pae: bool | None = None  # --pae / --no-pae; None: as the kernel image says
     # (kind, value) of each device option (devices.py), e.g. ("block", "disk.img") or
     # ("rng", ""), in command-line order: the original creates devices (and so assigns
     # PCI slots) in option order.
@@ -142,6 +149,7 @@ class _Parser:
         self.gdb: tuple[str, int] | None = None
         self.gdb_wait = False
         self.trace_file: str | None = None
+        self.pae: bool | None = None
         self.initrd: str | None = None
         self.syscall_vector = abi.SYSCALL_VECTOR
         self.seen: set[str] = set()
@@ -164,6 +172,10 @@ class _Parser:
                 self.stats = True
             elif name == "--gdb-wait":
                 self.gdb_wait = True
+            elif name in ("--pae", "--no-pae"):
+                if self.pae is not None:
+                    raise UsageError("Give --pae or --no-pae once")
+                self.pae = name == "--pae"
             else:
                 self.verbose = True
             return
@@ -271,4 +283,5 @@ def parse_args(argv: list[str]) -> Options:
         gdb=p.gdb,
         gdb_wait=p.gdb_wait,
         trace_file=p.trace_file,
+        pae=p.pae,
     )

@@ -6,9 +6,10 @@
  * USER bit in the shadow page tables (which the Host copies from ours), the
  * Switcher's pages (never mapped for the Guest at all), IOPL 0 and no I/O
  * bitmap for in/out/cli/hlt, the DPL of the hypercall gate, and the DPL of
- * the kernel's segments.  The kernel should kill the process for each of
- * them -- except big-brk and bad-write, which are asking, not attacking:
- * the kernel should just say no.
+ * the kernel's segments, and with PAE the NX bit of its stack.  The kernel
+ * should kill the process for each of them -- except big-brk and bad-write,
+ * which are asking, not attacking: the kernel should just say no (and
+ * run-stack without PAE, where nothing forbids running the stack).
  */
 #include "ulib.h"
 
@@ -30,6 +31,11 @@ static void __attribute__((noinline)) attack(const char *what)
 		*(volatile u32 *)(u32)attack = 0xBAD;
 	} else if (!strcmp(what, "jump-unmapped")) {
 		((void (*)(void))0xDEAD0000)();
+	} else if (!strcmp(what, "run-stack")) {
+		/* A `ret` on the stack: it runs without PAE, never with (NX). */
+		volatile unsigned char code[4] = { 0xC3 };
+
+		((void (*)(void))(u32)code)();
 	} else if (!strcmp(what, "cli")) {
 		asm volatile("cli");
 	} else if (!strcmp(what, "hlt")) {

@@ -16,6 +16,7 @@
 	.set LHCALL_TS, 8
 	.set LHCALL_SET_CLOCKEVENT, 9
 	.set LHCALL_HALT, 10
+	.set LHCALL_SET_PMD, 13
 	.set LHCALL_SET_PTE, 14
 	.set LHCALL_SET_PGD, 15
 	.set LHCALL_LOAD_TLS, 16
@@ -196,6 +197,28 @@ setup_user_paging:
 	HCALL LHCALL_SET_STACK, $0x69, $kstack_top, $1
 	ret
 
+/*
+ * The same for a PAE Guest (lguest --pae): a PDPT whose first entry (P only) names
+ * one PMD, whose first two entries name two tables of 64-bit PTEs.
+ */
+setup_pae_paging:
+	xorl %eax, %eax
+1:	movl %eax, %edx
+	shll $12, %edx
+	orl $0x067, %edx
+	movl %edx, pae_pt(,%eax,8)
+	incl %eax
+	cmpl $1024, %eax
+	jne 1b
+	movl $pae_pt + 0x067, pmd
+	movl $pae_pt + 0x1067, pmd + 8
+	movl $pmd + 1, pdpt
+	HCALL LHCALL_NEW_PGTABLE, $pdpt
+	HCALL LHCALL_LOAD_GDT_ENTRY, $14, $0x0000ffff, $0x00cffa00
+	HCALL LHCALL_LOAD_GDT_ENTRY, $15, $0x0000ffff, $0x00cff200
+	HCALL LHCALL_SET_STACK, $0x69, $kstack_top, $1
+	ret
+
 /* iret to ring 3 at `target` with the user stack. */
 .macro TO_USER target
 	pushl $0x7b
@@ -212,6 +235,12 @@ page_dir:
 	.space 4096
 page_table:
 	.space 4096
+pdpt:
+	.space 4096
+pmd:
+	.space 4096
+pae_pt:
+	.space 8192
 	.space 4096
 kstack_top:
 	.space 4096
