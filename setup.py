@@ -1,5 +1,5 @@
-"""Build hook: compile the bundled puppy kernel (lguest/guests/) and the Host's doorbell
-hook (lguest/host/_native.so) into the package."""
+"""Build hook: compile the bundled puppy kernel (lguest/guests/) and the Host's C hooks
+(the doorbell and fixed port reads: lguest/host/_native.so) into the package."""
 
 import importlib.util
 import shutil

@@ -79,7 +79,8 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
         raise LoadError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
     pci = PciBus()
     ports = Ports(pci, warn)
-    guest = Guest(ram, ram_size, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer)
+    guest = Guest(ram, ram_size, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer,
+                  native=opts.native)
     host = HostLink(guest.kill, guest.interrupt)
     console = ConsoleDevice(abi.CONSOLE_IRQ, ram, ram_size, output, keyboard, host=host)
     devices = [console, *_command_line_devices(opts, ram, ram_size, host, console, guest)]
