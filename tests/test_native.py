@@ -28,8 +28,18 @@ def test_the_exit_check_switch_is_found_and_proven() -> None:
 
 def test_native_guest_has_no_per_block_doorbell(asm_guest) -> None:
     elf = asm_guest("test_main: INIT\n\tPOWEROFF")
-    assert make_guest(elf, native=True).doorbell.gated
-    assert not make_guest(elf, native=False).doorbell.gated
+    native, python = make_guest(elf, native=True), make_guest(elf, native=False)
+    assert native.doorbell.gated and native.switcher.fixed_ports is not None
+    assert not python.doorbell.gated and python.switcher.fixed_ports is None
+
+
+@pytest.mark.parametrize(("value", "native"), [("1", False), ("0", True), ("", True)])
+def test_lguest_no_native_sets_the_default(asm_guest, monkeypatch, value, native) -> None:
+    """CI's second pass runs the Host-facing tests with LGUEST_NO_NATIVE=1."""
+    monkeypatch.setenv("LGUEST_NO_NATIVE", value)
+    guest = make_guest(asm_guest("test_main: INIT\n\tPOWEROFF"))
+    assert guest.switcher.native is native
+    assert guest.doorbell.gated is native
 
 
 ROUNDS = 300
