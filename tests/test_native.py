@@ -14,6 +14,7 @@ import pytest
 from conftest import lguest, make_guest, symbol
 
 from lguest.host import calibration
+from lguest.host.switcher import ExitKind
 
 
 def test_the_exit_check_switch_is_found_and_proven() -> None:
@@ -261,3 +262,45 @@ here:	movl $2, %edi
     assert hits == [symbol(elf, "here")]
     assert guest.switcher.get("eip") == symbol(elf, "here")
     assert guest.switcher.get("edi") == 1
+
+
+@pytest.mark.parametrize("ring_first", [True, False], ids=["before", "after"])
+def test_a_ring_during_a_direct_trap_still_stops_the_vcpu(asm_guest, ring_first) -> None:
+    """Delivering a direct trap moves EIP from inside the interrupt hook: a ring
+    landing just before or just after that must still stop the vCPU, not wait for
+    the Guest's next exit, which a Guest spinning in its handler never makes."""
+    elf = asm_guest("""
+test_main:
+	INIT
+	GATE 0x80, spin, 0xF
+	int $0x80
+spin:	jmp spin
+""")
+    guest = make_guest(elf, native=True)
+    trapped = threading.Event()
+    kicked_after = threading.Event()
+    deliver, handle = guest.switcher.direct_trap, guest.handle_trap
+
+    def deliver_and_ring(vector: int, errcode: int, software: bool) -> bool:
+        if ring_first:
+            guest.doorbell.ring()  # as if another thread rang just now
+        delivered = deliver(vector, errcode, software)
+        if not ring_first:
+            guest.doorbell.ring()
+        trapped.set()
+        return delivered
+
+    def note(exit_) -> None:
+        if trapped.is_set() and exit_.kind is ExitKind.KICKED:
+            kicked_after.set()
+        handle(exit_)
+
+    guest.switcher.direct_trap = deliver_and_ring
+    guest.handle_trap = note
+    runner = threading.Thread(target=guest.run, daemon=True)
+    runner.start()
+    stopped = kicked_after.wait(60)  # a hang guard, not a timing check
+    guest.kill("test: done")
+    runner.join(60)
+    assert trapped.is_set() and guest.switcher.direct_traps == 1
+    assert stopped
