@@ -158,12 +158,14 @@ def test_nested_task_in_the_entry_frame_is_the_guests_not_the_switchers(asm_gues
 
 
 def test_only_calibration_touches_the_emulators_private_state() -> None:
-    """The saved-context blob and the binding's private finalizer are reached from one
-    module (calibration.py); the doorbell's C hook from one module (doorbell.py)."""
+    """The saved-context blob, the binding's private finalizer and the engine's
+    `no_exit_request` switch are reached from one module (calibration.py); each C
+    hook from one module (doorbell.py, ports.py)."""
     package = Path(calibration.__file__).resolve().parent.parent
-    private = ("uc_context", "_Uc__", "context_save", "context_restore")
+    private = ("uc_context", "_Uc__", "context_save", "context_restore", "no_exit_request")
+    hooks = {"lguest_doorbell_hook": "host/doorbell.py", "lguest_port_in_hook": "host/ports.py"}
     owners = {word: sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
                            if word in path.read_text())
-              for word in (*private, "lguest_doorbell_hook")}
+              for word in (*private, *hooks)}
     assert owners == {**{word: ["host/calibration.py"] for word in private},
-                      "lguest_doorbell_hook": ["host/doorbell.py"]}
+                      **{hook: [owner] for hook, owner in hooks.items()}}

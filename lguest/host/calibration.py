@@ -12,18 +12,33 @@ loudly, at start-up, instead of corrupting a Guest.
 What it owns: the probe, the measured offsets (`ContextLayout`), and the three
 repairs the Switcher asks for: finish the exception just raised (else the next
 fault becomes a #DF), read its error code and whether an `int n` raised it, and
-drop the CPL to 0 so the trampoline may load any Guest ring.
+drop the CPL to 0 so the trampoline may load any Guest ring.  And one switch in
+the engine itself, `no_exit_request`, found and proven the same way
+(`quiet_exit_checks`): it lets the native path stop the emulator without a hook
+before every block.
 """
 
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsError
+from unicorn import (
+    UC_ARCH_X86,
+    UC_MODE_32,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    Uc,
+    UcError,
+)
 from unicorn.unicorn_py3.unicorn import uc_context, uclib
+from unicorn.x86_const import UC_X86_REG_EBX, UC_X86_REG_EIP
 
 from lguest import abi
 from lguest.host.segments import segment_descriptor
@@ -250,3 +265,110 @@ def _run_probe_step(cpu: Switcher, expected: int) -> tuple[int, ...]:
         got = exit_.trapnum
         raise CalibrationError(f"calibration probe expected trap {expected}, got {got}")
     return cpu.context.words()
+
+
+# tour:S.140 Workaround: the exit checks, switched off where proven
+# Unicorn translates a check for a pending stop after every guest load and store, so that
+# `uc_emu_stop` takes effect at once.  Those checks cost the Guest a third of its compute,
+# and they are what makes a stop from another thread unsafe: one landing inside our hooks
+# abandons the instruction half done ("The doorbell").  Unicorn has a field that leaves them
+# out of translation, `no_exit_request` (there so an ARM IT block translates as one piece),
+# but it is not API and its offset depends on the build.  So: a candidate from machine
+# code (the byte just before `init_done`, which `uc_emu_stop` tests first thing), then a
+# measurement: a block whose MMIO read asks to stop.  With the checks the stop lands at the
+# read, which is undone; with the candidate set the rest of the block runs first.  Only if
+# both runs come out exactly so does any Switcher set it; otherwise the answer is None and
+# the doorbell keeps its hook before every block.  A debugger, which stops the CPU from
+# inside its hooks at one instruction, needs the checks: its first breakpoint or watchpoint
+# turns them back on, and the per-block doorbell with them, for good.
+# How `if (!uc->init_done)` reads in x86-64 code, the engine pointer in its first argument.
+_INIT_DONE_TEST = re.compile(r"byte ptr \[rdi \+ (0x[0-9a-f]+)\], 0$")
+_PROLOGUE_BYTES = 48
+
+# The probe: `mov 0x2000,%eax` (an MMIO read that asks to stop), two `inc %ebx`,
+# then a jump that ends the block, and a third `inc %ebx` in the next block.
+_EXIT_PROBE_CODE = 0x1000
+_EXIT_PROBE_MMIO = 0x2000
+_EXIT_PROBE = bytes.fromhex("a1 00 20 00 00 43 43 eb 00 43 f4".replace(" ", ""))
+_EXIT_PROBE_NEXT_BLOCK = _EXIT_PROBE_CODE + 9
+
+
+def _no_exit_request_candidate() -> int | None:
+    """The offset of `no_exit_request` as `uc_emu_stop`'s code suggests it."""
+    address = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+    if address is None:
+        return None
+    try:
+        for insn in Cs(CS_ARCH_X86, CS_MODE_64).disasm(ctypes.string_at(address, _PROLOGUE_BYTES), address):
+            match = _INIT_DONE_TEST.match(insn.op_str) if insn.mnemonic == "cmp" else None
+            if match:
+                return int(match.group(1), 16) - 1
+    except CsError:
+        return None
+    return None
+
+
+def _engine_byte(uc: Uc, offset: int) -> ctypes.c_uint8:
+    return ctypes.c_uint8.from_address((ctypes.cast(uc._uch, ctypes.c_void_p).value or 0) + offset)
+
+
+def exit_probe(offset: int | None) -> tuple[int, int]:
+    """(EIP, EBX) after the probe block's MMIO read asked to stop, with
+    `no_exit_request` set at `offset` (None: left alone)."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    if offset is not None:
+        _engine_byte(uc, offset).value = 1
+    uc.mem_map(_EXIT_PROBE_CODE, 0x1000, UC_PROT_ALL)
+    uc.mem_write(_EXIT_PROBE_CODE, _EXIT_PROBE)
+    uc.mmio_map(_EXIT_PROBE_MMIO, 0x1000, lambda engine, *_: engine.emu_stop() or 0, None,
+                lambda *_: None, None)
+    uc.emu_start(_EXIT_PROBE_CODE, _EXIT_PROBE_CODE + len(_EXIT_PROBE))
+    return uc.reg_read(UC_X86_REG_EIP), uc.reg_read(UC_X86_REG_EBX)
+
+
+EXIT_PROBE_CHECKED = (_EXIT_PROBE_CODE, 0)  # stopped at the read, undone
+EXIT_PROBE_QUIET = (_EXIT_PROBE_NEXT_BLOCK, 2)  # stopped where the next block starts
+
+
+def _plausible(offset: int) -> bool:
+    """Before we write anything there: the field is off and init_done, after it, is on."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(_EXIT_PROBE_CODE, 0x1000, UC_PROT_ALL)  # any call initialises the engine
+    return _engine_byte(uc, offset).value == 0 and _engine_byte(uc, offset + 1).value == 1
+
+
+def calibrate_exit_checks() -> int | None:
+    """The offset of `no_exit_request`, proven by measurement, or None."""
+    offset = _no_exit_request_candidate()
+    if offset is None or not _plausible(offset):
+        return None
+    try:
+        if exit_probe(None) != EXIT_PROBE_CHECKED or exit_probe(offset) != EXIT_PROBE_QUIET:
+            return None
+    except UcError:
+        return None
+    return offset
+
+
+_UNKNOWN = -1
+_no_exit_request = _UNKNOWN
+
+
+def quiet_exit_checks(uc: Uc) -> bool:
+    """Translate this engine's blocks without per-access exit checks (before it
+    runs anything), if calibration found the switch (measured once per process):
+    then a stop lands only where a block starts."""
+    global _no_exit_request
+    if _no_exit_request == _UNKNOWN:
+        _no_exit_request = calibrate_exit_checks()
+    if _no_exit_request is None:
+        return False
+    _engine_byte(uc, _no_exit_request).value = 1
+    return True
+
+
+def restore_exit_checks(uc: Uc) -> None:
+    """Translate this engine's blocks with per-access exit checks again (blocks
+    already translated keep what they have: the caller flushes them)."""
+    if _no_exit_request not in (_UNKNOWN, None):
+        _engine_byte(uc, _no_exit_request).value = 0

@@ -102,7 +102,7 @@ class Guest:
 
     def __init__(self, ram: mmap.mmap, mem_size: int, start: int, bus: PortBus, *,
                  syscall_vector: int = abi.SYSCALL_VECTOR, tracer: Tracer | None = None,
-                 pae: bool = False) -> None:
+                 pae: bool = False, native: bool | None = None) -> None:
         self.dead: str | None = None
         self.stopped = False  # the Launcher asked run() to return (stop_run)
         self.restart = False
@@ -114,7 +114,7 @@ class Guest:
         self._ram_anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(ram)
         self.pages = PageTables(self.memory, self.kill, pae)
         self.switcher = Switcher(ctypes.addressof(self._ram_anchor), mem_size, self.pages, bus,
-                                 self._direct_trap)
+                                 self._direct_trap, native=native)
         self.doorbell = self.switcher.doorbell
         self.idt = Idt(self.kill)
         self.segments = Segments(self.memory, self.kill, self.switcher)

@@ -1,20 +1,26 @@
 """The Host's C, built on first use (no lguest counterpart: lguest was all C).
 
-Everything in `lguest/host/*.c` (today the doorbell hook, doorbell.c) becomes one
-shared library, `_native.so`.  An installed package carries it, built with the
+Everything in `lguest/host/*.c` (the doorbell hook, doorbell.c, and the fixed port
+reads, ports.c) becomes one shared library, `_native.so`.  An installed package carries it, built with the
 package (setup.py loads this file on its own: it needs only the standard
 library); in a source checkout it is compiled here the first time it is needed,
 and again whenever a source is newer than the library, like puppy.
+
+The native path (the C port reads, and kicks without a hook before every block)
+is the default; `--no-native`, or LGUEST_NO_NATIVE=1 in the environment (for a
+second test pass), runs the pure-Python Host instead.  The doorbell hook is C on
+both paths.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "doorbell.c",)
+SOURCES = (HERE / "doorbell.c", HERE / "ports.c")
 LIBRARY = HERE / "_native.so"
 
 
@@ -22,12 +28,20 @@ class NativeBuildError(RuntimeError):
     pass
 
 
+def enabled() -> bool:
+    """The default for every Switcher: native unless LGUEST_NO_NATIVE is set (not 0)."""
+    return os.environ.get("LGUEST_NO_NATIVE", "") in ("", "0")
+
+
 def build(sources: tuple[Path, ...] = SOURCES, target: Path = LIBRARY) -> None:
-    result = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(target), *map(str, sources)],
+    # Built aside and renamed: another process may be loading the old one.
+    partial = target.with_name(f"{target.name}.{os.getpid()}")
+    result = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(partial), *map(str, sources)],
                             capture_output=True, text=True)
     if result.returncode:
         names = ", ".join(source.name for source in sources)
         raise NativeBuildError(f"building {names} failed: {result.stderr.strip()}")
+    os.replace(partial, target)
 
 
 def _stale() -> bool:

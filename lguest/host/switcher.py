@@ -17,7 +17,8 @@ What it owns: the engine, the Switcher's four pages, the Guest's registers (fast
 paths into Unicorn's C API), the hooks (all installed in `_install_hooks`), and
 the workarounds that keep the emulator honest: CPU state the emulator leaves
 half-done is repaired through calibration.py (the only module touching its
-private state), other threads reach the vCPU through doorbell.py, and
+private state), other threads reach the vCPU through doorbell.py, fixed port
+reads are answered in C (ports.py) on the native path, and
 
 * Unicorn's `iret` loads EFLAGS.VM at any CPL, where a real CPU only does so at
   CPL 0 (`helper_ret_protected` jumps to `return_to_vm86` before looking at the
@@ -88,8 +89,16 @@ from unicorn.x86_const import (
 )
 
 from lguest import abi
-from lguest.host.calibration import SavedContext, close_engine, context_layout
+from lguest.host.calibration import (
+    SavedContext,
+    close_engine,
+    context_layout,
+    quiet_exit_checks,
+    restore_exit_checks,
+)
 from lguest.host.doorbell import Doorbell
+from lguest.host.native import enabled as native_by_default
+from lguest.host.ports import FixedPorts
 from lguest.host.segments import segment_descriptor
 
 # tour:S.10 The Switcher's pages and the trampoline
@@ -114,6 +123,9 @@ TSS_ADDR = STATE_PAGE + 0x800
 
 # pop %gs; pop %fs; pop %es; pop %ds; iret
 TRAMPOLINE = bytes([0x0F, 0xA9, 0x0F, 0xA1, 0x07, 0x1F, 0xCF])
+# Where a kernel-mode entry without a frame starts on the native path: a `hlt`
+# never run, whose block's doorbell hook sends the vCPU on to the Guest's EIP.
+ENTRY_GATE = CODE_PAGE + 0x800
 ENTRY_FRAME_REGS = ("gs", "fs", "es", "ds", "eip", "cs", "eflags", "esp", "ss")  # popped in this order
 ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - 4 * len(ENTRY_FRAME_REGS)
 
@@ -193,6 +205,10 @@ class PortBus(Protocol):
 
     def port_out(self, port: int, size: int, value: int) -> bool: ...
 
+    def read_answers(self) -> tuple[int, dict[int, int | None]]:
+        """Fixed port reads: the default answer, and per port an answer or None (ask)."""
+        ...
+
 
 CR0_TS = 1 << 3
 EFLAGS_IOPL = 0x3000
@@ -210,9 +226,12 @@ class Switcher:
     """One emulated CPU running one Guest, and the world switch in and out of it."""
 
     def __init__(self, ram_address: int, ram_size: int, mmu: Mmu, bus: PortBus,
-                 direct_trap: DirectTrap | None = None, *, probing: bool = False) -> None:
+                 direct_trap: DirectTrap | None = None, *, native: bool | None = None,
+                 probing: bool = False) -> None:
         """An engine with the Guest's RAM (at `ram_address`, from guest-physical 0)
-        and the Switcher's pages mapped; `probing` only for calibration's own probe."""
+        and the Switcher's pages mapped; `native` None means the default
+        (LGUEST_NO_NATIVE, native.py); `probing` only for calibration's own probe."""
+        self.native = (native_by_default() if native is None else native) and not probing
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         if ram_size:
@@ -231,6 +250,8 @@ class Switcher:
         self._uch = self.uc._uch
         self._reg_buf = ctypes.c_uint64()
         self._reg_ref = ctypes.byref(self._reg_buf)
+        self._one_id = (ctypes.c_int * 1)()
+        self._one_ptr = (ctypes.c_void_p * 1)(ctypes.addressof(self._reg_buf))
         self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
         self._ring_regs = self._batch(("cs", "eflags"))
         # Statistics for --stats: world switches, seconds inside the emulator, TLB
@@ -240,7 +261,9 @@ class Switcher:
         self.fills = 0
         self.direct_traps = 0
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
+        self._odd_code: set[int] = set()  # GDT entries that ever held code the entry gate cannot run in
         self._install_switcher_pages()
+        self.fixed_ports: FixedPorts | None = None
         self.doorbell = self._install_hooks()
         self.closed = False
 
@@ -254,6 +277,7 @@ class Switcher:
     # --- set-up ---------------------------------------------------------------------------
     def _install_switcher_pages(self) -> None:
         self.uc.mem_write(CODE_PAGE, TRAMPOLINE)
+        self.uc.mem_write(ENTRY_GATE, b"\xf4")
         # A page of `hlt` where emulation is told to stop; nothing ever gets there.
         self.uc.mem_write(STOP_PAGE, b"\xf4" * abi.PAGE_SIZE)
         self.gdt = [(0, 0)] * abi.GDT_ENTRIES
@@ -273,6 +297,7 @@ class Switcher:
 
     def write_gdt(self) -> None:
         """Copy the Host's view of the GDT into the page the emulated CPU reads."""
+        self._odd_code.update(i for i, (lo, hi) in enumerate(self.gdt) if not _gate_runs_in(lo, hi))
         self.uc.mem_write(GDT_ADDR, b"".join(struct.pack("<II", lo, hi) for lo, hi in self.gdt))
 
 # tour:S.20 Leaving the Guest: every hook in one place
@@ -280,20 +305,39 @@ class Switcher:
 # instead, and these are all of them: the interrupt hook (every exception and `int n`), the
 # `in` and `out` hooks (port I/O, handed to the Launcher's bus), the invalid-opcode hook
 # (#UD), the TLB-fill hook (every miss: our page tables), and the doorbell, a block hook
-# written in C so that other threads can stop the CPU cleanly.  Debugging hooks
+# written in C so that other threads can stop the CPU cleanly.  On the native path the
+# engine translates without per-access exit checks (calibration.py), which changes how the
+# doorbell answers, and the `in` hook is C for the ports whose answer never changes,
+# calling the Python one for the rest.  Debugging hooks
 # (breakpoints, watchpoints) come and go through `watch_code` and `watch_writes`; nothing
 # else adds a hook.
     def _install_hooks(self) -> Doorbell:
         """Every way out of the Guest, installed here and nowhere else.
 
-        Python hooks are guarded (`_guard`); the doorbell is C (doorbell.py).
+        Python hooks are guarded (`_guard`); the doorbell is C (doorbell.py), and
+        so are fixed port reads on the native path (ports.py).
         """
         self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
-        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
+        if self.native:
+            self.fixed_ports = FixedPorts(self.uc, self.bus.read_answers(), self._guard(self._on_in, 0))
+        else:
+            self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
-        return Doorbell(self.uc)
+        quiet = self.native and quiet_exit_checks(self.uc)
+        return Doorbell(self.uc, ENTRY_GATE if quiet else None)
+
+    @property
+    def port_reads_served(self) -> int:
+        """Port reads answered in C, which the Launcher never saw (--stats)."""
+        return self.fixed_ports.served if self.fixed_ports is not None else 0
+
+    def _ports_ask_python(self, ask: bool = True) -> None:
+        """While the Host has news the C `in` hook cannot see (an exit pending, a
+        failed hook, a frame for the trampoline), every port read goes to `_on_in`."""
+        if self.fixed_ports is not None:
+            self.fixed_ports.ask_python(ask)
 
     # --- registers ------------------------------------------------------------------------
     # Registers are read and written straight through Unicorn's C API: the Python
@@ -334,8 +378,14 @@ class Switcher:
         if self._frame is not None and reg in self._frame:
             self._frame[reg] = value & 0xFFFFFFFF
             return
+        # Through the batch call even for one register: `uc_reg_write` of EIP also
+        # tells Unicorn to skip resyncing EIP at its next stop, a note only a check
+        # inside a translated block clears.  Set from a hook that runs outside any
+        # block (the interrupt hook), it would stay, and a kick landing later where
+        # a block starts would leave EIP where an earlier block began.
         self._reg_buf.value = value & 0xFFFFFFFF
-        if uclib.uc_reg_write(self._uch, GENERAL_REGS[reg], self._reg_ref):
+        self._one_id[0] = GENERAL_REGS[reg]
+        if uclib.uc_reg_write_batch(self._uch, self._one_id, self._one_ptr, 1):
             raise ValueError(f"cannot set {reg}")
 
     @property
@@ -400,13 +450,31 @@ class Switcher:
 
         Until then the frame is the Guest's state: `get` and `set` see it.
         """
+        self._ports_ask_python()
         self._frame = {"gs": gs, "fs": fs, "es": es, "ds": ds, "eip": eip, "cs": cs, "eflags": eflags,
                        "esp": esp, "ss": ss}
 
+# tour:S.35 The entry gate: every entry starts on the Switcher's page
+# On the native path the doorbell hook watches only the Switcher's code page, and a ring
+# that came while the vCPU was outside the emulator (which `uc_emu_start` forgets) must
+# still stop the next entry.  An entry with a frame starts at the trampoline anyway; one
+# without (most trap returns: same ring, only EIP, ESP or EFLAGS changed) starts at the
+# gate, a `hlt` at CODE_PAGE+0x800 that never runs: its block's hook either stops (rung) or
+# sets EIP to where the Guest was going.  The gate is entered by offset in the Guest's own
+# CS, so that CS must be flat; a Guest whose entry CS comes from a GDT entry that ever held
+# another kind of code sends this vCPU back to the hook before every block, for good.
     def _start_address(self) -> int:
-        """Where emulation starts: the trampoline if a frame waits, else the Guest's eip."""
+        """Where emulation starts: the trampoline if a frame waits, else the entry
+        gate (native path) or the Guest's eip."""
         if self._frame is None:
-            return self.get("eip")
+            eip, cs = self.get_many(("eip", "cs"))
+            if self.doorbell.gated and (cs & 4 or cs >> 3 in self._odd_code):
+                # CS may hold a segment that is not flat (or an LDT one): the gate,
+                # entered by offset, would not be where we put it.
+                self.doorbell.ring_every_block()
+            if not self.doorbell.gated:
+                return eip
+            return self.doorbell.through_gate(eip)
         frame = struct.pack("<9I", *(self._frame[reg] for reg in ENTRY_FRAME_REGS))
         self._frame = None
         self._enter_host_state()
@@ -426,6 +494,8 @@ class Switcher:
         An exception raised inside one of our hooks is raised here, as itself.
         """
         exit_ = self._emulate(self._start_address())
+        if self.get("eip") == ENTRY_GATE:
+            self.set("eip", self.doorbell.resume)  # a ring stopped us at the gate
         if self._in_vm86():
             return self._refuse_vm86()
         if exit_.kind is ExitKind.KICKED and self.get("eip") & ~0xFFF == CODE_PAGE:
@@ -469,6 +539,7 @@ class Switcher:
 
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
+        self._ports_ask_python(False)
         self.runs += 1
         started = time.perf_counter()
         try:
@@ -517,6 +588,7 @@ class Switcher:
 
         Breakpoints and single steps are hooks, never `int3`s written into the Guest.
         """
+        self._precise_stops()
         handle = self.uc.hook_add(UC_HOOK_CODE, lambda uc, addr, size, _: callback(addr), None, begin, end)
         self.forget_code()  # blocks translated before the hook would not call it
         return handle
@@ -527,8 +599,17 @@ class Switcher:
         Guest-physical: with the TLB in our hands the emulator names a store by
         the address it translated to.
         """
+        self._precise_stops()
         return self.uc.hook_add(UC_HOOK_MEM_WRITE, lambda uc, access, addr, size, value, _: callback(addr),
                                 None, begin, end)
+
+    def _precise_stops(self) -> None:
+        """A debugger stops the CPU from inside its hooks, at an instruction: that
+        needs the emulator's exit checks back, and with them the doorbell's hook
+        before every block (a stop from another thread is unsafe again), for good."""
+        if self.doorbell.gated:
+            restore_exit_checks(self.uc)
+            self.doorbell.ring_every_block()  # which flushes every translated block
 
     def unwatch(self, handle: int) -> None:
         self.uc.hook_del(handle)
@@ -565,6 +646,7 @@ class Switcher:
                 return hook(*args)
             except BaseException as failure:  # noqa: BLE001 (run() raises it, as itself)
                 self._failure = failure
+                self._ports_ask_python()
                 self.uc.emu_stop()
                 return default
         return guarded
@@ -572,6 +654,7 @@ class Switcher:
     def _leave(self, exit_: Exit) -> None:
         if self.exit is None:
             self.exit = exit_
+        self._ports_ask_python()
         self.uc.emu_stop()
 
 # tour:S.70 The interrupt hook: a trap leaves the Guest
@@ -710,3 +793,13 @@ class Switcher:
         if not perms & needed:
             return error | 1
         return page, perms
+
+
+def _gate_runs_in(lo: int, hi: int) -> bool:
+    """Can the entry gate run in the code segment this descriptor loads into CS?
+
+    The gate is entered by offset, so the segment must be flat: base 0, limit
+    0xFFFFF in pages, 32-bit.  Anything but a code segment (an empty entry
+    included) never gets into CS."""
+    code_segment = hi & 0x1800 == 0x1800  # S (not a system segment) and executable
+    return not code_segment or (lo == 0x0000FFFF and hi & 0xFFCF00FF == 0x00CF0000)

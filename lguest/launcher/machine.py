@@ -81,7 +81,7 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
     ports = Ports(pci, warn)
     pae = opts.pae if opts.pae is not None else bool(kernel.is_pae(ram))
     guest = Guest(ram, ram_size, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer,
-                  pae=pae)
+                  pae=pae, native=opts.native)
     host = HostLink(guest.kill, guest.interrupt)
     console = ConsoleDevice(abi.CONSOLE_IRQ, ram, ram_size, output, keyboard, host=host)
     devices = [console, *_command_line_devices(opts, ram, ram_size, host, console, guest)]

@@ -128,7 +128,7 @@ def run(opts: Options) -> int:
                 stop.running(None)
                 machine.close()
                 output.flush()
-            say(f"{machine.ports.count} port I/O accesses")
+            say(f"{machine.ports.count + machine.guest.switcher.port_reads_served} port I/O accesses")
             if not result.restart or machine.guest.stopped:
                 break
             say("Guest asked to restart: restarting")
@@ -171,7 +171,7 @@ def figures(machine: Machine, elapsed: float) -> dict[str, object]:
             "world_switches": switcher.runs, "hypercalls": stats["hypercalls"],
             "page_faults_served": switcher.fills,
             "traps_reflected": stats["reflected traps"], "direct_traps": switcher.direct_traps,
-            "interrupts": stats["interrupts"], "port_ios": machine.ports.count}
+            "interrupts": stats["interrupts"], "port_ios": machine.ports.count + switcher.port_reads_served}
 
 
 # tour:L.110 The terminal in raw mode

@@ -54,6 +54,7 @@ options:
                              unless given; port 0 picks a free one, said on stderr)
   --gdb-wait                 with --gdb: stop before the Guest's first instruction
   --trace-file=<file>        write a timeline of the run (Chrome trace-event JSON)
+  --no-native                run the Host's pure-Python path (for reading and testing)
   --trace=<list>             trace events, a comma list of: {", ".join(TRACE_CHOICES)}
   --syscall-vector=<n>       system call vector, {SYSCALL_VECTOR_MIN}..{SYSCALL_VECTOR_MAX} \
 (decimal or 0x hex, default {abi.SYSCALL_VECTOR:#x})
@@ -64,7 +65,8 @@ _MEM_RE = re.compile(r"[0-9]+")
 _VECTOR_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
 # The devices' options (devices.py), by option.
 _DEVICES = {f"--{kind}": device for kind, device in DEVICE_OPTIONS.items()}
-_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--stats", "--gdb-wait", "--pae", "--no-pae"}
+_FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--stats", "--gdb-wait", "--pae", "--no-pae",
+                    "--no-native"}
                    | {name for name, device in _DEVICES.items() if device.value is None})
 # Options that need a value, with the placeholder shown when it is missing.
 _VALUED = {name: device.value for name, device in _DEVICES.items() if device.value is not None} | {
@@ -102,6 +104,7 @@ class Options:
     gdb_wait: bool = False
     trace_file: str | None = None
     pae: bool | None = None  # --pae / --no-pae; None: as the kernel image says
+    native: bool | None = None  # False: --no-native; None: the Host's default (LGUEST_NO_NATIVE)
     # (kind, value) of each device option (devices.py), e.g. ("block", "disk.img") or
     # ("rng", ""), in command-line order: the original creates devices (and so assigns
     # PCI slots) in option order.
@@ -148,6 +151,7 @@ class _Parser:
         self.stats_json = False
         self.gdb: tuple[str, int] | None = None
         self.gdb_wait = False
+        self.native: bool | None = None
         self.trace_file: str | None = None
         self.pae: bool | None = None
         self.initrd: str | None = None
@@ -176,6 +180,8 @@ class _Parser:
                 if self.pae is not None:
                     raise UsageError("Give --pae or --no-pae once")
                 self.pae = name == "--pae"
+            elif name == "--no-native":
+                self.native = False
             else:
                 self.verbose = True
             return
@@ -284,4 +290,5 @@ def parse_args(argv: list[str]) -> Options:
         gdb_wait=p.gdb_wait,
         trace_file=p.trace_file,
         pae=p.pae,
+        native=p.native,
     )

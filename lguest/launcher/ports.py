@@ -22,12 +22,23 @@ ALL_ONES = 0xFFFFFFFF
 # Guest kernel runs at ring 1 without I/O permission, so each such instruction traps;
 # the Switcher hands it to `port_in` / `port_out` and finishes the instruction (chapter
 # S).  Everything else reads as all ones, like an empty ISA bus, so Linux's probes of
-# the keyboard controller and friends find nothing.
+# the keyboard controller and friends find nothing; those fixed answers are also data
+# (`read_answers`) the Host may serve without calling us ("Fixed port reads, served in C").
 class Ports:
     def __init__(self, pci: PciBus, warn: Callable[[str], None]) -> None:
         self.pci = pci
         self.warn = warn
-        self.count = 0
+        self.count = 0  # the accesses the Launcher answered
+        self._answers = self.read_answers()
+
+    def read_answers(self) -> tuple[int, dict[int, int | None]]:
+        """Port reads as data the Host may serve without asking: the answer of every
+        port not listed, and per listed port its answer, or None where it depends
+        on state (only those need `port_in`).  Answers are cut to the read's size."""
+        answers: dict[int, int | None] = {abi.PORT_PS2_STATUS: 1}
+        for base in (abi.PCI_CONFIG_ADDR, abi.PCI_CONFIG_DATA):
+            answers.update(dict.fromkeys(range(base, base + 4)))
+        return ALL_ONES, answers
 
     def port_in(self, port: int, size: int) -> int:
         self.count += 1
@@ -35,9 +46,8 @@ class Ports:
             return self.pci.address_read(port - abi.PCI_CONFIG_ADDR, size)
         if abi.PCI_CONFIG_DATA <= port < abi.PCI_CONFIG_DATA + 4:
             return self.pci.data_read(port - abi.PCI_CONFIG_DATA, size)
-        if port == abi.PORT_PS2_STATUS:
-            return 1
-        return ALL_ONES >> (32 - 8 * size)
+        default, answers = self._answers
+        return (answers.get(port, default) or 0) & (ALL_ONES >> (32 - 8 * size))
 
     def port_out(self, port: int, size: int, value: int) -> bool:
         """False when the write is refused (a rejected PCI config write)."""
