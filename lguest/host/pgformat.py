@@ -43,9 +43,19 @@ class Walk(NamedTuple):
 NO_PTE = Walk(None)
 
 
+class Level(NamedTuple):
+    """One upper level of a walk: which address bits index it, the flags its entries may
+    carry, and what the Guest dies of when one of them is malformed."""
+
+    shift: int
+    index_mask: int
+    allowed: int
+    bad: str
+
+
 @dataclass(frozen=True)
 class PageFormat:
-    """What the two formats share; `walk` is each one's own."""
+    """A format is data: its entry size, its upper levels, how a PTE is indexed."""
 
     name: str  # for messages: "non-PAE" or "PAE"
     top_entries: int  # PTRS_PER_PGD: SET_PGD's index must be below this
@@ -54,6 +64,9 @@ class PageFormat:
     pfn_mask: int  # the bits of an entry that are the page frame's address
     nx_mask: int  # a PTE bit that forbids fetches (0: none)
     fetch_error: int  # the #PF error-code bit an instruction fetch sets (I/D; 0: none)
+    entry_size: int  # bytes per entry, at every level
+    levels: tuple[Level, ...]  # the upper levels, top first
+    pte_index_mask: int  # PTEs per table, less one
 
     def page(self, entry: int) -> int:
         """The gpa of the page an entry names."""
@@ -71,7 +84,18 @@ class PageFormat:
         return page
 
     def walk(self, mem: GuestMemory, top: int, vaddr: int, pfn_limit: int, quiet: bool) -> Walk:
-        raise NotImplementedError
+        """From the top-level table at `top` down to vaddr's PTE, checking each entry."""
+        size, table = self.entry_size, top
+        for level in self.levels:
+            entry = _read(mem, table + size * ((vaddr >> level.shift) & level.index_mask), size, quiet)
+            if entry is None or not entry & abi.PTE_PRESENT:
+                return NO_PTE
+            table = self.table(entry, level.allowed, pfn_limit)
+            if table is None:
+                return Walk(None, 0, level.bad)
+        pte_gpa = table + size * ((vaddr >> abi.PAGE_SHIFT) & self.pte_index_mask)
+        pte = _read(mem, pte_gpa, size, quiet)
+        return NO_PTE if pte is None else Walk(pte_gpa, pte)
 
 
 _U32 = struct.Struct("<I").unpack_from
@@ -90,43 +114,14 @@ def _read(mem: GuestMemory, gpa: int, size: int, quiet: bool) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class TwoLevel(PageFormat):
-    def walk(self, mem: GuestMemory, top: int, vaddr: int, pfn_limit: int, quiet: bool) -> Walk:
-        pgd = _read(mem, top + 4 * (vaddr >> abi.PGDIR_SHIFT), 4, quiet)
-        if pgd is None or not pgd & abi.PTE_PRESENT:
-            return NO_PTE
-        table = self.table(pgd, abi.PAGE_TABLE_FLAGS, pfn_limit)
-        if table is None:
-            return Walk(None, 0, "bad page directory entry")
-        pte_gpa = table + 4 * ((vaddr >> abi.PAGE_SHIFT) & 0x3FF)
-        pte = _read(mem, pte_gpa, 4, quiet)
-        return NO_PTE if pte is None else Walk(pte_gpa, pte)
-
-
-@dataclass(frozen=True)
-class Pae(PageFormat):
-    def walk(self, mem: GuestMemory, top: int, vaddr: int, pfn_limit: int, quiet: bool) -> Walk:
-        pdpte = _read(mem, top + 8 * (vaddr >> PAE_PDPT_SHIFT), 8, quiet)
-        if pdpte is None or not pdpte & abi.PTE_PRESENT:
-            return NO_PTE
-        pmd_page = self.table(pdpte, PDPT_FLAGS, pfn_limit)
-        if pmd_page is None:
-            return Walk(None, 0, "bad page directory entry")
-        pmd = _read(mem, pmd_page + 8 * ((vaddr >> PAE_PMD_SHIFT) & 0x1FF), 8, quiet)
-        if pmd is None or not pmd & abi.PTE_PRESENT:
-            return NO_PTE
-        table = self.table(pmd, abi.PAGE_TABLE_FLAGS, pfn_limit)
-        if table is None:
-            return Walk(None, 0, "bad page middle directory entry")
-        pte_gpa = table + 8 * ((vaddr >> abi.PAGE_SHIFT) & 0x1FF)
-        pte = _read(mem, pte_gpa, 8, quiet)
-        return NO_PTE if pte is None else Walk(pte_gpa, pte)
-
-
-TWO_LEVEL = TwoLevel("non-PAE", abi.PTRS_PER_PGD, abi.PGDIR_SHIFT, abi.PAGE_SIZE,
-                     0xFFFFF000, 0, 0)
-PAE = Pae("PAE", 4, PAE_PDPT_SHIFT, PAE_PDPT_ALIGN, PAE_PFN_MASK, PTE_NX, PF_FETCH)
+BAD_PGD, BAD_PMD = "bad page directory entry", "bad page middle directory entry"
+TWO_LEVEL = PageFormat("non-PAE", abi.PTRS_PER_PGD, abi.PGDIR_SHIFT, abi.PAGE_SIZE, 0xFFFFF000, 0, 0,
+                       entry_size=4, pte_index_mask=0x3FF,
+                       levels=(Level(abi.PGDIR_SHIFT, 0x3FF, abi.PAGE_TABLE_FLAGS, BAD_PGD),))
+PAE = PageFormat("PAE", 4, PAE_PDPT_SHIFT, PAE_PDPT_ALIGN, PAE_PFN_MASK, PTE_NX, PF_FETCH,
+                 entry_size=8, pte_index_mask=0x1FF,
+                 levels=(Level(PAE_PDPT_SHIFT, 0x3, PDPT_FLAGS, BAD_PGD),
+                         Level(PAE_PMD_SHIFT, 0x1FF, abi.PAGE_TABLE_FLAGS, BAD_PMD)))
 
 
 def mismatch(fmt: PageFormat, mem: GuestMemory, top: int, eip: int, pfn_limit: int) -> str | None:
