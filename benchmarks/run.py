@@ -77,10 +77,12 @@ def build_asm_guest(source: Path, rounds: int, workdir: Path, **symbols: int | s
     src = workdir / "guest.S"
     sets = "".join(f"\t.set {name}, {value}\n" for name, value in {"ROUNDS": rounds, **symbols}.items())
     src.write_text(f"{text}\n{sets}\t.text\n{source.read_text()}")
-    subprocess.run(["gcc", "-m32", "-c", "-o", str(workdir / "guest.o"), str(src)], check=True)
+    include = ROOT / "lguest" / "fuzz" / "guest"  # lguest_data.S, shared with the fuzz Guest
+    obj = workdir / "guest.o"
+    subprocess.run(["gcc", "-m32", "-c", f"-I{include}", "-o", str(obj), str(src)], check=True)
     elf = workdir / "guest.elf"
     subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "start", "--no-warn-rwx-segments",
-                    "-o", str(elf), str(workdir / "guest.o")], check=True)
+                    "-o", str(elf), str(obj)], check=True)
     return elf
 
 

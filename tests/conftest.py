@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = Path(__file__).resolve().parent / "guests"
+ASM_INCLUDE = ROOT / "lguest" / "fuzz" / "guest"  # lguest_data.S, shared with the fuzz Guest
 RUN_TIMEOUT = 120  # seconds: a hang guard, not a performance check
 
 
@@ -64,7 +65,7 @@ def asm_guest(tmp_path: Path) -> Callable[[str], Path]:
         src = tmp_path / f"guest{n}.S"
         src.write_text((GUESTS / "prelude.S").read_text() + "\n\t.text\n" + source + "\n")
         obj, elf = tmp_path / f"guest{n}.o", tmp_path / f"guest{n}.elf"
-        subprocess.run(["gcc", "-m32", "-c", "-o", str(obj), str(src)], check=True)
+        subprocess.run(["gcc", "-m32", "-c", f"-I{ASM_INCLUDE}", "-o", str(obj), str(src)], check=True)
         subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "start", "--no-warn-rwx-segments",
                         "-o", str(elf), str(obj)], check=True)
         return elf

@@ -17,6 +17,7 @@ from elftools.elf.elffile import ELFFile
 
 HERE = Path(__file__).resolve().parent
 SOURCES = [HERE / "guest" / "entry.S", HERE / "guest" / "fuzz.c"]
+INCLUDED = HERE / "guest" / "lguest_data.S"  # #included by entry.S
 IMAGE = HERE / "guest" / "build" / "fuzz.elf"
 
 CFLAGS = ["-m32", "-O2", "-ffreestanding", "-fno-pic", "-no-pie", "-fno-stack-protector", "-fno-builtin",
@@ -49,7 +50,7 @@ def build(target: Path = IMAGE) -> None:
 
 @cache
 def fuzz_kernel() -> FuzzKernel:
-    if not IMAGE.exists() or max(s.stat().st_mtime for s in SOURCES) > IMAGE.stat().st_mtime:
+    if not IMAGE.exists() or max(s.stat().st_mtime for s in (*SOURCES, INCLUDED)) > IMAGE.stat().st_mtime:
         build()
     with IMAGE.open("rb") as f:
         symbols = ELFFile(f).get_section_by_name(".symtab")
