@@ -1,0 +1,119 @@
+"""TLB misses the Host already answered, answered again in C (fills.c; no lguest
+counterpart: lguest's shadow page tables were walked by the real CPU).
+
+Every miss in the emulator's TLB asks `PageTables.translate` through a Python
+callback, some microseconds each, and most ask again what the current shadow
+already answered before the emulator's TLB was flushed (a context switch, a
+FLUSH_TLB, a SET_PTE of a page it held).  So the page tables keep, here, the
+answers they gave (physical page and permissions, per page and per kind of
+access, kernel or user), and the native path's TLB-fill hook is C that repeats
+them; the rules of `translate` stay written once, in Python.
+
+Only answers that come from the current shadow are kept, and they are dropped
+exactly where that answer could change: all of them whenever the page tables
+flush (which they do whenever they drop a shadow entry the emulator's TLB may
+hold, switch shadow, flush, or evict), and a page's when `demand_page` replaces
+its shadow entry.  Anything else (no answer kept, the Switcher's pages,
+virtual-8086 mode, and every miss while the Host has news the hook cannot see:
+an exit pending, a failed hook, a debugger) goes to the Switcher's Python hook.
+
+What it owns: the table, the C hook's installation in one engine, and the count
+of misses answered without Python (--stats).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+from unicorn import UC_HOOK_TLB_FILL, Uc, UcError
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uc_tlb_entry, uclib
+from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_EFLAGS
+
+from lguest import abi
+from lguest.host import native
+
+TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
+SLOTS = 4096
+CLASSES = 6
+FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                            ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
+
+
+class _Slot(ctypes.Structure):
+    """struct answer_slot of fills.c."""
+
+    _fields_ = (("generation", ctypes.c_uint64), ("page", ctypes.c_uint32), ("known", ctypes.c_uint32),
+                ("paddr", ctypes.c_uint32 * CLASSES), ("perms", ctypes.c_uint32 * CLASSES))
+
+
+class _Table(ctypes.Structure):
+    """struct fill_table of fills.c."""
+
+    _fields_ = (("python_decides", ctypes.c_int32), ("reg_read", ctypes.c_void_p), ("cs", ctypes.c_int32),
+                ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("python", FillHook),
+                ("served", ctypes.c_uint64), ("current", ctypes.c_uint32),
+                ("generation", ctypes.c_uint64 * TABLES), ("slot", (_Slot * SLOTS) * TABLES))
+
+
+# tour:S.160 TLB fills of pages already validated, served in C
+# Most TLB misses ask again what the current shadow already answered: the emulator's TLB
+# was flushed by a context switch, a FLUSH_TLB or a SET_PTE, and the page is still
+# shadowed.  On the native path the TLB-fill hook is C that repeats the answers the page
+# tables gave (physical page and permissions, per page, per kind of access, kernel or
+# user); the rules stay in `translate`.  The page tables forget every answer whenever they
+# flush, which they do whenever a shadow entry the emulator may hold goes, and a page's
+# answers when a first write replaces its shadow entry (to set DIRTY).  Everything else,
+# the Switcher's pages, virtual-8086 mode, a miss while an exit is pending, goes to the
+# Switcher's Python hook, as if the C one were not there.
+class FillAnswers:
+    """The C TLB-fill hook of one engine, with the answers the page tables gave."""
+
+    def __init__(self, uc: Uc, python: Callable[[Uc, int, int, uc_tlb_entry, object], bool]) -> None:
+        table = self._table = _Table()
+        table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+        table.cs, table.eflags = UC_X86_REG_CS, UC_X86_REG_EFLAGS
+        table.switcher = abi.SWITCHER_ADDR
+        for which in range(TABLES):
+            table.generation[which] = 1  # an empty slot's 0 is never current
+        table.python_decides = 1  # until the Switcher starts emulating
+        table.python = FillHook(lambda _uc, vaddr, access, entry, _data: python(uc, vaddr, access,
+                                                                                entry.contents, None))
+        library = native.library()
+        self._learn = library.lguest_fills_learn
+        self._learn.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                                ctypes.c_uint32)
+        self._forget = library.lguest_fills_forget
+        self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+        self._address = ctypes.addressof(table)
+        self._hook = uc_hook_h()
+        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_TLB_FILL,
+                                ctypes.cast(library.lguest_tlb_fill_hook, ctypes.c_void_p),
+                                ctypes.byref(table), ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise UcError(err)
+
+    @property
+    def served(self) -> int:
+        """Misses answered in C, which the page tables never saw."""
+        return self._table.served
+
+    def ask_python(self, ask: bool) -> None:
+        """Send every miss to the Python hook (True) or only those with no answer kept."""
+        self._table.python_decides = ask
+
+    def use(self, which: int) -> None:
+        """The current shadow changed: its table answers from now on."""
+        self._table.current = which
+
+    def learn(self, page: int, write: bool, fetch: bool, user: bool, paddr: int, perms: int) -> None:
+        """Keep the page tables' answer to this kind of miss on this page (current shadow)."""
+        self._learn(self._address, page, 2 * fetch + write + 3 * user, paddr, perms)
+
+    def forget(self, which: int, page: int) -> None:
+        """A shadow's entry for this page changed."""
+        self._forget(self._address, which, page)
+
+    def forget_all(self, which: int) -> None:
+        """A shadow lost many entries at once."""
+        self._table.generation[which] += 1
