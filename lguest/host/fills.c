@@ -40,6 +40,7 @@ struct answer_slot {
 
 struct fill_table {
 	volatile int32_t python_decides;	/* the Host has state this hook cannot see */
+	int32_t keep;				/* set by the Python hook: its answer may be repeated */
 	int (*reg_read)(void *uc, int reg, void *value);	/* uc_reg_read */
 	int32_t cs, eflags;			/* UC_X86_REG_CS, UC_X86_REG_EFLAGS */
 	uint32_t switcher;			/* the Switcher's pages start here */
@@ -55,7 +56,7 @@ static struct answer_slot *slot_of(struct fill_table *table, uint32_t which, uin
 	return &table->slot[which][(page >> 12) & (SLOTS - 1)];
 }
 
-void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint32_t paddr, uint32_t perms)
+static void learn(struct fill_table *table, uint32_t page, int class, const struct tlb_entry *answer)
 {
 	uint32_t which = table->current;
 	struct answer_slot *slot = slot_of(table, which, page);
@@ -65,8 +66,8 @@ void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint
 		slot->page = page;
 		slot->known = 0;
 	}
-	slot->paddr[class] = paddr;
-	slot->perms[class] = perms;
+	slot->paddr[class] = (uint32_t)answer->paddr;
+	slot->perms[class] = answer->perms;
 	slot->known |= 1u << class;
 }
 
@@ -98,10 +99,12 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	uint32_t page = (uint32_t)vaddr & ~0xFFFu;
 	uint32_t which = table->current;
 	struct answer_slot *slot = slot_of(table, which, page);
-	int class;
+	int class = -2;		/* not asked yet */
+	bool answered;
 
-	if (type >= UC_MEM_READ && type < UC_MEM_READ + 3 && slot->generation == table->generation[which] &&
-	    slot->page == page) {
+	if (type < UC_MEM_READ || type >= UC_MEM_READ + 3)
+		return table->python(uc, vaddr, type, result, NULL);
+	if (slot->generation == table->generation[which] && slot->page == page) {
 		class = access_class(table, uc, vaddr, type);
 		if (class >= 0 && slot->known & (1u << class)) {
 			table->served++;
@@ -110,5 +113,15 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 			return true;
 		}
 	}
-	return table->python(uc, vaddr, type, result, NULL);
+	/* The page tables say, while answering, whether this answer may be repeated:
+	 * then it is kept here, for the same kind of access from the same ring. */
+	table->keep = 0;
+	answered = table->python(uc, vaddr, type, result, NULL);
+	if (answered && table->keep) {
+		if (class == -2)
+			class = access_class(table, uc, vaddr, type);
+		if (class >= 0)
+			learn(table, page, class, result);
+	}
+	return answered;
 }

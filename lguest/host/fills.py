@@ -9,13 +9,15 @@ answers they gave (physical page and permissions, per page and per kind of
 access, kernel or user), and the native path's TLB-fill hook is C that repeats
 them; the rules of `translate` stay written once, in Python.
 
-Only answers that come from the current shadow are kept, and they are dropped
-exactly where that answer could change: all of them whenever the page tables
-flush (which they do whenever they drop a shadow entry the emulator's TLB may
-hold, switch shadow, flush, or evict), and a page's when `demand_page` replaces
-its shadow entry.  Anything else (no answer kept, the Switcher's pages,
-virtual-8086 mode, and every miss while the Host has news the hook cannot see:
-an exit pending, a failed hook, a debugger) goes to the Switcher's Python hook.
+Each shadow has its own table (so an address space switched back to is answered
+at once), and only answers that come from a shadow's entries are kept.  The page
+tables drop them exactly where the entry behind them changes: a page's when
+SET_PTE or `demand_page` changes its entry (a first write sets DIRTY), a whole
+table when SET_PGD, FLUSH_TLB, eviction or a full flush drops many entries at
+once.  Anything else (no answer kept, the Switcher's pages, virtual-8086 mode,
+and every miss while the Host has news the hook cannot see: an exit pending, a
+failed hook, a frame for the trampoline, the Host's own loads outside the
+emulator) goes to the Switcher's Python hook.
 
 What it owns: the table, the C hook's installation in one engine, and the count
 of misses answered without Python (--stats).
@@ -50,21 +52,22 @@ class _Slot(ctypes.Structure):
 class _Table(ctypes.Structure):
     """struct fill_table of fills.c."""
 
-    _fields_ = (("python_decides", ctypes.c_int32), ("reg_read", ctypes.c_void_p), ("cs", ctypes.c_int32),
+    _fields_ = (("python_decides", ctypes.c_int32), ("keep", ctypes.c_int32), ("reg_read", ctypes.c_void_p),
+                ("cs", ctypes.c_int32),
                 ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("python", FillHook),
                 ("served", ctypes.c_uint64), ("current", ctypes.c_uint32),
                 ("generation", ctypes.c_uint64 * TABLES), ("slot", (_Slot * SLOTS) * TABLES))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
-# Most TLB misses ask again what the current shadow already answered: the emulator's TLB
-# was flushed by a context switch, a FLUSH_TLB or a SET_PTE, and the page is still
-# shadowed.  On the native path the TLB-fill hook is C that repeats the answers the page
-# tables gave (physical page and permissions, per page, per kind of access, kernel or
-# user); the rules stay in `translate`.  The page tables forget every answer whenever they
-# flush, which they do whenever a shadow entry the emulator may hold goes, and a page's
-# answers when a first write replaces its shadow entry (to set DIRTY).  Everything else,
-# the Switcher's pages, virtual-8086 mode, a miss while an exit is pending, goes to the
+# Most TLB misses ask again what a shadow already answered: the emulator's TLB was flushed
+# by a context switch, a FLUSH_TLB or a SET_PTE, and the page is still shadowed.  On the
+# native path the TLB-fill hook is C that repeats the answers the page tables gave
+# (physical page and permissions, per shadow, per page, per kind of access, kernel or
+# user); the rules stay in `translate`, written once.  Wherever a shadow entry changes the
+# page tables forget the answers given from it, and every page the C hook may answer
+# unseen counts as one the emulator's TLB may hold, so a SET_PTE of it still flushes.  The
+# Switcher's pages, virtual-8086 mode and a miss while an exit is pending go to the
 # Switcher's Python hook, as if the C one were not there.
 class FillAnswers:
     """The C TLB-fill hook of one engine, with the answers the page tables gave."""
@@ -80,9 +83,6 @@ class FillAnswers:
         table.python = FillHook(lambda _uc, vaddr, access, entry, _data: python(uc, vaddr, access,
                                                                                 entry.contents, None))
         library = native.library()
-        self._learn = library.lguest_fills_learn
-        self._learn.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
-                                ctypes.c_uint32)
         self._forget = library.lguest_fills_forget
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
         self._address = ctypes.addressof(table)
@@ -106,9 +106,10 @@ class FillAnswers:
         """The current shadow changed: its table answers from now on."""
         self._table.current = which
 
-    def learn(self, page: int, write: bool, fetch: bool, user: bool, paddr: int, perms: int) -> None:
-        """Keep the page tables' answer to this kind of miss on this page (current shadow)."""
-        self._learn(self._address, page, 2 * fetch + write + 3 * user, paddr, perms)
+    def keep_this_answer(self) -> None:
+        """The answer the page tables are giving (to the miss the C hook passed on) may be
+        repeated for the same kind of access from the same ring, in the current shadow."""
+        self._table.keep = 1
 
     def forget(self, which: int, page: int) -> None:
         """A shadow's entry for this page changed."""

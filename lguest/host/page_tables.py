@@ -134,7 +134,7 @@ class PageTables:
         if self.answers is not None and self.current.ptes.get(page) == gpte:
             # Only an answer from the shadow can be repeated: a device window's is
             # walked again every time.
-            self.answers.learn(page, write, fetch, user, *answer)
+            self.answers.keep_this_answer()
             self.current.answered.add(page)
         return answer
 
@@ -235,7 +235,11 @@ class PageTables:
 
     def _flush_if_held(self, start: int, end: int) -> None:
         """Flush only if the emulator may hold a translation in [start, end)."""
-        if any(start <= page < end for page in self.tlb_may_hold):
+        if end - start == abi.PAGE_SIZE:
+            held = start in self.tlb_may_hold  # one page: not a walk over every held one
+        else:
+            held = any(start <= page < end for page in self.tlb_may_hold)
+        if held:
             self.flush()
 
     def take_tlb_flush(self) -> bool:
