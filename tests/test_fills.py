@@ -38,7 +38,8 @@ test_main:
 
 # Every answer kept for A's shadow must go when its entry changes: a SET_PTE while
 # A is current; a page made read-only, then writable; a kernel-only page touched by
-# the kernel, then by ring 3; and a SET_PTE of A's page while B is current (the
+# the kernel, then by ring 3 (and a first write to a clean page still reaching the
+# page tables, which set DIRTY); and a SET_PTE of A's page while B is current (the
 # emulator's TLB cannot hold it then, so only the kept answers know).
 CHANGES = TWO_SPACES + AWAY_AND_BACK + PF_CHECK.replace("POWEROFF", "jmp *resume") + """
 	.data
@@ -72,7 +73,14 @@ test_main:
 writable:
 	movl $frames + 12288 + 0x23, user_a
 	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames + 12288 + 0x23
-	movl $0x5678, 0x400000
+	cmpl $0x1234, 0x400000			/* a read of a clean page: write-protected */
+	jne fail
+	AWAY_AND_BACK
+	cmpl $0x1234, 0x400000
+	jne fail
+	movl $0x5678, 0x400000			/* the first write still sets DIRTY */
+	testl $0x40, user_a
+	jz fail
 	AWAY_AND_BACK
 	cmpl $0x5678, 0x400000
 	jne fail

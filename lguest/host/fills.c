@@ -51,6 +51,12 @@ struct fill_table {
 	struct answer_slot slot[TABLES][SLOTS];
 };
 
+/* For the Python side to check its copy of the layout. */
+size_t lguest_fills_table_size(void)
+{
+	return sizeof(struct fill_table);
+}
+
 static struct answer_slot *slot_of(struct fill_table *table, uint32_t which, uint32_t page)
 {
 	return &table->slot[which][(page >> 12) & (SLOTS - 1)];

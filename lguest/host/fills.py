@@ -83,6 +83,9 @@ class FillAnswers:
         table.python = FillHook(lambda _uc, vaddr, access, entry, _data: python(uc, vaddr, access,
                                                                                 entry.contents, None))
         library = native.library()
+        library.lguest_fills_table_size.restype = ctypes.c_size_t
+        if library.lguest_fills_table_size() != ctypes.sizeof(_Table):
+            raise native.NativeBuildError("fills.c and fills.py disagree on struct fill_table")
         self._forget = library.lguest_fills_forget
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
         self._address = ctypes.addressof(table)
