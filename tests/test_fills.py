@@ -127,3 +127,11 @@ def test_changed_entries_are_forgotten(asm_guest, native) -> None:
     assert guest.run().reason == "CRASH: Power down"
     assert guest.memory.read_u32(symbol(elf, "resume")) == symbol(elf, "done")
     assert (guest.switcher.native_fills > 0) == native
+
+
+def test_a_table_for_every_shadow() -> None:
+    """fills.c has one table per shadow slot and one for linear mode (its size is
+    checked against fills.py's copy when the hook is installed)."""
+    from lguest.host import fills, page_tables
+
+    assert fills.TABLES == page_tables.SHADOW_SLOTS + 1
