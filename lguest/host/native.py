@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "doorbell.c", HERE / "ports.c")
+SOURCES = (HERE / "doorbell.c", HERE / "ports.c", HERE / "fills.c")
 LIBRARY = HERE / "_native.so"
 
 

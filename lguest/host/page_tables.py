@@ -26,11 +26,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lguest import abi
 from lguest.host.memory import GuestMemory, hex32
 from lguest.host.pgformat import PAE, TWO_LEVEL, PageFormat
 from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
+
+if TYPE_CHECKING:
+    from lguest.host.fills import FillAnswers
 
 SHADOW_SLOTS = 4
 # What linear mode pretends the Guest's tables say (§6.2).
@@ -42,7 +46,9 @@ class Shadow:
     """One shadowed Guest page directory: the Guest PTEs we have validated, by page."""
 
     pgdir: int
+    table: int = SHADOW_SLOTS  # its answers in the native path's C hook (fills.py); linear mode's last
     ptes: dict[int, int] = field(default_factory=dict)
+    answered: set[int] = field(default_factory=set)  # pages with answers kept there
 
     def drop_user_part(self, kernel_address: int) -> None:
         self.ptes = {page: pte for page, pte in self.ptes.items() if page >= kernel_address}
@@ -69,6 +75,27 @@ class PageTables:
         self.tlb_may_hold: set[int] = set()  # pages the emulator's TLB may hold since its last flush
         self.tlb_stale = False  # the emulator's TLB must be flushed before the Guest runs
         self.mmio_pages: set[int] = set()  # device windows the Launcher mapped (pfns)
+        # The native path's copy of our answers, per shadow (fills.py): every change
+        # to a shadow's entries below tells it (`_forget`).  The C hook answers a page
+        # of the current shadow's `answered` without us, so those pages are always
+        # in tlb_may_hold.
+        self.answers: FillAnswers | None = None
+
+    def keep_answers(self, answers: FillAnswers) -> None:
+        """From now on, keep every answer a shadow gives in `answers`."""
+        self.answers = answers
+        answers.use(self.current.table)
+
+    def _forget(self, shadow: Shadow, page: int | None = None) -> None:
+        """The shadow's entry for `page` (None: many) changed: its kept answers go."""
+        if self.answers is None:
+            return
+        if page is None:
+            shadow.answered.clear()
+            self.answers.forget_all(shadow.table)
+        elif page in shadow.answered:
+            shadow.answered.discard(page)
+            self.answers.forget(shadow.table, page)
 
     def add_device_window(self, gpa: int, size: int) -> None:
         """The Launcher mapped a device's registers here: the Guest may map these pages
@@ -103,7 +130,13 @@ class PageTables:
             if gpte is None:
                 return error
         self.tlb_may_hold.add(page)
-        return self.format.page(gpte), self._permissions(gpte, write, fetch)
+        answer = self.format.page(gpte), self._permissions(gpte, write, fetch)
+        if self.answers is not None and self.current.ptes.get(page) == gpte:
+            # Only an answer from the shadow can be repeated: a device window's is
+            # walked again every time.
+            self.answers.keep_this_answer()
+            self.current.answered.add(page)
+        return answer
 
     def demand_page(self, vaddr: int, write: bool, user: bool,
                     fetch: bool = False) -> tuple[int | None, int]:
@@ -127,7 +160,9 @@ class PageTables:
         new = gpte | abi.PTE_ACCESSED | (abi.PTE_DIRTY if write else 0)
         if new != gpte and not self.linear:
             self.memory.write_u32(pte_gpa, new)
-        self.current.ptes[vaddr & ~0xFFF] = new
+        page = vaddr & ~0xFFF
+        self._forget(self.current, page)  # e.g. a read's answer, given before DIRTY was set
+        self.current.ptes[page] = new
         return new, 0
 
     def _allows(self, gpte: int, write: bool, user: bool, fetch: bool) -> bool:
@@ -196,11 +231,15 @@ class PageTables:
     def flush(self) -> None:
         """The emulator must forget every translation it has cached."""
         self.tlb_stale = True
-        self.tlb_may_hold.clear()
+        self.tlb_may_hold = set(self.current.answered)
 
     def _flush_if_held(self, start: int, end: int) -> None:
         """Flush only if the emulator may hold a translation in [start, end)."""
-        if any(start <= page < end for page in self.tlb_may_hold):
+        if end - start == abi.PAGE_SIZE:
+            held = start in self.tlb_may_hold  # one page: not a walk over every held one
+        else:
+            held = any(start <= page < end for page in self.tlb_may_hold)
+        if held:
             self.flush()
 
     def take_tlb_flush(self) -> bool:
@@ -218,6 +257,8 @@ class PageTables:
         if shadow is None:
             shadow = self._new_shadow(pgdir)
         self.current = shadow
+        if self.answers is not None:
+            self.answers.use(shadow.table)
         self.flush()
         if not shadow.ptes:
             self.pin_stack()
@@ -225,12 +266,13 @@ class PageTables:
     def _new_shadow(self, pgdir: int) -> Shadow:
         """A free slot, or a random victim keeping its kernel part (identical in all)."""
         if len(self.shadows) < SHADOW_SLOTS:
-            shadow = Shadow(pgdir)
+            shadow = Shadow(pgdir, len(self.shadows))
             self.shadows.append(shadow)
-            return shadow
-        shadow = random.choice(self.shadows)
-        shadow.pgdir = pgdir
-        shadow.drop_user_part(self.kernel_address)
+        else:
+            shadow = random.choice(self.shadows)
+            shadow.pgdir = pgdir
+            shadow.drop_user_part(self.kernel_address)
+        self._forget(shadow)
         return shadow
 
     def flush_tlb(self, everything: int) -> None:
@@ -239,13 +281,14 @@ class PageTables:
             self.clear_all()
             return
         self.current.drop_user_part(self.kernel_address)
+        self._forget(self.current)
         self.flush()
 
     def clear_all(self) -> None:
         """Throw away every shadow entry, kernel part included, and re-pin the stack."""
-        for shadow in self.shadows:
+        for shadow in [*self.shadows, self.current]:
             shadow.ptes.clear()
-        self.current.ptes.clear()
+            self._forget(shadow)
         self.flush()
         self.pin_stack()
 
@@ -284,6 +327,7 @@ class PageTables:
                 shadow.ptes[page] = pte
             else:
                 shadow.ptes.pop(page, None)
+            self._forget(shadow, page)
         if kernel or self.current in shadows:
             self._flush_if_held(page, page + abi.PAGE_SIZE)
 
@@ -298,6 +342,7 @@ class PageTables:
         for shadow in self.shadows:
             if shadow.pgdir == pgdir:
                 shadow.drop_range(start, end)
+                self._forget(shadow)
                 if shadow is self.current:
                     self._flush_if_held(start, end)
 

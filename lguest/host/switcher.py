@@ -97,6 +97,7 @@ from lguest.host.calibration import (
     restore_exit_checks,
 )
 from lguest.host.doorbell import Doorbell
+from lguest.host.fills import FillAnswers
 from lguest.host.native import enabled as native_by_default
 from lguest.host.ports import FixedPorts
 from lguest.host.segments import segment_descriptor
@@ -189,6 +190,10 @@ class Mmu(Protocol):
         """The guest-physical address behind vaddr, without side effects."""
         ...
 
+    def keep_answers(self, answers: FillAnswers) -> None:
+        """Keep the answers `translate` may repeat in `answers` (the native path's C hook)."""
+        ...
+
 
 class DirectTrap(Protocol):
     """The Host's fast path (interrupts.py): deliver a trap without leaving the emulator."""
@@ -258,12 +263,13 @@ class Switcher:
         # fills, traps delivered without leaving the emulator.
         self.runs = 0
         self.emulating = 0.0
-        self.fills = 0
+        self.python_fills = 0
         self.direct_traps = 0
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
         self._odd_code: set[int] = set()  # GDT entries that ever held code the entry gate cannot run in
         self._install_switcher_pages()
         self.fixed_ports: FixedPorts | None = None
+        self.fill_answers: FillAnswers | None = None
         self.doorbell = self._install_hooks()
         self.closed = False
 
@@ -315,7 +321,8 @@ class Switcher:
         """Every way out of the Guest, installed here and nowhere else.
 
         Python hooks are guarded (`_guard`); the doorbell is C (doorbell.py), and
-        so are fixed port reads on the native path (ports.py).
+        so are fixed port reads (ports.py) and TLB misses already answered (fills.py)
+        on the native path.
         """
         self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
         if self.native:
@@ -324,7 +331,11 @@ class Switcher:
             self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
+        if self.native:
+            self.fill_answers = FillAnswers(self.uc, self._guard(self._on_tlb_fill, False))
+            self.mmu.keep_answers(self.fill_answers)
+        else:
+            self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
         quiet = self.native and quiet_exit_checks(self.uc)
         return Doorbell(self.uc, ENTRY_GATE if quiet else None)
 
@@ -333,11 +344,25 @@ class Switcher:
         """Port reads answered in C, which the Launcher never saw (--stats)."""
         return self.fixed_ports.served if self.fixed_ports is not None else 0
 
-    def _ports_ask_python(self, ask: bool = True) -> None:
-        """While the Host has news the C `in` hook cannot see (an exit pending, a
-        failed hook, a frame for the trampoline), every port read goes to `_on_in`."""
+    @property
+    def native_fills(self) -> int:
+        """TLB misses answered in C, which the page tables never saw."""
+        return self.fill_answers.served if self.fill_answers is not None else 0
+
+    @property
+    def fills(self) -> int:
+        """Every TLB miss answered, in Python or in C (--stats' page faults served)."""
+        return self.python_fills + self.native_fills
+
+    def _native_ask_python(self, ask: bool = True) -> None:
+        """While the Host has news the C hooks cannot see (an exit pending, a
+        failed hook, a frame for the trampoline, the Host itself switching rings
+        outside the emulator), every port read goes to `_on_in` and every TLB miss
+        to `_on_tlb_fill`."""
         if self.fixed_ports is not None:
             self.fixed_ports.ask_python(ask)
+        if self.fill_answers is not None:
+            self.fill_answers.ask_python(ask)
 
     # --- registers ------------------------------------------------------------------------
     # Registers are read and written straight through Unicorn's C API: the Python
@@ -450,7 +475,7 @@ class Switcher:
 
         Until then the frame is the Guest's state: `get` and `set` see it.
         """
-        self._ports_ask_python()
+        self._native_ask_python()
         self._frame = {"gs": gs, "fs": fs, "es": es, "ds": ds, "eip": eip, "cs": cs, "eflags": eflags,
                        "esp": esp, "ss": ss}
 
@@ -539,7 +564,7 @@ class Switcher:
 
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
-        self._ports_ask_python(False)
+        self._native_ask_python(False)
         self.runs += 1
         started = time.perf_counter()
         try:
@@ -554,6 +579,7 @@ class Switcher:
                     raise
         finally:
             self.emulating += time.perf_counter() - started
+            self._native_ask_python()  # misses outside emulation: the Host's own loads
         if self._failure is not None:
             # A hook failed: whatever the emulator made of its default answer
             # (often a fault) is no news of the Guest's.
@@ -646,7 +672,7 @@ class Switcher:
                 return hook(*args)
             except BaseException as failure:  # noqa: BLE001 (run() raises it, as itself)
                 self._failure = failure
-                self._ports_ask_python()
+                self._native_ask_python()
                 self.uc.emu_stop()
                 return default
         return guarded
@@ -654,7 +680,7 @@ class Switcher:
     def _leave(self, exit_: Exit) -> None:
         if self.exit is None:
             self.exit = exit_
-        self._ports_ask_python()
+        self._native_ask_python()
         self.uc.emu_stop()
 
 # tour:S.70 The interrupt hook: a trap leaves the Guest
@@ -761,7 +787,7 @@ class Switcher:
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
         if self._undo is not None:
             return False  # an in/out already faulted: nothing after it may run
-        self.fills += 1
+        self.python_fills += 1
         write = access == UC_MEM_WRITE
         fetch = access == UC_MEM_FETCH
         cpl = self.cpl

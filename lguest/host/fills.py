@@ -1,0 +1,123 @@
+"""TLB misses the Host already answered, answered again in C (fills.c; no lguest
+counterpart: lguest's shadow page tables were walked by the real CPU).
+
+Every miss in the emulator's TLB asks `PageTables.translate` through a Python
+callback, some microseconds each, and most ask again what the current shadow
+already answered before the emulator's TLB was flushed (a context switch, a
+FLUSH_TLB, a SET_PTE of a page it held).  So the page tables keep, here, the
+answers they gave (physical page and permissions, per page and per kind of
+access, kernel or user), and the native path's TLB-fill hook is C that repeats
+them; the rules of `translate` stay written once, in Python.
+
+Each shadow has its own table (so an address space switched back to is answered
+at once), and only answers that come from a shadow's entries are kept.  The page
+tables drop them exactly where the entry behind them changes: a page's when
+SET_PTE or `demand_page` changes its entry (a first write sets DIRTY), a whole
+table when SET_PGD, FLUSH_TLB, eviction or a full flush drops many entries at
+once.  Anything else (no answer kept, the Switcher's pages, virtual-8086 mode,
+and every miss while the Host has news the hook cannot see: an exit pending, a
+failed hook, a frame for the trampoline, the Host's own loads outside the
+emulator) goes to the Switcher's Python hook.
+
+What it owns: the table, the C hook's installation in one engine, and the count
+of misses answered without Python (--stats).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+from unicorn import UC_HOOK_TLB_FILL, Uc, UcError
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uc_tlb_entry, uclib
+from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_EFLAGS
+
+from lguest import abi
+from lguest.host import native
+
+TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
+SLOTS = 4096
+CLASSES = 6
+FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                            ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
+
+
+class _Slot(ctypes.Structure):
+    """struct answer_slot of fills.c."""
+
+    _fields_ = (("generation", ctypes.c_uint64), ("page", ctypes.c_uint32), ("known", ctypes.c_uint32),
+                ("paddr", ctypes.c_uint32 * CLASSES), ("perms", ctypes.c_uint32 * CLASSES))
+
+
+class _Table(ctypes.Structure):
+    """struct fill_table of fills.c."""
+
+    _fields_ = (("python_decides", ctypes.c_int32), ("keep", ctypes.c_int32), ("reg_read", ctypes.c_void_p),
+                ("cs", ctypes.c_int32),
+                ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("python", FillHook),
+                ("served", ctypes.c_uint64), ("current", ctypes.c_uint32),
+                ("generation", ctypes.c_uint64 * TABLES), ("slot", (_Slot * SLOTS) * TABLES))
+
+
+# tour:S.160 TLB fills of pages already validated, served in C
+# Most TLB misses ask again what a shadow already answered: the emulator's TLB was flushed
+# by a context switch, a FLUSH_TLB or a SET_PTE, and the page is still shadowed.  On the
+# native path the TLB-fill hook is C that repeats the answers the page tables gave
+# (physical page and permissions, per shadow, per page, per kind of access, kernel or
+# user); the rules stay in `translate`, written once.  Wherever a shadow entry changes the
+# page tables forget the answers given from it, and every page the C hook may answer
+# unseen counts as one the emulator's TLB may hold, so a SET_PTE of it still flushes.  The
+# Switcher's pages, virtual-8086 mode and a miss while an exit is pending go to the
+# Switcher's Python hook, as if the C one were not there.
+class FillAnswers:
+    """The C TLB-fill hook of one engine, with the answers the page tables gave."""
+
+    def __init__(self, uc: Uc, python: Callable[[Uc, int, int, uc_tlb_entry, object], bool]) -> None:
+        table = self._table = _Table()
+        table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+        table.cs, table.eflags = UC_X86_REG_CS, UC_X86_REG_EFLAGS
+        table.switcher = abi.SWITCHER_ADDR
+        for which in range(TABLES):
+            table.generation[which] = 1  # an empty slot's 0 is never current
+        table.python_decides = 1  # until the Switcher starts emulating
+        table.python = FillHook(lambda _uc, vaddr, access, entry, _data: python(uc, vaddr, access,
+                                                                                entry.contents, None))
+        library = native.library()
+        library.lguest_fills_table_size.restype = ctypes.c_size_t
+        if library.lguest_fills_table_size() != ctypes.sizeof(_Table):
+            raise native.NativeBuildError("fills.c and fills.py disagree on struct fill_table")
+        self._forget = library.lguest_fills_forget
+        self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+        self._address = ctypes.addressof(table)
+        self._hook = uc_hook_h()
+        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_TLB_FILL,
+                                ctypes.cast(library.lguest_tlb_fill_hook, ctypes.c_void_p),
+                                ctypes.byref(table), ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise UcError(err)
+
+    @property
+    def served(self) -> int:
+        """Misses answered in C, which the page tables never saw."""
+        return self._table.served
+
+    def ask_python(self, ask: bool) -> None:
+        """Send every miss to the Python hook (True) or only those with no answer kept."""
+        self._table.python_decides = ask
+
+    def use(self, which: int) -> None:
+        """The current shadow changed: its table answers from now on."""
+        self._table.current = which
+
+    def keep_this_answer(self) -> None:
+        """The answer the page tables are giving (to the miss the C hook passed on) may be
+        repeated for the same kind of access from the same ring, in the current shadow."""
+        self._table.keep = 1
+
+    def forget(self, which: int, page: int) -> None:
+        """A shadow's entry for this page changed."""
+        self._forget(self._address, which, page)
+
+    def forget_all(self, which: int) -> None:
+        """A shadow lost many entries at once."""
+        self._table.generation[which] += 1
