@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, RUN_TIMEOUT, lguest
 from test_launcher_hostile import ESCAPE, STOPPED_BY_USER, OnTerminal, last_line
+from test_linux import BZIMAGE, ON_HVC1, PROLOGUE, busybox, initramfs  # noqa: F401 (a fixture)
 
 LAUNCHER = [sys.executable, "-m", "lguest.launcher.main"]
 COUNT_TO = 60
@@ -216,3 +217,31 @@ def test_a_changed_disk_is_refused_unless_forced(saved: Saved) -> None:
                    " (--force-restore uses it anyway)")
     run = restore(saved, "poweroff\n", "--force-restore")
     assert run.status == 0 and counts(run.stdout)[0] == saved.last_count + 1, run.stderr
+
+
+# --- Linux (LGUEST_LINUX_BZIMAGE) ----------------------------------------------------------------
+LINUX_INIT = PROLOGUE + ON_HVC1 + "echo UPTIME-BEFORE $(cut -d' ' -f1 /proc/uptime)\necho READY\nexec sh\n"
+UPTIME = re.compile(r"UPTIME-(BEFORE|AFTER) ([0-9.]+)")
+
+
+@pytest.mark.skipif(not BZIMAGE, reason="set LGUEST_LINUX_BZIMAGE to a Linux 4.9 lguest bzImage")
+def test_linux_shell_saved_and_restored(tmp_path: Path, busybox: bytes) -> None:  # noqa: F811
+    """Booted to its shell, saved, restored: the shell answers and the uptime has gone on."""
+    snap = tmp_path / "linux.snap"
+    proc = subprocess.Popen([*LAUNCHER, f"--initrd={initramfs(tmp_path, busybox, LINUX_INIT)}",
+                             f"--snapshot-and-exit={snap}", "64", str(BZIMAGE), "console=hvc0", "panic=-1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout
+    seen = b""
+    for line in proc.stdout:
+        seen += line
+        if line.strip() == b"READY":
+            break
+    proc.send_signal(signal.SIGUSR1)
+    status, stdout, stderr = finish(proc)
+    assert (status, last_line(stderr)) == (0, SAVED_AND_ENDED)
+    assert snap.stat().st_size < 8 << 20  # a 64 MiB Linux at its shell, sparse and compressed
+    run = lguest(f"--restore={snap}", stdin="echo UPTIME-AFTER $(cut -d' ' -f1 /proc/uptime)\npoweroff -f\n")
+    assert (run.status, run.reason) == (0, "CRASH: Power down"), run.stderr
+    uptimes = dict(UPTIME.findall(seen.decode() + run.stdout))
+    assert float(uptimes["AFTER"]) > float(uptimes["BEFORE"]), uptimes
