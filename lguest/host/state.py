@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from unicorn import UcError
+
 from lguest import abi
 from lguest.host.memory import hex32
 
@@ -112,7 +114,10 @@ def restore(guest: Guest, state: GuestState) -> None:
     for reg in GENERAL_REGS:
         switcher.set(reg, regs[reg])
     switcher.load_frame(*(regs[reg] for reg in FRAME_REGS))
-    switcher.set_fpu_state(state.fpu)
+    try:
+        switcher.set_fpu_state(state.fpu)
+    except (KeyError, TypeError, ValueError, UcError) as err:
+        raise BadState(f"FPU state: {err}") from None
     guest.ts = state.ts
     switcher.set_task_switched(bool(state.ts))
     guest.lguest_data, guest.noirq_iret = state.lguest_data, state.noirq_iret
