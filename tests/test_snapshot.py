@@ -3,6 +3,7 @@ kind of bad snapshot refused in one line with status 2 and the disk image untouc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -186,6 +187,28 @@ def assert_refused(saved: Saved, reason: str, *options: str) -> None:
     assert len(run.stderr.splitlines()) == 1 and run.stdout == ""
     if disk_before is not None:
         assert saved.disk.read_bytes() == disk_before and saved.disk.stat().st_mtime_ns == stat_before
+
+
+def edit_state(path: Path, edit) -> None:
+    """Change the saved state and write the file back with honest checksums: a doctored,
+    not a damaged, snapshot."""
+    data = path.read_bytes()
+    length = struct.unpack_from("<Q", data, 28)[0]
+    state = json.loads(data[40:40 + length])
+    edit(state)
+    payload = json.dumps(state).encode()
+    path.write_bytes(data[:24] + struct.pack("<4sQI", b"STAT", len(payload), zlib.crc32(payload)) + payload
+                     + data[40 + length:])
+
+
+def test_a_doctored_cpu_state_cannot_reach_ring_0(saved: Saved) -> None:
+    edit_state(saved.path, lambda state: state["guest"]["registers"].update(cs=0x10, ss=0x18))
+    assert_refused(saved, "bad saved state: cs 0x10 and ss 0x18 are not a Guest's ring")
+
+
+def test_a_doctored_queue_outside_ram_is_refused(saved: Saved) -> None:
+    edit_state(saved.path, lambda state: state["devices"][0]["queues"][0].update(desc=0x7FFFF000))
+    assert_refused(saved, "bad saved state: Invalid address 0x7ffff000")
 
 
 def test_another_memory_size_is_refused(saved: Saved) -> None:
