@@ -75,6 +75,17 @@ class GuestState:
             raise BadState(f"Guest state: {err}") from None
 
 
+# tour:H.170 A snapshot: the Guest as data
+# lguest never saved a Guest; we can, because everything the Host keeps of one is already
+# plain data.  Between two runs of the loop (a safe point, where a debugger also looks) no
+# hook is running and the CPU's state is whole: `capture` reads the registers by name (the
+# x87 and SSE ones too, never Unicorn's build-specific context blob), and what the Host
+# learnt from the Guest's hypercalls: INIT's answers, the IDT and GDT, SET_STACK's stack,
+# the current page directory, the async ring's cursor, pending interrupts, HALT, and the
+# clock's next tick as a delay.  `restore` gives it all to a new Guest through the same doors
+# the hypercalls use, so a doctored file can do no more than a Guest could, and enters it
+# through the trampoline, which loads every segment afresh.  The shadow page tables are
+# simply not there: the first TLB misses fill them, as after a NEW_PGTABLE.
 def capture(guest: Guest) -> GuestState:
     """The Guest's state; only at a safe point (between runs, no hook running).
 

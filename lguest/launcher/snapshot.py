@@ -97,6 +97,15 @@ class Snapshot:
 
 
 # --- saving ------------------------------------------------------------------------------
+# tour:L.120 Snapshots: a file the Launcher owns
+# A save request (SIGUSR1, or Ctrl-] `s`) reaches the vCPU as an action for its next safe
+# point.  There the devices stop their service threads (a request in hand is finished, one
+# waiting for input goes back to its ring), the Host hands over its state and each device its
+# own, and this module writes them with the RAM: zero pages left out, the rest through zlib,
+# every section checksummed, the file renamed into place whole.  Restoring reads and checks
+# everything first (header, checksums, version, memory size, each disk against the size and
+# modification time it had), so a bad file is one line and status 2 with nothing touched; then
+# `build_machine` fills RAM from it instead of loading a kernel and gives each part its state.
 def save(path: str, opts: Options, guest: Guest, devices: list[VirtioDevice], ram: Any) -> int:
     """Write a snapshot of a Guest stopped at a safe point; the bytes written.
 
