@@ -268,3 +268,10 @@ def test_linux_shell_saved_and_restored(tmp_path: Path, busybox: bytes) -> None:
     assert (run.status, run.reason) == (0, "CRASH: Power down"), run.stderr
     uptimes = dict(UPTIME.findall(seen.decode() + run.stdout))
     assert float(uptimes["AFTER"]) > float(uptimes["BEFORE"]), uptimes
+
+
+@pytest.mark.parametrize("words", [["64", "vmlinux"], ["run"], ["--initrd=x"]])
+def test_restore_takes_no_kernel(words: list[str]) -> None:
+    run = lguest("--restore=guest.snap", *words)
+    assert (run.status, run.reason) == (2, "--restore takes no kernel, kernel arguments or --initrd:"
+                                           " the snapshot has them")

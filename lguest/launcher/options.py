@@ -271,8 +271,8 @@ def parse_args(argv: list[str]) -> Options:
         break
 
     if p.restore is not None:
-        if kernel is not None or bundled or kernel_args:
-            raise UsageError("--restore takes no kernel or kernel arguments: the snapshot has them")
+        if kernel is not None or bundled or kernel_args or p.initrd is not None:
+            raise UsageError("--restore takes no kernel, kernel arguments or --initrd: the snapshot has them")
         mem = 0 if mem is None else mem  # 0: the snapshot's; else it must match
     elif p.force_restore:
         raise UsageError("--force-restore needs --restore=<file>")

@@ -153,6 +153,8 @@ def _pack_ram(ram: Any, size: int) -> bytes:
 
 
 def _write_whole(path: str, data: bytes) -> None:
+    """Written aside and renamed: a reader never sees half a file.  Readable by its owner
+    only (mkstemp's mode), since it holds all of the Guest's memory."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=".snapshot-", dir=directory)
     try:
