@@ -79,9 +79,9 @@ class Snapshot:
         data = zlib.decompressobj().decompress(stream, expected + 1) if expected else b""
         if len(data) != expected:
             raise self.fail("RAM section does not hold the pages it lists")
-        done = 0
+        pages, done = memoryview(data), 0  # a view: no copy of each run on its way to RAM
         for first, count in extents:
-            ram[first * PAGE:(first + count) * PAGE] = data[done:done + count * PAGE]
+            ram[first * PAGE:(first + count) * PAGE] = pages[done:done + count * PAGE]
             done += count * PAGE
 
     def restore(self, guest: Guest, devices: list[VirtioDevice]) -> None:
