@@ -91,7 +91,7 @@ class StopRequest:
 
 @contextlib.contextmanager
 def stopped_by_signals(stop: StopRequest) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP become stop requests (main thread only)."""
+    """SIGINT, SIGTERM and SIGHUP become stop requests, SIGUSR1 a snapshot request (main thread only)."""
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous = {sig: signal.signal(sig, _note_only) for sig in (*STOP_SIGNALS, SNAPSHOT_SIGNAL)}
