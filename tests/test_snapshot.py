@@ -275,3 +275,65 @@ def test_restore_takes_no_kernel(words: list[str]) -> None:
     run = lguest("--restore=guest.snap", *words)
     assert (run.status, run.reason) == (2, "--restore takes no kernel, kernel arguments or --initrd:"
                                            " the snapshot has them")
+
+
+# --- the Host's half, in-process: GuestState through the real emulator ---------------------------
+FPU_GUEST = """
+test_main:
+	INIT
+	fninit
+	fldpi
+	fld1
+	movl $0x3f800000, %eax
+	movd %eax, %xmm3
+	movl $0x12345678, %edi
+	HCALL LHCALL_TS, $1
+	HCALL LHCALL_HALT
+	POWEROFF
+"""
+
+
+class SaveAtHalt:
+    """A tracer that asks for the Guest's state once it has made the HALT hypercall."""
+
+    def __init__(self) -> None:
+        self.state = None
+
+    def hcall(self, guest, args, queued) -> None:
+        if args[0] == 10:  # LHCALL_HALT
+            guest.call_at_safe_point(self.save)
+
+    def save(self, guest) -> None:
+        self.state = guest.save_state()
+        guest.kill("saved")
+
+    def trap(self, guest, exit_) -> None: ...
+
+    def irq(self, guest, irq) -> None: ...
+
+
+def test_guest_state_round_trips_through_a_new_guest(asm_guest) -> None:
+    """Registers, x87 stack, SSE, CR0.TS and HALT saved from one engine and given to another."""
+    from lguest.host.core import Guest
+    from lguest.launcher.boot import allocate_guest_ram, load_kernel, write_boot_params
+    from lguest.launcher.pci import PciBus
+    from lguest.launcher.ports import Ports
+
+    mem = 32 << 20
+    ram = allocate_guest_ram(mem)
+    kernel = load_kernel(ram, mem, str(asm_guest(FPU_GUEST)))
+    write_boot_params(ram, mem, "", None)
+    tracer = SaveAtHalt()
+    first = Guest(ram, mem, kernel.entry, Ports(PciBus(), print), tracer=tracer)
+    assert first.run().reason == "saved"
+    first.close()
+    state = tracer.state
+    assert state is not None and state.halted and state.ts == 1
+    assert state.registers["edi"] == 0x12345678 and state.registers["cs"] & 3 == 1
+    assert state.fpu["xmm"][3] == 0x3f800000
+    assert (0xC90FDAA22168C235, 0x4000) in [tuple(r) for r in state.fpu["x87"]]  # pi, 80-bit
+    second = Guest(ram, mem, 0, Ports(PciBus(), print))
+    second.restore_state(state)
+    again = second.save_state()
+    second.close()
+    assert again == state

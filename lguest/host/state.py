@@ -135,11 +135,14 @@ def restore(guest: Guest, state: GuestState) -> None:
     guest.syscall_vector, guest.next_hcall = state.syscall_vector, state.next_hcall
     guest.hcall_pending, guest.halted = state.hcall_pending, state.halted
     guest.irqs_pending = state.irqs_pending & ((1 << abi.LGUEST_IRQS) - 1)
+    # An all-zero entry is one the Guest never set (a hypercall leaves its mark on every
+    # entry it loads): the new Guest's own is the same, so it is left alone.
     for num, (lo, hi) in enumerate(state.idt):
-        if hi:
+        if lo or hi:
             guest.idt.load_entry(num, lo, hi)
     for num, (lo, hi) in enumerate(state.gdt):
-        guest.segments.load_gdt_entry(num, lo, hi)
+        if lo or hi:
+            guest.segments.load_gdt_entry(num, lo, hi)
     pages.kernel_address = state.kernel_address
     if state.pgdir is not None:
         pages.new_pgtable(state.pgdir)
