@@ -150,11 +150,11 @@ def test_terminal_is_restored_after_sigterm(puppy) -> None:
 
 
 def test_keyboard_escape_stops_the_launcher(puppy) -> None:
-    """Ctrl-] ends the Launcher whatever the Guest does (exit status 130)."""
+    """Ctrl-] then q ends the Launcher whatever the Guest does (exit status 130)."""
     controller, terminal = pty.openpty()
     proc = started_on_a_terminal(controller, terminal)
     try:
-        os.write(controller, b"\x1d")
+        os.write(controller, b"\x1dq")
         assert proc.wait(timeout=30) == 130
         assert b"stopped from the console" in proc.stderr.read()
     finally:

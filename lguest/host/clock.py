@@ -43,6 +43,11 @@ class OneShot:
                 self._thread.start()
             self._cond.notify()
 
+    def remaining(self) -> float | None:
+        """Seconds until the armed deadline (never below 0), or None if not armed."""
+        with self._cond:
+            return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
     def cancel(self) -> None:
         with self._cond:
             self._deadline = None
@@ -88,6 +93,12 @@ class Clock:
             self._timer.arm(delta_ns / 1e9)
         else:
             self._timer.cancel()
+
+    def next_deadline_ns(self) -> int | None:
+        """Nanoseconds until the armed tick, or None: what a snapshot keeps, since a
+        deadline on this process's monotonic clock means nothing to another process."""
+        remaining = self._timer.remaining()
+        return None if remaining is None else round(remaining * 1e9)
 
     def close(self) -> None:
         self._timer.close()

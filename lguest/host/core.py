@@ -35,6 +35,7 @@ from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap, direct_
 from lguest.host.memory import GuestMemory, hex32
 from lguest.host.page_tables import PageTables
 from lguest.host.segments import Segments
+from lguest.host.state import GuestState, capture, restore
 from lguest.host.switcher import Exit, ExitKind, PortBus, Switcher
 
 
@@ -133,6 +134,7 @@ class Guest:
         self.stats: Counter[str] = Counter()  # hypercalls, reflected traps, interrupts (--stats)
         self._irq_lock = threading.Lock()
         self._wake = threading.Event()
+        self._at_safe_point: list[Callable[[Guest], None]] = []  # call_at_safe_point's, in order
         self._initial_state(start)
 
     def _initial_state(self, start: int) -> None:
@@ -182,6 +184,25 @@ class Guest:
         self._wake.set()
         self.doorbell.ring()
 
+    def call_at_safe_point(self, action: Callable[[Guest], None]) -> None:
+        """From any thread: have the vCPU call action(guest) at its next safe point,
+        between two runs, where the Guest's state is whole (a snapshot is taken there);
+        then the Guest carries on.  A halted vCPU wakes for it."""
+        with self._irq_lock:
+            self._at_safe_point.append(action)
+        self.attention()
+
+    def save_state(self) -> GuestState:
+        """The Guest's state as data (only from an action at a safe point)."""
+        return capture(self)
+
+    def restore_state(self, state: GuestState) -> None:
+        """Make this Guest, built but never run, the one `state` was saved from.
+
+        The Launcher has filled RAM already; raises state.BadState if it cannot be.
+        """
+        restore(self, state)
+
     def get_reg(self, offset: int) -> int:
         """LHREQ_GETREG: a register by its offset in i386 `struct pt_regs`."""
         return self.switcher.get(PT_REG_NAMES[offset])
@@ -228,6 +249,8 @@ class Guest:
                     self.debugger.safe_point(self)
                     if self.dead:
                         break
+                if self._at_safe_point:
+                    self._run_safe_point_actions()
                 if not self._interrupts_held():
                     self._deliver_pending_interrupt()
                 if self.dead:
@@ -240,6 +263,12 @@ class Guest:
             self.clock.close()
             self.doorbell.close()
         return RunResult(self.dead or "", self.restart, self.shutdown_how)
+
+    def _run_safe_point_actions(self) -> None:
+        with self._irq_lock:
+            actions, self._at_safe_point = self._at_safe_point, []
+        for action in actions:
+            action(self)
 
     def _run_guest(self) -> Exit:
         """One world switch: into the Guest until it comes back (lguest_arch_run_guest)."""
@@ -431,7 +460,7 @@ class Guest:
     def _sleep_until_interrupt(self) -> None:
         """HALT: sleep, without spinning, until an unblocked interrupt is pending."""
         while (self._deliverable_irq() is None and not self.dead and not self.stopped
-               and not self._debugger_waiting()):
+               and not self._debugger_waiting() and not self._at_safe_point):
             self.stats["halted sleeps"] += 1  # each a wait on an event, never a poll
             self._wake.wait()
             self._wake.clear()

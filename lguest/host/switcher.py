@@ -80,12 +80,32 @@ from unicorn.x86_const import (
     UC_X86_REG_ES,
     UC_X86_REG_ESI,
     UC_X86_REG_ESP,
+    UC_X86_REG_FP0,
+    UC_X86_REG_FP1,
+    UC_X86_REG_FP2,
+    UC_X86_REG_FP3,
+    UC_X86_REG_FP4,
+    UC_X86_REG_FP5,
+    UC_X86_REG_FP6,
+    UC_X86_REG_FP7,
+    UC_X86_REG_FPCW,
+    UC_X86_REG_FPSW,
+    UC_X86_REG_FPTAG,
     UC_X86_REG_FS,
     UC_X86_REG_GDTR,
     UC_X86_REG_GS,
     UC_X86_REG_IDTR,
+    UC_X86_REG_MXCSR,
     UC_X86_REG_SS,
     UC_X86_REG_TR,
+    UC_X86_REG_XMM0,
+    UC_X86_REG_XMM1,
+    UC_X86_REG_XMM2,
+    UC_X86_REG_XMM3,
+    UC_X86_REG_XMM4,
+    UC_X86_REG_XMM5,
+    UC_X86_REG_XMM6,
+    UC_X86_REG_XMM7,
 )
 
 from lguest import abi
@@ -151,6 +171,15 @@ SEGMENT_REGS = {
     "gs": UC_X86_REG_GS,
 }
 ALL_REGS = GENERAL_REGS | SEGMENT_REGS
+# The FPU and SSE state by name, for snapshots: Unicorn's register ids are the same in
+# every build, where its saved-context blob is not.  FP0..FP7 are the physical x87
+# registers (mantissa, exponent), independent of the stack top FPSW holds.
+FPU_CONTROL_REGS = {"fpcw": UC_X86_REG_FPCW, "fpsw": UC_X86_REG_FPSW, "fptag": UC_X86_REG_FPTAG,
+                    "mxcsr": UC_X86_REG_MXCSR}
+X87_REGS = (UC_X86_REG_FP0, UC_X86_REG_FP1, UC_X86_REG_FP2, UC_X86_REG_FP3, UC_X86_REG_FP4,
+            UC_X86_REG_FP5, UC_X86_REG_FP6, UC_X86_REG_FP7)
+XMM_REGS = (UC_X86_REG_XMM0, UC_X86_REG_XMM1, UC_X86_REG_XMM2, UC_X86_REG_XMM3, UC_X86_REG_XMM4,
+            UC_X86_REG_XMM5, UC_X86_REG_XMM6, UC_X86_REG_XMM7)
 
 # Unicorn's TLB answers: which kinds of access an installed translation allows.
 PERM_EXEC = UC_PROT_READ | UC_PROT_EXEC
@@ -603,6 +632,23 @@ class Switcher:
         """Mirror the Guest's wish for CR0.TS: then the first FPU instruction is #NM."""
         cr0 = self.uc.reg_read(UC_X86_REG_CR0)
         self.uc.reg_write(UC_X86_REG_CR0, cr0 | CR0_TS if ts else cr0 & ~CR0_TS)
+
+    def fpu_state(self) -> dict[str, int | list[int] | list[list[int]]]:
+        """The x87 and SSE registers, by name (a snapshot's; never on a hot path)."""
+        state: dict[str, int | list[int] | list[list[int]]] = {
+            name: self.uc.reg_read(reg) for name, reg in FPU_CONTROL_REGS.items()}
+        state["x87"] = [list(self.uc.reg_read(reg)) for reg in X87_REGS]
+        state["xmm"] = [self.uc.reg_read(reg) for reg in XMM_REGS]
+        return state
+
+    def set_fpu_state(self, state: dict) -> None:
+        """Load what `fpu_state` returned: the physical registers first, then FPSW's stack top."""
+        for reg, (mantissa, exponent) in zip(X87_REGS, state["x87"], strict=True):
+            self.uc.reg_write(reg, (mantissa, exponent))
+        for reg, value in zip(XMM_REGS, state["xmm"], strict=True):
+            self.uc.reg_write(reg, value)
+        for name, reg in FPU_CONTROL_REGS.items():
+            self.uc.reg_write(reg, state[name])
 
     def flush_tlb(self) -> None:
         """Forget every translation the emulator has cached (our shadow page tables)."""

@@ -9,10 +9,14 @@ pipe (`signal.set_wakeup_fd`); a watcher thread reads it and asks the running Gu
 to stop (`Guest.stop_run`, which rings the vCPU's doorbell and wakes a halted one).
 The run loop returns, and the Launcher restores the terminal and exits 128+signum.
 
+SIGUSR1 asks for a snapshot the same way: the watcher hands the running Guest the
+Launcher's save action, which its vCPU runs at its next safe point.
+
 The keyboard gets its own thread for the same reason, started before the first boot:
-Ctrl-] and three lone Ctrl-C within a second work before the Guest's console driver
-is up, while it halts, spins, floods or restarts.  Everything else typed waits in a
-buffer until the console's input queue takes it, across restarts too.
+Ctrl-] (a small menu, as telnet's: `s` saves a snapshot, `q` quits, `c` or any other
+key continues) and three lone Ctrl-C within a second work before the Guest's console
+driver is up, while it halts, spins, floods or restarts.  Everything else typed waits
+in a buffer until the console's input queue takes it, across restarts too.
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ from collections.abc import Callable, Iterator
 from lguest.host.core import Guest
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SNAPSHOT_SIGNAL = signal.SIGUSR1
 ESCAPE_STATUS = 128 + signal.SIGINT  # the escape keys end us as a ^C would
 STOPPED_BY_USER = "stopped from the console (Ctrl-C three times, or Ctrl-])"
 CTRL_C = b"\x03"
 ESCAPE = b"\x1d"  # Ctrl-]
+MENU_PROMPT = b"\r\nlguest: s save a snapshot, q quit, c continue? "
+MENU_SAVE, MENU_QUIT = b"s", b"q"
+STDERR = 2
 CTRL_C_COUNT = 3
 CTRL_C_WINDOW = 1.0  # seconds
 PIPE_BUFFER_LIMIT = 1 << 20  # piped input beyond this waits for the Guest to read
@@ -53,6 +61,8 @@ class StopRequest:
         self.status: int | None = None
         self.message = ""
         self._guest: Guest | None = None
+        # What a snapshot request has the running Guest do at its next safe point.
+        self.save_action: Callable[[Guest], None] = lambda guest: None
 
     def request(self, status: int, message: str) -> None:
         """Any thread: stop now, or as soon as the next Guest starts."""
@@ -62,6 +72,13 @@ class StopRequest:
             guest = self._guest
         if guest is not None:
             guest.stop_run()
+
+    def request_snapshot(self) -> None:
+        """Any thread: have the running Guest saved at its next safe point (SIGUSR1, Ctrl-] s)."""
+        with self._lock:
+            guest = self._guest
+        if guest is not None:
+            guest.call_at_safe_point(self.save_action)
 
     def running(self, guest: Guest | None) -> None:
         """The Guest now being run (None between boots); told at once if a stop came first."""
@@ -74,10 +91,10 @@ class StopRequest:
 
 @contextlib.contextmanager
 def stopped_by_signals(stop: StopRequest) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP become stop requests (main thread only)."""
+    """SIGINT, SIGTERM and SIGHUP become stop requests, SIGUSR1 a snapshot request (main thread only)."""
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
-    previous = {sig: signal.signal(sig, _note_only) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, _note_only) for sig in (*STOP_SIGNALS, SNAPSHOT_SIGNAL)}
     previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     watcher = threading.Thread(target=_watch_signals, args=(read_end, stop), daemon=True,
                                name="lguest-signals")
@@ -103,6 +120,9 @@ def _watch_signals(fd: int, stop: StopRequest) -> None:
         for signum in os.read(fd, 64):
             if signum == 0:
                 return
+            if signum == SNAPSHOT_SIGNAL:
+                stop.request_snapshot()
+                continue
             stop.request(128 + signum, f"stopped by {signal.Signals(signum).name}")
 
 
@@ -118,6 +138,7 @@ class Keyboard:
         self._buffer = bytearray()
         self._changed = threading.Condition()
         self._ctrl_c: list[float] = []
+        self._menu_open = False  # Ctrl-] was typed: the next key is the menu's
         threading.Thread(target=self._read, daemon=True, name="lguest-keyboard").start()
 
     def take(self, room: int) -> bytes | None:
@@ -129,13 +150,11 @@ class Keyboard:
             return None if not data and self.ended else data
 
     def escape_requested(self, data: bytes) -> bool:
-        """Ctrl-] alone, or the third Ctrl-C within a second.
+        """The third Ctrl-C within a second.
 
         Only keys read on their own count (a read holding nothing but Ctrl-Cs counts
         each: fast typing arrives together), so pasted text never stops us.
         """
-        if data == ESCAPE:
-            return True
         if data.strip(CTRL_C):
             self._ctrl_c.clear()
             return False
@@ -148,15 +167,48 @@ class Keyboard:
             if self.escape_requested(data):
                 self._stop.request(ESCAPE_STATUS, STOPPED_BY_USER)
                 continue
-            with self._changed:
-                self._buffer += data
-                self.listener()
-                # A pipe can wait for the Guest; a terminal is always read, for its escape keys.
-                while len(self._buffer) >= PIPE_BUFFER_LIMIT and not self.is_terminal:
-                    self._changed.wait()
+            self._take(data)
+        if self._menu_open:  # input ended at the menu: as the escape key always did, stop
+            self._stop.request(ESCAPE_STATUS, STOPPED_BY_USER)
         with self._changed:
             self.ended = True
         self.listener()
+
+    def _take(self, data: bytes) -> None:
+        """Keys for the Guest, except Ctrl-] and the menu choice after it (as telnet's)."""
+        while data:
+            if self._menu_open:
+                self._choose(data[:1])
+                data = data[1:]
+                continue
+            keys, escape, data = data.partition(ESCAPE)
+            if keys:
+                self._give(keys)
+            if escape:
+                self._menu_open = True
+                self._tell(MENU_PROMPT)
+
+    def _choose(self, key: bytes) -> None:
+        """The key after Ctrl-]: save, quit, or anything else to carry on."""
+        self._menu_open = False
+        self._tell(key + b"\r\n" if key.isalpha() else b"\r\n")
+        if key == MENU_QUIT:
+            self._stop.request(ESCAPE_STATUS, STOPPED_BY_USER)
+        elif key == MENU_SAVE:
+            self._stop.request_snapshot()
+
+    @staticmethod
+    def _tell(text: bytes) -> None:
+        with contextlib.suppress(OSError):  # stderr closed: the choice still counts
+            os.write(STDERR, text)
+
+    def _give(self, keys: bytes) -> None:
+        with self._changed:
+            self._buffer += keys
+            self.listener()
+            # A pipe can wait for the Guest; a terminal is always read, for its escape keys.
+            while len(self._buffer) >= PIPE_BUFFER_LIMIT and not self.is_terminal:
+                self._changed.wait()
 
     def _read_some(self) -> bytes:
         try:

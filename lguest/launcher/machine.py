@@ -26,6 +26,7 @@ from lguest.launcher.devices import DEVICE_OPTIONS
 from lguest.launcher.options import Options
 from lguest.launcher.pci import HostLink, PciBus
 from lguest.launcher.ports import Ports
+from lguest.launcher.snapshot import Snapshot
 from lguest.launcher.virtio.console import ConsoleDevice
 from lguest.launcher.virtio.transport import VirtioDevice
 
@@ -36,7 +37,7 @@ MIB = 1 << 20
 class Machine:
     guest: Guest
     ram: mmap.mmap
-    kernel: KernelImage
+    kernel: KernelImage | None  # None for a Guest restored from a snapshot
     ports: Ports
     console: ConsoleDevice
     devices: list[VirtioDevice]
@@ -69,25 +70,35 @@ class Machine:
 # re-executed itself.
 def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], None],
                   keyboard: Keyboard | None = None, say: Callable[[str], None] = lambda _: None,
-                  warn: Callable[[str], None] = print, tracer: Tracer | None = None) -> Machine:
+                  warn: Callable[[str], None] = print, tracer: Tracer | None = None,
+                  snapshot: Snapshot | None = None) -> Machine:
+    """A machine ready to boot `kernel_path`, or, given a snapshot, to resume the Guest
+    it holds (its RAM, the Host's state and every device's put back)."""
     ram_size = opts.mem_mib * MIB
     ram = allocate_guest_ram(ram_size)
-    kernel = load_kernel(ram, ram_size, kernel_path)
-    initrd = load_initrd(ram, ram_size, opts.initrd, kernel) if opts.initrd else None
-    write_boot_params(ram, ram_size, opts.cmdline, initrd)
+    kernel: KernelImage | None = None
+    initrd = None
+    if snapshot is None:
+        kernel = load_kernel(ram, ram_size, kernel_path)
+        initrd = load_initrd(ram, ram_size, opts.initrd, kernel) if opts.initrd else None
+        write_boot_params(ram, ram_size, opts.cmdline, initrd)
+    else:
+        snapshot.fill_ram(ram)
     if 1 + len(opts.devices) > abi.MAX_PCI_DEVICES - 1:  # the console, and slot 0 is the bridge
         raise LoadError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
     pci = PciBus()
     ports = Ports(pci, warn)
-    pae = opts.pae if opts.pae is not None else bool(kernel.is_pae(ram))
-    guest = Guest(ram, ram_size, kernel.entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer,
+    entry = kernel.entry if kernel else 0  # a restored Guest's eip comes with its state
+    # A restored Guest's mode comes with its saved options; a booted one's from its image.
+    pae = opts.pae if opts.pae is not None else bool(kernel and kernel.is_pae(ram))
+    guest = Guest(ram, ram_size, entry, ports, syscall_vector=opts.syscall_vector, tracer=tracer,
                   pae=pae, native=opts.native)
     host = HostLink(guest.kill, guest.interrupt)
     console = ConsoleDevice(abi.CONSOLE_IRQ, ram, ram_size, output, keyboard, host=host)
     devices = [console, *_command_line_devices(opts, ram, ram_size, host, console, guest)]
     window = ram_size + abi.DEVICE_PAGES * abi.PAGE_SIZE
     say(f"Guest: 0x0 - {ram_size:#x} ({ram_size:#x}, MMIO {window:#x}), {'PAE' if pae else 'non-PAE'} paging")
-    for i, (gpa, size) in enumerate(kernel.sections):
+    for i, (gpa, size) in enumerate(kernel.sections if kernel else ()):
         say(f"Section {i}: size {size} addr {gpa:#x}")
     if initrd:
         say(f"mapped initrd {opts.initrd} size={initrd[1]} @ {initrd[0]:#x}")
@@ -104,7 +115,15 @@ def build_machine(opts: Options, kernel_path: str, output: Callable[[bytes], Non
         guest.map_mmio(window, abi.PAGE_SIZE, device.mmio_read, device.mmio_write)
         say(f"device {slot}: {device.name}")
         window += abi.PAGE_SIZE
-    return Machine(guest, ram, kernel, ports, console, devices)
+    machine = Machine(guest, ram, kernel, ports, console, devices)
+    if snapshot is not None:
+        try:
+            snapshot.restore(guest, devices)
+        except LoadError:
+            machine.close()
+            raise
+        say(f"restored from {snapshot.path}")
+    return machine
 
 
 def _command_line_devices(opts: Options, ram: mmap.mmap, ram_size: int, host: HostLink,

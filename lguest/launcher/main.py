@@ -3,7 +3,8 @@
 Exit status: 0 when the Guest powers itself off, 1 when it dies (killed by the
 Host or the Launcher, or panics, or its console output cannot be written), 2 for a
 bad command line, a file or kernel that cannot be used, or no standard output;
-128+signum when stopped by SIGINT, SIGTERM or SIGHUP, and 130 for the escape keys;
+128+signum when stopped by SIGINT, SIGTERM or SIGHUP, and 130 for the escape keys
+(0 after --snapshot-and-exit has saved the Guest);
 3 only for a bug in lguest itself.  A Guest that asks to restart is built again
 from scratch, in-process.
 """
@@ -23,8 +24,8 @@ from collections.abc import Callable, Iterator
 
 from lguest import abi
 from lguest.debug.session import DebugTools
-from lguest.host.core import RunResult
-from lguest.launcher import bundled
+from lguest.host.core import Guest, RunResult
+from lguest.launcher import bundled, snapshot
 from lguest.launcher.boot import LoadError
 from lguest.launcher.control import Keyboard, StopRequest, stopped_by_signals
 from lguest.launcher.machine import Machine, build_machine
@@ -106,6 +107,9 @@ def exit_status(result: RunResult) -> int:
 # and 3 only for a bug of ours.
 def run(opts: Options) -> int:
     say = stderr_line if opts.verbose else _quiet
+    saved = snapshot.read(opts.restore) if opts.restore else None
+    if saved is not None:
+        opts = snapshot.restored_options(saved, opts, opts.force_restore)
     kernel_path = opts.kernel if opts.kernel is not None else str(bundled.puppy_path(opts.pae is True))
     input_fd = STDIN if _is_open(STDIN) else None
     stop = StopRequest()
@@ -115,10 +119,29 @@ def run(opts: Options) -> int:
     started = time.perf_counter()
     machine: Machine | None = None
     result: RunResult | None = None
+
+    def save(guest: Guest) -> None:
+        """The vCPU, at a safe point: the Guest to --snapshot's file, then on it goes."""
+        assert machine is not None
+        if opts.snapshot is None:
+            stderr_line("no --snapshot=<file> given: nowhere to save the Guest")
+            return
+        try:
+            size = snapshot.save(opts.snapshot, opts, guest, machine.devices, machine.ram)
+        except OSError as err:
+            stderr_line(f"snapshot {opts.snapshot}: {err.strerror or err}: the Guest carries on")
+            return
+        stderr_line(f"snapshot saved to {opts.snapshot} ({size // 1024} KiB)")
+        if opts.snapshot_and_exit:
+            stop.request(0, "Guest saved, Launcher ended (--snapshot-and-exit)")
+
+    stop.save_action = save
     with stopped_by_signals(stop), terminal_in_raw_mode(input_fd):
         keyboard = Keyboard(input_fd, stop) if input_fd is not None else None
         while stop.status is None:
-            machine = build_machine(opts, kernel_path, output.write, keyboard, say, stderr_line, tracer)
+            machine = build_machine(opts, kernel_path, output.write, keyboard, say, stderr_line, tracer,
+                                    saved)
+            saved = None  # a restart after a restore boots the kernel afresh
             output.on_failure = machine.guest.kill
             stop.running(machine.guest)
             tools.attach(machine)

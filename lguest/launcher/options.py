@@ -32,6 +32,7 @@ SYSCALL_VECTOR_MAX = abi.IDT_ENTRIES - 1
 USAGE = f"""\
 usage: lguest [options] <mem-in-MiB> <vmlinux|bzImage> [kernel args...]
        lguest run [options] [<mem-in-MiB>] [kernel args...]
+       lguest --restore=<file> [options]
 
 `lguest run` boots the bundled puppy kernel ({BUNDLED_DEFAULT_MEM_MIB} MiB unless a size is given)
 into its shell; words after `run` replace "{BUNDLED_DEFAULT_COMMAND}" on its command line.
@@ -56,6 +57,10 @@ options:
   --trace-file=<file>        write a timeline of the run (Chrome trace-event JSON)
   --no-native                run the Host's pure-Python path (for reading and testing)
   --trace=<list>             trace events, a comma list of: {", ".join(TRACE_CHOICES)}
+  --snapshot=<file>          where SIGUSR1 (or Ctrl-] then s) saves the running Guest
+  --snapshot-and-exit=<file> ... and the Launcher ends once it is saved
+  --restore=<file>           resume a saved Guest (device options may name other files)
+  --force-restore            restore even onto a disk image changed since the snapshot
   --syscall-vector=<n>       system call vector, {SYSCALL_VECTOR_MIN}..{SYSCALL_VECTOR_MAX} \
 (decimal or 0x hex, default {abi.SYSCALL_VECTOR:#x})
   -h, --help                 show this help
@@ -66,7 +71,7 @@ _VECTOR_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
 # The devices' options (devices.py), by option.
 _DEVICES = {f"--{kind}": device for kind, device in DEVICE_OPTIONS.items()}
 _FLAGS = frozenset({"-v", "--verbose", "-h", "--help", "--stats", "--gdb-wait", "--pae", "--no-pae",
-                    "--no-native"}
+                    "--no-native", "--force-restore"}
                    | {name for name, device in _DEVICES.items() if device.value is None})
 # Options that need a value, with the placeholder shown when it is missing.
 _VALUED = {name: device.value for name, device in _DEVICES.items() if device.value is not None} | {
@@ -75,8 +80,11 @@ _VALUED = {name: device.value for name, device in _DEVICES.items() if device.val
     "--syscall-vector": "n",
     "--gdb": "port",
     "--trace-file": "file",
+    "--snapshot": "file",
+    "--snapshot-and-exit": "file",
+    "--restore": "file",
 }
-_ONCE = frozenset({"--initrd", "--syscall-vector", "--gdb", "--trace-file"})
+_ONCE = frozenset({"--initrd", "--syscall-vector", "--gdb", "--trace-file", "--restore"})
 _GDB_RE = re.compile(r"(?:(?P<host>[^:]*):)?(?P<port>[0-9]{1,5})")
 
 
@@ -109,6 +117,10 @@ class Options:
     # ("rng", ""), in command-line order: the original creates devices (and so assigns
     # PCI slots) in option order.
     devices: tuple[tuple[str, str], ...] = ()
+    snapshot: str | None = None  # where a save request writes the Guest
+    snapshot_and_exit: bool = False  # ... and the Launcher ends after it
+    restore: str | None = None  # the snapshot to resume instead of booting
+    force_restore: bool = False  # accept a disk image changed since the snapshot
 
 
 def _parse_mem(word: str) -> int:
@@ -159,6 +171,10 @@ class _Parser:
         self.seen: set[str] = set()
         self.trace: set[str] = set()
         self.devices: list[tuple[str, str]] = []
+        self.snapshot: str | None = None
+        self.snapshot_and_exit = False
+        self.restore: str | None = None
+        self.force_restore = False
 
     def option(self, word: str) -> None:
         name, eq, value = word.partition("=")
@@ -182,6 +198,8 @@ class _Parser:
                 self.pae = name == "--pae"
             elif name == "--no-native":
                 self.native = False
+            elif name == "--force-restore":
+                self.force_restore = True
             else:
                 self.verbose = True
             return
@@ -202,6 +220,12 @@ class _Parser:
             self.trace |= _parse_trace(value)
         elif name == "--gdb":
             self.gdb = _parse_gdb(value)
+        elif name in ("--snapshot", "--snapshot-and-exit"):
+            if self.snapshot is not None:
+                raise UsageError("Give one of --snapshot and --snapshot-and-exit, once")
+            self.snapshot, self.snapshot_and_exit = value, name == "--snapshot-and-exit"
+        elif name == "--restore":
+            self.restore = value
         else:
             self.trace_file = value
 
@@ -264,7 +288,13 @@ def parse_args(argv: list[str]) -> Options:
         kernel_args = p.split_kernel_words(argv[i:])
         break
 
-    if bundled:
+    if p.restore is not None:
+        if kernel is not None or bundled or kernel_args or p.initrd is not None:
+            raise UsageError("--restore takes no kernel, kernel arguments or --initrd: the snapshot has them")
+        mem = 0 if mem is None else mem  # 0: the snapshot's; else it must match
+    elif p.force_restore:
+        raise UsageError("--force-restore needs --restore=<file>")
+    elif bundled:
         mem = BUNDLED_DEFAULT_MEM_MIB if mem is None else mem
     elif mem is None:
         raise UsageError("missing memory size")
@@ -291,4 +321,8 @@ def parse_args(argv: list[str]) -> Options:
         trace_file=p.trace_file,
         pae=p.pae,
         native=p.native,
+        snapshot=p.snapshot,
+        snapshot_and_exit=p.snapshot_and_exit,
+        restore=p.restore,
+        force_restore=p.force_restore,
     )

@@ -215,6 +215,7 @@ static void cmd_help(void)
 	say("  ps                     the processes: pid, name, state");
 	say("  uptime                 milliseconds since boot");
 	say("  sleep <ms>             wait that long");
+	say("  count <n> <ms>         count to n, a line every ms (a process to snapshot mid-run)");
 	say("  disk                   the disk's size in sectors");
 	say("  write <sector> <text>  put text (zero-padded) in a sector, then flush");
 	say("  cat <sector>           print a sector's text");
@@ -225,6 +226,21 @@ static void cmd_help(void)
 	say("  bench                  the CPU benchmark, in user mode");
 	say("  exit                   end the shell (puppy powers off)");
 	say("  poweroff               power off now");
+}
+
+/* A process whose progress is visible: the snapshot tests save it mid-count. */
+static void cmd_count(int argc, char **argv)
+{
+	u32 n, ms, i;
+
+	if (argc != 3 || parse_number(argv[1], &n) || parse_number(argv[2], &ms)) {
+		say("usage: count <n> <ms>");
+		return;
+	}
+	for (i = 1; i <= n; i++) {
+		printf("count %u\n", i);
+		sleep_ms(ms);
+	}
 }
 
 static void cmd_ps(void)
@@ -502,6 +518,8 @@ static int run(char *s)
 			sleep_ms(ms);
 		else
 			say("usage: sleep <ms>");
+	} else if (!strcmp(argv[0], "count")) {
+		cmd_count(argc, argv);
 	} else if (!strcmp(argv[0], "disk")) {
 		cmd_disk();
 	} else if (!strcmp(argv[0], "write")) {

@@ -33,8 +33,9 @@ class BlockDevice(VirtioDevice):
     """A disk backed by the open file `fd`, which it owns from now on."""
 
     def __init__(self, irq: int, ram: mmap.mmap, ram_size: int, fd: int, read_only: bool, *,
-                 host: HostLink) -> None:
+                 host: HostLink, path: str = "") -> None:
         self.fd = fd
+        self.path = path  # what a snapshot records, to check the disk against on restore
         self.read_only = read_only
         self.capacity = os.lseek(fd, 0, os.SEEK_END) // SECTOR  # st_size is 0 for a block device
         config = bytearray(CONFIG_SIZE)
@@ -49,7 +50,14 @@ class BlockDevice(VirtioDevice):
         path, _, flag = value.partition(",")
         if flag not in ("", "ro"):
             raise LoadError(f"Bad --block '{value}': the only option is ',ro'")
-        return cls(irq, ram, ram_size, open_disk(path, read_only=bool(flag)), read_only=bool(flag), host=host)
+        return cls(irq, ram, ram_size, open_disk(path, read_only=bool(flag)), read_only=bool(flag), host=host,
+                   path=path)
+
+    def save_state(self) -> dict[str, object]:
+        """The transport's state, and which disk this was: its size and modification time."""
+        state = super().save_state()
+        state["disk"] = disk_identity(self.path, os.fstat(self.fd))
+        return state
 
     def close(self) -> None:
         os.close(self.fd)
@@ -113,6 +121,12 @@ class BlockDevice(VirtioDevice):
                 return STATUS_IOERR, done
         return STATUS_OK, done
 
+
+
+def disk_identity(path: str, st: os.stat_result) -> dict[str, object]:
+    """What tells a disk image from another, or from itself changed: where, how big, and
+    when last written (the Guest's page cache in a snapshot is only good for that one)."""
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def open_disk(path: str, read_only: bool) -> int:

@@ -65,8 +65,11 @@ class ConsoleDevice(VirtioDevice):
             if chain.out:
                 raise BadDriver("Output buffers in console input queue?")
             data = self.next_keys(keyboard, queue, sum(len(b) for b in chain.into))
+            if data is None and not self.running:
+                queue.unpop()  # stopped while waiting for keys: the buffer stays the Guest's
+                return
             if data is None:
-                if self.running and not keyboard.is_terminal:
+                if not keyboard.is_terminal:
                     # The end of a piped script: tell the Guest as a person at a terminal
                     # would, with one Ctrl-D (the original just stopped reading).
                     queue.push(chain.head, chain.scatter(END_OF_INPUT))

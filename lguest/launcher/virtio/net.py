@@ -224,6 +224,7 @@ class NetDevice(VirtioDevice):
                 if ready:
                     packet = self.link.receive()
             if packet is None:
+                queue.unpop()  # stopped while waiting for a frame: the buffer stays the Guest's
                 return
             queue.push(chain.head, chain.scatter(packet))
             self.signal(queue)

@@ -98,6 +98,27 @@ class Virtqueue:
         self.last_avail = 0
         self.indirect = False  # VIRTIO_RING_F_INDIRECT_DESC negotiated
 
+    # --- snapshots ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, int | bool]:
+        return {"size": self.size, "enabled": self.enabled, "desc": self.desc, "avail": self.avail,
+                "used": self.used, "last_avail": self.last_avail, "indirect": self.indirect}
+
+    def restore_state(self, state: dict[str, int | bool]) -> None:
+        """A saved queue, held to the rules it was enabled under (BadDriver if it breaks one)."""
+        check_size(int(state["size"]))
+        self.size, self.enabled = int(state["size"]), bool(state["enabled"])
+        self.desc, self.avail, self.used = int(state["desc"]), int(state["avail"]), int(state["used"])
+        self.last_avail, self.indirect = int(state["last_avail"]) & 0xFFFF, bool(state["indirect"])
+        if self.enabled:
+            self._pointer(self.desc, DESC_SIZE * self.size)
+            self._pointer(self.avail, 4 + 2 * self.size)
+            self._pointer(self.used, 4 + 8 * self.size)
+
+    def unpop(self) -> None:
+        """Give back the chain just taken, untouched: a service thread stopped while it
+        waited to fill it (the chain stays the Guest's, to be taken again on resume)."""
+        self.last_avail = (self.last_avail - 1) & 0xFFFF
+
     # --- enabling --------------------------------------------------------------------
     def check(self) -> None:
         """Rules 2 and 3: what the Launcher checks when the Guest enables the queue (§7.3)."""

@@ -24,6 +24,8 @@ ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK = 1, 2, 4, 8
 # The one step each status bit may complete (the bits that must already be set).
 STATUS_STEPS = {ACKNOWLEDGE: 0, DRIVER: ACKNOWLEDGE, FEATURES_OK: ACKNOWLEDGE | DRIVER,
                 DRIVER_OK: ACKNOWLEDGE | DRIVER | FEATURES_OK}
+# Every status the handshake can reach (a snapshot holds one of these).
+REACHABLE_STATUSES = frozenset({*STATUS_STEPS.values(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK})
 
 
 # tour:D.60 The common configuration
@@ -321,6 +323,49 @@ class VirtioDevice(VirtioPciDevice):
             if thread is not threading.current_thread():
                 thread.join(timeout=STOP_TIMEOUT)
         self.threads = []
+
+    # --- snapshots ----------------------------------------------------------------------
+    # A snapshot is taken with every service thread stopped (`pause`): a request in hand
+    # is finished first, and one a thread was still waiting to fill (console input, a
+    # network frame) is given back to the ring, so nothing is half done and nothing lost.
+    def pause(self) -> None:
+        """Stop serving the queues until `resume`: the rings hold still for a snapshot."""
+        self.stop()
+
+    def resume(self) -> None:
+        """Serve the queues again, if the driver had brought the device up."""
+        if self.status & DRIVER_OK and not self.running:
+            self._start_queues()
+
+    def save_state(self) -> dict[str, object]:
+        """The transport's registers, the queues, and the PCI config space (after `pause`)."""
+        with self.lock:
+            return {"name": self.name, "status": self.status,
+                    "device_feature_select": self.device_feature_select,
+                    "guest_feature_select": self.guest_feature_select,
+                    "features_accepted": self.features_accepted, "queue_select": self.queue_select,
+                    "isr": self.isr, "pci_config": self.config.hex(),
+                    "queues": [queue.save_state() for queue in self.queues]}
+
+    def restore_state(self, state: dict) -> None:
+        """Become the device `state` was saved from; then serve its queues (BadDriver if
+        the state is not one a driver could have left)."""
+        if state["name"] != self.name or len(state["queues"]) != len(self.queues):
+            raise BadDriver(f"saved device {state['name']} is not {self.name}")
+        accepted = int(state["features_accepted"])
+        if accepted & ~self.features or int(state["status"]) not in REACHABLE_STATUSES:
+            raise BadDriver("saved status or features this device never offered")
+        config = bytes.fromhex(state["pci_config"])
+        if len(config) != len(self.config):
+            raise BadDriver("saved PCI config of the wrong size")
+        self.status, self.features_accepted = int(state["status"]), accepted
+        self.device_feature_select = int(state["device_feature_select"])
+        self.guest_feature_select = int(state["guest_feature_select"])
+        self.queue_select, self.isr = int(state["queue_select"]), int(state["isr"])
+        self.config[:] = config
+        for queue, saved in zip(self.queues, state["queues"], strict=True):
+            queue.restore_state(saved)
+        self.resume()
 
     def close(self) -> None:
         """Release what the device holds on the host (a file, a socket): after `stop`."""
