@@ -30,7 +30,7 @@ import ctypes
 import threading
 
 from unicorn import UC_HOOK_BLOCK, Uc, UcError
-from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import UC_X86_REG_EIP
 
 from lguest import abi
@@ -72,7 +72,6 @@ class Doorbell:
                            reg_write=ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value,
                            gate=gate or 0, eip=UC_X86_REG_EIP)
         self.gated = gate is not None
-        self._hook = uc_hook_h()
         self._install()
         # A ring from another thread calls into the engine: never once it is closed.
         self._lock = threading.Lock()
@@ -82,11 +81,7 @@ class Doorbell:
     def _install(self) -> None:
         """The hook on the Switcher's code page (gated), or before every block."""
         begin, end = (abi.SWITCHER_ADDR, abi.SWITCHER_ADDR + abi.PAGE_SIZE - 1) if self.gated else (1, 0)
-        err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(self._hook), UC_HOOK_BLOCK,
-                                ctypes.cast(native.library().lguest_doorbell_hook, ctypes.c_void_p),
-                                ctypes.byref(self._bell), ctypes.c_uint64(begin), ctypes.c_uint64(end))
-        if err:
-            raise UcError(err)
+        self._hook = native.add_hook(self._uc, UC_HOOK_BLOCK, "lguest_doorbell_hook", self._bell, begin, end)
 
     def ring(self) -> None:
         """The vCPU leaves the emulator at its next block (any thread)."""

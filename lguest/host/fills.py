@@ -28,8 +28,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from unicorn import UC_HOOK_TLB_FILL, Uc, UcError
-from unicorn.unicorn_py3.unicorn import uc_hook_h, uc_tlb_entry, uclib
+from unicorn import UC_HOOK_TLB_FILL, Uc
+from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
 from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_EFLAGS
 
 from lguest import abi
@@ -89,12 +89,7 @@ class FillAnswers:
         self._forget = library.lguest_fills_forget
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
         self._address = ctypes.addressof(table)
-        self._hook = uc_hook_h()
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_TLB_FILL,
-                                ctypes.cast(library.lguest_tlb_fill_hook, ctypes.c_void_p),
-                                ctypes.byref(table), ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if err:
-            raise UcError(err)
+        self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
 
     @property
     def served(self) -> int:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from unicorn import UC_HOOK_INSN, Uc, UcError
-from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+from unicorn import UC_HOOK_INSN, Uc
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_REG_CS, UC_X86_REG_EFLAGS
 
 from lguest.host import native
@@ -60,13 +60,8 @@ class FixedPorts:
         for port, answer in exceptions.items():
             table.fixed[port] = answer is not None
             table.answer[port] = answer or 0
-        self._hook = uc_hook_h()
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_INSN,
-                                ctypes.cast(native.library().lguest_port_in_hook, ctypes.c_void_p),
-                                ctypes.byref(table), ctypes.c_uint64(1), ctypes.c_uint64(0),
-                                ctypes.c_int(UC_X86_INS_IN))
-        if err:
-            raise UcError(err)
+        self._hook = native.add_hook(uc, UC_HOOK_INSN, "lguest_port_in_hook", table, 1, 0,
+                                     ctypes.c_int(UC_X86_INS_IN))
 
     @property
     def served(self) -> int:
