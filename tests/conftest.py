@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,3 +94,26 @@ def make_guest(elf: Path, **options):
 
     opts = Options(mem_mib=GUEST_MEM >> 20, kernel=str(elf), **options)
     return build_machine(opts, str(elf), output=lambda data: None).guest
+
+
+def run_while_rung(guest):
+    """Run a Guest while another thread rings its doorbell as often as the GIL allows
+    (raw cross-thread emu_stop fails the tests that use this reliably): its RunResult,
+    and how many times the bell rang."""
+    done = threading.Event()
+    rings = 0
+
+    def ring() -> None:
+        nonlocal rings
+        while not done.is_set():
+            guest.doorbell.ring()
+            rings += 1
+            time.sleep(0)
+
+    thread = threading.Thread(target=ring)
+    thread.start()
+    try:
+        return guest.run(), rings
+    finally:
+        done.set()
+        thread.join()

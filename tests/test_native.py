@@ -8,10 +8,9 @@ kick the vCPU.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
-from conftest import lguest, make_guest, symbol
+from conftest import lguest, make_guest, run_while_rung, symbol
 
 from lguest.host import calibration
 from lguest.host.switcher import ExitKind
@@ -97,21 +96,7 @@ def test_thousands_of_kicks_in_every_hook_never_run_an_instruction_twice(asm_gue
     guest = make_guest(elf, native=native)
 
     reads_before = guest.switcher.bus.count
-    done = threading.Event()
-    kicks = 0
-
-    def kick() -> None:
-        nonlocal kicks
-        while not done.is_set():
-            guest.doorbell.ring()
-            kicks += 1
-            time.sleep(0)
-
-    thread = threading.Thread(target=kick)
-    thread.start()
-    result = guest.run()
-    done.set()
-    thread.join()
+    result, kicks = run_while_rung(guest)
     assert result.reason == "CRASH: Power down"
     assert kicks > 1000
     per_kind = ROUNDS * 16

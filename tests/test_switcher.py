@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import make_guest, symbol
+from conftest import make_guest, run_while_rung, symbol
 
 from lguest import abi
 from lguest.host import calibration
@@ -88,8 +88,6 @@ def test_kicks_never_make_an_instruction_run_twice(asm_guest) -> None:
     """Read-modify-write instructions on pages that keep missing in the TLB, while
     another thread kicks the vCPU thousands of times: every add happens exactly once.
     (Unicorn's own emu_stop from another thread fails this: upstream issue #1355.)"""
-    import threading
-    import time
 
     elf = asm_guest("""
 test_main:
@@ -110,21 +108,7 @@ test_main:
 	POWEROFF
 """)
     guest = make_guest(elf)
-    done = threading.Event()
-    kicks = 0
-
-    def kick() -> None:
-        nonlocal kicks
-        while not done.is_set():
-            guest.switcher.doorbell.ring()
-            kicks += 1
-            time.sleep(0)  # as often as the GIL allows: raw emu_stop fails this reliably
-
-    thread = threading.Thread(target=kick)
-    thread.start()
-    result = guest.run()
-    done.set()
-    thread.join()
+    result, kicks = run_while_rung(guest)
     assert result.reason == "CRASH: Power down"
     assert kicks > 1000
     expected = sum(range(200)) & 0xFFFFFFFF
