@@ -115,31 +115,21 @@ failed:	.asciz "wrong #GP frame"
 """
 
 
-@pytest.mark.parametrize("attack", [VM86_EMERG_WR, VM86_HYPERCALL], ids=["emerg_wr", "hypercall"])
-def test_user_iret_into_vm86_is_gp_from_ring3(asm_guest, attack: str) -> None:
-    """Item 1: VM in a ring-3 iret frame is refused: #GP(0x700) from ring 3, so the
-    vm86 code's port I/O and hypercall (cs 0x0701 looks like ring 1) never happen."""
-    run = lguest("32", str(asm_guest(VM86 + attack + GP_FROM_USER + """
+@pytest.mark.parametrize(("attack", "entry"), [(VM86_EMERG_WR, "TO_USER enter_vm86"),
+                                               (VM86_HYPERCALL, "TO_USER enter_vm86"),
+                                               (VM86_EMERG_WR, "jmp enter_vm86")],
+                         ids=["ring3-emerg_wr", "ring3-hypercall", "ring1-emerg_wr"])
+def test_iret_into_vm86_is_gp(asm_guest, attack: str, entry: str) -> None:
+    """Item 1: VM in an iret frame is refused, from ring 3 (#GP(0x700) from ring 3, so the
+    vm86 code's port I/O and hypercall, cs 0x0701 looking like ring 1, never happen) and
+    from ring 1 (the same #GP, not a death in the Switcher)."""
+    run = lguest("32", str(asm_guest(VM86 + attack + GP_FROM_USER + f"""
 test_main:
 	INIT
 	call copy_vm86_code
 	call setup_user_paging
 	GATE 13, gp_handler
-	TO_USER enter_vm86
-""")))
-    assert (run.status, run.reason) == POWER_OFF
-    assert "V" not in run.stdout
-
-
-def test_kernel_iret_into_vm86_is_gp(asm_guest) -> None:
-    """Item 1 from ring 1: the same iret ends in #GP(0x700), not in the Switcher."""
-    run = lguest("32", str(asm_guest(VM86 + VM86_EMERG_WR + GP_FROM_USER + """
-test_main:
-	INIT
-	call copy_vm86_code
-	call setup_user_paging
-	GATE 13, gp_handler
-	jmp enter_vm86
+	{entry}
 """)))
     assert (run.status, run.reason) == POWER_OFF
     assert "V" not in run.stdout
