@@ -1,5 +1,5 @@
 """Build hook: compile the bundled puppy kernel, in both page-table formats (lguest/guests/),
-and the Host's C hooks (the doorbell and fixed port reads: lguest/host/_native.so) into the package."""
+and the Host's C hooks (lguest/host/*.c, built into lguest/host/_native.so) into the package."""
 
 import importlib.util
 import shutil

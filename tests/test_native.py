@@ -7,6 +7,7 @@ kick the vCPU.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import pytest
@@ -24,6 +25,31 @@ def test_the_exit_check_switch_is_found_and_proven() -> None:
     assert calibration.exit_probe(None) == calibration.EXIT_PROBE_CHECKED
     assert calibration.exit_probe(offset) == calibration.EXIT_PROBE_QUIET
     assert calibration.EXIT_PROBE_CHECKED != calibration.EXIT_PROBE_QUIET
+
+
+def test_the_engine_cpu_is_found_and_proven() -> None:
+    """The CPU pointers come from uc_reg_read's code and are proven against the
+    saved context: the live register state holds what we wrote."""
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    from unicorn.x86_const import UC_X86_REG_EBX
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0x1000, 0x1000)
+    uc.reg_write(UC_X86_REG_EBX, 0x5EED1234)
+    found = calibration.engine_cpu(uc)
+    assert found is not None
+    assert ctypes.c_uint32.from_address(found.env + 3 * 8).value == 0x5EED1234  # regs[R_EBX]
+
+
+def test_wrong_cpu_offsets_are_refused_not_followed(monkeypatch) -> None:
+    """Offsets that do not lead to the register state give None, never a crash."""
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0x1000, 0x1000)
+    for offsets in ((0, 0), (8, 0x10), (0x1000000, 8)):
+        monkeypatch.setattr(calibration, "_cpu_offsets", offsets)
+        assert calibration.engine_cpu(uc) is None
 
 
 def test_native_guest_has_no_per_block_doorbell(asm_guest) -> None:

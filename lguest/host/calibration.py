@@ -15,12 +15,14 @@ fault becomes a #DF), read its error code and whether an `int n` raised it, and
 drop the CPL to 0 so the trampoline may load any Guest ring.  And one switch in
 the engine itself, `no_exit_request`, found and proven the same way
 (`quiet_exit_checks`): it lets the native path stop the emulator without a hook
-before every block.
+before every block.  Last, where the engine keeps its CPU (`engine_cpu`), for the
+native path's C hooks that call QEMU's own delivery and TLB functions.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -372,3 +374,96 @@ def restore_exit_checks(uc: Uc) -> None:
     already translated keep what they have: the caller flushes them)."""
     if _no_exit_request not in (_UNKNOWN, None):
         _engine_byte(uc, _no_exit_request).value = 0
+
+
+# tour:S.145 Workaround: where the engine keeps its CPU, measured
+# The native path calls two of QEMU's own functions from inside our C hooks: the one that
+# delivers an exception through the IDT (`x86_cpu_do_interrupt`) and the one that drops one
+# page from the TLB (`tlb_flush_page`).  Both are exported by the library, but take the
+# engine's CPU, which the API never hands out.  `uc_reg_read` fetches it on every call (the
+# engine's CPU pointer, then that CPU's pointer to its register state), so its machine code
+# gives the two offsets.  They are believed only when proven on the engine itself: the
+# state the second pointer names must be, byte for byte, what `uc_context_save` copies out.
+# Without the proof the native path leaves delivery and SET_PTE to Python.
+_CPU_LOAD = re.compile(r"qword ptr \[(r[a-z0-9]+) \+ (0x[0-9a-f]+)\]$")
+
+
+@dataclass(frozen=True)
+class EngineCpu:
+    """One engine's CPU, as QEMU's functions take it, and its register state."""
+
+    cpu: int  # the CPUState (X86CPU) pointer
+    env: int  # the CPUX86State inside it: the saved-context blob's data, live
+    blob_header: int  # where that data starts in the saved-context blob
+
+    def env_offset(self, blob_offset: int) -> int:
+        """A field's offset in the live state, from its offset in the blob (ContextLayout)."""
+        return blob_offset - self.blob_header
+
+
+def _cpu_offsets_candidate() -> tuple[int, int] | None:
+    """(engine → CPU, CPU → register state) offsets as `uc_reg_read`'s code suggests them."""
+    address = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+    if address is None:
+        return None
+    loads: dict[str, int] = {}  # register -> offset it was loaded from, off the engine pointer
+    try:
+        code = ctypes.string_at(address, _PROLOGUE_BYTES * 2)
+        for insn in Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, address):
+            if insn.mnemonic == "call":
+                return None
+            match = _CPU_LOAD.search(insn.op_str) if insn.mnemonic == "mov" else None
+            if match is None:
+                continue
+            target, base, offset = insn.op_str.split(",")[0], match.group(1), int(match.group(2), 16)
+            if base in loads and target == "rdi":  # the register state, first argument of reg_read
+                return loads[base], offset
+            if base in ("rdi", "rbx"):
+                loads[target] = offset
+    except CsError:
+        return None
+    return None
+
+
+def _process_memory(address: int, size: int) -> bytes | None:
+    """Read our own memory where a wrong pointer must not crash us (EIO, not SIGSEGV)."""
+    try:
+        with open("/proc/self/mem", "rb", buffering=0) as mem:
+            data = os.pread(mem.fileno(), size, address)
+    except (OSError, OverflowError, ValueError):
+        return None
+    return data if len(data) == size else None
+
+
+_cpu_offsets: tuple[int, int] | None | int = _UNKNOWN
+
+
+def engine_cpu(uc: Uc) -> EngineCpu | None:
+    """This engine's CPU pointers, proven, or None (then nothing native may use them)."""
+    global _cpu_offsets
+    if _cpu_offsets == _UNKNOWN:
+        _cpu_offsets = _cpu_offsets_candidate()
+    if not isinstance(_cpu_offsets, tuple):
+        return None
+    to_cpu, to_env = _cpu_offsets
+    engine = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    cpu_word = _process_memory(engine + to_cpu, 8)
+    cpu = struct.unpack("<Q", cpu_word)[0] if cpu_word else 0
+    env_word = _process_memory(cpu + to_env, 8) if cpu else None
+    env = struct.unpack("<Q", env_word)[0] if env_word else 0
+    if not cpu < env < cpu + (1 << 20):  # the register state is inside the CPU object
+        return None
+    context = uc_context()
+    if uclib.uc_context_alloc(uc._uch, ctypes.byref(context)):
+        return None
+    try:
+        uclib.uc_context_save(uc._uch, context)
+        size = uclib.uc_context_size(uc._uch)
+        blob = ctypes.string_at(context.value or 0, size)
+    finally:
+        uclib.uc_context_free(context)
+    state_size = struct.unpack_from("<Q", blob)[0]
+    header = size - state_size
+    if not 0 < header < size or _process_memory(env, state_size) != blob[header:]:
+        return None
+    return EngineCpu(cpu, env, header)

@@ -1,7 +1,9 @@
 """The Host's C, built on first use (no lguest counterpart: lguest was all C).
 
 Everything in `lguest/host/*.c` (the doorbell hook, doorbell.c; the fixed port
-reads, ports.c; the TLB fills of validated pages, fills.c) becomes one shared
+reads, ports.c; the TLB fills of validated pages, fills.c; the interrupt hook,
+trap_hook.c, with the hypercalls and traps it serves, hypercalls.c and
+interrupts.c) becomes one shared
 library, `_native.so`, and `add_hook` registers its functions as Unicorn hooks.
 An installed package carries the library, built with the package (setup.py loads
 this file on its own: it needs only the standard library); in a source checkout it
@@ -22,7 +24,7 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = (HERE / "doorbell.c", HERE / "ports.c", HERE / "fills.c")
+SOURCES = tuple(sorted(HERE.glob("*.c")))
 LIBRARY = HERE / "_native.so"
 
 

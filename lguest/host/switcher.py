@@ -121,6 +121,7 @@ from lguest.host.fills import FillAnswers
 from lguest.host.native import enabled as native_by_default
 from lguest.host.ports import FixedPorts
 from lguest.host.segments import segment_descriptor
+from lguest.host.trap_hook import TrapHook
 
 # tour:S.10 The Switcher's pages and the trampoline
 # Last, the part lguest called the Bit of Despair.  Its Switcher was a few pages of assembly
@@ -299,6 +300,7 @@ class Switcher:
         self._install_switcher_pages()
         self.fixed_ports: FixedPorts | None = None
         self.fill_answers: FillAnswers | None = None
+        self.trap_hook: TrapHook | None = None
         self.doorbell = self._install_hooks()
         self.closed = False
 
@@ -353,7 +355,10 @@ class Switcher:
         so are fixed port reads (ports.py) and TLB misses already answered (fills.py)
         on the native path.
         """
-        self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
+        if self.native:
+            self.trap_hook = TrapHook(self.uc, self._guard(self._on_interrupt, None))
+        else:
+            self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
         if self.native:
             self.fixed_ports = FixedPorts(self.uc, self.bus.read_answers(), self._guard(self._on_in, 0))
         else:
@@ -392,6 +397,8 @@ class Switcher:
             self.fixed_ports.ask_python(ask)
         if self.fill_answers is not None:
             self.fill_answers.ask_python(ask)
+        if self.trap_hook is not None:
+            self.trap_hook.ask_python(ask)
 
     # --- registers ------------------------------------------------------------------------
     # Registers are read and written straight through Unicorn's C API: the Python
