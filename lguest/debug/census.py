@@ -19,6 +19,9 @@ from lguest.host.switcher import Exit, ExitKind
 
 HCALL_NAMES = {int(h): h.name for h in abi.Hcall}
 TRAP_NAMES = {int(t): t.name for t in abi.Trap}
+# The Host's (and the Launcher's) Python hooks, run inside the emulator without an exit:
+# TLB fills, port and device I/O, traps served in the hook.
+HOOKS = "hooks inside the emulator"
 
 
 def hcall_name(nr: int) -> str:
@@ -43,7 +46,8 @@ class Census:
         self.exits: Counter[str] = Counter()  # by category
         self.irqs: Counter[int] = Counter()
         self.seconds: Counter[str] = Counter()  # "emulating", and the Host's time by category
-        self._last: tuple[float, float, str] | None = None  # (when, emulator total, category)
+        # (when, emulator total, hooks total, category) at the previous exit
+        self._last: tuple[float, float, float, str] | None = None
 
     def hcall(self, guest: Guest, args: tuple[int, ...], queued: bool) -> None:
         self.hcalls[hcall_name(args[0])] += 1
@@ -53,15 +57,17 @@ class Census:
         self.exits[category] += 1
         if category == "trap":
             self.traps[exit_.trapnum] += 1
-        now, emulated = time.perf_counter(), guest.switcher.emulating
+        now, emulated, hooked = time.perf_counter(), guest.switcher.emulating, guest.switcher.in_hooks
         if self._last is None:
             self.seconds["emulating"] += emulated  # the first run, up to the first exit
+            self.seconds[HOOKS] += hooked
         else:
-            when, emulated_then, previous = self._last
-            ran = emulated - emulated_then
+            when, emulated_then, hooked_then, previous = self._last
+            ran, hooks = emulated - emulated_then, hooked - hooked_then
             self.seconds["emulating"] += ran
-            self.seconds[previous] += max(0.0, now - when - ran)
-        self._last = (now, emulated, category)
+            self.seconds[HOOKS] += hooks
+            self.seconds[previous] += max(0.0, now - when - ran - hooks)
+        self._last = (now, emulated, hooked, category)
 
     def irq(self, guest: Guest, irq: int) -> None:
         self.irqs[irq] += 1

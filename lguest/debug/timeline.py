@@ -62,8 +62,9 @@ class Timeline:
     # --- the tracer protocol -------------------------------------------------------------------
     def trap(self, guest: Guest, exit_: Exit) -> None:
         now = time.perf_counter()
-        ran = guest.switcher.emulating - self._emulated
-        self._emulated = guest.switcher.emulating
+        inside = guest.switcher.emulating + guest.switcher.in_hooks  # the Guest's slice: hooks and all
+        ran = inside - self._emulated
+        self._emulated = inside
         entered = now - ran
         if self._host_began is not None:
             self._slice(self._host_name, "host", HOST_TID, self._host_began, max(entered, self._host_began))

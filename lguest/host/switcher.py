@@ -289,10 +289,13 @@ class Switcher:
         self._one_ptr = (ctypes.c_void_p * 1)(ctypes.addressof(self._reg_buf))
         self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
         self._ring_regs = self._batch(("cs", "eflags"))
-        # Statistics for --stats: world switches, seconds inside the emulator, TLB
-        # fills, traps delivered without leaving the emulator.
+        # Statistics for --stats: world switches, seconds the emulator ran the Guest,
+        # seconds our Python hooks took inside it (the Host's and the Launcher's work, not
+        # the emulator's), TLB fills, traps delivered without leaving the emulator.
         self.runs = 0
         self.emulating = 0.0
+        self.in_hooks = 0.0
+        self._hook_depth = 0  # a hook may call Unicorn, which may call another hook
         self.python_fills = 0
         self.direct_traps = 0
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
@@ -602,7 +605,7 @@ class Switcher:
         self.exit = None
         self._native_ask_python(False)
         self.runs += 1
-        started = time.perf_counter()
+        started, hooks_before = time.perf_counter(), self.in_hooks
         try:
             self.uc.emu_start(begin, STOP_PAGE)
         except UcError as err:
@@ -614,7 +617,8 @@ class Switcher:
                 if err.errno != UC_ERR_EXCEPTION:
                     raise
         finally:
-            self.emulating += time.perf_counter() - started
+            # Our Python hooks ran inside emu_start: their time is the Host's, not the emulator's.
+            self.emulating += time.perf_counter() - started - (self.in_hooks - hooks_before)
             self._native_ask_python()  # misses outside emulation: the Host's own loads
         if self._failure is not None:
             # A hook failed: whatever the emulator made of its default answer
@@ -721,6 +725,8 @@ class Switcher:
         def guarded(*args: object) -> object:
             if self._failure is not None:
                 return default
+            started = time.perf_counter()
+            self._hook_depth += 1
             try:
                 return hook(*args)
             except BaseException as failure:  # noqa: BLE001 (run() raises it, as itself)
@@ -728,6 +734,10 @@ class Switcher:
                 self._native_ask_python()
                 self.uc.emu_stop()
                 return default
+            finally:
+                self._hook_depth -= 1
+                if not self._hook_depth:
+                    self.in_hooks += time.perf_counter() - started
         return guarded
 
     def _leave(self, exit_: Exit) -> None:

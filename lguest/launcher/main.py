@@ -179,9 +179,10 @@ def report(opts: Options, tools: DebugTools, machine: Machine, status: int, elap
 def statistics(machine: Machine, elapsed: float) -> str:
     """Where the time went (the last boot, if the Guest restarted)."""
     f = figures(machine, elapsed)
-    emulating = machine.guest.switcher.emulating
-    return (f"{elapsed:.2f} s: {emulating:.2f} s emulating, {elapsed - emulating:.2f} s in the Host"
-            f" and Launcher; {f['world_switches']} world switches, {f['hypercalls']} hypercalls,"
+    emulating, hooks = machine.guest.switcher.emulating, machine.guest.switcher.in_hooks
+    return (f"{elapsed:.2f} s: {emulating:.2f} s emulating, {hooks:.2f} s in the Host's hooks inside"
+            f" the emulator, {elapsed - emulating - hooks:.2f} s in the Host and Launcher between runs;"
+            f" {f['world_switches']} world switches, {f['hypercalls']} hypercalls,"
             f" {f['page_faults_served']} page faults served by the Host,"
             f" {f['traps_reflected']} traps reflected,"
             f" {f['direct_traps']} direct traps, {f['interrupts']} interrupts, {f['port_ios']} port I/Os")
@@ -191,6 +192,7 @@ def figures(machine: Machine, elapsed: float) -> dict[str, object]:
     """The --stats line's figures, by name (also --stats=json's and the timeline's)."""
     switcher, stats = machine.guest.switcher, machine.guest.stats
     return {"seconds": round(elapsed, 6), "seconds_emulating": round(switcher.emulating, 6),
+            "seconds_in_hooks": round(switcher.in_hooks, 6),
             "world_switches": switcher.runs, "hypercalls": stats["hypercalls"],
             "page_faults_served": switcher.fills,
             "traps_reflected": stats["reflected traps"], "direct_traps": switcher.direct_traps,
