@@ -252,6 +252,77 @@ test_main:
 """ + FAIL))
 
 
+def test_a_silent_change_is_seen_after_a_full_flush(asm_guest) -> None:
+    """FLUSH_TLB(1) drops every shadow: a PTE or a directory entry changed silently is
+    walked afresh, even where the native path re-reads the Guest's entries instead of
+    asking Python (fills.c), and an unchanged one still answers."""
+    run_ok(asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $0x11111111, frames
+	movl $0x22222222, frames + 4096
+	movl $0x33333333, frames + 8192
+	movl $0x44444444, 0x301000
+	REMAP_300000 $frames + 0x67
+	cmpl $0x11111111, 0x300000
+	jne fail
+	cmpl $0x44444444, 0x301000
+	jne fail
+	REMAP_300000 $frames + 4096 + 0x67	/* a new PTE */
+	cmpl $0x22222222, 0x300000
+	jne fail
+	cmpl $0x44444444, 0x301000		/* its neighbour, unchanged */
+	jne fail
+	/* A new directory entry: pt2, a copy of the table but for 0x300000's third frame. */
+	movl $page_table, %esi
+	movl $pt2, %edi
+	movl $1024, %ecx
+	rep movsl
+	movl $pt2, %ebx
+	movl $0x300000, %ecx
+	movl $frames + 8192 + 0x67, %edx
+	call set_pte_in
+	movl $pt2 + 0x67, page_dir
+	HCALL LHCALL_FLUSH_TLB, $1
+	cmpl $0x33333333, 0x300000
+	jne fail
+	movl $page_table + 0x67, page_dir	/* and back, silently: the old entry is stale */
+	cmpl $0x33333333, 0x300000
+	jne fail
+	HCALL LHCALL_FLUSH_TLB, $1
+	cmpl $0x22222222, 0x300000
+	jne fail
+	POWEROFF
+""" + FAIL))
+
+
+def test_native_fills_re_read_the_guest_after_a_full_flush(asm_guest) -> None:
+    """After FLUSH_TLB(1) the C hook answers pages whose Guest entries are unchanged
+    by re-reading them, without asking Python again (counts, both directions)."""
+    elf = asm_guest(EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	movl $32, %edi
+1:	movl $0x200000, %esi			/* touch 16 pages, then drop every shadow */
+2:	movl (%esi), %eax
+	addl $4096, %esi
+	cmpl $0x210000, %esi
+	jne 2b
+	HCALL LHCALL_FLUSH_TLB, $1
+	decl %edi
+	jnz 1b
+	POWEROFF
+""" + FAIL)
+    native = make_guest(elf, native=True)
+    assert native.run().reason == POWER_OFF[1]
+    assert native.switcher.fill_answers.reread >= 16 * 30
+    python = make_guest(elf, native=False)
+    assert python.run().reason == POWER_OFF[1]
+    assert python.switcher.python_fills > native.switcher.python_fills + 16 * 30
+
+
 def test_set_pgd_replaces_a_whole_table(asm_guest) -> None:
     run_ok(asm_guest(EXTRA + """
 test_main:

@@ -8,7 +8,8 @@
  * here, per shadow, per page and per kind of access (read, write, fetch;
  * kernel or user), the answer they gave, and drop them exactly where the
  * shadow's entry changes (lguest/host/fills.py).  The rules stay in Python: this hook never decides,
- * it repeats.  Anything not in the table, the Switcher's own pages,
+ * it repeats, and after a table forgot everything it repeats only answers whose Guest
+ * entries it re-reads unchanged (`still_holds`).  Anything not in the table, the Switcher's own pages,
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
  * Python hook, exactly as if this one were not here.
@@ -16,9 +17,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define TABLES 5			/* one per shadow, and linear mode's */
-#define SLOTS 4096			/* pages remembered; a collision only forgets */
+#define SLOT_BITS 13
+#define SLOTS (1 << SLOT_BITS)		/* pages remembered; a collision only forgets */
 #define CLASSES 6			/* read, write, fetch; +3 from ring 3 */
 #define UC_MEM_READ 16
 #define X86_EFLAGS_VM 0x20000
@@ -32,20 +35,29 @@ typedef bool (*fill_hook)(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 
 struct answer_slot {
 	uint64_t generation;		/* valid only in the table's current one */
+	uint64_t tlb_epoch;		/* answered to the emulator's TLB since this flush of it */
 	uint32_t page;
 	uint32_t known;			/* bit per class */
 	uint32_t paddr[CLASSES];
 	uint32_t perms[CLASSES];
+	uint32_t pde, pte;		/* the Guest entries the answers came from (pte 0: unknown) */
 };
 
 struct fill_table {
 	volatile int32_t python_decides;	/* the Host has state this hook cannot see */
 	int32_t keep;				/* set by the Python hook: its answer may be repeated */
+	uint32_t keep_pde, keep_pte;		/* ... and the Guest entries it rests on (0: none) */
+	const uint8_t *ram;			/* the Guest's RAM, for re-reading its entries */
+	uint32_t ram_size;
+	uint32_t pgdir[TABLES];			/* each shadow's Guest page directory (0: never re-read) */
 	int (*reg_read)(void *uc, int reg, void *value);	/* uc_reg_read */
 	int32_t cs, eflags;			/* UC_X86_REG_CS, UC_X86_REG_EFLAGS */
 	uint32_t switcher;			/* the Switcher's pages start here */
 	fill_hook python;			/* the Switcher's own hook */
 	uint64_t served;			/* misses answered here */
+	uint64_t reread;			/* slots made current by re-reading the Guest's entries */
+	uint64_t tlb_epoch;			/* counts the emulator's full TLB flushes */
+	int32_t lost_track;			/* a slot held since the flush was reused */
 	uint32_t current;			/* the current shadow's table */
 	uint64_t generation[TABLES];		/* bumped: a table forgets every answer */
 	struct answer_slot slot[TABLES][SLOTS];
@@ -59,15 +71,20 @@ size_t lguest_fills_table_size(void)
 
 static struct answer_slot *slot_of(struct fill_table *table, uint32_t which, uint32_t page)
 {
-	return &table->slot[which][(page >> 12) & (SLOTS - 1)];
+	/* A multiplicative hash of the page number: user code at 0x08048000 and the
+	 * kernel's at 0xC1048000 must not share a slot. */
+	return &table->slot[which][((page >> 12) * 2654435761u) >> (32 - SLOT_BITS)];
 }
 
 static void learn(struct fill_table *table, uint32_t page, int class, const struct tlb_entry *answer)
 {
 	uint32_t which = table->current;
 	struct answer_slot *slot = slot_of(table, which, page);
+	bool same_page = slot->page == page;
 
 	if (slot->generation != table->generation[which] || slot->page != page) {
+		if (slot->page != page && slot->tlb_epoch == table->tlb_epoch)
+			table->lost_track = 1;	/* the page it held may still be in the TLB */
 		slot->generation = table->generation[which];
 		slot->page = page;
 		slot->known = 0;
@@ -75,14 +92,75 @@ static void learn(struct fill_table *table, uint32_t page, int class, const stru
 	slot->paddr[class] = (uint32_t)answer->paddr;
 	slot->perms[class] = answer->perms;
 	slot->known |= 1u << class;
+	if (table->keep_pde) {
+		slot->pde = table->keep_pde;
+		slot->pte = table->keep_pte;
+	} else if (!same_page || slot->pte != table->keep_pte) {
+		slot->pte = 0;	/* an answer from the shadow's record: the entries it rests on are
+				 * the ones an earlier walk checked only if the PTE is that one */
+	}
+	slot->tlb_epoch = table->tlb_epoch;
+}
+
+/* A Guest entry, if it lies in RAM. */
+static bool guest_entry(const struct fill_table *table, uint32_t gpa, uint32_t *entry)
+{
+	if (gpa > table->ram_size - 4)
+		return false;
+	memcpy(entry, table->ram + gpa, 4);
+	return true;
+}
+
+/*
+ * A slot from before the table forgot everything (FLUSH_TLB, SET_PGD, a new address
+ * space in this shadow) still says which two Guest entries its answers rest on.  If
+ * the Guest's directory and table hold exactly those entries now, the page tables
+ * would walk them to the same answers: the slot is current again.  Anything else
+ * goes to Python, which walks and checks.
+ */
+static bool still_holds(struct fill_table *table, uint32_t which, struct answer_slot *slot)
+{
+	uint32_t pde, pte;
+
+	if (!slot->pte || !table->pgdir[which])
+		return false;
+	if (!guest_entry(table, table->pgdir[which] + (slot->page >> 22) * 4, &pde) || pde != slot->pde)
+		return false;
+	if (!guest_entry(table, (pde & ~0xFFFu) + ((slot->page >> 12) & 0x3FF) * 4, &pte) || pte != slot->pte)
+		return false;
+	slot->generation = table->generation[which];
+	table->reread++;
+	return true;
 }
 
 void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page)
 {
 	struct answer_slot *slot = slot_of(table, which, page);
 
-	if (slot->page == page)
+	if (slot->page == page) {
 		slot->known = 0;
+		slot->pte = 0;
+	}
+}
+
+/* May the emulator's TLB hold a translation this table gave, since its last full
+ * flush, for a page in [start, end)? */
+bool lguest_fills_may_hold(struct fill_table *table, uint32_t which, uint32_t start, uint32_t end)
+{
+	if (table->lost_track)
+		return true;
+	if (end - start == 0x1000) {
+		struct answer_slot *slot = slot_of(table, which, start);
+
+		return slot->page == start && slot->tlb_epoch == table->tlb_epoch;
+	}
+	for (uint32_t i = 0; i < SLOTS; i++) {
+		struct answer_slot *slot = &table->slot[which][i];
+
+		if (slot->tlb_epoch == table->tlb_epoch && slot->page >= start && slot->page < end)
+			return true;
+	}
+	return false;
 }
 
 /* The class of this access, or -1 where only Python may answer. */
@@ -110,10 +188,12 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 
 	if (type < UC_MEM_READ || type >= UC_MEM_READ + 3)
 		return table->python(uc, vaddr, type, result, NULL);
-	if (slot->generation == table->generation[which] && slot->page == page) {
+	if (slot->page == page && (slot->generation == table->generation[which] ||
+				   still_holds(table, which, slot))) {
 		class = access_class(table, uc, vaddr, type);
 		if (class >= 0 && slot->known & (1u << class)) {
 			table->served++;
+			slot->tlb_epoch = table->tlb_epoch;
 			result->paddr = slot->paddr[class];
 			result->perms = slot->perms[class];
 			return true;

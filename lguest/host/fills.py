@@ -36,7 +36,7 @@ from lguest import abi
 from lguest.host import native
 
 TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
-SLOTS = 4096
+SLOTS = 8192
 CLASSES = 6
 FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
@@ -45,17 +45,20 @@ FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, cty
 class _Slot(ctypes.Structure):
     """struct answer_slot of fills.c."""
 
-    _fields_ = (("generation", ctypes.c_uint64), ("page", ctypes.c_uint32), ("known", ctypes.c_uint32),
-                ("paddr", ctypes.c_uint32 * CLASSES), ("perms", ctypes.c_uint32 * CLASSES))
+    _fields_ = (("generation", ctypes.c_uint64), ("tlb_epoch", ctypes.c_uint64), ("page", ctypes.c_uint32),
+                ("known", ctypes.c_uint32), ("paddr", ctypes.c_uint32 * CLASSES),
+                ("perms", ctypes.c_uint32 * CLASSES), ("pde", ctypes.c_uint32), ("pte", ctypes.c_uint32))
 
 
 class _Table(ctypes.Structure):
     """struct fill_table of fills.c."""
 
-    _fields_ = (("python_decides", ctypes.c_int32), ("keep", ctypes.c_int32), ("reg_read", ctypes.c_void_p),
-                ("cs", ctypes.c_int32),
+    _fields_ = (("python_decides", ctypes.c_int32), ("keep", ctypes.c_int32), ("keep_pde", ctypes.c_uint32),
+                ("keep_pte", ctypes.c_uint32), ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint32),
+                ("pgdir", ctypes.c_uint32 * TABLES), ("reg_read", ctypes.c_void_p), ("cs", ctypes.c_int32),
                 ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("python", FillHook),
-                ("served", ctypes.c_uint64), ("current", ctypes.c_uint32),
+                ("served", ctypes.c_uint64), ("reread", ctypes.c_uint64), ("tlb_epoch", ctypes.c_uint64),
+                ("lost_track", ctypes.c_int32), ("current", ctypes.c_uint32),
                 ("generation", ctypes.c_uint64 * TABLES), ("slot", (_Slot * SLOTS) * TABLES))
 
 
@@ -68,12 +71,21 @@ class _Table(ctypes.Structure):
 # page tables forget the answers given from it, and every page the C hook may answer
 # unseen counts as one the emulator's TLB may hold, so a SET_PTE of it still flushes.  The
 # Switcher's pages, virtual-8086 mode and a miss while an exit is pending go to the
-# Switcher's Python hook, as if the C one were not there.
+# Switcher's Python hook, as if the C one were not there.  One thing the C hook does on its
+# own: after a table forgot everything (FLUSH_TLB, SET_PGD, a new address space in that
+# shadow) it still remembers which two Guest entries (directory entry and PTE, two-level
+# format) each answer rested on, and if the Guest's tables hold exactly those now, the
+# walk would give the same answer: it is given again, without Python.  Anything changed
+# (a PTE, a directory entry) goes to Python, which walks and checks, as lguest's
+# demand_page did after its shadows were dropped.
 class FillAnswers:
     """The C TLB-fill hook of one engine, with the answers the page tables gave."""
 
-    def __init__(self, uc: Uc, python: Callable[[Uc, int, int, uc_tlb_entry, object], bool]) -> None:
+    def __init__(self, uc: Uc, ram_address: int, ram_size: int,
+                 python: Callable[[Uc, int, int, uc_tlb_entry, object], bool]) -> None:
         table = self._table = _Table()
+        table.ram, table.ram_size = ram_address, ram_size
+        table.tlb_epoch = 1  # an empty slot's 0 was never answered to the TLB
         table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         table.cs, table.eflags = UC_X86_REG_CS, UC_X86_REG_EFLAGS
         table.switcher = abi.SWITCHER_ADDR
@@ -88,6 +100,9 @@ class FillAnswers:
             raise native.NativeBuildError("fills.c and fills.py disagree on struct fill_table")
         self._forget = library.lguest_fills_forget
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+        self._may_hold = library.lguest_fills_may_hold
+        self._may_hold.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
+        self._may_hold.restype = ctypes.c_bool
         self._address = ctypes.addressof(table)
         self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
 
@@ -104,10 +119,33 @@ class FillAnswers:
         """The current shadow changed: its table answers from now on."""
         self._table.current = which
 
-    def keep_this_answer(self) -> None:
+    @property
+    def reread(self) -> int:
+        """Answers made current again by re-reading the Guest's entries (after a forget_all)."""
+        return self._table.reread
+
+    def keep_this_answer(self, pde: int = 0, pte: int = 0) -> None:
         """The answer the page tables are giving (to the miss the C hook passed on) may be
-        repeated for the same kind of access from the same ring, in the current shadow."""
-        self._table.keep = 1
+        repeated for the same kind of access from the same ring, in the current shadow.
+        `pde` and `pte` (two-level format, just walked and checked) are the Guest
+        entries it rests on: while the Guest's tables hold exactly those, the answer
+        stands even after the table forgot everything."""
+        table = self._table
+        table.keep, table.keep_pde, table.keep_pte = 1, pde, pte
+
+    def watch_directory(self, which: int, pgdir: int) -> None:
+        """Shadow `which` now shadows the two-level directory at `pgdir` (0: no re-reads)."""
+        self._table.pgdir[which] = pgdir
+
+    def tlb_flushed(self) -> None:
+        """The emulator's whole TLB was flushed: nothing answered before is held any more."""
+        self._table.tlb_epoch += 1
+        self._table.lost_track = 0
+
+    def may_hold(self, which: int, start: int, end: int) -> bool:
+        """Could the emulator's TLB hold an answer this hook gave, from shadow `which`, for a
+        page in [start, end), since the last full flush?"""
+        return self._may_hold(self._address, which, start, end)
 
     def forget(self, which: int, page: int) -> None:
         """A shadow's entry for this page changed."""

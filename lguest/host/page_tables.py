@@ -93,7 +93,9 @@ class PageTables:
         if page is None:
             shadow.answered.clear()
             self.answers.forget_all(shadow.table)
-        elif page in shadow.answered:
+        else:
+            # Even a page not in `answered`: the hook may have made an old answer for it
+            # current again by re-reading the Guest's entries.
             shadow.answered.discard(page)
             self.answers.forget(shadow.table, page)
 
@@ -125,18 +127,32 @@ class PageTables:
         """Answer one TLB miss (§6.3): (physical page, permissions) or a #PF error code."""
         page = vaddr & ~0xFFF
         gpte = self.current.ptes.get(page)
+        walked = False
         if gpte is None or not self._allows(gpte, write, user, fetch) or (write and not gpte & abi.PTE_DIRTY):
             gpte, error = self.demand_page(vaddr, write, user, fetch)
             if gpte is None:
                 return error
+            walked = True
         self.tlb_may_hold.add(page)
         answer = self.format.page(gpte), self._permissions(gpte, write, fetch)
         if self.answers is not None and self.current.ptes.get(page) == gpte:
             # Only an answer from the shadow can be repeated: a device window's is
             # walked again every time.
-            self.answers.keep_this_answer()
+            self.answers.keep_this_answer(*self._entries_behind(page, gpte, walked))
             self.current.answered.add(page)
         return answer
+
+    def _entries_behind(self, page: int, gpte: int, walked: bool) -> tuple[int, int]:
+        """The (directory entry, PTE) a two-level walk just checked for `page`: while the
+        Guest's tables hold exactly these, the C hook may give the same answer again
+        after forgetting (fills.c's re-read).  An answer from the shadow's record gives
+        only its PTE (the hook keeps the directory entry an earlier walk checked with
+        that same PTE).  (0, 0) where the hook may not re-read: PAE, linear mode."""
+        if self.format is not TWO_LEVEL or self.linear:
+            return 0, 0
+        if not walked:
+            return 0, gpte
+        return self.memory.read_u32(self.pgdir + (page >> abi.PGDIR_SHIFT) * 4), gpte
 
     def demand_page(self, vaddr: int, write: bool, user: bool,
                     fetch: bool = False) -> tuple[int | None, int]:
@@ -239,6 +255,8 @@ class PageTables:
             held = start in self.tlb_may_hold  # one page: not a walk over every held one
         else:
             held = any(start <= page < end for page in self.tlb_may_hold)
+        if not held and self.answers is not None:
+            held = self.answers.may_hold(self.current.table, start, end)
         if held:
             self.flush()
 
@@ -273,6 +291,8 @@ class PageTables:
             shadow.pgdir = pgdir
             shadow.drop_user_part(self.kernel_address)
         self._forget(shadow)
+        if self.answers is not None and self.format is TWO_LEVEL:
+            self.answers.watch_directory(shadow.table, pgdir)
         return shadow
 
     def flush_tlb(self, everything: int) -> None:

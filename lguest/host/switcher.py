@@ -274,6 +274,7 @@ class Switcher:
         self.uc.mem_map(abi.SWITCHER_ADDR, SWITCHER_PAGES * abi.PAGE_SIZE)
         self.mmu = mmu
         self.bus = bus
+        self._ram_address, self._ram_size = ram_address, ram_size
         # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap = direct_trap
@@ -369,7 +370,8 @@ class Switcher:
         self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
         if self.native:
-            self.fill_answers = FillAnswers(self.uc, self._guard(self._on_tlb_fill, False))
+            self.fill_answers = FillAnswers(self.uc, self._ram_address, self._ram_size,
+                                            self._guard(self._on_tlb_fill, False))
             self.mmu.keep_answers(self.fill_answers)
         else:
             self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
@@ -664,6 +666,8 @@ class Switcher:
     def flush_tlb(self) -> None:
         """Forget every translation the emulator has cached (our shadow page tables)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if self.fill_answers is not None:
+            self.fill_answers.tlb_flushed()
 
     # --- debugging: what the Launcher's gdb stub may ask of the CPU ------------------------------
     def watch_code(self, begin: int, end: int, callback: Callable[[int], None]) -> int:
