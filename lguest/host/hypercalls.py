@@ -115,6 +115,16 @@ def do_async_hcalls(guest: Guest) -> None:
             return
 
 
+def count_served_in_c(guest: Guest) -> None:
+    """Add in the hypercalls C served since the last exit (--stats counts every one)."""
+    if guest.native_hcalls is None:
+        return
+    for nr, count in guest.native_hcalls.take_counts():
+        guest.stats["hypercalls"] += count
+        if guest.tracer is not None:
+            guest.tracer.count_served(nr, count)  # type: ignore[attr-defined] (only_counts)
+
+
 def do_hcall(guest: Guest, args: HcallArgs, queued: bool) -> None:
     """Execute one hypercall (§1.2)."""
     guest.stats["hypercalls"] += 1
