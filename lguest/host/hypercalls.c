@@ -19,7 +19,9 @@
  *
  * Everything unusual (a call not served here, a ring slot outside RAM, a
  * vaddr in the Switcher's pages, a PTE whose prefill would kill the Guest, a
- * full log, a hypercall from another ring or from virtual-8086 mode) goes to
+ * full log, a hypercall from another ring or from virtual-8086 mode, and every
+ * hypercall while the Host's hint says an interrupt waits, since a hypercall is
+ * where the Host delivers it) goes to
  * the Switcher's Python hook exactly as if this one were not there: nothing
  * here has changed anything for the call it passes on.
  */
@@ -56,6 +58,7 @@ struct hcall_table {
 	uint64_t ram_size;
 	/* The ABI, set once. */
 	uint32_t flush_async, set_pte;	/* the call numbers served here */
+	uint32_t irq_pending_offset;	/* the Host's hint in lguest_data: an irq waits */
 	uint32_t status_offset, slots_offset, slot_size, ring_size;
 	uint32_t free;			/* a free slot's status byte */
 	uint32_t switcher;		/* the Switcher's pages start here */
@@ -203,5 +206,8 @@ bool lguest_native_hypercall(void *uc, struct hcall_table *t)
 		args[i] = (uint32_t)values[EAX + i];
 	if (args[0] != t->flush_async && args[0] != t->set_pte)
 		return false;	/* before the ring: Python drains it, then runs the call */
+	if (!in_ram(t, (uint64_t)t->lguest_data + t->irq_pending_offset, 4) ||
+	    *(uint32_t *)(t->ram + t->lguest_data + t->irq_pending_offset))
+		return false;
 	return drain_ring(t) && serve(t, args);
 }
