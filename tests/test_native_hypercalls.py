@@ -1,0 +1,185 @@
+"""Hypercalls served in C (hypercalls.c) against the pure-Python Host (--no-native).
+
+The same Guests run both ways: what the Guest reads through its mappings, what
+its page tables say afterwards, what the Host's shadows hold, the ring's cursor,
+the hypercall counts and every kill message must agree; and on the native path
+the calls must really have been served without an exit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import lguest, make_guest, symbol
+from test_paging import FAIL, TWO_SPACES
+
+# Every variant of SET_PTE: prefill or drop, kernel or user address, the current
+# directory or another one, sync and through the async ring (C's calls around one
+# only Python serves, then C's alone from where the shared cursor stopped), and a
+# directory no shadow holds.  The Guest checks each through its own mappings.
+EVERY_SET_PTE = TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	movl $0x3333, frames + 3 * 4096
+	movl $0x4444, frames + 4 * 4096
+	movl $0x5555, frames + 5 * 4096
+	movl $0x6666, frames + 6 * 4096
+	movl $0x7777, frames + 7 * 4096
+	HCALL LHCALL_NEW_PGTABLE, $dir_b		/* both spaces shadowed, A current */
+	cmpl $0xbbbb, 0x400000
+	jne fail
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	cmpl $0xc0c0, 0xc0000000
+	jne fail
+	/* sync, prefilled, user address, the current directory */
+	movl $frames + 3 * 4096 + 0x67, user_a
+	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames+3*4096+0x67
+	cmpl $0x3333, 0x400000
+	jne fail
+	/* sync, dropped (neither accessed nor dirty) */
+	movl $frames + 4 * 4096 + 0x07, user_a
+	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames+4*4096+0x07
+	cmpl $0x4444, 0x400000
+	jne fail
+	/* sync, a kernel address named through the other directory: every shadow */
+	movl $frames + 5 * 4096 + 0x67, kernel_pt
+	HCALL LHCALL_SET_PTE, $dir_b, $0xc0000000, $frames+5*4096+0x67
+	cmpl $0x5555, 0xc0000000
+	jne fail
+	/* sync, a user address of the other directory: this space keeps its page */
+	movl $frames + 6 * 4096 + 0x67, user_b
+	HCALL LHCALL_SET_PTE, $dir_b, $0x400000, $frames+6*4096+0x67
+	cmpl $0x4444, 0x400000
+	jne fail
+	HCALL LHCALL_NEW_PGTABLE, $dir_b
+	cmpl $0x6666, 0x400000
+	jne fail
+	cmpl $0x5555, 0xc0000000
+	jne fail
+	/* the ring: SET_PTEs around a TS, which only Python serves */
+	movl $frames + 7 * 4096 + 0x67, user_b
+	QUEUE 0, LHCALL_SET_PTE, $dir_b, $0x400000, $frames+7*4096+0x67
+	QUEUE 1, LHCALL_TS, $0
+	movl $frames + 3 * 4096 + 0x27, kernel_pt
+	QUEUE 2, LHCALL_SET_PTE, $dir_a, $0xc0000000, $frames+3*4096+0x27
+	HCALL LHCALL_FLUSH_ASYNC
+	cmpl $0x7777, 0x400000
+	jne fail
+	cmpl $0x3333, 0xc0000000
+	jne fail
+	/* the ring from where the cursor stopped, C's calls only, then a sync one */
+	movl $frames + 4096 + 0x07, user_b
+	QUEUE 3, LHCALL_SET_PTE, $dir_b, $0x400000, $frames+4096+0x07
+	QUEUE 4, LHCALL_SET_PTE, $pt2, $0x400000, $0	/* no shadow holds pt2 */
+	QUEUE 5, LHCALL_FLUSH_ASYNC
+	HCALL LHCALL_SET_PTE, $dir_b, $0x401000, $0
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	cmpl $0xffffffff, lguest_data + LD_HCALL_STATUS
+	jne fail
+	cmpw $0xffff, lguest_data + LD_HCALL_STATUS + 4
+	jne fail
+	HCALL LHCALL_NEW_PGTABLE, $dir_a		/* A's shadow saw the kernel page too */
+	cmpl $0x3333, 0xc0000000
+	jne fail
+	cmpl $0x4444, 0x400000
+	jne fail
+	POWEROFF
+""" + FAIL
+SERVED_IN_C = 9  # five sync SET_PTEs; slot 0, then slots 3, 4 and 5
+SYNC_SERVED_IN_C = 5
+TABLES = ("page_table", "kernel_pt", "user_a", "user_b")
+
+
+def run_both_ways(elf):
+    """The Guest run to its power-off on each path: (native, pure Python)."""
+    guests = []
+    for native in (True, False):
+        guest = make_guest(elf, native=native)
+        assert guest.run().reason == "CRASH: Power down"
+        guests.append(guest)
+    return tuple(guests)
+
+
+def host_view(guest, elf) -> dict[str, object]:
+    """What the Host's page tables say, and the Guest's own, after the run."""
+    guest.pages.catch_up()
+    return {
+        "shadows": [(s.pgdir, dict(s.ptes)) for s in guest.pages.shadows],
+        "current": guest.pages.pgdir,
+        "guest tables": {name: guest.memory.read(symbol(elf, name), 4096) for name in TABLES},
+        "cursor": guest.next_hcall,
+        "hypercalls": guest.stats["hypercalls"],
+    }
+
+
+def test_every_set_pte_gives_the_same_machine_both_ways(asm_guest) -> None:
+    elf = asm_guest(EVERY_SET_PTE)
+    native, python = run_both_ways(elf)
+    assert host_view(native, elf) == host_view(python, elf)
+    assert native.next_hcall == 6
+
+
+def test_the_native_path_served_them_without_exits(asm_guest) -> None:
+    """A count: the calls C served, and the exits the sync ones did not make."""
+    elf = asm_guest(EVERY_SET_PTE)
+    native, python = run_both_ways(elf)
+    assert native.native_hcalls is not None and python.native_hcalls is None
+    assert native.native_hcalls.served == SERVED_IN_C
+    assert native.switcher.trap_hook.hypercalls_served == SYNC_SERVED_IN_C
+    assert native.stats["hypercalls"] == python.stats["hypercalls"]
+
+
+def test_stats_count_every_hypercall_by_name_both_ways(asm_guest) -> None:
+    elf = asm_guest(EVERY_SET_PTE)
+    counts = []
+    for path in ((), ("--no-native",)):
+        run = lguest(*path, "--stats=json", "32", str(elf))
+        assert run.status == 0, run.stderr
+        figures = json.loads(run.stderr.splitlines()[-1])
+        counts.append((figures["hypercalls"], figures["hypercalls_by_name"]))
+    assert counts[0] == counts[1]
+    assert counts[0][1]["SET_PTE"] == 9
+
+
+def test_a_tracer_still_sees_every_hypercall(asm_guest) -> None:
+    """--trace wants each call: none is served unseen."""
+    elf = asm_guest(EVERY_SET_PTE)
+    run = lguest("--trace=hcalls", "32", str(elf))
+    assert run.status == 0
+    calls = [line for line in run.stderr.splitlines() if "trace: hcall SET_PTE" in line]
+    assert len(calls) == 9
+    assert sum(" async" in line for line in calls) == 4
+
+
+KILLS = {
+    "sync SET_PTE into the Switcher": ("""
+	HCALL LHCALL_SET_PTE, $page_dir, $0xffc00000, $0""", "attempt to set pte into Switcher pages"),
+    "queued SET_PTE into the Switcher, after one C serves": ("""
+	QUEUE 0, LHCALL_SET_PTE, $page_dir, $0x300000, $0
+	QUEUE 1, LHCALL_SET_PTE, $page_dir, $0xfffff000, $0
+	HCALL LHCALL_FLUSH_ASYNC""", "attempt to set pte into Switcher pages"),
+    "sync prefill of a page beyond RAM": ("""
+	HCALL LHCALL_SET_PTE, $page_dir, $0x300000, $0x8000067""", "bad page table entry"),
+    "queued prefill of a 4 MiB page": ("""
+	QUEUE 0, LHCALL_SET_PTE, $page_dir, $0x300000, $0x3000e7
+	HCALL LHCALL_FLUSH_ASYNC""", "bad page table entry"),
+    "a bad call in a ring slot, after C's": ("""
+	QUEUE 0, LHCALL_SET_PTE, $page_dir, $0x300000, $0
+	QUEUE 1, 99
+	HCALL LHCALL_SET_PTE, $page_dir, $0x301000, $0""", "Bad hypercall 99"),
+}
+
+
+@pytest.mark.parametrize("name", KILLS)
+def test_set_pte_kills_alike_both_ways(asm_guest, name: str) -> None:
+    code, reason = KILLS[name]
+    elf = asm_guest("test_main:\n\tINIT\n\tcall setup_user_paging" + code + "\n\tPOWEROFF\n")
+    native, python = lguest("32", str(elf)), lguest("--no-native", "32", str(elf))
+    assert (native.status, native.reason) == (1, reason)
+    assert (python.status, python.reason) == (1, reason)
