@@ -157,6 +157,32 @@ def test_a_tracer_still_sees_every_hypercall(asm_guest) -> None:
     assert sum(" async" in line for line in calls) == 4
 
 
+def test_set_pgd_of_an_unshadowed_directory_and_send_interrupts(asm_guest) -> None:
+    """SET_PGD of a directory no shadow holds, and SEND_INTERRUPTS with no irq
+    waiting, are served in C; a SET_PGD of a shadowed directory is Python's."""
+    elf = asm_guest(TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	HCALL LHCALL_SET_PGD, $dir_b, $1		/* no shadow holds B: nothing to do */
+	HCALL LHCALL_SEND_INTERRUPTS
+	movl $0, dir_a + 4
+	HCALL LHCALL_SET_PGD, $dir_a, $1		/* A's: its 0x400000 goes */
+	GATE 14, gone
+	movl 0x400000, %eax
+	jmp fail
+gone:	POWEROFF
+""" + FAIL)
+    native, python = run_both_ways(elf)
+    assert host_view(native, elf) == host_view(python, elf)
+    assert native.native_hcalls.take_counts() == []  # all added in already
+    assert native.switcher.trap_hook.hypercalls_served == 2
+
+
 KILLS = {
     "sync SET_PTE into the Switcher": ("""
 	HCALL LHCALL_SET_PTE, $page_dir, $0xffc00000, $0""", "attempt to set pte into Switcher pages"),
@@ -169,6 +195,8 @@ KILLS = {
     "queued prefill of a 4 MiB page": ("""
 	QUEUE 0, LHCALL_SET_PTE, $page_dir, $0x300000, $0x3000e7
 	HCALL LHCALL_FLUSH_ASYNC""", "bad page table entry"),
+    "SET_PGD beyond the top level, of an unshadowed directory": ("""
+	HCALL LHCALL_SET_PGD, $0x123000, $1024""", "Attempt to set pgd 1024/1024"),
     "a bad call in a ring slot, after C's": ("""
 	QUEUE 0, LHCALL_SET_PTE, $page_dir, $0x300000, $0
 	QUEUE 1, 99

@@ -4,11 +4,12 @@
  *
  * A fork is a storm of SET_PTE hypercalls, each of which used to stop the
  * emulator, run a Python handler and start it again.  Here the hook serves
- * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, from a table the
- * Host keeps (native_hypercalls.py): where the ring is, the Host's cursor into
- * it (one copy, shared with Python), and what SET_PTE's rule needs to know of
- * the shadow page tables (which directory each shadow holds, where the kernel
- * starts, where RAM and the device windows end, the entry format).
+ * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, SEND_INTERRUPTS
+ * when no interrupt waits, and SET_PGD of a directory no shadow holds, from a
+ * table the Host keeps (native_hypercalls.py): where the ring is, the Host's
+ * cursor into it (one copy, shared with Python), and what SET_PTE's rule needs
+ * to know of the shadow page tables (which directory each shadow holds, where
+ * the kernel starts, where RAM and the device windows end, the entry format).
  *
  * SET_PTE's effect on the emulator happens here at once: the fill answers of
  * that page are forgotten in every shadow it touches (fills.c), and the page
@@ -17,13 +18,13 @@
  * next read or change a shadow.  A SET_PTE that touches no shadow needs
  * neither: most of a fork's are for the child's directory, not yet shadowed.
  *
- * Everything unusual (a call not served here, a ring slot outside RAM, a
- * vaddr in the Switcher's pages, a PTE whose prefill would kill the Guest, a
- * full log, a hypercall from another ring or from virtual-8086 mode, and every
- * hypercall while the Host's hint says an interrupt waits, since a hypercall is
- * where the Host delivers it) goes to
- * the Switcher's Python hook exactly as if this one were not there: nothing
- * here has changed anything for the call it passes on.
+ * Everything unusual goes to the Switcher's Python hook exactly as if this
+ * one were not there, and nothing here has changed anything for the call it
+ * passes on: a call not served here, a ring slot outside RAM, a vaddr in the
+ * Switcher's pages, a PTE whose prefill would kill the Guest, a full log, a
+ * hypercall from another ring or from virtual-8086 mode, and every hypercall
+ * while the Host's hint says an interrupt waits (a hypercall is where the Host
+ * delivers it).
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -57,7 +58,8 @@ struct hcall_table {
 	uint8_t *ram;
 	uint64_t ram_size;
 	/* The ABI, set once. */
-	uint32_t flush_async, set_pte;	/* the call numbers served here */
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts;	/* the calls served here */
+	uint32_t top_entries;		/* SET_PGD's index must be below this */
 	uint32_t irq_pending_offset;	/* the Host's hint in lguest_data: an irq waits */
 	uint32_t status_offset, slots_offset, slot_size, ring_size;
 	uint32_t free;			/* a free slot's status byte */
@@ -146,13 +148,26 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 	return true;
 }
 
+/* SET_PGD of a directory no shadow holds: nothing to do.  The rest is Python's. */
+static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
+{
+	if (index >= t->top_entries)
+		return false;
+	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
+		if (t->pgdir[i] == pgdir)
+			return false;
+	return true;
+}
+
 /* One call, from the registers or a ring slot; false: Python must do it. */
 static bool serve(struct hcall_table *t, const uint32_t args[5])
 {
 	bool done;
 
-	if (args[0] == t->flush_async)
-		done = true;	/* draining the ring was all of it */
+	if (args[0] == t->flush_async || args[0] == t->send_interrupts)
+		done = true;	/* draining the ring was all of it; no irq waits (the hint) */
+	else if (args[0] == t->set_pgd)
+		done = set_pgd(t, args[1], args[2]);
 	else if (args[0] == t->set_pte)
 		done = set_pte(t, args[1], args[2], args[3], args[4]);
 	else
@@ -204,7 +219,8 @@ bool lguest_native_hypercall(void *uc, struct hcall_table *t)
 		return false;
 	for (int i = 0; i < 5; i++)
 		args[i] = (uint32_t)values[EAX + i];
-	if (args[0] != t->flush_async && args[0] != t->set_pte)
+	if (args[0] != t->flush_async && args[0] != t->set_pte && args[0] != t->set_pgd &&
+	    args[0] != t->send_interrupts)
 		return false;	/* before the ring: Python drains it, then runs the call */
 	if (!in_ram(t, (uint64_t)t->lguest_data + t->irq_pending_offset, 4) ||
 	    *(uint32_t *)(t->ram + t->lguest_data + t->irq_pending_offset))

@@ -65,7 +65,8 @@ class _Table(ctypes.Structure):
     _fields_ = (("reg_read_batch", ctypes.c_void_p), ("regs", ctypes.c_int32 * len(REGS)),
                 ("guest_pl", ctypes.c_int32), ("tlb_flush_page", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
                 ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
-                ("flush_async", U32), ("set_pte", U32), ("irq_pending_offset", U32),
+                ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
+                ("top_entries", U32), ("irq_pending_offset", U32),
                 ("status_offset", U32), ("slots_offset", U32),
                 ("slot_size", U32), ("ring_size", U32), ("free", U32), ("switcher", U32),
                 ("present", U64), ("accessed", U64), ("dirty", U64), ("pse", U64),
@@ -109,6 +110,7 @@ class NativeHypercalls:
         table.fills = switcher.fill_answers.address
         table.ram, table.ram_size = ram, ram_size
         table.flush_async, table.set_pte = Hcall.FLUSH_ASYNC, Hcall.SET_PTE
+        table.set_pgd, table.send_interrupts = Hcall.SET_PGD, Hcall.SEND_INTERRUPTS
         table.irq_pending_offset = LguestData.IRQ_PENDING
         table.status_offset, table.slots_offset = LguestData.HCALL_STATUS, LguestData.HCALLS
         table.slot_size, table.ring_size = LguestData.HCALL_SIZE, abi.LHCALL_RING_SIZE
@@ -138,7 +140,7 @@ class NativeHypercalls:
                     pgdirs: list[int], current: int) -> None:
         """What SET_PTE's rule needs, as the page tables have it now (their log replayed)."""
         table = self._table
-        table.pfn_mask, table.nx_mask = fmt.pfn_mask, fmt.nx_mask
+        table.pfn_mask, table.nx_mask, table.top_entries = fmt.pfn_mask, fmt.nx_mask, fmt.top_entries
         table.kernel_address, table.pfn_limit, table.device_limit = kernel_address, pfn_limit, device_limit
         table.shadows = len(pgdirs)
         table.pgdir[:len(pgdirs)] = pgdirs
