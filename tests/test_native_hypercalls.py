@@ -211,3 +211,53 @@ def test_set_pte_kills_alike_both_ways(asm_guest, name: str) -> None:
     native, python = lguest("32", str(elf)), lguest("--no-native", "32", str(elf))
     assert (native.status, native.reason) == (1, reason)
     assert (python.status, python.reason) == (1, reason)
+
+
+RING_THEN_SAVE = TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	QUEUE 0, LHCALL_SET_PTE, $dir_a, $0x400000, $frames+8192+0x67
+	QUEUE 1, LHCALL_FLUSH_ASYNC
+	QUEUE 2, LHCALL_SET_PTE, $dir_b, $0x400000, $0
+	HCALL LHCALL_FLUSH_ASYNC			/* C: the cursor moves to 3 */
+	SHUTDOWN $saved					/* the test saves the state here */
+	QUEUE 3, LHCALL_SET_PTE, $dir_a, $0x400000, $frames+4096+0x67
+	HCALL LHCALL_FLUSH_ASYNC			/* from the restored cursor */
+	cmpb $0xff, lguest_data + LD_HCALL_STATUS + 3
+	jne fail
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	POWEROFF
+saved:	.asciz "saved"
+""" + FAIL
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_the_ring_cursor_is_saved_and_restored(asm_guest, native: bool) -> None:
+    """The cursor C moved is the one a snapshot holds, and a restored Guest's C goes on
+    from it."""
+    from lguest.host.core import Guest
+    from lguest.launcher.boot import allocate_guest_ram, load_kernel, write_boot_params
+    from lguest.launcher.pci import PciBus
+    from lguest.launcher.ports import Ports
+
+    mem = 32 << 20
+    ram = allocate_guest_ram(mem)
+    kernel = load_kernel(ram, mem, str(asm_guest(RING_THEN_SAVE)))
+    write_boot_params(ram, mem, "", None)
+    first = Guest(ram, mem, kernel.entry, Ports(PciBus(), print), native=native)
+    assert first.run().reason == "CRASH: saved"
+    state = first.save_state()
+    first.close()
+    assert state.next_hcall == 3
+    second = Guest(ram, mem, 0, Ports(PciBus(), print), native=native)
+    second.restore_state(state)
+    assert second.next_hcall == 3
+    assert second.run().reason == "CRASH: Power down"
+    assert second.next_hcall == 4
+    if native:
+        assert second.native_hcalls.served == 2  # slot 3 and the FLUSH_ASYNC
+    second.close()
