@@ -12,7 +12,7 @@ import json
 
 import pytest
 from conftest import lguest, make_guest, symbol
-from test_paging import FAIL, TWO_SPACES
+from test_paging import FAIL, TWO_SPACES, paging
 
 # Every variant of SET_PTE: prefill or drop, kernel or user address, the current
 # directory or another one, sync and through the async ring (C's calls around one
@@ -261,3 +261,50 @@ def test_the_ring_cursor_is_saved_and_restored(asm_guest, native: bool) -> None:
     if native:
         assert second.native_hcalls.served == 2  # slot 3 and the FLUSH_ASYNC
     second.close()
+
+
+PAE_SET_PTE = paging(True) + """
+test_main:
+	INIT
+	SETUP_PAGING
+	movl $0x5a5a, frames
+	movl $frames+0x67, pae_pt + 0x300 * 8
+	movl $0x80000000, pae_pt + 0x300 * 8 + 4		/* NX: the high half */
+	HCALL LHCALL_SET_PTE, $pdpt, $0x300000, $frames+0x67, $0x80000000
+	cmpl $0x5a5a, 0x300000
+	jne fail
+	movl $0xc3, frames				/* ret */
+	GATE 14, no_fetch
+	call 0x300000
+	jmp fail
+no_fetch:
+	POWEROFF
+""" + FAIL
+
+
+def test_a_pae_pte_with_its_high_half_is_the_same_both_ways(asm_guest) -> None:
+    """PAE: the high half (NX here) reaches the shadow through C as through Python."""
+    elf = asm_guest(PAE_SET_PTE)
+    shadows = []
+    for native in (True, False):
+        guest = make_guest(elf, native=native, pae=True)
+        assert guest.run().reason == "CRASH: Power down"
+        guest.pages.catch_up()
+        shadows.append([(s.pgdir, dict(s.ptes)) for s in guest.pages.shadows])
+        if native:
+            assert guest.native_hcalls.served == 1
+    assert shadows[0] == shadows[1]
+    assert shadows[0][0][1][0x300000] >> 63 == 1
+
+
+def test_a_pae_prefill_beyond_ram_by_its_high_half_kills_alike(asm_guest) -> None:
+    elf = asm_guest(paging(True) + """
+test_main:
+	INIT
+	SETUP_PAGING
+	HCALL LHCALL_SET_PTE, $pdpt, $0x300000, $0x300067, $1
+	POWEROFF
+""")
+    native, python = lguest("--pae", "32", str(elf)), lguest("--no-native", "--pae", "32", str(elf))
+    assert (native.status, native.reason) == (1, "bad page table entry")
+    assert (python.status, python.reason) == (1, "bad page table entry")
