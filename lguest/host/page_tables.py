@@ -16,6 +16,9 @@ marks the emulator's TLB stale when it may hold a dropped translation: the run l
 flushes it before the Guest runs again (`take_tlb_flush`), so this module never
 touches the CPU.
 
+On the native path C serves most SET_PTEs (native_hypercalls.py) and logs them;
+every entry point here replays that log first (`catch_up`).
+
 What it owns: the shadows, the walk of the Guest's tables (through its `PageFormat`),
 the device windows' pages (no RAM behind them), and the kernel stack SET_STACK asked us
 to keep mapped.
@@ -341,7 +344,9 @@ class PageTables:
 # since it will be used soon.  The emulator may still hold the old translation in its TLB:
 # if the page is one it may have filled since its last flush, the TLB is marked stale, and
 # the run loop flushes it before the Guest runs again ("The run loop").  This module never
-# touches the CPU itself.
+# touches the CPU itself.  On the native path most SET_PTEs never get here: C applies the
+# same rule in the emulator and logs it, and `catch_up` replays the log into the shadows
+# ("The common hypercalls, served in C").
     def set_pte(self, pgdir: int, vaddr: int, pte: int, pte_high: int = 0) -> None:
         """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used.
 
