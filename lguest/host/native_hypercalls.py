@@ -81,7 +81,7 @@ def only_counts(tracer: Tracer | None) -> bool:
     return tracer is None or getattr(tracer, "only_counts", False)
 
 
-# tour:S.170 The common hypercalls, served in C
+# tour:S.165 The common hypercalls, served in C
 # A fork+exec is a storm of SET_PTE hypercalls, 109,176 of 130,840 in our profile, and each
 # was an exit from the emulator, a Python handler and a re-entry.  On the native path the C
 # interrupt hook serves SET_PTE and FLUSH_ASYNC itself, sync or from the async ring, from a
