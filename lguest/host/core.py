@@ -41,7 +41,11 @@ from lguest.host.switcher import Exit, ExitKind, PortBus, Switcher
 
 
 class Tracer(Protocol):
-    """Receives one call per event when the Launcher asked for --trace."""
+    """Receives one call per event when the Launcher asked for --trace.
+
+    One whose `only_counts` is True (--stats=json's census) lets the common hypercalls
+    be served in C unseen, and is told how many of each there were (`count_served`).
+    """
 
     def hcall(self, guest: Guest, args: tuple[int, ...], queued: bool) -> None: ...
 
