@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import lguest, make_guest, symbol
-from test_paging import FAIL, TWO_SPACES, paging
+from conftest import lguest, make_guest, run_while_rung, symbol
+from test_paging import EXTRA, FAIL, TWO_SPACES, paging
 
 # Every variant of SET_PTE: prefill or drop, kernel or user address, the current
 # directory or another one, sync and through the async ring (C's calls around one
@@ -308,3 +308,44 @@ test_main:
     native, python = lguest("--pae", "32", str(elf)), lguest("--no-native", "--pae", "32", str(elf))
     assert (native.status, native.reason) == (1, "bad page table entry")
     assert (python.status, python.reason) == (1, "bad page table entry")
+
+
+STRESS_ROUNDS = 20000
+REMAP_UNDER_KICKS = EXTRA + """
+test_main:
+	INIT
+	call setup_user_paging
+	xorl %edi, %edi
+1:	movl $PT, %ebx
+	movl $0x300000, %ecx
+	movl $frames+0x67, %edx
+	call set_pte_in
+	HCALL LHCALL_SET_PTE, $page_dir, $0x300000, $frames+0x67
+	addl $1, 0x300000
+	movl $PT, %ebx
+	movl $0x300000, %ecx
+	movl $frames+4096+0x67, %edx
+	call set_pte_in
+	HCALL LHCALL_SET_PTE, $page_dir, $0x300000, $frames+4096+0x67
+	addl $1, 0x300000
+	HCALL LHCALL_FLUSH_ASYNC
+	incl %edi
+	cmpl $ROUNDS, %edi
+	jne 1b
+	POWEROFF
+"""
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_kicks_during_served_hypercalls_never_run_an_instruction_twice(asm_guest, native: bool) -> None:
+    """Another thread rings the doorbell while C serves SET_PTEs that remap the page the
+    Guest then increments: each frame's count comes out exactly once per round."""
+    elf = asm_guest(f"\t.set ROUNDS, {STRESS_ROUNDS}\n" + REMAP_UNDER_KICKS)
+    guest = make_guest(elf, native=native)
+    result, kicks = run_while_rung(guest)
+    assert result.reason == "CRASH: Power down"
+    assert kicks > 1000
+    frames = symbol(elf, "frames")
+    assert [guest.memory.read_u32(frames + 4096 * i) for i in range(2)] == [STRESS_ROUNDS] * 2
+    if native:
+        assert guest.native_hcalls.served == 3 * STRESS_ROUNDS
