@@ -349,3 +349,15 @@ def test_kicks_during_served_hypercalls_never_run_an_instruction_twice(asm_guest
     assert [guest.memory.read_u32(frames + 4096 * i) for i in range(2)] == [STRESS_ROUNDS] * 2
     if native:
         assert guest.native_hcalls.served == 3 * STRESS_ROUNDS
+
+
+def test_without_the_engine_cpu_every_hypercall_goes_to_python(asm_guest, monkeypatch) -> None:
+    """No proven CPU pointer (another Unicorn build): no TLB drop is possible, so C
+    serves nothing, and the Guest runs as on the pure-Python path."""
+    from lguest.host import calibration
+
+    monkeypatch.setattr(calibration, "engine_cpu", lambda uc: None)
+    guest = make_guest(asm_guest(EVERY_SET_PTE), native=True)
+    assert guest.native_hcalls is None
+    assert guest.run().reason == "CRASH: Power down"
+    assert guest.switcher.trap_hook.hypercalls_served == 0
