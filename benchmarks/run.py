@@ -6,6 +6,8 @@
     against the same C compiled with `gcc -m32 -O2` and run natively;
 (b) hypercall round trip: `int $0x1f` into the Host and back, against the bare
     emulator's exit and re-entry (a Unicorn hook that stops, and emu_start again);
+    and SET_PTE, of a page the current shadow holds and of a directory no shadow
+    holds (a fork's most common call), against the same;
 (c) system call round trip from ring 3: through a trap gate (delivered by the
     Host's fast path inside the emulator hook, as lguest's direct traps) and
     through an interrupt gate (reflected by the Host's run loop), each against
@@ -117,6 +119,8 @@ def main() -> int:
     native_s = compute()[1]
     guest_s, pae_guest_s = both_modes(lambda pae: compute(pae)[0])
     hcall = round_trip("hypercalls.S", HCALL_ROUNDS)
+    set_pte = round_trip("set_pte.S", HCALL_ROUNDS, PGDIR="page_dir")
+    set_pte_unshadowed = round_trip("set_pte.S", HCALL_ROUNDS, PGDIR="0x123000")
     direct = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xF)
     reflected = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xE)
     fill, pae_fill = both_modes(page_fault)
@@ -131,6 +135,8 @@ def main() -> int:
         ("compute (CRC32+LCG+quicksort)", f"{guest_s:.3f} s guest", f"{native_s:.3f} s native",
          guest_s / native_s),
         per_exit("hypercall round trip", hcall),
+        per_exit("SET_PTE, current space", set_pte),
+        per_exit("SET_PTE, directory not shadowed", set_pte_unshadowed),
         per_exit("syscall, trap gate (direct)", direct),
         per_exit("syscall, interrupt gate (reflected)", reflected),
         per_exit("page fault served by the Host", fill),

@@ -33,6 +33,7 @@ from lguest.host.clock import Clock
 from lguest.host.faultaddr import fault_address
 from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap, direct_trap
 from lguest.host.memory import GuestMemory, hex32
+from lguest.host.native_hypercalls import serve_hypercalls
 from lguest.host.page_tables import PageTables
 from lguest.host.segments import Segments
 from lguest.host.state import GuestState, capture, restore
@@ -40,7 +41,11 @@ from lguest.host.switcher import Exit, ExitKind, PortBus, Switcher
 
 
 class Tracer(Protocol):
-    """Receives one call per event when the Launcher asked for --trace."""
+    """Receives one call per event when the Launcher asked for --trace.
+
+    One whose `only_counts` is True (--stats=json's census) lets the common hypercalls
+    be served in C unseen, and is told how many of each there were (`count_served`).
+    """
 
     def hcall(self, guest: Guest, args: tuple[int, ...], queued: bool) -> None: ...
 
@@ -120,10 +125,15 @@ class Guest:
         self.idt = Idt(self.kill)
         self.segments = Segments(self.memory, self.kill, self.switcher)
         self.clock = Clock(self.interrupt)
+        # The common hypercalls served in C (native_hypercalls.py), or None: all in Python.
+        self.native_hcalls = serve_hypercalls(self.switcher, ctypes.addressof(self._ram_anchor),
+                                              mem_size, tracer)
+        if self.native_hcalls is not None:
+            self.pages.let_native_set_ptes(self.native_hcalls)
         # lguest_data and what INIT read from it
-        self.lguest_data: int | None = None
+        self._lguest_data: int | None = None
         self.noirq_iret = 0
-        self.next_hcall = 0
+        self._next_hcall = 0
         # vCPU state the Host keeps
         self.hcall_pending = False
         self.halted = False
@@ -154,6 +164,28 @@ class Guest:
         self.clock.close()
         self.switcher.close()
         self._ram_anchor = None
+
+    # --- what C shares: the async ring and the Host's cursor into it (native_hypercalls.py) --
+    @property
+    def lguest_data(self) -> int | None:
+        return self._lguest_data
+
+    @lguest_data.setter
+    def lguest_data(self, gpa: int | None) -> None:
+        self._lguest_data = gpa
+        if self.native_hcalls is not None:
+            self.native_hcalls.start(gpa)
+
+    @property
+    def next_hcall(self) -> int:
+        return self._next_hcall if self.native_hcalls is None else self.native_hcalls.next_hcall
+
+    @next_hcall.setter
+    def next_hcall(self, n: int) -> None:
+        if self.native_hcalls is None:
+            self._next_hcall = n
+        else:
+            self.native_hcalls.next_hcall = n
 
     # --- death ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
@@ -274,7 +306,9 @@ class Guest:
         """One world switch: into the Guest until it comes back (lguest_arch_run_guest)."""
         if self.pages.take_tlb_flush():
             self.switcher.flush_tlb()
-        return self.switcher.run()
+        exit_ = self.switcher.run()
+        hypercalls.count_served_in_c(self)
+        return exit_
 
     def _direct_trap(self, vector: int, errcode: int, software: bool) -> bool:
         """The Switcher's fast path, from inside its interrupt hook (§4.4)."""

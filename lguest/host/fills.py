@@ -107,6 +107,11 @@ class FillAnswers:
         self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
 
     @property
+    def address(self) -> int:
+        """The table, for other C that must forget answers (hypercalls.c)."""
+        return self._address
+
+    @property
     def served(self) -> int:
         """Misses answered in C, which the page tables never saw."""
         return self._table.served

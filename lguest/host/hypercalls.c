@@ -1,15 +1,229 @@
 /*
- * Hypercalls served inside the emulator's interrupt hook (trap_hook.c).
+ * The common hypercalls, served inside the emulator's interrupt hook
+ * (trap_hook.c) without an exit and without Python.
  *
- * Not yet: every hypercall goes to the Host's Python (hypercalls.py).
+ * A fork is a storm of SET_PTE hypercalls, each of which used to stop the
+ * emulator, run a Python handler and start it again.  Here the hook serves
+ * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, SEND_INTERRUPTS
+ * when no interrupt waits, and SET_PGD of a directory no shadow holds, from a
+ * table the Host keeps (native_hypercalls.py): where the ring is, the Host's
+ * cursor into it (one copy, shared with Python), and what SET_PTE's rule needs
+ * to know of the shadow page tables (which directory each shadow holds, where
+ * the kernel starts, where RAM and the device windows end, the entry format).
+ *
+ * SET_PTE's effect on the emulator happens here at once: the fill answers of
+ * that page are forgotten in every shadow it touches (fills.c), and the page
+ * leaves the emulator's TLB (QEMU's own tlb_flush_page).  Its effect on the
+ * Python shadows is logged, and the page tables replay the log before they
+ * next read or change a shadow.  A SET_PTE that touches no shadow needs
+ * neither: most of a fork's are for the child's directory, not yet shadowed.
+ *
+ * Everything unusual goes to the Switcher's Python hook exactly as if this
+ * one were not there, and nothing here has changed anything for the call it
+ * passes on: a call not served here, a ring slot outside RAM, a vaddr in the
+ * Switcher's pages, a PTE whose prefill would kill the Guest, a full log, a
+ * hypercall from another ring or from virtual-8086 mode, and every hypercall
+ * while the Host's hint says an interrupt waits (a hypercall is where the Host
+ * delivers it).
  */
 #include <stdbool.h>
+#include <stdint.h>
+#include <stddef.h>
 
-struct hcall_table;
+#define SHADOWS 4			/* page_tables.SHADOW_SLOTS */
+#define LOG_ENTRIES 1024
+#define CALLS 32			/* counts by call number below this */
+#define REGS 7
+#define X86_EFLAGS_VM 0x20000
 
-bool lguest_native_hypercall(void *uc, struct hcall_table *table)
+enum { EAX, EBX, ECX, EDX, ESI, CS, EFLAGS };
+
+struct logged_pte {			/* one SET_PTE the shadows have yet to see */
+	uint32_t pgdir;
+	uint32_t vaddr;
+	uint64_t pte;
+};
+
+struct fill_table;			/* fills.c */
+void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page);
+
+struct hcall_table {
+	/* The machine, set once. */
+	int (*reg_read_batch)(void *uc, int *regs, void **values, int count);	/* uc_reg_read_batch */
+	int32_t regs[REGS];		/* UC_X86_REG_ ids of eax, ebx, ecx, edx, esi, cs, eflags */
+	int32_t guest_pl;		/* the ring hypercalls come from */
+	void (*tlb_flush_page)(void *cpu, uint64_t page);	/* QEMU's, on the engine's CPU */
+	void *cpu;
+	struct fill_table *fills;
+	uint8_t *ram;
+	uint64_t ram_size;
+	/* The ABI, set once. */
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts;	/* the calls served here */
+	uint32_t top_entries;		/* SET_PGD's index must be below this */
+	uint32_t irq_pending_offset;	/* the Host's hint in lguest_data: an irq waits */
+	uint32_t status_offset, slots_offset, slot_size, ring_size;
+	uint32_t free;			/* a free slot's status byte */
+	uint32_t switcher;		/* the Switcher's pages start here */
+	uint64_t present, accessed, dirty, pse;
+	/* What the Host says now. */
+	int32_t ready;			/* after INIT, no tracer */
+	uint32_t lguest_data;
+	uint32_t next_hcall;		/* the Host's cursor into the ring: the only copy */
+	uint32_t kernel_address;
+	uint64_t pfn_mask, nx_mask;	/* the entry format; nx_mask 0: no high half */
+	uint64_t pfn_limit, device_limit;
+	uint32_t shadows;		/* shadows 0..shadows-1 are in use */
+	uint32_t current;		/* the current shadow */
+	uint32_t pgdir[SHADOWS];
+	/* What this file did. */
+	uint64_t served[CALLS];		/* by call number */
+	uint64_t total;			/* all of them */
+	uint32_t logged;
+	struct logged_pte log[LOG_ENTRIES];
+};
+
+/* For the Python side to check its copy of the layout. */
+size_t lguest_hcall_table_size(void)
 {
-	(void)uc;
-	(void)table;
-	return false;
+	return sizeof(struct hcall_table);
+}
+
+static bool in_ram(const struct hcall_table *t, uint64_t gpa, uint64_t size)
+{
+	return gpa + size <= t->ram_size;
+}
+
+/* The shadows a SET_PTE of this vaddr in this directory touches, one bit each. */
+static uint32_t shadows_touched(const struct hcall_table *t, uint32_t pgdir, uint32_t vaddr)
+{
+	bool kernel = vaddr >= t->kernel_address;
+	uint32_t touched = 0;
+
+	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
+		if (kernel || t->pgdir[i] == pgdir)
+			touched |= 1u << i;
+	return touched;
+}
+
+/*
+ * Would installing this PTE at once kill the Guest?  A prefill of a 4 MiB page
+ * or of a page beyond RAM does (the Host's Python says so, with the message);
+ * a device window's page is only dropped.
+ */
+static bool prefill_would_kill(const struct hcall_table *t, uint64_t pte)
+{
+	uint64_t pfn = (pte & t->pfn_mask) >> 12;
+
+	if (!(pte & t->present) || !(pte & (t->accessed | t->dirty)))
+		return false;
+	if (pte & t->pse)
+		return true;
+	return pfn >= t->pfn_limit && pfn >= t->device_limit;
+}
+
+/* SET_PTE (the rule of page_tables.PageTables.set_pte); false: Python must do it. */
+static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint32_t lo, uint32_t hi)
+{
+	uint64_t pte = lo | (t->nx_mask ? (uint64_t)hi << 32 : 0);
+	uint32_t page = vaddr & ~0xFFFu;
+	uint32_t touched;
+	struct logged_pte *entry;
+
+	if (vaddr >= t->switcher)
+		return false;
+	touched = shadows_touched(t, pgdir, vaddr);
+	if (!touched)
+		return true;	/* no shadow holds it: none of the Host's business */
+	if (prefill_would_kill(t, pte) || t->logged >= LOG_ENTRIES)
+		return false;
+	entry = &t->log[t->logged++];
+	entry->pgdir = pgdir;
+	entry->vaddr = vaddr;
+	entry->pte = pte;
+	for (uint32_t i = 0; i < SHADOWS; i++)
+		if (touched & (1u << i))
+			lguest_fills_forget(t->fills, i, page);
+	if (touched & (1u << t->current))
+		t->tlb_flush_page(t->cpu, page);
+	return true;
+}
+
+/* SET_PGD of a directory no shadow holds: nothing to do.  The rest is Python's. */
+static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
+{
+	if (index >= t->top_entries)
+		return false;
+	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
+		if (t->pgdir[i] == pgdir)
+			return false;
+	return true;
+}
+
+/* One call, from the registers or a ring slot; false: Python must do it. */
+static bool serve(struct hcall_table *t, const uint32_t args[5])
+{
+	bool done;
+
+	if (args[0] == t->flush_async || args[0] == t->send_interrupts)
+		done = true;	/* draining the ring was all of it; no irq waits (the hint) */
+	else if (args[0] == t->set_pgd)
+		done = set_pgd(t, args[1], args[2]);
+	else if (args[0] == t->set_pte)
+		done = set_pte(t, args[1], args[2], args[3], args[4]);
+	else
+		done = false;
+	if (done) {
+		t->served[args[0] % CALLS]++;	/* only 0 and 14 get here */
+		t->total++;
+	}
+	return done;
+}
+
+/* The async ring from the Host's cursor on, in order, while every slot is served here. */
+static bool drain_ring(struct hcall_table *t)
+{
+	uint64_t status = (uint64_t)t->lguest_data + t->status_offset;
+
+	for (uint32_t done = 0; done < t->ring_size; done++) {
+		uint32_t n = t->next_hcall;
+		uint64_t slot = (uint64_t)t->lguest_data + t->slots_offset + (uint64_t)n * t->slot_size;
+		uint32_t args[5];
+
+		if (!in_ram(t, status + n, 1) || !in_ram(t, slot, sizeof(args)))
+			return false;
+		if (t->ram[status + n] == t->free)
+			return true;
+		for (int i = 0; i < 5; i++)
+			args[i] = *(uint32_t *)(t->ram + slot + 4 * i);
+		if (!serve(t, args))
+			return false;
+		t->next_hcall = (n + 1) % t->ring_size;
+		t->ram[status + n] = (uint8_t)t->free;
+	}
+	return true;
+}
+
+bool lguest_native_hypercall(void *uc, struct hcall_table *t)
+{
+	uint64_t values[REGS] = {0};
+	void *pointers[REGS];
+	uint32_t args[5];
+
+	if (!t->ready)
+		return false;
+	for (int i = 0; i < REGS; i++)
+		pointers[i] = &values[i];
+	if (t->reg_read_batch(uc, t->regs, pointers, REGS))
+		return false;
+	if ((values[CS] & 3) != (uint64_t)t->guest_pl || values[EFLAGS] & X86_EFLAGS_VM)
+		return false;
+	for (int i = 0; i < 5; i++)
+		args[i] = (uint32_t)values[EAX + i];
+	if (args[0] != t->flush_async && args[0] != t->set_pte && args[0] != t->set_pgd &&
+	    args[0] != t->send_interrupts)
+		return false;	/* before the ring: Python drains it, then runs the call */
+	if (!in_ram(t, (uint64_t)t->lguest_data + t->irq_pending_offset, 4) ||
+	    *(uint32_t *)(t->ram + t->lguest_data + t->irq_pending_offset))
+		return false;
+	return drain_ring(t) && serve(t, args);
 }

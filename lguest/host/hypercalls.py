@@ -28,7 +28,8 @@ HCALL_REGS = ("eax", "ebx", "ecx", "edx", "esi")  # §1.1: where arg0..arg4 trav
 # The Guest loaded a call number in %eax, up to four arguments in %ebx, %ecx, %edx and %esi,
 # and ran `int $0x1f` at ring 1 (chapter G).  The Switcher left the emulator on that trap,
 # the run loop noted it ("What each return from the Guest means") and, on its next turn,
-# comes here.  The registers are read in one go.  Before INIT nothing but INIT is allowed.
+# comes here (on the native path the common ones never leave the emulator: "The common
+# hypercalls, served in C").  The registers are read in one go.  Before INIT nothing but INIT is allowed.
 # After it, the Host first drains the Guest's ring of queued calls, in order, and only then
 # runs the call in the registers: the Guest may batch page-table updates and rely on them
 # being done before a call that depends on them.  Nothing is returned to the Guest: a call
@@ -113,6 +114,16 @@ def do_async_hcalls(guest: Guest) -> None:
         if not memory.write(base + LguestData.HCALL_STATUS + n, bytes([abi.HCALL_FREE])):
             guest.kill("Writing result for async hypercall")
             return
+
+
+def count_served_in_c(guest: Guest) -> None:
+    """Add in the hypercalls C served since the last exit (--stats counts every one)."""
+    if guest.native_hcalls is None:
+        return
+    for nr, count in guest.native_hcalls.take_counts():
+        guest.stats["hypercalls"] += count
+        if guest.tracer is not None:
+            guest.tracer.count_served(nr, count)  # type: ignore[attr-defined] (only_counts)
 
 
 def do_hcall(guest: Guest, args: HcallArgs, queued: bool) -> None:

@@ -16,6 +16,9 @@ marks the emulator's TLB stale when it may hold a dropped translation: the run l
 flushes it before the Guest runs again (`take_tlb_flush`), so this module never
 touches the CPU.
 
+On the native path C serves most SET_PTEs (native_hypercalls.py) and logs them;
+every entry point here replays that log first (`catch_up`).
+
 What it owns: the shadows, the walk of the Guest's tables (through its `PageFormat`),
 the device windows' pages (no RAM behind them), and the kernel stack SET_STACK asked us
 to keep mapped.
@@ -35,6 +38,7 @@ from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
 
 if TYPE_CHECKING:
     from lguest.host.fills import FillAnswers
+    from lguest.host.native_hypercalls import NativeHypercalls
 
 SHADOW_SLOTS = 4
 # What linear mode pretends the Guest's tables say (§6.2).
@@ -69,7 +73,7 @@ class PageTables:
         self.current = Shadow(0)  # linear mode's blank shadow
         self.pfn_limit = memory.size >> abi.PAGE_SHIFT
         self.device_limit = self.pfn_limit  # pfns from pfn_limit up to here: device windows or gap
-        self.kernel_address = 0  # where the Guest kernel's part of every space begins (INIT)
+        self._kernel_address = 0  # where the Guest kernel's part of every space begins (INIT)
         self.stack_top = 0  # SET_STACK's esp1, and how many pages below it must stay mapped
         self.stack_pages = 0
         self.tlb_may_hold: set[int] = set()  # pages the emulator's TLB may hold since its last flush
@@ -80,11 +84,45 @@ class PageTables:
         # of the current shadow's `answered` without us, so those pages are always
         # in tlb_may_hold.
         self.answers: FillAnswers | None = None
+        # The native path's hypercalls (native_hypercalls.py): C serves SET_PTE from what
+        # `_tell_native` hands it, and logs what it did for `catch_up` to replay here.
+        self.native: NativeHypercalls | None = None
 
     def keep_answers(self, answers: FillAnswers) -> None:
         """From now on, keep every answer a shadow gives in `answers`."""
         self.answers = answers
         answers.use(self.current.table)
+
+    def let_native_set_ptes(self, native: NativeHypercalls) -> None:
+        """From now on C serves SET_PTE too: tell it the shadows, replay what it did."""
+        self.native = native
+        self._tell_native()
+
+    def _tell_native(self) -> None:
+        """What SET_PTE's rule needs, to C, wherever it changes here (after `catch_up`)."""
+        if self.native is not None:
+            self.native.shadows_are(self.format, self._kernel_address, self.pfn_limit, self.device_limit,
+                                    [shadow.pgdir for shadow in self.shadows], self.current.table)
+
+    def catch_up(self) -> None:
+        """Replay into the shadows the SET_PTEs C served: every entry point that reads or
+        changes a shadow, or what the rule depends on, calls this first.  C already took
+        each page out of the emulator's TLB, so none of them marks the TLB stale."""
+        if self.native is None:
+            return
+        for pgdir, vaddr, pte in self.native.take_log():
+            if self._update_shadows(pgdir, vaddr, pte):
+                self.tlb_may_hold.discard(vaddr & ~0xFFF)
+
+    @property
+    def kernel_address(self) -> int:
+        return self._kernel_address
+
+    @kernel_address.setter
+    def kernel_address(self, address: int) -> None:
+        self.catch_up()
+        self._kernel_address = address
+        self._tell_native()
 
     def _forget(self, shadow: Shadow, page: int | None = None) -> None:
         """The shadow's entry for `page` (None: many) changed: its kept answers go."""
@@ -102,9 +140,11 @@ class PageTables:
     def add_device_window(self, gpa: int, size: int) -> None:
         """The Launcher mapped a device's registers here: the Guest may map these pages
         (as MMIO, never RAM), and the ones between RAM and them (which then fault)."""
+        self.catch_up()
         first, end = gpa >> abi.PAGE_SHIFT, (gpa + size) >> abi.PAGE_SHIFT
         self.mmio_pages.update(range(first, end))
         self.device_limit = max(self.device_limit, end)
+        self._tell_native()
 
     @property
     def pgdir(self) -> int:
@@ -125,6 +165,7 @@ class PageTables:
 # the run loop gives the fault to the Guest ("A page fault, back to the Guest").
     def translate(self, vaddr: int, write: bool, fetch: bool, user: bool) -> tuple[int, int] | int:
         """Answer one TLB miss (§6.3): (physical page, permissions) or a #PF error code."""
+        self.catch_up()
         page = vaddr & ~0xFFF
         gpte = self.current.ptes.get(page)
         walked = False
@@ -268,6 +309,7 @@ class PageTables:
     # --- what the hypercalls change ---------------------------------------------------------
     def new_pgtable(self, pgdir: int) -> None:
         """NEW_PGTABLE (§6.4): switch to the shadow of the Guest's directory at `pgdir`."""
+        self.catch_up()
         if self.linear:
             self.linear = False
             self.shadows = []
@@ -277,6 +319,7 @@ class PageTables:
         self.current = shadow
         if self.answers is not None:
             self.answers.use(shadow.table)
+        self._tell_native()
         self.flush()
         if not shadow.ptes:
             self.pin_stack()
@@ -297,6 +340,7 @@ class PageTables:
 
     def flush_tlb(self, everything: int) -> None:
         """FLUSH_TLB (§6.5): 0 drops the current user part; else every shadow entirely."""
+        self.catch_up()
         if everything:
             self.clear_all()
             return
@@ -306,6 +350,7 @@ class PageTables:
 
     def clear_all(self) -> None:
         """Throw away every shadow entry, kernel part included, and re-pin the stack."""
+        self.catch_up()
         for shadow in [*self.shadows, self.current]:
             shadow.ptes.clear()
             self._forget(shadow)
@@ -319,7 +364,9 @@ class PageTables:
 # since it will be used soon.  The emulator may still hold the old translation in its TLB:
 # if the page is one it may have filled since its last flush, the TLB is marked stale, and
 # the run loop flushes it before the Guest runs again ("The run loop").  This module never
-# touches the CPU itself.
+# touches the CPU itself.  On the native path most SET_PTEs never get here: C applies the
+# same rule in the emulator and logs it, and `catch_up` replays the log into the shadows
+# ("The common hypercalls, served in C").
     def set_pte(self, pgdir: int, vaddr: int, pte: int, pte_high: int = 0) -> None:
         """SET_PTE (§6.6): the Guest changed one PTE; pre-fill it if it was just used.
 
@@ -329,16 +376,24 @@ class PageTables:
         track, or any before the first NEW_PGTABLE) is none of our business: it is
         not even checked, as in lguest.
         """
+        self.catch_up()
         if vaddr >= abi.SWITCHER_ADDR:
             self.kill("attempt to set pte into Switcher pages")
             return
         if self.format.nx_mask:
             pte |= pte_high << 32
+        if self._update_shadows(pgdir, vaddr, pte):
+            page = vaddr & ~0xFFF
+            self._flush_if_held(page, page + abi.PAGE_SIZE)
+
+    def _update_shadows(self, pgdir: int, vaddr: int, pte: int) -> bool:
+        """SET_PTE's rule for the shadows (hypercalls.c applies it too, and logs it for
+        `catch_up`): is the current shadow one of those it touched?"""
         page = vaddr & ~0xFFF
         kernel = vaddr >= self.kernel_address
         shadows = self.shadows if kernel else [s for s in self.shadows if s.pgdir == pgdir]
         if not shadows:
-            return
+            return False
         prefill = bool(pte & (abi.PTE_ACCESSED | abi.PTE_DIRTY)) and pte & abi.PTE_PRESENT
         if prefill and (self._is_mmio(pte) or not self._valid(pte)):
             prefill = False
@@ -348,11 +403,11 @@ class PageTables:
             else:
                 shadow.ptes.pop(page, None)
             self._forget(shadow, page)
-        if kernel or self.current in shadows:
-            self._flush_if_held(page, page + abi.PAGE_SIZE)
+        return kernel or self.current in shadows
 
     def set_pgd(self, pgdir: int, index: int) -> None:
         """SET_PGD (§6.7).  We reject index 1024 (PAE: 4) too, where the original tested `>`."""
+        self.catch_up()
         entries = self.format.top_entries
         if index >= entries:
             self.kill(f"Attempt to set pgd {index}/{entries}")

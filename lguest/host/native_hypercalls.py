@@ -1,0 +1,186 @@
+"""The common hypercalls, served in C (hypercalls.c; no lguest counterpart: lguest's
+hypercalls were one trap into the Host's kernel code, never a return to a user process).
+
+A fork is a storm of SET_PTE hypercalls, and each one used to stop the emulator,
+run `hypercalls.do_hypercalls` and start the emulator again.  On the native path the
+interrupt hook serves FLUSH_ASYNC and SET_PTE itself, sync or queued in the async
+ring, from a table this module keeps: where the ring is, the Host's cursor into it
+(the only copy: `Guest.next_hcall` reads and writes it here), and what SET_PTE's
+rule needs to know of the shadows, which the page tables hand over as data wherever
+they change it (`PageTables._tell_native`).
+
+C does SET_PTE's part that the emulator sees at once (the page leaves its TLB, and
+the fill answers of that page are forgotten) and logs the change; the page tables
+replay the log into their shadows, with the rule written in Python, before they
+next read or change one (`PageTables.catch_up`).  Anything unusual goes to the
+Python hook as if C were not there.  A tracer that wants every hypercall (--trace,
+the gdb stub, a timeline) means no native hypercalls; one that only counts them
+(--stats=json's census) is told the counts (`count_served`).
+
+What it owns: the table, and the counts of what C served until Python adds them in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import TYPE_CHECKING
+
+from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.x86_const import (
+    UC_X86_REG_CS,
+    UC_X86_REG_EAX,
+    UC_X86_REG_EBX,
+    UC_X86_REG_ECX,
+    UC_X86_REG_EDX,
+    UC_X86_REG_EFLAGS,
+    UC_X86_REG_ESI,
+)
+
+from lguest import abi
+from lguest.abi import Hcall, LguestData
+from lguest.host import calibration, native
+
+if TYPE_CHECKING:
+    from lguest.host.core import Tracer
+    from lguest.host.pgformat import PageFormat
+    from lguest.host.switcher import Switcher
+
+SHADOWS = 4  # page_tables.SHADOW_SLOTS
+LOG_ENTRIES = 1024
+CALLS = 32
+REGS = (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_ESI,
+        UC_X86_REG_CS, UC_X86_REG_EFLAGS)
+LOGGED_PTE = struct.Struct("<IIQ")  # struct logged_pte: pgdir, vaddr, pte
+U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+
+
+class _LoggedPte(ctypes.Structure):
+    _fields_ = (("pgdir", U32), ("vaddr", U32), ("pte", U64))
+
+
+class _Table(ctypes.Structure):
+    """struct hcall_table of hypercalls.c."""
+
+    _fields_ = (("reg_read_batch", ctypes.c_void_p), ("regs", ctypes.c_int32 * len(REGS)),
+                ("guest_pl", ctypes.c_int32), ("tlb_flush_page", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
+                ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
+                ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
+                ("top_entries", U32), ("irq_pending_offset", U32),
+                ("status_offset", U32), ("slots_offset", U32),
+                ("slot_size", U32), ("ring_size", U32), ("free", U32), ("switcher", U32),
+                ("present", U64), ("accessed", U64), ("dirty", U64), ("pse", U64),
+                ("ready", ctypes.c_int32), ("lguest_data", U32), ("next_hcall", U32), ("kernel_address", U32),
+                ("pfn_mask", U64), ("nx_mask", U64), ("pfn_limit", U64), ("device_limit", U64),
+                ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS),
+                ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _LoggedPte * LOG_ENTRIES))
+
+
+def only_counts(tracer: Tracer | None) -> bool:
+    """Does this tracer (if any) let hypercalls go unseen, told only how many there were?"""
+    return tracer is None or getattr(tracer, "only_counts", False)
+
+
+# tour:S.165 The common hypercalls, served in C
+# A fork+exec is a storm of SET_PTE hypercalls, 109,176 of 130,840 in our profile, and each
+# was an exit from the emulator, a Python handler and a re-entry.  On the native path the C
+# interrupt hook serves SET_PTE and FLUSH_ASYNC itself, sync or from the async ring, from a
+# table the Host keeps as data: where the ring is and the Host's cursor into it (one copy,
+# that Python uses too), which directory each shadow holds, where the kernel starts, where
+# RAM ends.  Most of a fork's SET_PTEs touch no shadow at all (the child's directory is not
+# shadowed yet): nothing to do.  For the rest, C drops the page from the emulator's TLB with
+# QEMU's own function and forgets its fill answers, and logs the change; the page tables
+# replay the log, with the rule written once in Python, before they next look at a shadow
+# ("SET_PTE, and a TLB gone stale").  Anything unusual, a kill included, goes to Python.
+class NativeHypercalls:
+    """The table hypercalls.c serves hypercalls from, for one Guest."""
+
+    def __init__(self, switcher: Switcher, cpu: calibration.EngineCpu, ram: int, ram_size: int) -> None:
+        assert switcher.trap_hook is not None and switcher.fill_answers is not None
+        library = native.library()
+        library.lguest_hcall_table_size.restype = ctypes.c_size_t
+        if library.lguest_hcall_table_size() != ctypes.sizeof(_Table):
+            raise native.NativeBuildError("hypercalls.c and native_hypercalls.py disagree on their table")
+        table = self._table = _Table()
+        table.reg_read_batch = ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value
+        table.regs[:] = REGS
+        table.guest_pl = abi.GUEST_PL
+        table.tlb_flush_page = ctypes.cast(uclib.tlb_flush_page_x86_64, ctypes.c_void_p).value
+        table.cpu = cpu.cpu
+        table.fills = switcher.fill_answers.address
+        table.ram, table.ram_size = ram, ram_size
+        table.flush_async, table.set_pte = Hcall.FLUSH_ASYNC, Hcall.SET_PTE
+        table.set_pgd, table.send_interrupts = Hcall.SET_PGD, Hcall.SEND_INTERRUPTS
+        table.irq_pending_offset = LguestData.IRQ_PENDING
+        table.status_offset, table.slots_offset = LguestData.HCALL_STATUS, LguestData.HCALLS
+        table.slot_size, table.ring_size = LguestData.HCALL_SIZE, abi.LHCALL_RING_SIZE
+        table.free = abi.HCALL_FREE
+        table.switcher = abi.SWITCHER_ADDR
+        table.present, table.accessed, table.dirty, table.pse = (abi.PTE_PRESENT, abi.PTE_ACCESSED,
+                                                                  abi.PTE_DIRTY, abi.PTE_PSE)
+        self._counted = [0] * CALLS  # what Python has added in of `served`
+        self._total = 0  # and of `total`
+        switcher.trap_hook.serve_hypercalls(table)
+
+    # --- what the Host says -----------------------------------------------------------------
+    def start(self, lguest_data: int | None) -> None:
+        """INIT gave lguest_data (None: not yet, or a Guest restored before INIT)."""
+        self._table.lguest_data = lguest_data or 0
+        self._table.ready = lguest_data is not None
+
+    @property
+    def next_hcall(self) -> int:
+        return self._table.next_hcall
+
+    @next_hcall.setter
+    def next_hcall(self, n: int) -> None:
+        self._table.next_hcall = n
+
+    def shadows_are(self, fmt: PageFormat, kernel_address: int, pfn_limit: int, device_limit: int,
+                    pgdirs: list[int], current: int) -> None:
+        """What SET_PTE's rule needs, as the page tables have it now (their log replayed)."""
+        table = self._table
+        table.pfn_mask, table.nx_mask, table.top_entries = fmt.pfn_mask, fmt.nx_mask, fmt.top_entries
+        table.kernel_address, table.pfn_limit, table.device_limit = kernel_address, pfn_limit, device_limit
+        table.shadows = len(pgdirs)
+        table.pgdir[:len(pgdirs)] = pgdirs
+        table.current = current
+
+    # --- what C did ---------------------------------------------------------------------------
+    def take_log(self) -> list[tuple[int, int, int]]:
+        """The SET_PTEs C served that touched a shadow, oldest first (and the log emptied)."""
+        table = self._table
+        count = table.logged
+        if not count:
+            return []
+        table.logged = 0
+        raw = ctypes.string_at(ctypes.addressof(table.log), count * LOGGED_PTE.size)
+        return list(LOGGED_PTE.iter_unpack(raw))
+
+    def take_counts(self) -> list[tuple[int, int]]:
+        """(call number, how many) C served since last asked (cheap when none)."""
+        if self._table.total == self._total:
+            return []
+        self._total = self._table.total
+        served = list(self._table.served)
+        fresh = [(nr, now - then) for nr, (now, then) in enumerate(zip(served, self._counted, strict=True))
+                 if now != then]
+        self._counted = served
+        return fresh
+
+    @property
+    def served(self) -> int:
+        """Hypercalls C served, sync and queued."""
+        return self._table.total
+
+
+def serve_hypercalls(switcher: Switcher, ram: int, ram_size: int,
+                     tracer: Tracer | None) -> NativeHypercalls | None:
+    """The native hypercall table for this Guest, or None where Python must see every call:
+    the pure-Python Host, a tracer that wants each one, or an engine whose CPU is unknown."""
+    if switcher.trap_hook is None or switcher.fill_answers is None or not only_counts(tracer):
+        return None
+    cpu = calibration.engine_cpu(switcher.uc)
+    if cpu is None:
+        return None
+    return NativeHypercalls(switcher, cpu, ram, ram_size)
