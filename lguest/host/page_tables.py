@@ -111,7 +111,7 @@ class PageTables:
         if self.native is None:
             return
         for pgdir, vaddr, pte in self.native.take_log():
-            if self._update_shadows(pgdir, vaddr, pte):
+            if self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
 
     @property
@@ -386,9 +386,10 @@ class PageTables:
             page = vaddr & ~0xFFF
             self._flush_if_held(page, page + abi.PAGE_SIZE)
 
-    def _update_shadows(self, pgdir: int, vaddr: int, pte: int) -> bool:
+    def _update_shadows(self, pgdir: int, vaddr: int, pte: int, forgotten_in_c: bool = False) -> bool:
         """SET_PTE's rule for the shadows (hypercalls.c applies it too, and logs it for
-        `catch_up`): is the current shadow one of those it touched?"""
+        `catch_up`, having forgotten the page's answers itself): is the current shadow
+        one of those it touched?"""
         page = vaddr & ~0xFFF
         kernel = vaddr >= self.kernel_address
         shadows = self.shadows if kernel else [s for s in self.shadows if s.pgdir == pgdir]
@@ -402,7 +403,10 @@ class PageTables:
                 shadow.ptes[page] = pte
             else:
                 shadow.ptes.pop(page, None)
-            self._forget(shadow, page)
+            if forgotten_in_c:
+                shadow.answered.discard(page)
+            else:
+                self._forget(shadow, page)
         return kernel or self.current in shadows
 
     def set_pgd(self, pgdir: int, index: int) -> None:
