@@ -19,8 +19,11 @@
 
 #define TABLES 5			/* one per shadow, and linear mode's */
 #define SLOTS 4096			/* pages remembered; a collision only forgets */
-#define CLASSES 6			/* read, write, fetch; +3 from ring 3 */
+#define CLASSES 7			/* read, write, fetch; +3 from ring 3; where (below) */
 #define UC_MEM_READ 16
+#define UC_MEM_WRITE 17
+#define UC_PROT_READ 1
+#define UC_PROT_WRITE 2
 #define X86_EFLAGS_VM 0x20000
 
 struct tlb_entry {			/* Unicorn's uc_tlb_entry */
@@ -44,6 +47,8 @@ struct fill_table {
 	int (*reg_read)(void *uc, int reg, void *value);	/* uc_reg_read */
 	int32_t cs, eflags;			/* UC_X86_REG_CS, UC_X86_REG_EFLAGS */
 	uint32_t switcher;			/* the Switcher's pages start here */
+	uint32_t state_page;			/* its GDT, TSS and IDT: what the CPU reads while delivering */
+	volatile int32_t delivering;		/* interrupts.c has the CPU deliver a trap */
 	fill_hook python;			/* the Switcher's own hook */
 	uint64_t served;			/* misses answered here */
 	uint32_t current;			/* the current shadow's table */
@@ -77,6 +82,13 @@ static void learn(struct fill_table *table, uint32_t page, int class, const stru
 	slot->known |= 1u << class;
 }
 
+void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint32_t paddr, uint32_t perms)
+{
+	struct tlb_entry answer = { .paddr = paddr, .perms = perms };
+
+	learn(table, page, class, &answer);
+}
+
 void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page)
 {
 	struct answer_slot *slot = slot_of(table, which, page);
@@ -99,6 +111,64 @@ static int access_class(struct fill_table *table, void *uc, uint64_t vaddr, int 
 	return (type - UC_MEM_READ) + 3 * ((cs & 3) == 3);
 }
 
+/*
+ * While the CPU delivers a trap (interrupts.c) its accesses are the kernel's
+ * own (QEMU's cpu_ld/st*_kernel), though CS may still say ring 3: it reads the
+ * Switcher's GDT, TSS and IDT and writes the frame on the Guest's kernel stack.
+ * interrupts.c delivers only when every page it will write is answered here,
+ * so nothing may go to Python now (the Python hook would class the access by
+ * CS); a refusal would stop the emulator, and cannot happen.
+ */
+static bool delivery_fill(struct fill_table *table, uint32_t page, int type, struct tlb_entry *result)
+{
+	struct answer_slot *slot = slot_of(table, table->current, page);
+	int class = type - UC_MEM_READ;
+
+	if (page == table->state_page && type == UC_MEM_READ) {
+		result->paddr = page;
+		result->perms = UC_PROT_READ;
+		return true;
+	}
+	if (slot->generation != table->generation[table->current] || slot->page != page ||
+	    !(slot->known & (1u << class)))
+		return false;
+	table->served++;
+	result->paddr = slot->paddr[class];
+	result->perms = slot->perms[class];
+	return true;
+}
+
+/* The Guest-physical page a kernel write to `vaddr` was answered with, if one was. */
+bool lguest_fills_kernel_write(struct fill_table *table, uint32_t vaddr, uint32_t *paddr)
+{
+	uint32_t page = vaddr & ~0xFFFu;
+	struct answer_slot *slot = slot_of(table, table->current, page);
+	int class = UC_MEM_WRITE - UC_MEM_READ;
+
+	if (slot->generation != table->generation[table->current] || slot->page != page ||
+	    !(slot->known & (1u << class)) || !(slot->perms[class] & UC_PROT_WRITE))
+		return false;
+	*paddr = slot->paddr[class];
+	return true;
+}
+
+/* The Guest-physical page any access to `vaddr` was answered with, if one was. */
+bool lguest_fills_known(struct fill_table *table, uint32_t vaddr, uint32_t *paddr)
+{
+	uint32_t page = vaddr & ~0xFFFu;
+	struct answer_slot *slot = slot_of(table, table->current, page);
+
+	if (slot->generation != table->generation[table->current] || slot->page != page || !slot->known)
+		return false;
+	*paddr = slot->paddr[__builtin_ctz(slot->known)];
+	return true;
+}
+
+void lguest_fills_delivering(struct fill_table *table, bool delivering)
+{
+	table->delivering = delivering;
+}
+
 bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *result, void *data)
 {
 	struct fill_table *table = data;
@@ -110,6 +180,8 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 
 	if (type < UC_MEM_READ || type >= UC_MEM_READ + 3)
 		return table->python(uc, vaddr, type, result, NULL);
+	if (table->delivering)
+		return delivery_fill(table, page, type, result);
 	if (slot->generation == table->generation[which] && slot->page == page) {
 		class = access_class(table, uc, vaddr, type);
 		if (class >= 0 && slot->known & (1u << class)) {

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from unicorn import UC_HOOK_TLB_FILL, Uc
+from unicorn import UC_HOOK_TLB_FILL, UC_MEM_READ, UC_MEM_WRITE, Uc
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
 from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_EFLAGS
 
@@ -37,7 +37,8 @@ from lguest.host import native
 
 TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
 SLOTS = 4096
-CLASSES = 6
+CLASSES = 7  # read, write, fetch, from ring 1 and from ring 3; and where the Host found the page
+WHERE = 6  # never a fill's answer: for interrupts.c's check of where a frame goes
 FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
 
@@ -54,7 +55,8 @@ class _Table(ctypes.Structure):
 
     _fields_ = (("python_decides", ctypes.c_int32), ("keep", ctypes.c_int32), ("reg_read", ctypes.c_void_p),
                 ("cs", ctypes.c_int32),
-                ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("python", FillHook),
+                ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("state_page", ctypes.c_uint32),
+                ("delivering", ctypes.c_int32), ("python", FillHook),
                 ("served", ctypes.c_uint64), ("current", ctypes.c_uint32),
                 ("generation", ctypes.c_uint64 * TABLES), ("slot", (_Slot * SLOTS) * TABLES))
 
@@ -72,11 +74,14 @@ class _Table(ctypes.Structure):
 class FillAnswers:
     """The C TLB-fill hook of one engine, with the answers the page tables gave."""
 
-    def __init__(self, uc: Uc, python: Callable[[Uc, int, int, uc_tlb_entry, object], bool]) -> None:
+    def __init__(self, uc: Uc, python: Callable[[Uc, int, int, uc_tlb_entry, object], bool],
+                 state_page: int) -> None:
+        """`state_page`: the Switcher's page the CPU reads while it delivers a trap."""
         table = self._table = _Table()
         table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         table.cs, table.eflags = UC_X86_REG_CS, UC_X86_REG_EFLAGS
         table.switcher = abi.SWITCHER_ADDR
+        table.state_page = state_page
         for which in range(TABLES):
             table.generation[which] = 1  # an empty slot's 0 is never current
         table.python_decides = 1  # until the Switcher starts emulating
@@ -88,6 +93,9 @@ class FillAnswers:
             raise native.NativeBuildError("fills.c and fills.py disagree on struct fill_table")
         self._forget = library.lguest_fills_forget
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+        self._learn = library.lguest_fills_learn
+        self._learn.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                                ctypes.c_uint32)
         self._address = ctypes.addressof(table)
         self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
 
@@ -96,9 +104,19 @@ class FillAnswers:
         """Misses answered in C, which the page tables never saw."""
         return self._table.served
 
+    @property
+    def address(self) -> int:
+        """The table, for interrupts.c (which asks it about the Guest's kernel stack)."""
+        return self._address
+
     def ask_python(self, ask: bool) -> None:
-        """Send every miss to the Python hook (True) or only those with no answer kept."""
+        """Send every miss to the Python hook (True) or only those with no answer kept.
+
+        Asking also ends a delivery a QEMU fault cut short (interrupts.c): from now
+        on accesses are classed by CS again."""
         self._table.python_decides = ask
+        if ask:
+            self._table.delivering = 0
 
     def use(self, which: int) -> None:
         """The current shadow changed: its table answers from now on."""
@@ -108,6 +126,15 @@ class FillAnswers:
         """The answer the page tables are giving (to the miss the C hook passed on) may be
         repeated for the same kind of access from the same ring, in the current shadow."""
         self._table.keep = 1
+
+    def learn_kernel_write(self, page: int, paddr: int, perms: int) -> None:
+        """The answer the page tables would give a kernel write to `page` in the
+        current shadow, kept without a miss (for the frames the CPU pushes itself)."""
+        self._learn(self._address, page, UC_MEM_WRITE - UC_MEM_READ, paddr, perms)
+
+    def learn_where(self, page: int, paddr: int) -> None:
+        """Where the page tables found `page` (no access granted), kept like an answer."""
+        self._learn(self._address, page, WHERE, paddr, 0)
 
     def forget(self, which: int, page: int) -> None:
         """A shadow's entry for this page changed."""

@@ -20,6 +20,7 @@ struct gate_table;	/* interrupts.c */
 
 bool lguest_native_hypercall(void *uc, struct hcall_table *table);
 bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table);
+void lguest_native_trap_over(struct gate_table *table);
 
 typedef void (*intr_hook)(void *uc, uint32_t intno, void *data);
 
@@ -36,6 +37,8 @@ void lguest_interrupt_hook(void *uc, uint32_t intno, void *data)
 {
 	struct trap_hook *hook = data;
 
+	if (hook->gates)
+		lguest_native_trap_over(hook->gates);	/* a delivery a fault cut short */
 	if (!hook->python_decides) {
 		if (intno == LGUEST_TRAP_ENTRY) {
 			if (hook->hcalls && lguest_native_hypercall(uc, hook->hcalls)) {

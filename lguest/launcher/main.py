@@ -193,7 +193,7 @@ def figures(machine: Machine, elapsed: float) -> dict[str, object]:
     return {"seconds": round(elapsed, 6), "seconds_emulating": round(switcher.emulating, 6),
             "world_switches": switcher.runs, "hypercalls": stats["hypercalls"],
             "page_faults_served": switcher.fills,
-            "traps_reflected": stats["reflected traps"], "direct_traps": switcher.direct_traps,
+            "traps_reflected": machine.guest.traps_reflected, "direct_traps": switcher.direct_traps,
             "interrupts": stats["interrupts"], "port_ios": machine.ports.count + switcher.port_reads_served}
 
 
