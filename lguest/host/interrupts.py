@@ -264,11 +264,12 @@ class GateKind(IntEnum):
 def cpu_delivery(guest: Guest, vector: int) -> GateKind:
     """How the CPU may deliver this vector itself (the rule interrupts.c consults).
 
-    Reflection stays in Python while --trace wants to see every trap the Host handles."""
+    What the CPU delivers is no exit: like direct traps, --trace never sees it
+    (--no-native traces every reflection)."""
     if sent_direct(guest, vector):
         return GateKind.DIRECT
-    if (guest.lguest_data is not None and guest.tracer is None
-            and could_be_direct(vector, guest.syscall_vector) and guest.idt.present(vector)):
+    if (guest.lguest_data is not None and could_be_direct(vector, guest.syscall_vector)
+            and guest.idt.present(vector)):
         return GateKind.REFLECT_INT
     return GateKind.ASK_PYTHON
 
