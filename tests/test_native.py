@@ -288,6 +288,7 @@ test_main:
 spin:	jmp spin
 """)
     guest = make_guest(elf, native=True)
+    guest.switcher.serve_traps(None)  # the Host's Python delivers (the CPU's own: test_native_traps.py)
     trapped = threading.Event()
     kicked_after = threading.Event()
     deliver, handle = guest.switcher.direct_trap, guest.handle_trap

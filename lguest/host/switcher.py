@@ -424,15 +424,16 @@ class Switcher:
         on the native path.
         """
         if self.native:
-            self.trap_hook = TrapHook(self.uc, self._guard(self._on_interrupt, None))
+            self.trap_hook = TrapHook(self.uc, self._guard(self._on_interrupt, None),
+                                      self._guard(self._on_invalid, True))
         else:
             self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
+            self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
         if self.native:
             self.fixed_ports = FixedPorts(self.uc, self.bus.read_answers(), self._guard(self._on_in, 0))
         else:
             self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
-        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
         if self.native:
             self.fill_answers = FillAnswers(self.uc, self._guard(self._on_tlb_fill, False), STATE_PAGE)
             self.mmu.keep_answers(self.fill_answers)
