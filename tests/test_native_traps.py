@@ -233,3 +233,32 @@ def test_a_bad_kernel_stack_behaves_as_on_the_python_path(asm_guest, gate) -> No
     native, python = lguest("32", str(elf)), lguest("--no-native", "32", str(elf))
     assert native.status == 1
     assert (native.status, native.reason) == (python.status, python.reason)
+
+
+@pytest.mark.parametrize("gate", ["0xF", "0xE"], ids=["trap-gate", "interrupt-gate"])
+def test_a_restored_guest_gets_the_real_idt_and_tss_back(asm_guest, gate) -> None:
+    """A snapshot taken once the gates and SET_STACK are in, restored into a new Guest:
+    the real IDT and the TSS are rebuilt, so the CPU delivers from ring 1 and ring 3
+    again, and the Guest sees what it would have seen without the snapshot."""
+    elf = trap_guest(asm_guest, gate)
+    saved, whole = make_guest(elf, native=True), make_guest(elf, native=True)
+    states = []
+    changed = saved.idt.changed
+
+    def snapshot(guest) -> None:
+        states.append(guest.save_state())
+        guest.stop_run()
+
+    def gate_changed(vector: int) -> None:
+        changed(vector)
+        if vector == 6:  # the last gate test_main loads
+            saved.call_at_safe_point(snapshot)
+
+    saved.idt.changed = gate_changed
+    assert saved.run().reason == ""
+    restored = make_guest(elf, native=True)
+    restored.memory.ram[:saved.memory.size] = saved.memory.ram[:saved.memory.size]
+    restored.restore_state(states[0])
+    assert restored.run().reason == whole.run().reason == "CRASH: Power down"
+    assert what_the_guest_saw(elf, restored) == what_the_guest_saw(elf, whole)
+    assert restored.native_gates.direct + restored.native_gates.reflected >= 2 * KINDS * (ROUNDS - 1)
