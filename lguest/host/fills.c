@@ -11,7 +11,8 @@
  * it repeats.  Anything not in the table, the Switcher's own pages,
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
- * Python hook, exactly as if this one were not here.
+ * Python hook, exactly as if this one were not here.  While the CPU delivers a
+ * trap itself (interrupts.c) this hook answers alone (`delivery_fill`).
  */
 #include <stdbool.h>
 #include <stddef.h>

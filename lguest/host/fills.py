@@ -19,6 +19,12 @@ and every miss while the Host has news the hook cannot see: an exit pending, a
 failed hook, a frame for the trampoline, the Host's own loads outside the
 emulator) goes to the Switcher's Python hook.
 
+While the CPU itself delivers a trap (interrupts.c), its accesses are the kernel's
+whatever CS says: then the C hook answers them alone, from the kernel's answers and
+the Switcher's STATE_PAGE (interrupts.c delivers only when it can), and for that
+the page tables also keep the kernel-write answer a shadow entry gives to a frame
+Python pushed (`keep_kernel_write`, `keep_where`).
+
 What it owns: the table, the C hook's installation in one engine, and the count
 of misses answered without Python (--stats).
 """
