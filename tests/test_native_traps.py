@@ -221,17 +221,21 @@ user:	int $0x80			/* the CPU knows this stack from now on */
 
 
 @pytest.mark.parametrize("gate", ["0xF", "0xE"], ids=["trap-gate", "interrupt-gate"])
-def test_a_bad_kernel_stack_behaves_as_on_the_python_path(asm_guest, gate) -> None:
+@pytest.mark.parametrize("stack", ["$0x69, $0x7ffff000", "$0x61, $kstack_top"],
+                         ids=["unmapped", "code-segment"])
+def test_a_bad_kernel_stack_behaves_as_on_the_python_path(asm_guest, gate, stack) -> None:
     """After the CPU delivered a few system calls, the kernel moves SET_STACK's stack
-    to an address its tables do not map: the TSS changes with it, and the next system
-    call gets what the Host's Python gives it (here: a kill), on both paths."""
+    to an address its tables do not map, or names its code segment as the stack's: the
+    TSS changes with it, and the next system call gets what the Host's Python gives it
+    (here: a kill), on both paths."""
     source = LOST_STACK_GUEST.format(gate=gate).replace(
         "on_syscall:\n\tiret",
         "on_syscall:\n\tcmpl $0xdead, %eax\n\tjne 1f\n"
-        "\tHCALL LHCALL_SET_STACK, $0x69, $0x7ffff000, $0\n\tmovl $0, %eax\n1:\tiret")
+        f"\tHCALL LHCALL_SET_STACK, {stack}, $0\n\tmovl $0, %eax\n1:\tiret")
     elf = asm_guest(source + "\tint $0x80\n\tjmp .\n")
     native, python = lguest("32", str(elf)), lguest("--no-native", "32", str(elf))
     assert native.status == 1
+    assert native.reason.startswith(("Bad address", "unhandled trap 256"))
     assert (native.status, native.reason) == (python.status, python.reason)
 
 
