@@ -760,7 +760,8 @@ class Switcher:
             self.doorbell.ring_every_block()  # which flushes every translated block
         # The CPU's own delivery would write frames under the debugger's watchpoints
         # and never stop where it looks: traps go back to the Host's Python.
-        self.serve_traps(None)
+        if self.trap_hook is not None:
+            self.trap_hook.serve_traps(None)
 
     def unwatch(self, handle: int) -> None:
         self.uc.hook_del(handle)
