@@ -266,3 +266,16 @@ def test_a_restored_guest_gets_the_real_idt_and_tss_back(asm_guest, gate) -> Non
     assert restored.run().reason == whole.run().reason == "CRASH: Power down"
     assert what_the_guest_saw(elf, restored) == what_the_guest_saw(elf, whole)
     assert restored.native_gates.direct + restored.native_gates.reflected >= 2 * KINDS * (ROUNDS - 1)
+
+
+def test_a_debugger_sends_every_trap_back_to_python(asm_guest) -> None:
+    """Once a debugger watches code, the CPU delivers nothing itself (its frames would
+    land under watchpoints, unseen); the Guest sees the same, and the counts stay."""
+    elf = trap_guest(asm_guest, "0xE")
+    watched, python = make_guest(elf, native=True), make_guest(elf, native=False)
+    watched.switcher.watch_code(0x3FF000, 0x3FF000, lambda eip: None)  # code never run
+    for guest in (watched, python):
+        assert guest.run().reason == "CRASH: Power down"
+    assert what_the_guest_saw(elf, watched) == what_the_guest_saw(elf, python)
+    assert watched.native_gates.direct + watched.native_gates.reflected == 0
+    assert watched.traps_reflected == python.traps_reflected
