@@ -1,11 +1,12 @@
 """Interrupts and traps: the Guest's IDT and how the Host enters it (mirrors
 interrupts_and_traps.c; spec §4).
 
-The emulated CPU never delivers through an IDT, so the Host does what the CPU
+Unicorn never delivers through an IDT by itself, so the Host does what the CPU
 would: it keeps the Guest's 256 gates (LOAD_IDT_ENTRY), and to reflect a trap it
 pushes the frame the Guest's handler expects on the right stack and jumps to the
 handler at ring 1 (`deliver_trap`, lguest's push_guest_interrupt_stack and
-guest_run_interrupt).
+guest_run_interrupt).  On the native path the CPU may deliver some traps itself
+through a real IDT (`NativeGates`, interrupts.c): which ones is decided here, as data.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ is Unicorn (QEMU's TCG), and the two halves become:
   port I/O arrives in the in/out hooks, invalid opcodes in the invalid-instruction
   hook, and every TLB miss asks the Host's page tables (the TLB is our shadow).
 
-What it owns: the engine, the Switcher's four pages, the Guest's registers (fast
+What it owns: the engine, the Switcher's four pages (with the real GDT, IDT and
+TSS the emulated CPU reads), the Guest's registers (fast
 paths into Unicorn's C API), the hooks (all installed in `_install_hooks`), and
 the workarounds that keep the emulator honest: CPU state the emulator leaves
 half-done is repaired through calibration.py (the only module touching its
