@@ -68,7 +68,7 @@ def test_lguest_no_native_sets_the_default(asm_guest, monkeypatch, value, native
     assert guest.doorbell.gated is native
 
 
-ROUNDS = 300
+ROUNDS = 1000  # long enough for thousands of kicks, even with traps delivered by the CPU
 STRESS_GUEST = """
 	.set N, {rounds}
 test_main:
