@@ -467,3 +467,26 @@ def engine_cpu(uc: Uc) -> EngineCpu | None:
     if not 0 < header < size or _process_memory(env, state_size) != blob[header:]:
         return None
     return EngineCpu(cpu, env, header)
+
+
+# QEMU keeps the CPU's segment caches (selector, base, limit, flags: its SegmentCache) right
+# after hflags and hflags2, ES, CS, SS, DS, FS, GS, then the LDT and TR.  interrupts.c reads
+# CS's and SS's to see that the Guest's stack and code are flat before the CPU delivers a
+# trap; the offset is believed only when the caches hold the segments the Switcher loaded.
+SEGMENT_CACHE = struct.Struct("<I4xQII")
+SEGMENT_CACHES = 8  # segs[6], ldt, tr
+
+
+def segment_caches(cpu: EngineCpu, layout: ContextLayout,
+                   expected: dict[int, tuple[int, int, int]]) -> int | None:
+    """The segment caches' offset in the live state, or None if `expected` (index →
+    selector, base, limit, for registers the CPU holds now) is not what is there."""
+    offset = cpu.env_offset(layout.hflags) + 8
+    data = _process_memory(cpu.env + offset, SEGMENT_CACHE.size * SEGMENT_CACHES)
+    if data is None:
+        return None
+    for index, (selector, base, limit) in expected.items():
+        found, found_base, found_limit, _ = SEGMENT_CACHE.unpack_from(data, SEGMENT_CACHE.size * index)
+        if (found & 0xFFFF, found_base, found_limit) != (selector, base, limit):
+            return None
+    return offset

@@ -31,7 +31,7 @@ from lguest.abi import LguestData, PtRegs
 from lguest.host import hypercalls
 from lguest.host.clock import Clock
 from lguest.host.faultaddr import fault_address
-from lguest.host.interrupts import Idt, deliver_interrupt, deliver_trap, direct_trap
+from lguest.host.interrupts import Idt, NativeGates, deliver_interrupt, deliver_trap, direct_trap
 from lguest.host.memory import GuestMemory, hex32
 from lguest.host.native_hypercalls import serve_hypercalls
 from lguest.host.page_tables import PageTables
@@ -122,7 +122,7 @@ class Guest:
         self.switcher = Switcher(ctypes.addressof(self._ram_anchor), mem_size, self.pages, bus,
                                  self._direct_trap, native=native)
         self.doorbell = self.switcher.doorbell
-        self.idt = Idt(self.kill)
+        self.idt = Idt(self.kill, self._gate_changed)
         self.segments = Segments(self.memory, self.kill, self.switcher)
         self.clock = Clock(self.interrupt)
         # The common hypercalls served in C (native_hypercalls.py), or None: all in Python.
@@ -146,6 +146,9 @@ class Guest:
         self._wake = threading.Event()
         self._at_safe_point: list[Callable[[Guest], None]] = []  # call_at_safe_point's, in order
         self._initial_state(start)
+        # The gates the emulated CPU may deliver through itself (native path only).
+        self.native_gates = NativeGates.for_guest(self, ctypes.addressof(self._ram_anchor))
+        self.switcher.serve_traps(self.native_gates)
 
     def _initial_state(self, start: int) -> None:
         """§3.4: ring 1, flat kernel segments, everything else zero."""
@@ -309,6 +312,26 @@ class Guest:
         exit_ = self.switcher.run()
         hypercalls.count_served_in_c(self)
         return exit_
+
+    def _gate_changed(self, vector: int) -> None:
+        if self.native_gates is not None:
+            self.native_gates.update(vector)
+
+    def gates_changed(self) -> None:
+        """INIT, or a restored state: what every gate's delivery depends on changed."""
+        if self.native_gates is not None:
+            self.native_gates.update_all()
+
+    def set_kernel_stack(self, ss: int, esp: int) -> None:
+        """SET_STACK's stack: where traps from user mode land (ours, and the CPU's TSS)."""
+        self.ss1, self.esp1 = ss, esp
+        self.switcher.set_kernel_stack(ss, esp)
+
+    @property
+    def traps_reflected(self) -> int:
+        """Traps reflected into the Guest, by the Host or by the CPU itself (--stats)."""
+        native = self.native_gates.reflected if self.native_gates is not None else 0
+        return self.stats["reflected traps"] + native
 
     def _direct_trap(self, vector: int, errcode: int, software: bool) -> bool:
         """The Switcher's fast path, from inside its interrupt hook (§4.4)."""

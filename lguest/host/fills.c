@@ -12,7 +12,8 @@
  * entries it re-reads unchanged (`still_holds`).  Anything not in the table, the Switcher's own pages,
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
- * Python hook, exactly as if this one were not here.
+ * Python hook, exactly as if this one were not here.  While the CPU delivers a
+ * trap itself (interrupts.c) this hook answers alone (`delivery_fill`).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -22,8 +23,11 @@
 #define TABLES 5			/* one per shadow, and linear mode's */
 #define SLOT_BITS 13
 #define SLOTS (1 << SLOT_BITS)		/* pages remembered; a collision only forgets */
-#define CLASSES 6			/* read, write, fetch; +3 from ring 3 */
+#define CLASSES 7			/* read, write, fetch; +3 from ring 3; where (below) */
 #define UC_MEM_READ 16
+#define UC_MEM_WRITE 17
+#define UC_PROT_READ 1
+#define UC_PROT_WRITE 2
 #define X86_EFLAGS_VM 0x20000
 
 struct tlb_entry {			/* Unicorn's uc_tlb_entry */
@@ -53,6 +57,8 @@ struct fill_table {
 	int (*reg_read)(void *uc, int reg, void *value);	/* uc_reg_read */
 	int32_t cs, eflags;			/* UC_X86_REG_CS, UC_X86_REG_EFLAGS */
 	uint32_t switcher;			/* the Switcher's pages start here */
+	uint32_t state_page;			/* its GDT, TSS and IDT: what the CPU reads while delivering */
+	volatile int32_t delivering;		/* interrupts.c has the CPU deliver a trap */
 	fill_hook python;			/* the Switcher's own hook */
 	uint64_t served;			/* misses answered here */
 	uint64_t reread;			/* slots made current by re-reading the Guest's entries */
@@ -60,7 +66,7 @@ struct fill_table {
 	int32_t lost_track;			/* a slot held since the flush was reused */
 	uint32_t current;			/* the current shadow's table */
 	uint64_t generation[TABLES];		/* bumped: a table forgets every answer */
-	struct answer_slot slot[TABLES][SLOTS];
+	struct answer_slot (*slot)[SLOTS];	/* [TABLES]: Python's, freed when the engine closes */
 };
 
 /* For the Python side to check its copy of the layout. */
@@ -133,8 +139,34 @@ static bool still_holds(struct fill_table *table, uint32_t which, struct answer_
 	return true;
 }
 
+/* The slot holding current answers for `page` in shadow `which`, or NULL. */
+static struct answer_slot *current_slot(struct fill_table *table, uint32_t which, uint32_t page)
+{
+	struct answer_slot *slot = slot_of(table, which, page);
+
+	if (slot->page != page)
+		return NULL;
+	if (slot->generation != table->generation[which] && !still_holds(table, which, slot))
+		return NULL;
+	return slot;
+}
+
+/* An answer the page tables give without a miss (interrupts.py's frames): it rests on
+ * no entries this hook could re-read. */
+void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint32_t paddr, uint32_t perms)
+{
+	struct tlb_entry answer = { .paddr = paddr, .perms = perms };
+
+	if (!table->slot)
+		return;
+	table->keep_pde = table->keep_pte = 0;
+	learn(table, page, class, &answer);
+}
+
 void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page)
 {
+	if (!table->slot)
+		return;
 	struct answer_slot *slot = slot_of(table, which, page);
 
 	if (slot->page == page) {
@@ -147,6 +179,8 @@ void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page
  * flush, for a page in [start, end)? */
 bool lguest_fills_may_hold(struct fill_table *table, uint32_t which, uint32_t start, uint32_t end)
 {
+	if (!table->slot)
+		return false;
 	if (table->lost_track)
 		return true;
 	if (end - start == 0x1000) {
@@ -177,6 +211,61 @@ static int access_class(struct fill_table *table, void *uc, uint64_t vaddr, int 
 	return (type - UC_MEM_READ) + 3 * ((cs & 3) == 3);
 }
 
+/*
+ * While the CPU delivers a trap (interrupts.c) its accesses are the kernel's
+ * own (QEMU's cpu_ld/st*_kernel), though CS may still say ring 3: it reads the
+ * Switcher's GDT, TSS and IDT and writes the frame on the Guest's kernel stack.
+ * interrupts.c delivers only when every page it will write is answered here,
+ * so nothing may go to Python now (the Python hook would class the access by
+ * CS); a refusal would stop the emulator, and cannot happen.
+ */
+static bool delivery_fill(struct fill_table *table, uint32_t page, int type, struct tlb_entry *result)
+{
+	struct answer_slot *slot = current_slot(table, table->current, page);
+	int class = type - UC_MEM_READ;
+
+	if (page == table->state_page && type == UC_MEM_READ) {
+		result->paddr = page;
+		result->perms = UC_PROT_READ;
+		return true;
+	}
+	if (!slot || !(slot->known & (1u << class)))
+		return false;
+	table->served++;
+	slot->tlb_epoch = table->tlb_epoch;
+	result->paddr = slot->paddr[class];
+	result->perms = slot->perms[class];
+	return true;
+}
+
+/* The Guest-physical page a kernel write to `vaddr` was answered with, if one was. */
+bool lguest_fills_kernel_write(struct fill_table *table, uint32_t vaddr, uint32_t *paddr)
+{
+	struct answer_slot *slot = current_slot(table, table->current, vaddr & ~0xFFFu);
+	int class = UC_MEM_WRITE - UC_MEM_READ;
+
+	if (!slot || !(slot->known & (1u << class)) || !(slot->perms[class] & UC_PROT_WRITE))
+		return false;
+	*paddr = slot->paddr[class];
+	return true;
+}
+
+/* The Guest-physical page any access to `vaddr` was answered with, if one was. */
+bool lguest_fills_known(struct fill_table *table, uint32_t vaddr, uint32_t *paddr)
+{
+	struct answer_slot *slot = current_slot(table, table->current, vaddr & ~0xFFFu);
+
+	if (!slot || !slot->known)
+		return false;
+	*paddr = slot->paddr[__builtin_ctz(slot->known)];
+	return true;
+}
+
+void lguest_fills_delivering(struct fill_table *table, bool delivering)
+{
+	table->delivering = delivering;
+}
+
 bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *result, void *data)
 {
 	struct fill_table *table = data;
@@ -188,8 +277,9 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 
 	if (type < UC_MEM_READ || type >= UC_MEM_READ + 3)
 		return table->python(uc, vaddr, type, result, NULL);
-	if (slot->page == page && (slot->generation == table->generation[which] ||
-				   still_holds(table, which, slot))) {
+	if (table->delivering)
+		return delivery_fill(table, page, type, result);
+	if (current_slot(table, which, page)) {
 		class = access_class(table, uc, vaddr, type);
 		if (class >= 0 && slot->known & (1u << class)) {
 			table->served++;

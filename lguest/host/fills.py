@@ -19,6 +19,12 @@ and every miss while the Host has news the hook cannot see: an exit pending, a
 failed hook, a frame for the trampoline, the Host's own loads outside the
 emulator) goes to the Switcher's Python hook.
 
+While the CPU itself delivers a trap (interrupts.c), its accesses are the kernel's
+whatever CS says: then the C hook answers them alone, from the kernel's answers and
+the Switcher's STATE_PAGE (interrupts.c delivers only when it can), and for that
+the page tables also keep the kernel-write answer a shadow entry gives to a frame
+Python pushed (`keep_kernel_write`, `keep_where`).
+
 What it owns: the table, the C hook's installation in one engine, and the count
 of misses answered without Python (--stats).
 """
@@ -28,7 +34,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from unicorn import UC_HOOK_TLB_FILL, Uc
+from unicorn import UC_HOOK_TLB_FILL, UC_MEM_READ, UC_MEM_WRITE, Uc
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry, uclib
 from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_EFLAGS
 
@@ -37,7 +43,8 @@ from lguest.host import native
 
 TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
 SLOTS = 8192
-CLASSES = 6
+CLASSES = 7  # read, write, fetch, from ring 1 and from ring 3; and where the Host found the page
+WHERE = 6  # never a fill's answer: for interrupts.c's check of where a frame goes
 FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
 
@@ -56,10 +63,11 @@ class _Table(ctypes.Structure):
     _fields_ = (("python_decides", ctypes.c_int32), ("keep", ctypes.c_int32), ("keep_pde", ctypes.c_uint32),
                 ("keep_pte", ctypes.c_uint32), ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint32),
                 ("pgdir", ctypes.c_uint32 * TABLES), ("reg_read", ctypes.c_void_p), ("cs", ctypes.c_int32),
-                ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("python", FillHook),
+                ("eflags", ctypes.c_int32), ("switcher", ctypes.c_uint32), ("state_page", ctypes.c_uint32),
+                ("delivering", ctypes.c_int32), ("python", FillHook),
                 ("served", ctypes.c_uint64), ("reread", ctypes.c_uint64), ("tlb_epoch", ctypes.c_uint64),
                 ("lost_track", ctypes.c_int32), ("current", ctypes.c_uint32),
-                ("generation", ctypes.c_uint64 * TABLES), ("slot", (_Slot * SLOTS) * TABLES))
+                ("generation", ctypes.c_uint64 * TABLES), ("slot", ctypes.c_void_p))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
@@ -82,8 +90,14 @@ class FillAnswers:
     """The C TLB-fill hook of one engine, with the answers the page tables gave."""
 
     def __init__(self, uc: Uc, ram_address: int, ram_size: int,
-                 python: Callable[[Uc, int, int, uc_tlb_entry, object], bool]) -> None:
+                 python: Callable[[Uc, int, int, uc_tlb_entry, object], bool], state_page: int) -> None:
+        """`state_page`: the Switcher's page the CPU reads while it delivers a trap."""
         table = self._table = _Table()
+        # The answers themselves (megabytes), apart, so that closing the engine frees them
+        # at once: the Switcher's objects form cycles only the collector breaks.
+        self._slots: ctypes.Array | None = ((_Slot * SLOTS) * TABLES)()
+        table.slot = ctypes.addressof(self._slots)
+        table.state_page = state_page
         table.ram, table.ram_size = ram_address, ram_size
         table.tlb_epoch = 1  # an empty slot's 0 was never answered to the TLB
         table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
@@ -100,6 +114,9 @@ class FillAnswers:
             raise native.NativeBuildError("fills.c and fills.py disagree on struct fill_table")
         self._forget = library.lguest_fills_forget
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+        self._learn = library.lguest_fills_learn
+        self._learn.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                                ctypes.c_uint32)
         self._may_hold = library.lguest_fills_may_hold
         self._may_hold.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
         self._may_hold.restype = ctypes.c_bool
@@ -116,9 +133,21 @@ class FillAnswers:
         """Misses answered in C, which the page tables never saw."""
         return self._table.served
 
+    def release(self) -> None:
+        """The engine is closed: free the answers (megabytes) now, not whenever the
+        collector finds the Switcher's cycles; the counts stay readable."""
+        self._table.python = FillHook()
+        self._table.slot = None
+        self._slots = None
+
     def ask_python(self, ask: bool) -> None:
-        """Send every miss to the Python hook (True) or only those with no answer kept."""
+        """Send every miss to the Python hook (True) or only those with no answer kept.
+
+        Asking also ends a delivery a QEMU fault cut short (interrupts.c): from now
+        on accesses are classed by CS again."""
         self._table.python_decides = ask
+        if ask:
+            self._table.delivering = 0
 
     def use(self, which: int) -> None:
         """The current shadow changed: its table answers from now on."""
@@ -151,6 +180,15 @@ class FillAnswers:
         """Could the emulator's TLB hold an answer this hook gave, from shadow `which`, for a
         page in [start, end), since the last full flush?"""
         return self._may_hold(self._address, which, start, end)
+
+    def learn_kernel_write(self, page: int, paddr: int, perms: int) -> None:
+        """The answer the page tables would give a kernel write to `page` in the
+        current shadow, kept without a miss (for the frames the CPU pushes itself)."""
+        self._learn(self._address, page, UC_MEM_WRITE - UC_MEM_READ, paddr, perms)
+
+    def learn_where(self, page: int, paddr: int) -> None:
+        """Where the page tables found `page` (no access granted), kept like an answer."""
+        self._learn(self._address, page, WHERE, paddr, 0)
 
     def forget(self, which: int, page: int) -> None:
         """A shadow's entry for this page changed."""

@@ -72,6 +72,7 @@ def initialize(guest: Guest, args: HcallArgs) -> None:
         return
     guest.noirq_iret = memory.read_u32(gpa + LguestData.NOIRQ_IRET)
     guest.lguest_data = gpa
+    guest.gates_changed()
     guest.write_timestamp()
     kernel_address = memory.read_u32(gpa + LguestData.KERNEL_ADDRESS)
     memory.write_u32(gpa + LguestData.RESERVE_MEM, abi.RESERVE_MEM)
@@ -182,7 +183,7 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
     if pages > 2:
         guest.kill(f"bad stack pages {pages}")
         return
-    guest.ss1, guest.esp1 = ss, esp
+    guest.set_kernel_stack(ss, esp)
     guest.pages.set_stack(esp, pages)
 
 

@@ -1,22 +1,31 @@
 """Interrupts and traps: the Guest's IDT and how the Host enters it (mirrors
 interrupts_and_traps.c; spec §4).
 
-The emulated CPU never delivers through an IDT, so the Host does what the CPU
+Unicorn never delivers through an IDT by itself, so the Host does what the CPU
 would: it keeps the Guest's 256 gates (LOAD_IDT_ENTRY), and to reflect a trap it
 pushes the frame the Guest's handler expects on the right stack and jumps to the
 handler at ring 1 (`deliver_trap`, lguest's push_guest_interrupt_stack and
-guest_run_interrupt).
+guest_run_interrupt).  On the native path the CPU may deliver some traps itself
+through a real IDT (`NativeGates`, interrupts.c): which ones is decided here, as data.
 """
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from collections.abc import Callable
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.x86_const import UC_X86_REG_EIP, UC_X86_REG_ESP
+
 from lguest import abi
+from lguest.host import native
+from lguest.host.switcher import GDT_ADDR, IDT_ADDR, STATE_PAGE, TSS_ADDR
 
 if TYPE_CHECKING:
+    from lguest.host.calibration import EngineCpu
     from lguest.host.core import Guest
 
 GATE_PRESENT = 0x8000
@@ -35,8 +44,10 @@ def gate_dpl(hi: int) -> int:
 class Idt:
     """The Guest's 256 gates, as LOAD_IDT_ENTRY left them (lguest's `idt` in lg_cpu.arch)."""
 
-    def __init__(self, kill: Callable[[str], None]) -> None:
+    def __init__(self, kill: Callable[[str], None], changed: Callable[[int], None]) -> None:
+        """`changed(num)` is called after each gate the Guest changes."""
         self.kill = kill
+        self.changed = changed
         self.entries: list[tuple[int, int]] = [(0, 0)] * abi.IDT_ENTRIES
 
     def load_entry(self, num: int, lo: int, hi: int) -> None:
@@ -48,12 +59,13 @@ class Idt:
             return
         if not hi & GATE_PRESENT:
             self.entries[num] = (0, 0)
-            return
-        if gate_type(hi) not in (abi.GATE_INTERRUPT, abi.GATE_TRAP):
+        elif gate_type(hi) not in (abi.GATE_INTERRUPT, abi.GATE_TRAP):
             self.kill(f"bad IDT type {gate_type(hi)}")
             return
-        # The selector is always the Guest kernel's; the low byte and bit 12 go.
-        self.entries[num] = ((abi.KERNEL_CS << 16) | (lo & 0xFFFF), hi & 0xFFFFEF00)
+        else:
+            # The selector is always the Guest kernel's; the low byte and bit 12 go.
+            self.entries[num] = ((abi.KERNEL_CS << 16) | (lo & 0xFFFF), hi & 0xFFFFEF00)
+        self.changed(num)
 
     def present(self, num: int) -> bool:
         return num < abi.IDT_ENTRIES and bool(self.entries[num][1] & GATE_PRESENT)
@@ -166,7 +178,18 @@ def push_frame(guest: Guest, esp: int, words: list[int]) -> bool:
     if gpa is None:
         return False
     data = struct.pack(f"<{len(words)}I", *reversed(words))
+    keep_frame_pages(guest, esp, len(data))
     return guest.memory.write(gpa - len(data), data)
+
+
+def keep_frame_pages(guest: Guest, esp: int, size: int) -> None:
+    """Let the C fill hook answer the CPU's own writes of the next frame here (the
+    Guest's handler may never write its stack itself), and tell interrupts.c where
+    a page-aligned `esp` itself is (the frame goes below it, §4.6)."""
+    guest.pages.keep_kernel_write(esp - size)
+    guest.pages.keep_kernel_write(esp - 1)
+    if not esp & 0xFFF:
+        guest.pages.keep_where(esp)
 
 
 # tour:H.90 Direct traps: no trip through the run loop
@@ -183,19 +206,26 @@ def could_be_direct(vector: int, syscall_vector: int) -> bool:
             and vector not in (abi.Trap.NM, abi.Trap.GP, abi.Trap.PF, abi.LGUEST_TRAP_ENTRY))
 
 
+def sent_direct(guest: Guest, vector: int) -> bool:
+    """Does this vector go straight to the Guest: a present trap gate of a vector that
+    could be direct (and INIT done)?"""
+    if guest.lguest_data is None or not could_be_direct(vector, guest.syscall_vector):
+        return False
+    hi = guest.idt.entries[vector][1]
+    return bool(hi & GATE_PRESENT) and gate_type(hi) == abi.GATE_TRAP
+
+
 def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool:
     """The fast path: deliver a trap without leaving the emulator, as lguest's real IDT did.
 
-    Only for a present trap gate of a vector that could go direct, whose DPL lets
-    an `int n` through.  As on the real CPU, the Host does not touch irq_enabled
-    and the pushed EFLAGS keeps IF set.  Anything unusual (no lguest_data yet, a
-    stack we cannot see) takes the slow path through the Host's run loop instead.
+    Only for a vector `sent_direct`, whose gate's DPL lets an `int n` through.  As
+    on the real CPU, the Host does not touch irq_enabled and the pushed EFLAGS
+    keeps IF set.  Anything unusual (a stack we cannot see) takes the slow path
+    through the Host's run loop instead.
     """
-    if guest.lguest_data is None or not could_be_direct(vector, guest.syscall_vector):
+    if not sent_direct(guest, vector):
         return False
     lo, hi = guest.idt.entries[vector]
-    if not hi & GATE_PRESENT or gate_type(hi) != abi.GATE_TRAP:
-        return False
     eip, cs, eflags, esp, ss = guest.switcher.get_many(FRAME_REGS)
     if software and guest.switcher.cpl > gate_dpl(hi):
         return False
@@ -204,7 +234,131 @@ def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool
     gpa = guest.pages.peek(esp)
     if gpa is None or not guest.memory.ok(gpa - 4 * len(words), 4 * len(words)):
         return False
+    keep_frame_pages(guest, esp, 4 * len(words))
     guest.memory.write(gpa - 4 * len(words), struct.pack(f"<{len(words)}I", *reversed(words)))
     guest.enter(gate_handler(lo, hi), abi.KERNEL_CS, eflags & ~EFLAGS_CLEARED_ON_ENTRY,
                 esp - 4 * len(words), ss)
     return True
+
+
+# tour:H.95 Traps the emulated CPU delivers itself
+# lguest's direct traps cost the Guest nothing: the real CPU went through the real IDT.  Ours
+# can too.  The Switcher's STATE_PAGE holds a real IDT (next to the GDT and the TSS, whose
+# ss1/esp1 SET_STACK fills), and QEMU's own delivery code (`x86_cpu_do_interrupt`, inside
+# libunicorn) can be called from the C interrupt hook, interrupts.c.  Python still makes
+# every decision, as data: for each vector, whether the CPU may deliver it and through
+# which gate, rewritten exactly where the Guest's IDT changes (LOAD_IDT_ENTRY) and at INIT.
+# Direct vectors get the Guest's own trap gate.  A system call through an interrupt gate
+# (Linux 4.9's `int $0x80`) gets a trap gate, so the CPU's real IF stays set, and the C
+# hook then does what lguest's reflection did: the pushed EFLAGS says what irq_enabled
+# said, and irq_enabled goes to 0.  The C hook delivers only when every access the CPU will
+# make is one the C fill hook answers and the frame lands where the Python path would write
+# it; anything else comes to Python as before, which is also the whole of `--no-native`.
+class GateKind(IntEnum):
+    """What interrupts.c may do with a vector (its enum gate_kind)."""
+
+    ASK_PYTHON = 0
+    DIRECT = 1  # lguest sent it straight to the Guest
+    REFLECT_INT = 2  # an interrupt gate: reflected, when an `int n` the gate allows raised it
+
+
+def cpu_delivery(guest: Guest, vector: int) -> GateKind:
+    """How the CPU may deliver this vector itself (the rule interrupts.c consults).
+
+    What the CPU delivers is no exit: like direct traps, --trace never sees it
+    (--no-native traces every reflection)."""
+    if sent_direct(guest, vector):
+        return GateKind.DIRECT
+    if (guest.lguest_data is not None and could_be_direct(vector, guest.syscall_vector)
+            and guest.idt.present(vector)):
+        return GateKind.REFLECT_INT
+    return GateKind.ASK_PYTHON
+
+
+def real_gate(guest: Guest, vector: int, kind: GateKind) -> tuple[int, int]:
+    """The gate the CPU finds in the real IDT: the Guest's, as a trap gate; none for Python."""
+    if kind is GateKind.ASK_PYTHON:
+        return 0, 0
+    lo, hi = guest.idt.entries[vector]
+    return lo, (hi & ~0xF00) | abi.GATE_TRAP << 8
+
+
+class _GateTable(ctypes.Structure):
+    """struct gate_table of interrupts.c."""
+
+    _fields_ = (("kind", ctypes.c_uint8 * abi.IDT_ENTRIES), ("cpu", ctypes.c_void_p),
+                ("env", ctypes.c_void_p),
+                ("do_interrupt", ctypes.c_void_p), ("reg_read", ctypes.c_void_p), ("reg_eip", ctypes.c_int32),
+                ("reg_esp", ctypes.c_int32), ("hflags_at", ctypes.c_uint32), ("is_int_at", ctypes.c_uint32),
+                ("segs_at", ctypes.c_uint32), ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p),
+                ("ram_size", ctypes.c_uint32), ("state_page", ctypes.c_void_p), ("gdt_at", ctypes.c_uint32),
+                ("tss_at", ctypes.c_uint32), ("idt_at", ctypes.c_uint32), ("kernel_cs", ctypes.c_uint32),
+                ("switcher", ctypes.c_uint32), ("irq_enabled", ctypes.c_uint32), ("direct", ctypes.c_uint64),
+                ("reflected", ctypes.c_uint64))
+
+
+class NativeGates:
+    """The gates the emulated CPU delivers through (interrupts.c's table, and the real IDT)."""
+
+    def __init__(self, guest: Guest, ram_address: int, delivery: Callable[[ctypes.c_void_p], None],
+                 cpu: EngineCpu, segment_caches: int) -> None:
+        switcher = guest.switcher
+        layout = switcher.context.layout
+        assert layout is not None and switcher.fill_answers is not None
+        self.guest = guest
+        table = self._table = _GateTable()
+        table.cpu, table.env = cpu.cpu, cpu.env
+        table.do_interrupt = ctypes.cast(delivery, ctypes.c_void_p).value
+        table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+        table.reg_eip, table.reg_esp = UC_X86_REG_EIP, UC_X86_REG_ESP
+        table.hflags_at = cpu.env_offset(layout.hflags)
+        table.is_int_at = cpu.env_offset(layout.exception_is_int)
+        table.segs_at = segment_caches
+        table.fills = switcher.fill_answers.address
+        table.ram, table.ram_size = ram_address, guest.memory.size
+        table.state_page = switcher.state_page
+        table.gdt_at, table.tss_at, table.idt_at = (address - STATE_PAGE for address in (GDT_ADDR, TSS_ADDR,
+                                                                                         IDT_ADDR))
+        table.kernel_cs, table.switcher = abi.KERNEL_CS, abi.SWITCHER_ADDR
+        library = native.library()
+        library.lguest_gate_table_size.restype = ctypes.c_size_t
+        if library.lguest_gate_table_size() != ctypes.sizeof(_GateTable):
+            raise native.NativeBuildError("interrupts.c and interrupts.py disagree on struct gate_table")
+
+    @classmethod
+    def for_guest(cls, guest: Guest, ram_address: int) -> NativeGates | None:
+        """The table for a Guest on the native path, or None where the CPU cannot deliver
+        (the pure-Python Host, or an emulator whose CPU or delivery code was not found)."""
+        switcher = guest.switcher
+        if switcher.trap_hook is None or switcher.fill_answers is None:
+            return None
+        delivery = getattr(uclib, "x86_cpu_do_interrupt_x86_64", None)
+        found = switcher.cpu_for_delivery()
+        if delivery is None or found is None:
+            return None
+        return cls(guest, ram_address, delivery, *found)
+
+    @property
+    def table(self) -> ctypes.Structure:
+        return self._table
+
+    @property
+    def direct(self) -> int:
+        return self._table.direct
+
+    @property
+    def reflected(self) -> int:
+        return self._table.reflected
+
+    def update(self, vector: int) -> None:
+        """The Guest's gate for `vector` changed."""
+        kind = cpu_delivery(self.guest, vector)
+        self.guest.switcher.write_real_gate(vector, *real_gate(self.guest, vector, kind))
+        self._table.kind[vector] = kind
+
+    def update_all(self) -> None:
+        """INIT (or a restored state) changed what every gate depends on."""
+        if self.guest.lguest_data is not None:
+            self._table.irq_enabled = self.guest.lguest_data + abi.LguestData.IRQ_ENABLED
+        for vector in range(abi.IDT_ENTRIES):
+            self.update(vector)

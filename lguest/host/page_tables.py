@@ -137,6 +137,29 @@ class PageTables:
             shadow.answered.discard(page)
             self.answers.forget(shadow.table, page)
 
+    def keep_kernel_write(self, vaddr: int) -> None:
+        """The CPU itself may write a trap frame here (interrupts.c): if the current
+        shadow allows a kernel write as it stands (DIRTY already set), keep the answer
+        `translate` would give, as if the miss had come (no side effect on the Guest)."""
+        page = vaddr & ~0xFFF
+        gpte = self.current.ptes.get(page)
+        if (self.answers is None or gpte is None or not self._allows(gpte, True, False, False)
+                or not gpte & abi.PTE_DIRTY):
+            return
+        self.tlb_may_hold.add(page)
+        self.current.answered.add(page)
+        self.answers.learn_kernel_write(page, self.format.page(gpte), self._permissions(gpte, True, False))
+
+    def keep_where(self, vaddr: int) -> None:
+        """Keep where `peek` finds vaddr's page now, in the current shadow and forgotten
+        with its entry (interrupts.c checks the CPU's frame lands where ours would)."""
+        gpa = self.peek(vaddr)
+        if self.answers is None or gpa is None:
+            return
+        page = vaddr & ~0xFFF
+        self.current.answered.add(page)
+        self.answers.learn_where(page, gpa & ~0xFFF)
+
     def add_device_window(self, gpa: int, size: int) -> None:
         """The Launcher mapped a device's registers here: the Guest may map these pages
         (as MMIO, never RAM), and the ones between RAM and them (which then fault)."""

@@ -68,6 +68,10 @@ class FixedPorts:
         """Reads answered in C, which the Launcher never saw."""
         return self._table.served
 
+    def release(self) -> None:
+        """The engine is closed: let go of the Python hook (no cycle keeps the table)."""
+        self._table.python = InHook()
+
     def ask_python(self, ask: bool) -> None:
         """Send every read to the Python hook (True) or only those the table cannot answer."""
         self._table.python_decides = ask

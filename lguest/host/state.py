@@ -146,11 +146,12 @@ def restore(guest: Guest, state: GuestState) -> None:
     pages.kernel_address = state.kernel_address
     if state.pgdir is not None:
         pages.new_pgtable(state.pgdir)
-    guest.ss1, guest.esp1 = state.ss1, state.esp1
+    guest.set_kernel_stack(state.ss1, state.esp1)
     if state.stack_pages:
         pages.set_stack(state.esp1, state.stack_pages)
     if state.clock_ns is not None:
         guest.clock.set(max(1, state.clock_ns))
+    guest.gates_changed()  # lguest_data and the syscall vector came in without INIT
     if guest.dead:
         raise BadState(guest.dead.rstrip("\n"))
 

@@ -13,7 +13,8 @@ is Unicorn (QEMU's TCG), and the two halves become:
   port I/O arrives in the in/out hooks, invalid opcodes in the invalid-instruction
   hook, and every TLB miss asks the Host's page tables (the TLB is our shadow).
 
-What it owns: the engine, the Switcher's four pages, the Guest's registers (fast
+What it owns: the engine, the Switcher's four pages (with the real GDT, IDT and
+TSS the emulated CPU reads), the Guest's registers (fast
 paths into Unicorn's C API), the hooks (all installed in `_install_hooks`), and
 the workarounds that keep the emulator honest: CPU state the emulator leaves
 half-done is repaired through calibration.py (the only module touching its
@@ -34,6 +35,7 @@ reads are answered in C (ports.py) on the native path, and
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
 import time
 from collections.abc import Callable
@@ -55,6 +57,7 @@ from unicorn import (
     UC_MEM_FETCH,
     UC_MEM_WRITE,
     UC_MODE_32,
+    UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
     UC_PROT_WRITE,
@@ -110,11 +113,14 @@ from unicorn.x86_const import (
 
 from lguest import abi
 from lguest.host.calibration import (
+    EngineCpu,
     SavedContext,
     close_engine,
     context_layout,
+    engine_cpu,
     quiet_exit_checks,
     restore_exit_checks,
+    segment_caches,
 )
 from lguest.host.doorbell import Doorbell
 from lguest.host.fills import FillAnswers
@@ -140,8 +146,11 @@ STOP_PAGE = abi.SWITCHER_ADDR + 0x1000  # `until` address for emu_start: never e
 REGS_PAGE = abi.SWITCHER_ADDR + 0x2000  # ring-0 stack holding the entry frame: kernel rw
 STATE_PAGE = abi.SWITCHER_ADDR + 0x3000  # GDT, IDT and TSS: kernel read-only
 SWITCHER_PAGES = 4
-GDT_ADDR = STATE_PAGE
-TSS_ADDR = STATE_PAGE + 0x800
+GDT_ADDR = STATE_PAGE  # 32 entries: 0x100 bytes
+TSS_ADDR = STATE_PAGE + 0x100  # 104 bytes
+IDT_ADDR = STATE_PAGE + 0x400  # 256 gates: 0x800 bytes, to the page's last quarter
+TSS_ESP1, TSS_SS1 = 12, 16  # where a trap from ring 3 finds the ring-1 stack
+SEGMENT_CS, SEGMENT_SS, SEGMENT_TR = 1, 2, 7  # QEMU's order of its segment caches
 
 # pop %gs; pop %fs; pop %es; pop %ds; iret
 TRAMPOLINE = bytes([0x0F, 0xA9, 0x0F, 0xA1, 0x07, 0x1F, 0xCF])
@@ -233,6 +242,20 @@ class DirectTrap(Protocol):
         ...
 
 
+class NativeGateTable(Protocol):
+    """The gates interrupts.c may deliver through the CPU itself (interrupts.py's NativeGates)."""
+
+    @property
+    def table(self) -> ctypes.Structure:
+        """struct gate_table, for the C interrupt hook."""
+        ...
+
+    @property
+    def direct(self) -> int:
+        """Direct traps the CPU delivered."""
+        ...
+
+
 class PortBus(Protocol):
     """The Launcher's port I/O, handed to the Host (spec §7.1)."""
 
@@ -271,7 +294,11 @@ class Switcher:
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         if ram_size:
             self.uc.mem_map_ptr(0, ram_size, UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC, ram_address)
-        self.uc.mem_map(abi.SWITCHER_ADDR, SWITCHER_PAGES * abi.PAGE_SIZE)
+        # The Switcher's pages are ours (C reads the GDT, TSS and IDT in them).
+        self._pages = mmap.mmap(-1, SWITCHER_PAGES * abi.PAGE_SIZE)
+        self._pages_anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._pages)
+        self.uc.mem_map_ptr(abi.SWITCHER_ADDR, SWITCHER_PAGES * abi.PAGE_SIZE, UC_PROT_ALL,
+                            ctypes.addressof(self._pages_anchor))
         self.mmu = mmu
         self.bus = bus
         self._ram_address, self._ram_size = ram_address, ram_size
@@ -298,13 +325,14 @@ class Switcher:
         self.in_hooks = 0.0
         self._hook_depth = 0  # a hook may call Unicorn, which may call another hook
         self.python_fills = 0
-        self.direct_traps = 0
+        self.python_direct_traps = 0
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
         self._odd_code: set[int] = set()  # GDT entries that ever held code the entry gate cannot run in
         self._install_switcher_pages()
         self.fixed_ports: FixedPorts | None = None
         self.fill_answers: FillAnswers | None = None
         self.trap_hook: TrapHook | None = None
+        self.native_gates: NativeGateTable | None = None  # what interrupts.c may deliver
         self.doorbell = self._install_hooks()
         self.closed = False
 
@@ -314,6 +342,11 @@ class Switcher:
             self.closed = True
             self.doorbell.close()
             close_engine(self.uc)
+            for native in (self.fill_answers, self.fixed_ports, self.trap_hook):
+                if native is not None:
+                    native.release()
+            self._pages_anchor = None
+            self._pages.close()
 
     # --- set-up ---------------------------------------------------------------------------
     def _install_switcher_pages(self) -> None:
@@ -331,10 +364,49 @@ class Switcher:
         self.gdt[abi.GDT_ENTRY_TSS] = segment_descriptor(TSS_ADDR, abi.TSS_SIZE - 1, 0x89, 0)
         self.write_gdt()
         self.uc.reg_write(UC_X86_REG_GDTR, (0, GDT_ADDR, abi.GDT_ENTRIES * 8 - 1, 0))
-        self.uc.reg_write(UC_X86_REG_IDTR, (0, STATE_PAGE + 0x400, 0, 0))
+        self.uc.reg_write(UC_X86_REG_IDTR, (0, IDT_ADDR, abi.IDT_ENTRIES * 8 - 1, 0))
         self.uc.reg_write(UC_X86_REG_TR, (abi.GDT_ENTRY_TSS * 8, TSS_ADDR, abi.TSS_SIZE - 1, 0x8900))
         self.uc.reg_write(UC_X86_REG_CS, abi.LGUEST_CS)
         self.uc.reg_write(UC_X86_REG_SS, abi.LGUEST_DS)
+
+    def write_real_gate(self, vector: int, lo: int, hi: int) -> None:
+        """One gate of the IDT the emulated CPU itself reads (interrupts.py decides which)."""
+        self.uc.mem_write(IDT_ADDR + 8 * vector, struct.pack("<II", lo, hi))
+
+    def set_kernel_stack(self, ss: int, esp: int) -> None:
+        """SET_STACK's stack, in the TSS, where the CPU looks on a trap from ring 3."""
+        self.uc.mem_write(TSS_ADDR + TSS_ESP1, struct.pack("<I", esp))
+        self.uc.mem_write(TSS_ADDR + TSS_SS1, struct.pack("<H", ss))
+
+    def cpu_for_delivery(self) -> tuple[EngineCpu, int] | None:
+        """The engine's CPU and where its segment caches are, both proven, for
+        interrupts.c; None if either cannot be (then every trap goes to Python).
+        Only before the first run, while the CPU holds the Switcher's own segments."""
+        cpu = engine_cpu(self.uc)
+        if cpu is None or self.context.layout is None:
+            return None
+        flat = (0, 0xFFFFFFFF)
+        caches = segment_caches(cpu, self.context.layout, {
+            SEGMENT_CS: (abi.LGUEST_CS, *flat), SEGMENT_SS: (abi.LGUEST_DS, *flat),
+            SEGMENT_TR: (abi.GDT_ENTRY_TSS * 8, TSS_ADDR, abi.TSS_SIZE - 1)})
+        return None if caches is None else (cpu, caches)
+
+    @property
+    def state_page(self) -> int:
+        """Where our process holds STATE_PAGE (the GDT, TSS and IDT), for interrupts.c."""
+        return ctypes.addressof(self._pages_anchor) + STATE_PAGE - abi.SWITCHER_ADDR
+
+    def serve_traps(self, gates: NativeGateTable | None) -> None:
+        """Let interrupts.c deliver the traps `gates` marks (None: every trap to Python)."""
+        self.native_gates = gates
+        if self.trap_hook is not None:
+            self.trap_hook.serve_traps(gates.table if gates is not None else None)
+
+    @property
+    def direct_traps(self) -> int:
+        """Traps delivered without leaving the emulator, by Python or by the CPU (--stats)."""
+        native = self.native_gates.direct if self.native_gates is not None else 0
+        return self.python_direct_traps + native
 
     def write_gdt(self) -> None:
         """Copy the Host's view of the GDT into the page the emulated CPU reads."""
@@ -360,18 +432,19 @@ class Switcher:
         on the native path.
         """
         if self.native:
-            self.trap_hook = TrapHook(self.uc, self._guard(self._on_interrupt, None))
+            self.trap_hook = TrapHook(self.uc, self._guard(self._on_interrupt, None),
+                                      self._guard(self._on_invalid, True))
         else:
             self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
+            self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
         if self.native:
             self.fixed_ports = FixedPorts(self.uc, self.bus.read_answers(), self._guard(self._on_in, 0))
         else:
             self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
-        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
         if self.native:
             self.fill_answers = FillAnswers(self.uc, self._ram_address, self._ram_size,
-                                            self._guard(self._on_tlb_fill, False))
+                                            self._guard(self._on_tlb_fill, False), STATE_PAGE)
             self.mmu.keep_answers(self.fill_answers)
         else:
             self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
@@ -697,6 +770,10 @@ class Switcher:
         if self.doorbell.gated:
             restore_exit_checks(self.uc)
             self.doorbell.ring_every_block()  # which flushes every translated block
+        # The CPU's own delivery would write frames under the debugger's watchpoints
+        # and never stop where it looks: traps go back to the Host's Python.
+        if self.trap_hook is not None:
+            self.trap_hook.serve_traps(None)
 
     def unwatch(self, handle: int) -> None:
         self.uc.hook_del(handle)
@@ -784,7 +861,7 @@ class Switcher:
             self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
             return
         if self.direct_trap is not None and self.direct_trap(vector, errcode, software):
-            self.direct_traps += 1
+            self.python_direct_traps += 1
             if self._frame is not None:
                 # The handler is in another ring: the trampoline must take us there,
                 # and it only runs from outside a hook (switching rings inside one

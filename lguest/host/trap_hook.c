@@ -11,6 +11,7 @@
  * goes to the Switcher's Python hook exactly as if this one were not here.
  */
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define LGUEST_TRAP_ENTRY 0x1f
@@ -20,12 +21,15 @@ struct gate_table;	/* interrupts.c */
 
 bool lguest_native_hypercall(void *uc, struct hcall_table *table);
 bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table);
+void lguest_native_trap_over(struct gate_table *table);
 
 typedef void (*intr_hook)(void *uc, uint32_t intno, void *data);
+typedef bool (*invalid_hook)(void *uc, void *data);
 
 struct trap_hook {
 	volatile int32_t python_decides;	/* the Host has state this hook cannot see */
 	intr_hook python;			/* the Switcher's own hook */
+	invalid_hook python_invalid;		/* and its invalid-opcode hook */
 	struct hcall_table *hcalls;		/* NULL: every hypercall goes to Python */
 	struct gate_table *gates;		/* NULL: every other trap goes to Python */
 	uint64_t hypercalls_served;		/* hypercalls run here */
@@ -36,6 +40,8 @@ void lguest_interrupt_hook(void *uc, uint32_t intno, void *data)
 {
 	struct trap_hook *hook = data;
 
+	if (hook->gates)
+		lguest_native_trap_over(hook->gates);	/* a delivery a fault cut short */
 	if (!hook->python_decides) {
 		if (intno == LGUEST_TRAP_ENTRY) {
 			if (hook->hcalls && lguest_native_hypercall(uc, hook->hcalls)) {
@@ -48,4 +54,24 @@ void lguest_interrupt_hook(void *uc, uint32_t intno, void *data)
 		}
 	}
 	hook->python(uc, intno, 0);
+}
+
+/*
+ * An invalid opcode never reaches the interrupt hook: Unicorn hands #UD to the
+ * invalid-instruction hook instead (and, answered true, runs on from whatever
+ * CS:EIP the CPU then has), so the same choice is made here.
+ */
+#define INVALID_OPCODE 6
+
+bool lguest_invalid_hook(void *uc, void *data)
+{
+	struct trap_hook *hook = data;
+
+	if (hook->gates)
+		lguest_native_trap_over(hook->gates);
+	if (!hook->python_decides && hook->gates && lguest_native_trap(uc, INVALID_OPCODE, hook->gates)) {
+		hook->traps_served++;
+		return true;
+	}
+	return hook->python_invalid(uc, NULL);
 }

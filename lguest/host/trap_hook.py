@@ -1,7 +1,8 @@
 """The native path's interrupt hook, in C (trap_hook.c; no lguest counterpart: on a
 real CPU a trap went through the IDT and lguest's Switcher without any hook).
 
-Every exception and `int n` reaches the Host through Unicorn's interrupt hook.  On
+Every exception and `int n` reaches the Host through Unicorn's interrupt hook (an
+invalid opcode through its invalid-instruction hook).  On
 the native path that hook is C: it serves the hypercalls the Host handed over as
 data (hypercalls.c) and the traps the emulated CPU may deliver through the Guest's
 gates itself (interrupts.c), and calls the Switcher's Python hook for the rest,
@@ -16,17 +17,19 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from unicorn import UC_HOOK_INTR, Uc
+from unicorn import UC_HOOK_INSN_INVALID, UC_HOOK_INTR, Uc
 
 from lguest.host import native
 
 IntrHook = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+InvalidHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class _Hook(ctypes.Structure):
     """struct trap_hook of trap_hook.c."""
 
-    _fields_ = (("python_decides", ctypes.c_int32), ("python", IntrHook), ("hcalls", ctypes.c_void_p),
+    _fields_ = (("python_decides", ctypes.c_int32), ("python", IntrHook), ("python_invalid", InvalidHook),
+                ("hcalls", ctypes.c_void_p),
                 ("gates", ctypes.c_void_p), ("hypercalls_served", ctypes.c_uint64),
                 ("traps_served", ctypes.c_uint64))
 
@@ -34,11 +37,21 @@ class _Hook(ctypes.Structure):
 class TrapHook:
     """The C interrupt hook of one engine."""
 
-    def __init__(self, uc: Uc, python: Callable[[Uc, int, object], None]) -> None:
+    def __init__(self, uc: Uc, python: Callable[[Uc, int, object], None],
+                 python_invalid: Callable[[Uc, object], bool]) -> None:
+        """`python` and `python_invalid`: the Switcher's interrupt and invalid-opcode
+        hooks, for whatever the C ones leave to Python (#UD arrives through the latter)."""
         hook = self._hook = _Hook()
         hook.python_decides = 1  # until the Switcher starts emulating
         hook.python = IntrHook(lambda _uc, vector, _data: python(uc, vector, None))
+        hook.python_invalid = InvalidHook(lambda _uc, _data: python_invalid(uc, None))
         self._handle = native.add_hook(uc, UC_HOOK_INTR, "lguest_interrupt_hook", hook)
+        self._invalid_handle = native.add_hook(uc, UC_HOOK_INSN_INVALID, "lguest_invalid_hook", hook)
+
+    def release(self) -> None:
+        """The engine is closed: let go of the Python hooks (no cycle keeps the tables)."""
+        self._hook.python = IntrHook()
+        self._hook.python_invalid = InvalidHook()
 
     def ask_python(self, ask: bool) -> None:
         """Send every trap to the Python hook (True), or only those no table serves."""

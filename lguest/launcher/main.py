@@ -195,7 +195,7 @@ def figures(machine: Machine, elapsed: float) -> dict[str, object]:
             "seconds_in_hooks": round(switcher.in_hooks, 6),
             "world_switches": switcher.runs, "hypercalls": stats["hypercalls"],
             "page_faults_served": switcher.fills,
-            "traps_reflected": stats["reflected traps"], "direct_traps": switcher.direct_traps,
+            "traps_reflected": machine.guest.traps_reflected, "direct_traps": switcher.direct_traps,
             "interrupts": stats["interrupts"], "port_ios": machine.ports.count + switcher.port_reads_served}
 
 
