@@ -281,6 +281,30 @@ test_main:
     assert (run.status, run.reason) == (1, "bad write address 0xfffffffc len 12")
 
 
+@pytest.mark.parametrize("gate", ["0xE", "0xF"])
+def test_set_stack_keeps_sixteen_bits_of_the_segment(asm_guest, gate: str) -> None:
+    """SET_STACK's segment is a selector: 0x10069 has RPL 1 and lands traps from ring 3 on
+    0x69, through the Host or the CPU itself (found by the fuzzer: it was exit 3)."""
+    run = lguest("32", str(asm_guest(f"""
+syscall_handler:
+	movl %ss, %eax
+	cmpl $0x69, %eax
+	jne fail
+	POWEROFF
+fail:	SHUTDOWN $failed
+failed:	.asciz "wrong stack segment"
+test_main:
+	INIT
+	call setup_user_paging
+	HCALL LHCALL_SET_STACK, $0x10069, $kstack_top, $1
+	GATE 0x80, syscall_handler, {gate}, 3
+	TO_USER user
+user:
+	int $0x80
+""")))
+    assert (run.status, run.reason) == POWER_OFF
+
+
 # A malformed PTE (a 4 MiB page, accessed) for the Guest's own SET_PTE.
 BAD_PTE = "$0xa7"
 

@@ -183,7 +183,7 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
     if pages > 2:
         guest.kill(f"bad stack pages {pages}")
         return
-    guest.set_kernel_stack(ss, esp)
+    guest.set_kernel_stack(ss & 0xFFFF, esp)  # a selector: lguest kept 16 bits of it, as the TSS does
     guest.pages.set_stack(esp, pages)
 
 
