@@ -330,7 +330,7 @@ class Switcher:
         # A refused fill the CPU raises as the Guest's #PF itself: the Host's word on the
         # fault (it returns the exact cr2 it told the Guest, or None: leave the emulator).
         self.cpu_page_fault: Callable[[Exit], int | None] | None = None
-        self._raised: Exit | None = None  # that fault, until the interrupt hook sees it
+        self._raised: tuple[Exit, int] | None = None  # that fault and its cr2, for the interrupt hook
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
         self._odd_code: set[int] = set()  # GDT entries that ever held code the entry gate cannot run in
         self._install_switcher_pages()
@@ -852,8 +852,8 @@ class Switcher:
             if vector == abi.Trap.PF and not software and self._raised is not None:
                 # A fault fills.c had the CPU raise, which interrupts.c did not deliver:
                 # it leaves the emulator as if the fill had refused it (cr2 is told).
-                raised, self._raised = self._raised, None
-                self._leave(raised)
+                (fault, cr2), self._raised = self._raised, None
+                self._leave(replace(fault, cr2=cr2))
                 return
             if self.get("eip") >> 12 == CODE_PAGE >> 12:
                 # A fault in the trampoline: the Guest's segments or frame were bad.
@@ -968,7 +968,7 @@ class Switcher:
         cr2 = self.cpu_page_fault(fault)
         if cr2 is None:
             return False
-        self._raised = replace(fault, cr2=cr2)
+        self._raised = fault, cr2
         answers.raise_page_fault(fault.errcode)
         return True
 
