@@ -395,7 +395,10 @@ class Guest:
 # Guest's fault handler reads it first.  The emulator only told us the page, so the exact
 # byte is worked out by decoding the faulting instruction ("Workaround: the exact CR2"),
 # fetched through the Guest's own page tables with `peek_virtual`.  Then the #PF is
-# reflected like any trap.
+# reflected like any trap.  On the native path most of these never leave the emulator: the
+# emulator puts EIP back on the faulting instruction before it asks the fill hook, so the
+# Host tells cr2 right there, from the same code, and has the CPU raise the #PF and deliver
+# it through gate 14 itself ("Traps the emulated CPU delivers itself").
     def _reflect_page_fault(self, exit_: Exit) -> None:
         """A fault demand paging could not fix (§4.3, trap 14): the Guest's to handle.
 

@@ -13,7 +13,9 @@
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
  * Python hook, exactly as if this one were not here.  While the CPU delivers a
- * trap itself (interrupts.c) this hook answers alone (`delivery_fill`).
+ * trap itself (interrupts.c) this hook answers alone (`delivery_fill`).  One
+ * refusal it turns into something else, when the Python hook asks: the Guest's
+ * own page fault, raised in the CPU (`raise_page_fault`).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -277,7 +279,8 @@ void lguest_fills_delivering(struct fill_table *table, bool delivering)
  * faulting instruction before asking; QEMU's raise_exception_err records #PF
  * with its error code and unwinds to the CPU loop (no Python frame lies between
  * here and it), which hands the exception to the interrupt hook (trap_hook.c)
- * instead of stopping the emulator.  It does not return.
+ * instead of stopping the emulator.  It does not return.  (Unicorn's guard
+ * around the hook call is empty on Linux; on Apple's JIT it would not be.)
  */
 #define PAGE_FAULT 14
 

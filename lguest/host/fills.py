@@ -25,8 +25,12 @@ the Switcher's STATE_PAGE (interrupts.c delivers only when it can), and for that
 the page tables also keep the kernel-write answer a shadow entry gives to a frame
 Python pushed (`keep_kernel_write`, `keep_where`).
 
-What it owns: the table, the C hook's installation in one engine, and the count
-of misses answered without Python (--stats).
+A refusal the page tables give may become the Guest's #PF raised by the CPU
+itself, without stopping the emulator (`raise_page_fault`, when the Host says so
+from inside the Python hook; see the Guest's `_cpu_page_fault`).
+
+What it owns: the table, the C hook's installation in one engine, the count
+of misses answered without Python (--stats), and the switch to raise a fault.
 """
 
 from __future__ import annotations

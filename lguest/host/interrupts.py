@@ -255,6 +255,9 @@ def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool
 # said, and irq_enabled goes to 0.  The C hook delivers only when every access the CPU will
 # make is one the C fill hook answers and the frame lands where the Python path would write
 # it; anything else comes to Python as before, which is also the whole of `--no-native`.
+# Page faults the Guest must handle go the same way: the C fill hook has the CPU raise the
+# #PF (after Python refused the access and told cr2), and gate 14, marked for it after
+# INIT, gets lguest's reflection rules whether the Guest made it a trap or interrupt gate.
 class GateKind(IntEnum):
     """What interrupts.c may do with a vector (its enum gate_kind)."""
 
