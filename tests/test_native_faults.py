@@ -258,3 +258,33 @@ def test_a_fault_before_init_is_unhandled_both_ways(asm_guest) -> None:
     native, python = lguest("32", str(elf)), lguest("--no-native", "32", str(elf))
     assert native.status == 1
     assert (native.status, native.reason) == (python.status, python.reason)
+
+
+RUNAWAY_GUEST = """
+test_main:
+	INIT
+	call setup_user_paging
+	GATE 14, 0x384000, 0xE
+	.irp page, 0x380000, 0x381000, 0x384000
+	movl $0, page_table + (\\page >> 12) * 4
+	HCALL LHCALL_SET_PTE, $page_dir, $\\page, $0
+	.endr
+	HCALL LHCALL_SET_STACK, $0x69, $0x383000, $1
+	TO_USER user
+user:	movl 0x380000, %eax
+	jmp .
+"""
+
+
+def test_a_handler_that_faults_itself_runs_the_stack_out_the_same_way(asm_guest) -> None:
+    """A hostile gate 14 whose handler is on a page the Guest left unmapped: each fault's
+    delivery faults again at the handler, frames pile up down the one mapped kernel
+    stack page until the next cannot be pushed; the same kill both ways."""
+    elf = asm_guest(RUNAWAY_GUEST)
+    native, python = lguest("32", str(elf)), lguest("--no-native", "32", str(elf))
+    assert native.status == 1
+    assert (native.status, native.reason) == (python.status, python.reason)
+    assert native.reason.startswith("Bad address")
+    guest = make_guest(elf, native=True)
+    assert guest.run().reason == native.reason
+    assert guest.native_gates.reflected > 200  # the CPU delivered the pile, not the Host
