@@ -13,6 +13,8 @@
     through an interrupt gate (reflected by the Host's run loop), each against
     the same bare exit and re-entry;
 (d) paging: a page fault the Host serves itself (a shadow fill by demand_page),
+    a page fault the Guest handles (from ring 3, reflected through its interrupt
+    gate; on the native path the CPU raises and delivers it without an exit),
     and a switch between two address spaces (NEW_PGTABLE, then touching three
     pages), each against the same bare exit and re-entry;
 (e) PAE against non-PAE: (a) with puppy's PAE build, and (d)'s page fault with PAE
@@ -41,6 +43,7 @@ MEM = 64 << 20
 HCALL_ROUNDS = 20000
 SYSCALL_ROUNDS = 20000
 FAULT_ROUNDS = 20
+REFLECTED_FAULT_ROUNDS = 20000
 SWITCH_ROUNDS = 5000
 BARE_ROUNDS = 20000
 PAE_TRIES = 3
@@ -124,6 +127,7 @@ def main() -> int:
     direct = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xF)
     reflected = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xE)
     fill, pae_fill = both_modes(page_fault)
+    reflected_fault = round_trip("reflected_faults.S", REFLECTED_FAULT_ROUNDS, GATE_TYPE=0xE)
     switch = round_trip("switches.S", SWITCH_ROUNDS) / 2
     bare = bare_exit_reentry()
     bare_text = f"{bare * 1e6:.2f} us bare exit"
@@ -140,6 +144,7 @@ def main() -> int:
         per_exit("syscall, trap gate (direct)", direct),
         per_exit("syscall, interrupt gate (reflected)", reflected),
         per_exit("page fault served by the Host", fill),
+        per_exit("page fault reflected to the Guest", reflected_fault),
         per_exit("address-space switch", switch),
         ("compute, PAE puppy", f"{pae_guest_s:.3f} s PAE", f"{guest_s:.3f} s non-PAE", pae_guest_s / guest_s),
         ("page fault, PAE tables", f"{pae_fill * 1e6:.2f} us PAE", f"{fill * 1e6:.2f} us non-PAE",

@@ -149,6 +149,7 @@ class Guest:
         # The gates the emulated CPU may deliver through itself (native path only).
         self.native_gates = NativeGates.for_guest(self, ctypes.addressof(self._ram_anchor))
         self.switcher.serve_traps(self.native_gates)
+        self.switcher.cpu_page_fault = self._cpu_page_fault
 
     def _initial_state(self, start: int) -> None:
         """§3.4: ring 1, flat kernel segments, everything else zero."""
@@ -394,18 +395,39 @@ class Guest:
 # Guest's fault handler reads it first.  The emulator only told us the page, so the exact
 # byte is worked out by decoding the faulting instruction ("Workaround: the exact CR2"),
 # fetched through the Guest's own page tables with `peek_virtual`.  Then the #PF is
-# reflected like any trap.
+# reflected like any trap.  On the native path most of these never leave the emulator: the
+# emulator puts EIP back on the faulting instruction before it asks the fill hook, so the
+# Host tells cr2 right there, from the same code, and has the CPU raise the #PF and deliver
+# it through gate 14 itself ("Traps the emulated CPU delivers itself").
     def _reflect_page_fault(self, exit_: Exit) -> None:
         """A fault demand paging could not fix (§4.3, trap 14): the Guest's to handle.
 
         Before INIT there is no lguest_data to tell cr2 in, and no IDT either:
         the fault is simply unhandled, as in lguest.
         """
+        cr2 = exit_.cr2 if exit_.cr2 is not None else self._tell_cr2(exit_)
+        if cr2 is not None:
+            self.reflect(abi.Trap.PF, exit_.errcode, cr2)
+
+    def _tell_cr2(self, exit_: Exit) -> int | None:
+        """The exact faulting address, written where the Guest's handler reads it
+        (lguest_data.cr2, after INIT); None if the Guest died of it."""
         cr2 = self.fault_address(exit_)
         if self.lguest_data is not None and not self.memory.write_u32(self.lguest_data + LguestData.CR2, cr2):
             self.kill("Writing cr2")
-            return
-        self.reflect(abi.Trap.PF, exit_.errcode, cr2)
+            return None
+        return cr2
+
+    def _cpu_page_fault(self, exit_: Exit) -> int | None:
+        """From inside the fill hook: may the CPU raise this fault and deliver it itself
+        (interrupts.c, through gate 14)?  Then cr2 is told now, at the precise EIP the
+        emulator restored before asking, and returned; None: it leaves the emulator."""
+        gates = self.native_gates
+        if gates is None or not gates.cpu_raises_fault() or self.lguest_data is None:
+            return None
+        if not self.memory.ok(self.lguest_data + LguestData.CR2, 4):
+            return None  # the exit path kills it ("Writing cr2")
+        return self._tell_cr2(exit_)
 
     def fault_address(self, exit_: Exit) -> int:
         """The exact faulting address (the emulator only names the page)."""

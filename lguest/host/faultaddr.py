@@ -13,6 +13,8 @@ page's first byte, as on a real CPU.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
+from typing import NamedTuple
 
 import capstone
 from capstone import x86_const as X86
@@ -43,8 +45,7 @@ def fault_address(page: int, eip: int, code: bytes, fetch: bool, reg: Callable[[
     """The faulting linear address inside `page` (falls back to the page itself)."""
     if fetch:
         return eip if eip & ~0xFFF == page else page
-    insn = decode(code, eip)
-    for start, size in _accesses(insn, reg, segment_base) if insn else ():
+    for start, size in _accesses(_operands(code, eip), reg, segment_base):
         start &= 0xFFFFFFFF
         if start & ~0xFFF == page:
             return start
@@ -61,26 +62,50 @@ def decode(code: bytes, eip: int) -> capstone.CsInsn | None:
     return next(_decoder.disasm(code, eip, count=1), None)
 
 
-def _accesses(insn: capstone.CsInsn, reg: Callable[[str], int],
-              segment_base: Callable[[str], int]) -> list[tuple[int, int]]:
-    """(address, size) of every memory access the instruction makes that we can name."""
-    found = []
-    for op in insn.operands:
-        if op.type != X86.X86_OP_MEM:
-            continue
-        mem = op.mem
-        address = mem.disp
-        if mem.base in _REGS:
-            address += reg(_REGS[mem.base])
-        if mem.index in _REGS:
-            address += reg(_REGS[mem.index]) * mem.scale
-        if mem.segment in _SEGMENTS:
-            address += segment_base(_SEGMENTS[mem.segment])
-        found.append((address, op.size or 4))
+class _Operand(NamedTuple):
+    """A memory access an instruction makes, before the registers are known."""
+
+    disp: int
+    base: str | None
+    index: str | None
+    scale: int
+    segment: str | None
+    size: int
+
+
+# A Guest faults again and again at the same few instructions (a page copy, a user's
+# first touch of its stack), and decoding costs more than all the rest of a fault: the
+# operands are kept per instruction (its bytes and where it sits).
+@lru_cache(maxsize=4096)
+def _operands(code: bytes, eip: int) -> tuple[_Operand, ...]:
+    """Every memory access of the instruction `code` starts with that we can name: its
+    memory operands, then the stack slot a push, pop or `leave` uses."""
+    insn = decode(code, eip)
+    if insn is None:
+        return ()
+    found = [_Operand(op.mem.disp, _REGS.get(op.mem.base), _REGS.get(op.mem.index), op.mem.scale,
+                      _SEGMENTS.get(op.mem.segment), op.size or 4)
+             for op in insn.operands if op.type == X86.X86_OP_MEM]
     if insn.mnemonic in _PUSHES:
-        found.append((reg("esp") - 4, 4))
+        found.append(_Operand(-4, "esp", None, 1, None, 4))
     elif insn.mnemonic == "leave":
-        found.append((reg("ebp"), 4))
+        found.append(_Operand(0, "ebp", None, 1, None, 4))
     elif insn.mnemonic in _POPS:
-        found.append((reg("esp"), 4))
+        found.append(_Operand(0, "esp", None, 1, None, 4))
+    return tuple(found)
+
+
+def _accesses(operands: tuple[_Operand, ...], reg: Callable[[str], int],
+              segment_base: Callable[[str], int]) -> list[tuple[int, int]]:
+    """(address, size) of each access, with the registers as they are now."""
+    found = []
+    for op in operands:
+        address = op.disp
+        if op.base is not None:
+            address += reg(op.base)
+        if op.index is not None:
+            address += reg(op.index) * op.scale
+        if op.segment is not None:
+            address += segment_base(op.segment)
+        found.append((address, op.size))
     return found

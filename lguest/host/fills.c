@@ -13,7 +13,9 @@
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
  * Python hook, exactly as if this one were not here.  While the CPU delivers a
- * trap itself (interrupts.c) this hook answers alone (`delivery_fill`).
+ * trap itself (interrupts.c) this hook answers alone (`delivery_fill`).  One
+ * refusal it turns into something else, when the Python hook asks: the Guest's
+ * own page fault, raised in the CPU (`raise_page_fault`).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -67,6 +69,11 @@ struct fill_table {
 	uint32_t current;			/* the current shadow's table */
 	uint64_t generation[TABLES];		/* bumped: a table forgets every answer */
 	struct answer_slot (*slot)[SLOTS];	/* [TABLES]: Python's, freed when the engine closes */
+	/* A refusal the CPU raises as the Guest's #PF itself (set by the Python hook) */
+	int32_t raise_fault;
+	uint32_t fault_errcode;
+	void *env;				/* the engine's CPUX86State */
+	void (*raise_err)(void *env, int vector, int errcode);	/* QEMU's raise_exception_err */
 };
 
 /* For the Python side to check its copy of the layout. */
@@ -266,6 +273,23 @@ void lguest_fills_delivering(struct fill_table *table, bool delivering)
 	table->delivering = delivering;
 }
 
+/*
+ * The Python hook refused this access and decided the Guest handles the fault
+ * with the CPU delivering it (it wrote cr2 already).  Unicorn put EIP back at the
+ * faulting instruction before asking; QEMU's raise_exception_err records #PF
+ * with its error code and unwinds to the CPU loop (no Python frame lies between
+ * here and it), which hands the exception to the interrupt hook (trap_hook.c)
+ * instead of stopping the emulator.  It does not return.  (Unicorn's guard
+ * around the hook call is empty on Linux; on Apple's JIT it would not be.)
+ */
+#define PAGE_FAULT 14
+
+static void raise_page_fault(struct fill_table *table)
+{
+	table->raise_fault = 0;
+	table->raise_err(table->env, PAGE_FAULT, (int)table->fault_errcode);
+}
+
 bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *result, void *data)
 {
 	struct fill_table *table = data;
@@ -293,6 +317,8 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	 * then it is kept here, for the same kind of access from the same ring. */
 	table->keep = 0;
 	answered = table->python(uc, vaddr, type, result, NULL);
+	if (!answered && table->raise_fault)
+		raise_page_fault(table);
 	if (answered && table->keep) {
 		if (class == -2)
 			class = access_class(table, uc, vaddr, type);

@@ -25,8 +25,12 @@ the Switcher's STATE_PAGE (interrupts.c delivers only when it can), and for that
 the page tables also keep the kernel-write answer a shadow entry gives to a frame
 Python pushed (`keep_kernel_write`, `keep_where`).
 
-What it owns: the table, the C hook's installation in one engine, and the count
-of misses answered without Python (--stats).
+A refusal the page tables give may become the Guest's #PF raised by the CPU
+itself, without stopping the emulator (`raise_page_fault`, when the Host says so
+from inside the Python hook; see the Guest's `_cpu_page_fault`).
+
+What it owns: the table, the C hook's installation in one engine, the count
+of misses answered without Python (--stats), and the switch to raise a fault.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ class _Table(ctypes.Structure):
                 ("delivering", ctypes.c_int32), ("python", FillHook),
                 ("served", ctypes.c_uint64), ("reread", ctypes.c_uint64), ("tlb_epoch", ctypes.c_uint64),
                 ("lost_track", ctypes.c_int32), ("current", ctypes.c_uint32),
-                ("generation", ctypes.c_uint64 * TABLES), ("slot", ctypes.c_void_p))
+                ("generation", ctypes.c_uint64 * TABLES), ("slot", ctypes.c_void_p),
+                ("raise_fault", ctypes.c_int32), ("fault_errcode", ctypes.c_uint32), ("env", ctypes.c_void_p),
+                ("raise_err", ctypes.c_void_p))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
@@ -121,6 +127,7 @@ class FillAnswers:
         self._may_hold.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
         self._may_hold.restype = ctypes.c_bool
         self._address = ctypes.addressof(table)
+        self._old_exception: ctypes.c_int32 | None = None  # the CPU's "exception in flight"
         self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
 
     @property
@@ -148,6 +155,31 @@ class FillAnswers:
         self._table.python_decides = ask
         if ask:
             self._table.delivering = 0
+
+    def let_cpu_raise(self, env: int, old_exception_at: int) -> bool:
+        """Let the C hook make the CPU raise the Guest's #PF itself (`raise_page_fault`):
+        `env` is the engine's CPUX86State, `old_exception_at` the offset of its "exception
+        in flight" field.  False if this emulator does not export QEMU's raise."""
+        raise_err = getattr(uclib, "raise_exception_err_x86_64", None)
+        if raise_err is None:
+            return False
+        self._table.env = env
+        self._table.raise_err = ctypes.cast(raise_err, ctypes.c_void_p).value
+        self._old_exception = ctypes.c_int32.from_address(env + old_exception_at)
+        return True
+
+    def may_raise(self) -> bool:
+        """Can the refusal being answered become a #PF the CPU raises itself?  Only from
+        inside the C hook while it decides alone (no exit pending, the Host not loading
+        outside the emulator), and with no exception in flight, which QEMU would turn
+        into a double fault."""
+        old = self._old_exception
+        return old is not None and old.value == -1 and not self._table.python_decides
+
+    def raise_page_fault(self, errcode: int) -> None:
+        """Answer this refusal by having the CPU raise #PF(errcode) (fills.c), instead
+        of stopping the emulator."""
+        self._table.fault_errcode, self._table.raise_fault = errcode, 1
 
     def use(self, which: int) -> None:
         """The current shadow changed: its table answers from now on."""

@@ -35,6 +35,8 @@ enum gate_kind {
 	ASK_PYTHON,
 	DIRECT,		/* a trap gate lguest sent straight to the Guest */
 	REFLECT_INT,	/* an interrupt gate, reflected when an `int n` raised it */
+	REFLECT_FAULT,	/* a page fault, reflected through the Guest's trap gate */
+	REFLECT_FAULT_IRQS_OFF,	/* ... through its interrupt gate */
 };
 
 struct fill_table;	/* fills.c */
@@ -180,7 +182,7 @@ bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table)
 	/* An `int n` the gate forbids is Python's #GP, with EIP at the `int`; QEMU's
 	 * would point past it.  And QEMU pushes no error code for an `int n`. */
 	if (hflags & HF_VM_MASK || (cpl != GUEST_PL && cpl != 3) ||
-	    (kind == REFLECT_INT && !software) ||
+	    (kind == REFLECT_INT && !software) || (kind >= REFLECT_FAULT && software) ||
 	    (software && (cpl > ((load32(gate + 4) >> 13) & 3) || has_error_code(vector))) ||
 	    reg(table, uc, table->reg_eip) >= table->switcher ||
 	    !flat_kernel_segment(table, table->kernel_cs, CODE_SEGMENT))
@@ -202,7 +204,7 @@ bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table)
 	frame = frame_in_ram(table, esp, 4 * words);
 	if (frame == NULL)
 		return false;
-	if (kind == REFLECT_INT) {
+	if (kind != DIRECT) {
 		if ((uint64_t)table->irq_enabled + 4 > table->ram_size)
 			return false;
 		irq_enabled = load32(table->ram + table->irq_enabled);
@@ -212,19 +214,22 @@ bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table)
 	table->do_interrupt(table->cpu);
 	lguest_fills_delivering(table->fills, false);
 
-	if (kind == REFLECT_INT) {
-		/*
-		 * lguest's reflection through an interrupt gate: the real gate is a
-		 * trap gate, so the CPU's IF stays set; the Guest's virtual one goes
-		 * off, and the pushed EFLAGS says what it was (eip, cs, eflags: no
-		 * error code after an `int n`).
-		 */
-		if (!(irq_enabled & X86_EFLAGS_IF))
-			store32(frame + 8, load32(frame + 8) & ~X86_EFLAGS_IF);
-		store32(table->ram + table->irq_enabled, 0);
-		table->reflected++;
-	} else {
+	if (kind == DIRECT) {
 		table->direct++;
+	} else {
+		/*
+		 * lguest's reflection: the real gate is a trap gate, so the CPU's IF
+		 * stays set; the pushed EFLAGS (above eip and cs, and the error code
+		 * if one was pushed) says what irq_enabled said, and an interrupt
+		 * gate turns the Guest's virtual IF off.
+		 */
+		uint8_t *eflags = frame + 4 * (2 + (!software && has_error_code(vector)));
+
+		if (!(irq_enabled & X86_EFLAGS_IF))
+			store32(eflags, load32(eflags) & ~X86_EFLAGS_IF);
+		if (kind != REFLECT_FAULT)
+			store32(table->ram + table->irq_enabled, 0);
+		table->reflected++;
 	}
 	return true;
 }

@@ -22,6 +22,7 @@ from unicorn.x86_const import UC_X86_REG_EIP, UC_X86_REG_ESP
 
 from lguest import abi
 from lguest.host import native
+from lguest.host.native_hypercalls import only_counts
 from lguest.host.switcher import GDT_ADDR, IDT_ADDR, STATE_PAGE, TSS_ADDR
 
 if TYPE_CHECKING:
@@ -254,12 +255,17 @@ def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool
 # said, and irq_enabled goes to 0.  The C hook delivers only when every access the CPU will
 # make is one the C fill hook answers and the frame lands where the Python path would write
 # it; anything else comes to Python as before, which is also the whole of `--no-native`.
+# Page faults the Guest must handle go the same way: the C fill hook has the CPU raise the
+# #PF (after Python refused the access and told cr2), and gate 14, marked for it after
+# INIT, gets lguest's reflection rules whether the Guest made it a trap or interrupt gate.
 class GateKind(IntEnum):
     """What interrupts.c may do with a vector (its enum gate_kind)."""
 
     ASK_PYTHON = 0
     DIRECT = 1  # lguest sent it straight to the Guest
     REFLECT_INT = 2  # an interrupt gate: reflected, when an `int n` the gate allows raised it
+    REFLECT_FAULT = 3  # a page fault the CPU raised itself, reflected through a trap gate
+    REFLECT_FAULT_IRQS_OFF = 4  # ... through an interrupt gate (irq_enabled goes to 0)
 
 
 def cpu_delivery(guest: Guest, vector: int) -> GateKind:
@@ -269,6 +275,9 @@ def cpu_delivery(guest: Guest, vector: int) -> GateKind:
     (--no-native traces every reflection)."""
     if sent_direct(guest, vector):
         return GateKind.DIRECT
+    if vector == abi.Trap.PF and guest.lguest_data is not None and guest.idt.present(vector):
+        interrupt_gate = gate_type(guest.idt.entries[vector][1]) == abi.GATE_INTERRUPT
+        return GateKind.REFLECT_FAULT_IRQS_OFF if interrupt_gate else GateKind.REFLECT_FAULT
     if (guest.lguest_data is not None and could_be_direct(vector, guest.syscall_vector)
             and guest.idt.present(vector)):
         return GateKind.REFLECT_INT
@@ -320,6 +329,9 @@ class NativeGates:
         table.gdt_at, table.tss_at, table.idt_at = (address - STATE_PAGE for address in (GDT_ADDR, TSS_ADDR,
                                                                                          IDT_ADDR))
         table.kernel_cs, table.switcher = abi.KERNEL_CS, abi.SWITCHER_ADDR
+        # Page faults the CPU raises itself (fills.c) only where no tracer must see each one.
+        self.raise_faults = (only_counts(guest.tracer) and switcher.fill_answers.let_cpu_raise(
+            cpu.env, cpu.env_offset(layout.old_exception)))
         library = native.library()
         library.lguest_gate_table_size.restype = ctypes.c_size_t
         if library.lguest_gate_table_size() != ctypes.sizeof(_GateTable):
@@ -349,6 +361,11 @@ class NativeGates:
     @property
     def reflected(self) -> int:
         return self._table.reflected
+
+    def cpu_raises_fault(self) -> bool:
+        """May a page fault the Guest must handle be raised and delivered by the CPU
+        (its gate 14 is marked for it)?  Else it leaves the emulator."""
+        return self.raise_faults and self._table.kind[abi.Trap.PF] != GateKind.ASK_PYTHON
 
     def update(self, vector: int) -> None:
         """The Guest's gate for `vector` changed."""

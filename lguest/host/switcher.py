@@ -39,7 +39,7 @@ import mmap
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, auto
 from typing import Protocol
 
@@ -216,6 +216,7 @@ class Exit:
     fetch: bool = False  # the fault was an instruction fetch
     software: bool = False  # raised by an `int n`-style instruction (EIP is past it)
     insn_len: int = 0  # length of that instruction
+    cr2: int | None = None  # for PAGE_FAULT: the exact address, if the Host already told the Guest
 
 
 class Mmu(Protocol):
@@ -326,6 +327,10 @@ class Switcher:
         self._hook_depth = 0  # a hook may call Unicorn, which may call another hook
         self.python_fills = 0
         self.python_direct_traps = 0
+        # A refused fill the CPU raises as the Guest's #PF itself: the Host's word on the
+        # fault (it returns the exact cr2 it told the Guest, or None: leave the emulator).
+        self.cpu_page_fault: Callable[[Exit], int | None] | None = None
+        self._raised: tuple[Exit, int] | None = None  # that fault and its cr2, for the interrupt hook
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
         self._odd_code: set[int] = set()  # GDT entries that ever held code the entry gate cannot run in
         self._install_switcher_pages()
@@ -678,6 +683,7 @@ class Switcher:
 
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
+        self._raised = None
         self._native_ask_python(False)
         self.runs += 1
         started, hooks_before = time.perf_counter(), self.in_hooks
@@ -843,6 +849,12 @@ class Switcher:
             errcode, software, insn_len = 0, True, 2
         else:
             errcode, software = self.context.finish_exception()
+            if vector == abi.Trap.PF and not software and self._raised is not None:
+                # A fault fills.c had the CPU raise, which interrupts.c did not deliver:
+                # it leaves the emulator as if the fill had refused it (cr2 is told).
+                (fault, cr2), self._raised = self._raised, None
+                self._leave(replace(fault, cr2=cr2))
+                return
             if self.get("eip") >> 12 == CODE_PAGE >> 12:
                 # A fault in the trampoline: the Guest's segments or frame were bad.
                 self._leave(Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, errcode))
@@ -939,9 +951,25 @@ class Switcher:
         if answer is None:
             answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
-            self._leave(Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch))
+            fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch)
+            if not self._raise_in_cpu(fault):
+                self._leave(fault)
             return False
         entry.paddr, entry.perms = answer
+        return True
+
+    def _raise_in_cpu(self, fault: Exit) -> bool:
+        """Have the CPU raise this page fault itself, without an exit, if the C fill hook
+        is asking and the Host says the Guest's gate may take it (cr2 then told)."""
+        answers = self.fill_answers
+        if (answers is None or self.cpu_page_fault is None or self._frame is not None
+                or not answers.may_raise()):
+            return False
+        cr2 = self.cpu_page_fault(fault)
+        if cr2 is None:
+            return False
+        self._raised = fault, cr2
+        answers.raise_page_fault(fault.errcode)
         return True
 
     def _switcher_translation(self, vaddr: int, write: bool, fetch: bool,
