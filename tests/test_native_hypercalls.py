@@ -91,8 +91,8 @@ test_main:
 	jne fail
 	POWEROFF
 """ + FAIL
-SERVED_IN_C = 9  # five sync SET_PTEs; slot 0, then slots 3, 4 and 5
-SYNC_SERVED_IN_C = 5
+SERVED_IN_C = 11  # five sync SET_PTEs, two NEW_PGTABLEs back to a shadow; slot 0, then 3, 4, 5
+SYNC_SERVED_IN_C = 7
 TABLES = ("page_table", "kernel_pt", "user_a", "user_b")
 
 

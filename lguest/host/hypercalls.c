@@ -5,7 +5,8 @@
  * A fork is a storm of SET_PTE hypercalls, each of which used to stop the
  * emulator, run a Python handler and start it again.  Here the hook serves
  * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, SEND_INTERRUPTS
- * when no interrupt waits, and SET_PGD of a directory no shadow holds, from a
+ * when no interrupt waits, SET_PGD of a directory no shadow holds, and
+ * NEW_PGTABLE to a directory a shadow holds (a context switch), from a
  * table the Host keeps (native_hypercalls.py): where the ring is, the Host's
  * cursor into it (one copy, shared with Python), and what SET_PTE's rule needs
  * to know of the shadow page tables (which directory each shadow holds, where
@@ -15,7 +16,9 @@
  * that page are forgotten in every shadow it touches (fills.c), and the page
  * leaves the emulator's TLB (QEMU's own tlb_flush_page).  Its effect on the
  * Python shadows is logged, and the page tables replay the log before they
- * next read or change a shadow.  A SET_PTE that touches no shadow needs
+ * next read or change a shadow; so is a NEW_PGTABLE's switch, in its place
+ * among them, after the emulator's whole TLB went and the fill hook turned to
+ * the new shadow's answers.  A SET_PTE that touches no shadow needs
  * neither: most of a fork's are for the child's directory, not yet shadowed.
  *
  * Everything unusual goes to the Switcher's Python hook exactly as if this
@@ -38,14 +41,20 @@
 
 enum { EAX, EBX, ECX, EDX, ESI, CS, EFLAGS };
 
-struct logged_pte {			/* one SET_PTE the shadows have yet to see */
+enum { LOGGED_SET_PTE, LOGGED_SWITCH };
+
+struct logged_change {			/* one change the shadows have yet to see, in order */
+	uint32_t what;			/* LOGGED_SET_PTE, or LOGGED_SWITCH to pgdir's shadow */
 	uint32_t pgdir;
 	uint32_t vaddr;
+	uint32_t unused;
 	uint64_t pte;
 };
 
 struct fill_table;			/* fills.c */
 void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page);
+bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page);
+void lguest_fills_switch(struct fill_table *table, uint32_t which);
 
 struct hcall_table {
 	/* The machine, set once. */
@@ -53,12 +62,13 @@ struct hcall_table {
 	int32_t regs[REGS];		/* UC_X86_REG_ ids of eax, ebx, ecx, edx, esi, cs, eflags */
 	int32_t guest_pl;		/* the ring hypercalls come from */
 	void (*tlb_flush_page)(void *cpu, uint64_t page);	/* QEMU's, on the engine's CPU */
+	void (*tlb_flush)(void *cpu);				/* QEMU's, the whole TLB */
 	void *cpu;
 	struct fill_table *fills;
 	uint8_t *ram;
 	uint64_t ram_size;
 	/* The ABI, set once. */
-	uint32_t flush_async, set_pte, set_pgd, send_interrupts;	/* the calls served here */
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable;	/* served here */
 	uint32_t top_entries;		/* SET_PGD's index must be below this */
 	uint32_t irq_pending_offset;	/* the Host's hint in lguest_data: an irq waits */
 	uint32_t status_offset, slots_offset, slot_size, ring_size;
@@ -75,11 +85,12 @@ struct hcall_table {
 	uint32_t shadows;		/* shadows 0..shadows-1 are in use */
 	uint32_t current;		/* the current shadow */
 	uint32_t pgdir[SHADOWS];
+	uint32_t stack_top, stack_pages;	/* SET_STACK's pages, which must stay mapped */
 	/* What this file did. */
 	uint64_t served[CALLS];		/* by call number */
 	uint64_t total;			/* all of them */
 	uint32_t logged;
-	struct logged_pte log[LOG_ENTRIES];
+	struct logged_change log[LOG_ENTRIES];
 };
 
 /* For the Python side to check its copy of the layout. */
@@ -127,7 +138,7 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 	uint64_t pte = lo | (t->nx_mask ? (uint64_t)hi << 32 : 0);
 	uint32_t page = vaddr & ~0xFFFu;
 	uint32_t touched;
-	struct logged_pte *entry;
+	struct logged_change *entry;
 
 	if (vaddr >= t->switcher)
 		return false;
@@ -137,6 +148,7 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 	if (prefill_would_kill(t, pte) || t->logged >= LOG_ENTRIES)
 		return false;
 	entry = &t->log[t->logged++];
+	entry->what = LOGGED_SET_PTE;
 	entry->pgdir = pgdir;
 	entry->vaddr = vaddr;
 	entry->pte = pte;
@@ -145,6 +157,50 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 			lguest_fills_forget(t->fills, i, page);
 	if (touched & (1u << t->current))
 		t->tlb_flush_page(t->cpu, page);
+	return true;
+}
+
+/*
+ * Is every SET_STACK page answered for a kernel write in shadow `which` (§6.8: the
+ * stack stays mapped in every address space)?  Such an answer comes from an entry
+ * the shadow holds, present, writable and dirty, so the page tables' own pinning
+ * would find nothing to do and no reason to kill.
+ */
+static bool stack_pinned(const struct hcall_table *t, uint32_t which)
+{
+	for (uint32_t i = 0; i < t->stack_pages; i++) {
+		uint32_t page = (t->stack_top - 1 - i * 0x1000u) & ~0xFFFu;
+
+		if (!lguest_fills_kept_kernel_write(t->fills, which, page))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * NEW_PGTABLE of a directory a shadow already holds (its format was checked when
+ * that shadow was made): the emulator's whole TLB goes, the fill hook answers from
+ * that shadow, and the switch is logged in order with the SET_PTEs around it.  A
+ * directory no shadow holds (a new shadow, linear mode's end) is Python's.
+ */
+static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
+{
+	struct logged_change *entry;
+	uint32_t which;
+
+	for (which = 0; which < t->shadows && which < SHADOWS; which++)
+		if (t->pgdir[which] == pgdir)
+			break;
+	if (which == t->shadows || which == SHADOWS || !stack_pinned(t, which) || t->logged >= LOG_ENTRIES)
+		return false;
+	entry = &t->log[t->logged++];
+	entry->what = LOGGED_SWITCH;
+	entry->pgdir = pgdir;
+	entry->vaddr = 0;
+	entry->pte = 0;
+	t->current = which;
+	lguest_fills_switch(t->fills, which);
+	t->tlb_flush(t->cpu);
 	return true;
 }
 
@@ -159,6 +215,13 @@ static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
 	return true;
 }
 
+/* Is this a call this file may serve (it still may pass it on)? */
+static bool served_here(const struct hcall_table *t, uint32_t nr)
+{
+	return nr == t->flush_async || nr == t->set_pte || nr == t->set_pgd ||
+	       nr == t->send_interrupts || nr == t->new_pgtable;
+}
+
 /* One call, from the registers or a ring slot; false: Python must do it. */
 static bool serve(struct hcall_table *t, const uint32_t args[5])
 {
@@ -170,10 +233,12 @@ static bool serve(struct hcall_table *t, const uint32_t args[5])
 		done = set_pgd(t, args[1], args[2]);
 	else if (args[0] == t->set_pte)
 		done = set_pte(t, args[1], args[2], args[3], args[4]);
+	else if (args[0] == t->new_pgtable)
+		done = new_pgtable(t, args[1]);
 	else
 		done = false;
 	if (done) {
-		t->served[args[0] % CALLS]++;	/* only 0 and 14 get here */
+		t->served[args[0] % CALLS]++;	/* only the served calls, all below CALLS */
 		t->total++;
 	}
 	return done;
@@ -219,8 +284,7 @@ bool lguest_native_hypercall(void *uc, struct hcall_table *t)
 		return false;
 	for (int i = 0; i < 5; i++)
 		args[i] = (uint32_t)values[EAX + i];
-	if (args[0] != t->flush_async && args[0] != t->set_pte && args[0] != t->set_pgd &&
-	    args[0] != t->send_interrupts)
+	if (!served_here(t, args[0]))
 		return false;	/* before the ring: Python drains it, then runs the call */
 	if (!in_ram(t, (uint64_t)t->lguest_data + t->irq_pending_offset, 4) ||
 	    *(uint32_t *)(t->ram + t->lguest_data + t->irq_pending_offset))

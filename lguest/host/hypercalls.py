@@ -160,6 +160,9 @@ def hcall_shutdown(guest: Guest, reason_gpa: int, how: int, *_: int) -> None:
 def hcall_new_pgtable(guest: Guest, pgdir: int, *_: int) -> None:
     """NEW_PGTABLE (§6.4), refusing tables in the other format than the Guest's mode."""
     pages = guest.pages
+    if pages.holds(pgdir):  # checked when its shadow was made (so C switches to it unchecked)
+        pages.new_pgtable(pgdir)
+        return
     wrong = mismatch(pages.format, guest.memory, pgdir, guest.switcher.get("eip"), pages.pfn_limit)
     if wrong:
         guest.kill(wrong)

@@ -51,29 +51,32 @@ LOG_ENTRIES = 1024
 CALLS = 32
 REGS = (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_ESI,
         UC_X86_REG_CS, UC_X86_REG_EFLAGS)
-LOGGED_PTE = struct.Struct("<IIQ")  # struct logged_pte: pgdir, vaddr, pte
+LOGGED = struct.Struct("<III4xQ")  # struct logged_change: what, pgdir, vaddr, pte
+LOGGED_SET_PTE, LOGGED_SWITCH = 0, 1  # what a logged change is
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 
 
-class _LoggedPte(ctypes.Structure):
-    _fields_ = (("pgdir", U32), ("vaddr", U32), ("pte", U64))
+class _Logged(ctypes.Structure):
+    _fields_ = (("what", U32), ("pgdir", U32), ("vaddr", U32), ("unused", U32), ("pte", U64))
 
 
 class _Table(ctypes.Structure):
     """struct hcall_table of hypercalls.c."""
 
     _fields_ = (("reg_read_batch", ctypes.c_void_p), ("regs", ctypes.c_int32 * len(REGS)),
-                ("guest_pl", ctypes.c_int32), ("tlb_flush_page", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
+                ("guest_pl", ctypes.c_int32), ("tlb_flush_page", ctypes.c_void_p),
+                ("tlb_flush", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
                 ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
                 ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
-                ("top_entries", U32), ("irq_pending_offset", U32),
+                ("new_pgtable", U32), ("top_entries", U32), ("irq_pending_offset", U32),
                 ("status_offset", U32), ("slots_offset", U32),
                 ("slot_size", U32), ("ring_size", U32), ("free", U32), ("switcher", U32),
                 ("present", U64), ("accessed", U64), ("dirty", U64), ("pse", U64),
                 ("ready", ctypes.c_int32), ("lguest_data", U32), ("next_hcall", U32), ("kernel_address", U32),
                 ("pfn_mask", U64), ("nx_mask", U64), ("pfn_limit", U64), ("device_limit", U64),
                 ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS),
-                ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _LoggedPte * LOG_ENTRIES))
+                ("stack_top", U32), ("stack_pages", U32),
+                ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _Logged * LOG_ENTRIES))
 
 
 def only_counts(tracer: Tracer | None) -> bool:
@@ -106,11 +109,13 @@ class NativeHypercalls:
         table.regs[:] = REGS
         table.guest_pl = abi.GUEST_PL
         table.tlb_flush_page = ctypes.cast(uclib.tlb_flush_page_x86_64, ctypes.c_void_p).value
+        table.tlb_flush = ctypes.cast(uclib.tlb_flush_x86_64, ctypes.c_void_p).value
         table.cpu = cpu.cpu
         table.fills = switcher.fill_answers.address
         table.ram, table.ram_size = ram, ram_size
         table.flush_async, table.set_pte = Hcall.FLUSH_ASYNC, Hcall.SET_PTE
         table.set_pgd, table.send_interrupts = Hcall.SET_PGD, Hcall.SEND_INTERRUPTS
+        table.new_pgtable = Hcall.NEW_PGTABLE
         table.irq_pending_offset = LguestData.IRQ_PENDING
         table.status_offset, table.slots_offset = LguestData.HCALL_STATUS, LguestData.HCALLS
         table.slot_size, table.ring_size = LguestData.HCALL_SIZE, abi.LHCALL_RING_SIZE
@@ -137,25 +142,28 @@ class NativeHypercalls:
         self._table.next_hcall = n
 
     def shadows_are(self, fmt: PageFormat, kernel_address: int, pfn_limit: int, device_limit: int,
-                    pgdirs: list[int], current: int) -> None:
-        """What SET_PTE's rule needs, as the page tables have it now (their log replayed)."""
+                    pgdirs: list[int], current: int, stack: tuple[int, int]) -> None:
+        """What SET_PTE's and NEW_PGTABLE's rules need, as the page tables have it now
+        (their log replayed): `stack` is SET_STACK's (top, pages)."""
         table = self._table
         table.pfn_mask, table.nx_mask, table.top_entries = fmt.pfn_mask, fmt.nx_mask, fmt.top_entries
         table.kernel_address, table.pfn_limit, table.device_limit = kernel_address, pfn_limit, device_limit
         table.shadows = len(pgdirs)
         table.pgdir[:len(pgdirs)] = pgdirs
         table.current = current
+        table.stack_top, table.stack_pages = stack
 
     # --- what C did ---------------------------------------------------------------------------
-    def take_log(self) -> list[tuple[int, int, int]]:
-        """The SET_PTEs C served that touched a shadow, oldest first (and the log emptied)."""
+    def take_log(self) -> list[tuple[int, int, int, int]]:
+        """(what, pgdir, vaddr, pte) of each SET_PTE C served that touched a shadow and of
+        each switch to a shadow (NEW_PGTABLE), oldest first (and the log emptied)."""
         table = self._table
         count = table.logged
         if not count:
             return []
         table.logged = 0
-        raw = ctypes.string_at(ctypes.addressof(table.log), count * LOGGED_PTE.size)
-        return list(LOGGED_PTE.iter_unpack(raw))
+        raw = ctypes.string_at(ctypes.addressof(table.log), count * LOGGED.size)
+        return list(LOGGED.iter_unpack(raw))
 
     def take_counts(self) -> list[tuple[int, int]]:
         """(call number, how many) C served since last asked (cheap when none)."""

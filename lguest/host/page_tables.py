@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from lguest import abi
 from lguest.host.memory import GuestMemory, hex32
+from lguest.host.native_hypercalls import LOGGED_SWITCH
 from lguest.host.pgformat import PAE, TWO_LEVEL, PageFormat
 from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
 
@@ -102,17 +103,28 @@ class PageTables:
         """What SET_PTE's rule needs, to C, wherever it changes here (after `catch_up`)."""
         if self.native is not None:
             self.native.shadows_are(self.format, self._kernel_address, self.pfn_limit, self.device_limit,
-                                    [shadow.pgdir for shadow in self.shadows], self.current.table)
+                                    [shadow.pgdir for shadow in self.shadows], self.current.table,
+                                    (self.stack_top, self.stack_pages))
 
     def catch_up(self) -> None:
-        """Replay into the shadows the SET_PTEs C served: every entry point that reads or
-        changes a shadow, or what the rule depends on, calls this first.  C already took
-        each page out of the emulator's TLB, so none of them marks the TLB stale."""
+        """Replay into the shadows the SET_PTEs and switches C served, in order: every
+        entry point that reads or changes a shadow, or what the rules depend on, calls
+        this first.  C already took each page (each switch: everything) out of the
+        emulator's TLB, so none of them marks the TLB stale."""
         if self.native is None:
             return
-        for pgdir, vaddr, pte in self.native.take_log():
-            if self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
+        for what, pgdir, vaddr, pte in self.native.take_log():
+            if what == LOGGED_SWITCH:
+                self._switched_in_c(pgdir)
+            elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
+
+    def _switched_in_c(self, pgdir: int) -> None:
+        """NEW_PGTABLE to a shadow we hold, served in C: the fill hook answers from it
+        already, the emulator's TLB was flushed, and the stack was pinned there (C checks
+        it has a kernel-write answer, so `pin_stack` would find nothing to do)."""
+        self.current = next(s for s in self.shadows if s.pgdir == pgdir)
+        self.tlb_may_hold = set(self.current.answered)
 
     @property
     def kernel_address(self) -> int:
@@ -141,6 +153,7 @@ class PageTables:
         """The CPU itself may write a trap frame here (interrupts.c): if the current
         shadow allows a kernel write as it stands (DIRTY already set), keep the answer
         `translate` would give, as if the miss had come (no side effect on the Guest)."""
+        self.catch_up()
         page = vaddr & ~0xFFF
         gpte = self.current.ptes.get(page)
         if (self.answers is None or gpte is None or not self._allows(gpte, True, False, False)
@@ -171,6 +184,8 @@ class PageTables:
 
     @property
     def pgdir(self) -> int:
+        """The current Guest directory (C may have switched: replayed first)."""
+        self.catch_up()
         return self.current.pgdir
 
     # --- demand_page ------------------------------------------------------------------------
@@ -216,7 +231,7 @@ class PageTables:
             return 0, 0
         if not walked:
             return 0, gpte
-        return self.memory.read_u32(self.pgdir + (page >> abi.PGDIR_SHIFT) * 4), gpte
+        return self.memory.read_u32(self.current.pgdir + (page >> abi.PGDIR_SHIFT) * 4), gpte
 
     def demand_page(self, vaddr: int, write: bool, user: bool,
                     fetch: bool = False) -> tuple[int | None, int]:
@@ -286,7 +301,8 @@ class PageTables:
         vaddr &= 0xFFFFFFFF
         if self.linear:
             return 0, (vaddr & ~0xFFF) | LINEAR_PTE_FLAGS
-        pte_gpa, gpte, bad = self.format.walk(self.memory, self.pgdir, vaddr, self.pfn_limit, quiet)
+        self.catch_up()
+        pte_gpa, gpte, bad = self.format.walk(self.memory, self.current.pgdir, vaddr, self.pfn_limit, quiet)
         if bad and not quiet:
             self.kill(bad)
         return pte_gpa, gpte
@@ -330,6 +346,11 @@ class PageTables:
         return stale
 
     # --- what the hypercalls change ---------------------------------------------------------
+    def holds(self, pgdir: int) -> bool:
+        """Does a shadow hold this Guest directory (never in linear mode)?"""
+        self.catch_up()
+        return any(shadow.pgdir == pgdir for shadow in self.shadows)
+
     def new_pgtable(self, pgdir: int) -> None:
         """NEW_PGTABLE (§6.4): switch to the shadow of the Guest's directory at `pgdir`."""
         self.catch_up()
@@ -451,13 +472,19 @@ class PageTables:
     # --- the kernel stack (§6.8) ----------------------------------------------------------------
     def set_stack(self, top: int, pages: int) -> None:
         """SET_STACK: these pages below `top` must stay mapped and writable."""
+        self.catch_up()
         self.stack_top, self.stack_pages = top, pages
+        self._tell_native()
         self.pin_stack()
 
     def pin_stack(self) -> None:
-        """Make sure the SET_STACK pages are mapped and writable (else `bad stack page`)."""
+        """Make sure the SET_STACK pages are mapped and writable (else `bad stack page`).
+
+        The C hook keeps each kernel-write answer: a NEW_PGTABLE back to this shadow
+        is served in C only while it holds them (hypercalls.c `stack_pinned`)."""
         for i in range(self.stack_pages):
             page = (self.stack_top - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
             if isinstance(self.translate(page, True, False, False), int):
                 self.kill(f"bad stack page {hex32(page)}")
                 return
+            self.keep_kernel_write(page)
