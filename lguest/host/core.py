@@ -138,8 +138,7 @@ class Guest:
         self.hcall_pending = False
         self.halted = False
         self.ts = 0
-        self.ss1 = 0  # SET_STACK: where traps from user mode land
-        self.esp1 = 0
+        self._kernel_stack = (0, 0)  # SET_STACK's ss1, esp1: where traps from user mode land
         self.irqs_pending = 0
         self.stats: Counter[str] = Counter()  # hypercalls, reflected traps, interrupts (--stats)
         self._irq_lock = threading.Lock()
@@ -168,7 +167,7 @@ class Guest:
         self.switcher.close()
         self._ram_anchor = None
 
-    # --- what C shares: the async ring and the Host's cursor into it (native_hypercalls.py) --
+    # --- what C shares: the async ring, the Host's cursor, SET_STACK's stack (native_hypercalls.py)
     @property
     def lguest_data(self) -> int | None:
         return self._lguest_data
@@ -189,6 +188,18 @@ class Guest:
             self._next_hcall = n
         else:
             self.native_hcalls.next_hcall = n
+
+    @property
+    def ss1(self) -> int:
+        return self._shared_kernel_stack[0]
+
+    @property
+    def esp1(self) -> int:
+        return self._shared_kernel_stack[1]
+
+    @property
+    def _shared_kernel_stack(self) -> tuple[int, int]:
+        return self._kernel_stack if self.native_hcalls is None else self.native_hcalls.kernel_stack
 
     # --- death ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
@@ -324,7 +335,10 @@ class Guest:
 
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         """SET_STACK's stack: where traps from user mode land (ours, and the CPU's TSS)."""
-        self.ss1, self.esp1 = ss, esp
+        if self.native_hcalls is None:
+            self._kernel_stack = ss, esp
+        else:
+            self.native_hcalls.kernel_stack = ss, esp
         self.switcher.set_kernel_stack(ss, esp)
 
     @property

@@ -6,7 +6,8 @@
  * emulator, run a Python handler and start it again.  Here the hook serves
  * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, SEND_INTERRUPTS
  * when no interrupt waits, SET_PGD of a directory no shadow holds, and
- * NEW_PGTABLE to a directory a shadow holds (a context switch), from a
+ * NEW_PGTABLE to a directory a shadow holds and SET_STACK to a stack it holds
+ * (a context switch), from a
  * table the Host keeps (native_hypercalls.py): where the ring is, the Host's
  * cursor into it (one copy, shared with Python), and what SET_PTE's rule needs
  * to know of the shadow page tables (which directory each shadow holds, where
@@ -32,6 +33,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
 
 #define SHADOWS 4			/* page_tables.SHADOW_SLOTS */
 #define LOG_ENTRIES 1024
@@ -68,7 +70,10 @@ struct hcall_table {
 	uint8_t *ram;
 	uint64_t ram_size;
 	/* The ABI, set once. */
-	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable;	/* served here */
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack;	/* served here */
+	uint32_t max_stack_pages;	/* SET_STACK's limit */
+	uint8_t *tss;			/* the TSS the CPU reads (in the Switcher's STATE_PAGE) */
+	uint32_t tss_esp1, tss_ss1;	/* where in it a trap from ring 3 finds the ring-1 stack */
 	uint32_t top_entries;		/* SET_PGD's index must be below this */
 	uint32_t irq_pending_offset;	/* the Host's hint in lguest_data: an irq waits */
 	uint32_t status_offset, slots_offset, slot_size, ring_size;
@@ -85,7 +90,8 @@ struct hcall_table {
 	uint32_t shadows;		/* shadows 0..shadows-1 are in use */
 	uint32_t current;		/* the current shadow */
 	uint32_t pgdir[SHADOWS];
-	uint32_t stack_top, stack_pages;	/* SET_STACK's pages, which must stay mapped */
+	uint32_t ss1, esp1;		/* SET_STACK's stack: the only copy, Python's too */
+	uint32_t stack_top, stack_pages;	/* and its pages, which must stay mapped */
 	/* What this file did. */
 	uint64_t served[CALLS];		/* by call number */
 	uint64_t total;			/* all of them */
@@ -161,15 +167,15 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 }
 
 /*
- * Is every SET_STACK page answered for a kernel write in shadow `which` (§6.8: the
+ * Is every page of a stack answered for a kernel write in shadow `which` (§6.8: the
  * stack stays mapped in every address space)?  Such an answer comes from an entry
  * the shadow holds, present, writable and dirty, so the page tables' own pinning
  * would find nothing to do and no reason to kill.
  */
-static bool stack_pinned(const struct hcall_table *t, uint32_t which)
+static bool stack_pinned(const struct hcall_table *t, uint32_t which, uint32_t top, uint32_t pages)
 {
-	for (uint32_t i = 0; i < t->stack_pages; i++) {
-		uint32_t page = (t->stack_top - 1 - i * 0x1000u) & ~0xFFFu;
+	for (uint32_t i = 0; i < pages; i++) {
+		uint32_t page = (top - 1 - i * 0x1000u) & ~0xFFFu;
 
 		if (!lguest_fills_kept_kernel_write(t->fills, which, page))
 			return false;
@@ -191,7 +197,7 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 	for (which = 0; which < t->shadows && which < SHADOWS; which++)
 		if (t->pgdir[which] == pgdir)
 			break;
-	if (which == t->shadows || which == SHADOWS || !stack_pinned(t, which) || t->logged >= LOG_ENTRIES)
+	if (which == t->shadows || which == SHADOWS || !stack_pinned(t, which, t->stack_top, t->stack_pages) || t->logged >= LOG_ENTRIES)
 		return false;
 	entry = &t->log[t->logged++];
 	entry->what = LOGGED_SWITCH;
@@ -201,6 +207,27 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 	t->current = which;
 	lguest_fills_switch(t->fills, which);
 	t->tlb_flush(t->cpu);
+	return true;
+}
+
+/*
+ * SET_STACK (§6.8) whose pages the current shadow already holds for a kernel write:
+ * the Host's copy and the TSS change, and the page tables' pinning would find nothing
+ * to do.  A bad segment or page count (a kill) and a stack not yet pinned: Python.
+ */
+static bool set_stack(struct hcall_table *t, uint32_t ss, uint32_t esp, uint32_t pages)
+{
+	uint16_t ss16 = (uint16_t)ss;
+
+	if ((ss & 3) != (uint32_t)t->guest_pl || pages > t->max_stack_pages ||
+	    !stack_pinned(t, t->current, esp, pages))
+		return false;
+	t->stack_top = esp;
+	t->stack_pages = pages;
+	t->ss1 = ss;
+	t->esp1 = esp;
+	memcpy(t->tss + t->tss_esp1, &esp, 4);
+	memcpy(t->tss + t->tss_ss1, &ss16, 2);
 	return true;
 }
 
@@ -219,7 +246,7 @@ static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
 static bool served_here(const struct hcall_table *t, uint32_t nr)
 {
 	return nr == t->flush_async || nr == t->set_pte || nr == t->set_pgd ||
-	       nr == t->send_interrupts || nr == t->new_pgtable;
+	       nr == t->send_interrupts || nr == t->new_pgtable || nr == t->set_stack;
 }
 
 /* One call, from the registers or a ring slot; false: Python must do it. */
@@ -235,6 +262,8 @@ static bool serve(struct hcall_table *t, const uint32_t args[5])
 		done = set_pte(t, args[1], args[2], args[3], args[4]);
 	else if (args[0] == t->new_pgtable)
 		done = new_pgtable(t, args[1]);
+	else if (args[0] == t->set_stack)
+		done = set_stack(t, args[1], args[2], args[3]);
 	else
 		done = false;
 	if (done) {

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 HcallArgs = tuple[int, int, int, int, int]  # arg0 (the number) .. arg4
 HCALL_REGS = ("eax", "ebx", "ecx", "edx", "esi")  # §1.1: where arg0..arg4 travel
+STACK_PAGES_MAX = 2  # §6.8: SET_STACK's stack may span this many pages (hypercalls.c too)
 
 
 # tour:H.40 A hypercall reaches the Host
@@ -183,7 +184,7 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
     if ss & 3 != abi.GUEST_PL:
         guest.kill(f"bad stack segment {ss}")
         return
-    if pages > 2:
+    if pages > STACK_PAGES_MAX:
         guest.kill(f"bad stack pages {pages}")
         return
     guest.set_kernel_stack(ss, esp)

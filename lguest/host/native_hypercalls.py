@@ -40,6 +40,8 @@ from unicorn.x86_const import (
 from lguest import abi
 from lguest.abi import Hcall, LguestData
 from lguest.host import calibration, native
+from lguest.host.hypercalls import STACK_PAGES_MAX
+from lguest.host.switcher import STATE_PAGE, TSS_ADDR, TSS_ESP1, TSS_SS1
 
 if TYPE_CHECKING:
     from lguest.host.core import Tracer
@@ -68,14 +70,15 @@ class _Table(ctypes.Structure):
                 ("tlb_flush", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
                 ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
                 ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
-                ("new_pgtable", U32), ("top_entries", U32), ("irq_pending_offset", U32),
+                ("new_pgtable", U32), ("set_stack", U32), ("max_stack_pages", U32), ("tss", ctypes.c_void_p),
+                ("tss_esp1", U32), ("tss_ss1", U32), ("top_entries", U32), ("irq_pending_offset", U32),
                 ("status_offset", U32), ("slots_offset", U32),
                 ("slot_size", U32), ("ring_size", U32), ("free", U32), ("switcher", U32),
                 ("present", U64), ("accessed", U64), ("dirty", U64), ("pse", U64),
                 ("ready", ctypes.c_int32), ("lguest_data", U32), ("next_hcall", U32), ("kernel_address", U32),
                 ("pfn_mask", U64), ("nx_mask", U64), ("pfn_limit", U64), ("device_limit", U64),
                 ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS),
-                ("stack_top", U32), ("stack_pages", U32),
+                ("ss1", U32), ("esp1", U32), ("stack_top", U32), ("stack_pages", U32),
                 ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _Logged * LOG_ENTRIES))
 
 
@@ -115,7 +118,10 @@ class NativeHypercalls:
         table.ram, table.ram_size = ram, ram_size
         table.flush_async, table.set_pte = Hcall.FLUSH_ASYNC, Hcall.SET_PTE
         table.set_pgd, table.send_interrupts = Hcall.SET_PGD, Hcall.SEND_INTERRUPTS
-        table.new_pgtable = Hcall.NEW_PGTABLE
+        table.new_pgtable, table.set_stack = Hcall.NEW_PGTABLE, Hcall.SET_STACK
+        table.max_stack_pages = STACK_PAGES_MAX
+        table.tss = switcher.state_page + TSS_ADDR - STATE_PAGE
+        table.tss_esp1, table.tss_ss1 = TSS_ESP1, TSS_SS1
         table.irq_pending_offset = LguestData.IRQ_PENDING
         table.status_offset, table.slots_offset = LguestData.HCALL_STATUS, LguestData.HCALLS
         table.slot_size, table.ring_size = LguestData.HCALL_SIZE, abi.LHCALL_RING_SIZE
@@ -142,16 +148,33 @@ class NativeHypercalls:
         self._table.next_hcall = n
 
     def shadows_are(self, fmt: PageFormat, kernel_address: int, pfn_limit: int, device_limit: int,
-                    pgdirs: list[int], current: int, stack: tuple[int, int]) -> None:
-        """What SET_PTE's and NEW_PGTABLE's rules need, as the page tables have it now
-        (their log replayed): `stack` is SET_STACK's (top, pages)."""
+                    pgdirs: list[int], current: int) -> None:
+        """What SET_PTE's rule needs, as the page tables have it now (their log replayed)."""
         table = self._table
         table.pfn_mask, table.nx_mask, table.top_entries = fmt.pfn_mask, fmt.nx_mask, fmt.top_entries
         table.kernel_address, table.pfn_limit, table.device_limit = kernel_address, pfn_limit, device_limit
         table.shadows = len(pgdirs)
         table.pgdir[:len(pgdirs)] = pgdirs
         table.current = current
-        table.stack_top, table.stack_pages = stack
+
+    # --- SET_STACK's stack: the only copy, which C changes too ----------------------------
+    @property
+    def kernel_stack(self) -> tuple[int, int]:
+        """(ss1, esp1): where traps from user mode land."""
+        return self._table.ss1, self._table.esp1
+
+    @kernel_stack.setter
+    def kernel_stack(self, stack: tuple[int, int]) -> None:
+        self._table.ss1, self._table.esp1 = stack
+
+    @property
+    def pinned_stack(self) -> tuple[int, int]:
+        """(top, pages): the stack the page tables keep mapped in every address space."""
+        return self._table.stack_top, self._table.stack_pages
+
+    @pinned_stack.setter
+    def pinned_stack(self, stack: tuple[int, int]) -> None:
+        self._table.stack_top, self._table.stack_pages = stack
 
     # --- what C did ---------------------------------------------------------------------------
     def take_log(self) -> list[tuple[int, int, int, int]]:

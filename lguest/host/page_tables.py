@@ -75,8 +75,7 @@ class PageTables:
         self.pfn_limit = memory.size >> abi.PAGE_SHIFT
         self.device_limit = self.pfn_limit  # pfns from pfn_limit up to here: device windows or gap
         self._kernel_address = 0  # where the Guest kernel's part of every space begins (INIT)
-        self.stack_top = 0  # SET_STACK's esp1, and how many pages below it must stay mapped
-        self.stack_pages = 0
+        self._stack = (0, 0)  # SET_STACK's esp1, and how many pages below it must stay mapped
         self.tlb_may_hold: set[int] = set()  # pages the emulator's TLB may hold since its last flush
         self.tlb_stale = False  # the emulator's TLB must be flushed before the Guest runs
         self.mmio_pages: set[int] = set()  # device windows the Launcher mapped (pfns)
@@ -95,7 +94,9 @@ class PageTables:
         answers.use(self.current.table)
 
     def let_native_set_ptes(self, native: NativeHypercalls) -> None:
-        """From now on C serves SET_PTE too: tell it the shadows, replay what it did."""
+        """From now on C serves SET_PTE too: tell it the shadows, replay what it did; and
+        the pinned stack is C's copy, which a SET_STACK served in C changes."""
+        native.pinned_stack = self._stack
         self.native = native
         self._tell_native()
 
@@ -103,8 +104,7 @@ class PageTables:
         """What SET_PTE's rule needs, to C, wherever it changes here (after `catch_up`)."""
         if self.native is not None:
             self.native.shadows_are(self.format, self._kernel_address, self.pfn_limit, self.device_limit,
-                                    [shadow.pgdir for shadow in self.shadows], self.current.table,
-                                    (self.stack_top, self.stack_pages))
+                                    [shadow.pgdir for shadow in self.shadows], self.current.table)
 
     def catch_up(self) -> None:
         """Replay into the shadows the SET_PTEs and switches C served, in order: every
@@ -470,11 +470,20 @@ class PageTables:
                     self._flush_if_held(start, end)
 
     # --- the kernel stack (§6.8) ----------------------------------------------------------------
+    @property
+    def stack_top(self) -> int:
+        return (self._stack if self.native is None else self.native.pinned_stack)[0]
+
+    @property
+    def stack_pages(self) -> int:
+        return (self._stack if self.native is None else self.native.pinned_stack)[1]
+
     def set_stack(self, top: int, pages: int) -> None:
         """SET_STACK: these pages below `top` must stay mapped and writable."""
-        self.catch_up()
-        self.stack_top, self.stack_pages = top, pages
-        self._tell_native()
+        if self.native is None:
+            self._stack = top, pages
+        else:
+            self.native.pinned_stack = top, pages
         self.pin_stack()
 
     def pin_stack(self) -> None:
