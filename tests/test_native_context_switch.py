@@ -30,6 +30,11 @@ kstack2_top:
 resume:	.long 0
 round:	.long 0
 esps:	.space 4 * 2 * {rounds}
+tlss:	.space 4 * 2 * {rounds}
+tls_a:	.space 24				/* LOAD_TLS's three descriptors for each space */
+tls_b:	.space 24
+mine_a:	.long 0xa1a1				/* what each one's entry 6 points at */
+mine_b:	.long 0xb1b1
 	.text
 /* Queue a call in the ring's next slot: %ebp follows the Host's cursor. */
 .macro QUEUE_NEXT nr, a1=$0, a2=$0, a3=$0
@@ -46,6 +51,7 @@ esps:	.space 4 * 2 * {rounds}
 on_syscall:					/* from ring 3: the frame is on SET_STACK's stack */
 	movl round, %eax
 	movl %esp, esps(,%eax,4)
+	movl %edx, tlss(,%eax,4)
 	incl round
 	jmp *resume
 
@@ -54,14 +60,39 @@ user_and_back:
 	popl %ecx
 	movl %ebx, resume
 	TO_USER user
-user:	int $0x80
+user:	movl $0x33, %eax			/* entry 6, RPL 3 */
+	movl %eax, %gs
+	movl %gs:0, %edx
+	int $0x80
 	jmp .
+
+/* A flat-limit data descriptor for ring 3 with base %eax, at (%ebx). */
+make_tls:
+	movl %eax, %edx
+	shll $16, %edx
+	orl $0xffff, %edx
+	movl %edx, (%ebx)
+	movl %eax, %edx
+	shrl $16, %edx
+	andl $0xff, %edx
+	orl $0x00cff200, %edx
+	movl %eax, %ecx
+	andl $0xff000000, %ecx
+	orl %ecx, %edx
+	movl %edx, 4(%ebx)
+	ret
 
 test_main:
 	INIT
 	call setup_user_paging
 	call make_spaces
 	GATE 0x80, on_syscall, 0xF, 3
+	movl $mine_a, %eax
+	movl $tls_a, %ebx
+	call make_tls
+	movl $mine_b, %eax
+	movl $tls_b, %ebx
+	call make_tls
 	movl $0x3333, frames + 3 * 4096
 	movl $0, frames				/* 0xc0000000: one a round */
 	HCALL LHCALL_NEW_PGTABLE, $dir_a
@@ -71,6 +102,7 @@ test_main:
 1:	/* Linux's order, all queued: to A on the second stack */
 	QUEUE_NEXT LHCALL_NEW_PGTABLE, $dir_a
 	QUEUE_NEXT LHCALL_SET_STACK, $0x69, $kstack2_top, $2
+	QUEUE_NEXT LHCALL_LOAD_TLS, $tls_a
 	HCALL LHCALL_FLUSH_ASYNC
 	cmpl $0xaaaa, 0x400000
 	jne fail
@@ -80,6 +112,7 @@ test_main:
 	after it: each space sees only its own */
 	movl $frames + 3 * 4096 + 0x67, user_a
 	QUEUE_NEXT LHCALL_SET_PTE, $dir_a, $0x400000, $frames+3*4096+0x67
+	QUEUE_NEXT LHCALL_LOAD_TLS, $tls_b
 	QUEUE_NEXT LHCALL_SET_STACK, $0x69, $kstack_top, $1
 	QUEUE_NEXT LHCALL_NEW_PGTABLE, $dir_b
 	movl $frames + 2 * 4096 + 0x27, user_b
@@ -126,6 +159,8 @@ def what_the_host_keeps(guest, elf) -> dict[str, object]:
         "stack": (guest.ss1, guest.esp1, guest.pages.stack_top, guest.pages.stack_pages),
         "tss": (struct.unpack_from("<H", tss, TSS_SS1)[0], struct.unpack_from("<I", tss, TSS_ESP1)[0]),
         "esps": guest.memory.read(symbol(elf, "esps"), 4 * 2 * ROUNDS),
+        "tlss": guest.memory.read(symbol(elf, "tlss"), 4 * 2 * ROUNDS),
+        "gdt": guest.segments.gdt,
     }
 
 
@@ -145,23 +180,27 @@ def test_a_context_switch_gives_the_same_machine_both_ways(asm_guest) -> None:
     esps = struct.unpack(f"<{2 * ROUNDS}I", native.memory.read(symbol(elf, "esps"), 8 * ROUNDS))
     frame = 5 * 4  # eip, cs, eflags, esp, ss from ring 3
     assert esps == (symbol(elf, "kstack2_top") - frame, symbol(elf, "kstack_top") - frame) * ROUNDS
+    tlss = struct.unpack(f"<{2 * ROUNDS}I", native.memory.read(symbol(elf, "tlss"), 8 * ROUNDS))
+    assert tlss == (0xA1A1, 0xB1B1) * ROUNDS
 
 
 def test_the_switches_are_served_without_exits(asm_guest) -> None:
     """Every call of every round is served in C (four NEW_PGTABLEs, five SET_STACKs,
-    three SET_PTEs, two FLUSH_ASYNCs), except the first SET_STACK to the second stack,
-    which no space holds yet (Python pins it), and the FLUSH_ASYNC that brought it;
-    and --stats counts every call alike on both paths."""
+    three SET_PTEs, two LOAD_TLSs, two FLUSH_ASYNCs), except the first SET_STACK to the
+    second stack, which no space holds yet (Python pins it), and with it the rest of
+    its batch (a LOAD_TLS) and the FLUSH_ASYNC that brought it; and --stats counts
+    every call alike on both paths."""
     elf = asm_guest(switches())
     native, _ = run_both_ways(elf)
-    assert native.native_hcalls.served == 14 * ROUNDS - 2
+    assert native.native_hcalls.served == 16 * ROUNDS - 3
     counts = []
     for path in ((), ("--no-native",)):
         run = lguest(*path, "--stats=json", "32", str(elf))
         assert run.status == 0, run.stderr
         counts.append(json.loads(run.stderr.splitlines()[-1])["hypercalls_by_name"])
     assert counts[0] == counts[1]
-    assert (counts[0]["NEW_PGTABLE"], counts[0]["SET_STACK"]) == (4 * ROUNDS + 3, 5 * ROUNDS + 1)
+    assert (counts[0]["NEW_PGTABLE"], counts[0]["SET_STACK"], counts[0]["LOAD_TLS"]) == (
+        4 * ROUNDS + 3, 5 * ROUNDS + 1, 2 * ROUNDS)
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
@@ -194,6 +233,10 @@ KILLS = {
 	movl $frames + 4 * 4096 + 0x65, user_a
 	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames+4*4096+0x65
 	HCALL LHCALL_SET_STACK, $0x69, $0x401000, $1""", "bad stack page 0x400fff"),
+    "queued LOAD_TLS running past the end of RAM, after one C serves": ("""
+	QUEUE 0, LHCALL_LOAD_TLS, $dir_b
+	QUEUE 1, LHCALL_LOAD_TLS, $0x1ffffec
+	HCALL LHCALL_FLUSH_ASYNC""", "bad read address 0x1ffffec len 24"),
     "NEW_PGTABLE of a misaligned directory after a switch C serves": ("""
 	HCALL LHCALL_NEW_PGTABLE, $dir_b
 	HCALL LHCALL_NEW_PGTABLE, $dir_a + 4""", "NEW_PGTABLE {dir_a4:#x} is not 4096-byte aligned"),
@@ -271,3 +314,51 @@ def test_a_stack_set_in_c_is_saved_and_restored(asm_guest, native: bool) -> None
     assert second.run().reason == "CRASH: Power down"
     assert second.memory.read_u32(symbol(elf, "seen")) == top - 5 * 4
     second.close()
+
+
+# LOAD_TLS triples, hostile ones among them: privilege 0 (becomes 1), a base in every
+# byte, not present, a TSS and a call gate (never installed), empty, a flat code
+# segment; and code segments the Switcher's entry gate cannot run in (all ones, a
+# small base and limit), which C leaves to Python.
+TLS_TRIPLES = {
+    "data, privilege 0 and 3, not present": ((0x0000FFFF, 0x00CF9200), (0x1234FFFF, 0x56CFF278),
+                                             (0x0000FFFF, 0x00CF7200)),
+    "a TSS, a call gate, empty": ((0x00000068, 0x00008900), (0x00100000, 0x0000EC00), (0, 0)),
+    "flat code, privilege 0": ((0x0000FFFF, 0x00CF9A00), (0, 0), (0x0000FFFF, 0x00CFFA00)),
+    "odd code: all ones": ((0, 0), (0xFFFFFFFF, 0xFFFFFFFF), (0, 0)),
+    "odd code: small": ((0x00001000, 0x0040DA00), (0, 0), (0, 0)),
+}
+ODD = ("odd code: all ones", "odd code: small")
+
+
+@pytest.mark.parametrize("name", TLS_TRIPLES)
+def test_load_tls_fixes_descriptors_as_the_python_host_does(asm_guest, name: str) -> None:
+    """The three descriptors, loaded sync and then queued around a LOAD_GDT_ENTRY (which
+    Python serves, rewriting the whole GDT): the GDT the CPU reads, and the Host's copy,
+    are the same both ways; C served the LOAD_TLSs unless a descriptor is odd code."""
+    from lguest.host.switcher import GDT_ADDR
+
+    words = ", ".join(f"{word:#x}" for pair in TLS_TRIPLES[name] for word in pair)
+    elf = asm_guest(f"""
+test_main:
+	INIT
+	HCALL LHCALL_LOAD_TLS, $tls
+	HCALL LHCALL_LOAD_GDT_ENTRY, $12, $0x0000ffff, $0x00cff200
+	QUEUE 0, LHCALL_LOAD_TLS, $flat
+	QUEUE 1, LHCALL_LOAD_TLS, $tls
+	HCALL LHCALL_FLUSH_ASYNC
+	POWEROFF
+	.data
+tls:	.long {words}
+flat:	.long 0x0000ffff, 0x00cff200, 0, 0, 0x0000ffff, 0x00cf9200
+	.text
+""")
+    seen = []
+    for native in (True, False):
+        guest = make_guest(elf, native=native)
+        assert guest.run().reason == "CRASH: Power down"
+        real = bytes(guest.switcher.uc.mem_read(GDT_ADDR, 8 * 32))  # before the Host's copy looks
+        seen.append((real, list(guest.segments.gdt), bytes(guest.switcher.uc.mem_read(GDT_ADDR, 8 * 32))))
+        if native:
+            assert guest.native_hcalls.served == (1 if name in ODD else 4)
+    assert seen[0] == seen[1]

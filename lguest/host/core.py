@@ -130,6 +130,7 @@ class Guest:
                                               mem_size, tracer)
         if self.native_hcalls is not None:
             self.pages.let_native_set_ptes(self.native_hcalls)
+            self.segments.let_native_load_tls(self.native_hcalls)
         # lguest_data and what INIT read from it
         self._lguest_data: int | None = None
         self.noirq_iret = 0

@@ -6,8 +6,8 @@
  * emulator, run a Python handler and start it again.  Here the hook serves
  * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, SEND_INTERRUPTS
  * when no interrupt waits, SET_PGD of a directory no shadow holds, and
- * NEW_PGTABLE to a directory a shadow holds and SET_STACK to a stack it holds
- * (a context switch), from a
+ * NEW_PGTABLE to a directory a shadow holds, SET_STACK to a stack it holds and
+ * LOAD_TLS (a context switch), from a
  * table the Host keeps (native_hypercalls.py): where the ring is, the Host's
  * cursor into it (one copy, shared with Python), and what SET_PTE's rule needs
  * to know of the shadow page tables (which directory each shadow holds, where
@@ -40,6 +40,10 @@
 #define CALLS 32			/* counts by call number below this */
 #define REGS 7
 #define X86_EFLAGS_VM 0x20000
+#define TLS_ENTRIES 3
+#define DESC_S (1u << 12)		/* a code or data segment, not a system descriptor */
+#define DESC_DPL_SHIFT 13
+#define DESC_ACCESSED (1u << 8)
 
 enum { EAX, EBX, ECX, EDX, ESI, CS, EFLAGS };
 
@@ -70,7 +74,9 @@ struct hcall_table {
 	uint8_t *ram;
 	uint64_t ram_size;
 	/* The ABI, set once. */
-	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack;	/* served here */
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack, load_tls;
+	uint8_t *gdt;			/* the GDT the CPU reads (in the Switcher's STATE_PAGE) */
+	uint32_t tls_min;		/* LOAD_TLS's three entries start here */
 	uint32_t max_stack_pages;	/* SET_STACK's limit */
 	uint8_t *tss;			/* the TSS the CPU reads (in the Switcher's STATE_PAGE) */
 	uint32_t tss_esp1, tss_ss1;	/* where in it a trap from ring 3 finds the ring-1 stack */
@@ -93,6 +99,8 @@ struct hcall_table {
 	uint32_t ss1, esp1;		/* SET_STACK's stack: the only copy, Python's too */
 	uint32_t stack_top, stack_pages;	/* and its pages, which must stay mapped */
 	/* What this file did. */
+	uint32_t tls_loaded;		/* a LOAD_TLS the Host's copy of the GDT has yet to see */
+	uint32_t tls[TLS_ENTRIES][2];	/* its three descriptors, as the Host keeps them */
 	uint64_t served[CALLS];		/* by call number */
 	uint64_t total;			/* all of them */
 	uint32_t logged;
@@ -231,6 +239,50 @@ static bool set_stack(struct hcall_table *t, uint32_t ss, uint32_t esp, uint32_t
 	return true;
 }
 
+/* The Guest's descriptor as the Host keeps it (segments.fix_descriptor): privilege 0
+ * becomes the Guest kernel's ring, and it is marked accessed (the GDT is read-only). */
+static uint32_t fixed_descriptor(const struct hcall_table *t, uint32_t hi)
+{
+	if (((hi >> DESC_DPL_SHIFT) & 3) == 0)
+		hi |= (uint32_t)t->guest_pl << DESC_DPL_SHIFT;
+	return hi | DESC_ACCESSED;
+}
+
+/* Can the Switcher's entry gate run in this descriptor, were it loaded into CS
+ * (switcher._gate_runs_in)?  If not, the Switcher must note it: Python. */
+static bool gate_runs_in(uint32_t lo, uint32_t hi)
+{
+	bool code = (hi & 0x1800) == 0x1800;
+
+	return !code || (lo == 0x0000FFFF && (hi & 0xFFCF00FF) == 0x00CF0000);
+}
+
+/*
+ * LOAD_TLS (§5.3): three descriptors from Guest memory into the real GDT, fixed up,
+ * a system descriptor never installed (segments.installable); the Host's copy
+ * takes them when it next looks (segments.py).  Memory outside RAM (a kill) and a
+ * code segment the entry gate cannot run in: Python, nothing changed.
+ */
+static bool load_tls(struct hcall_table *t, uint32_t gpa)
+{
+	uint32_t theirs[TLS_ENTRIES][2], real[TLS_ENTRIES][2];
+
+	if (!in_ram(t, gpa, sizeof(theirs)))
+		return false;
+	memcpy(theirs, t->ram + gpa, sizeof(theirs));
+	for (int i = 0; i < TLS_ENTRIES; i++) {
+		theirs[i][1] = fixed_descriptor(t, theirs[i][1]);
+		real[i][0] = theirs[i][1] & DESC_S ? theirs[i][0] : 0;
+		real[i][1] = theirs[i][1] & DESC_S ? theirs[i][1] : 0;
+		if (!gate_runs_in(real[i][0], real[i][1]))
+			return false;
+	}
+	memcpy(t->tls, theirs, sizeof(theirs));
+	memcpy(t->gdt + 8 * t->tls_min, real, sizeof(real));
+	t->tls_loaded = 1;
+	return true;
+}
+
 /* SET_PGD of a directory no shadow holds: nothing to do.  The rest is Python's. */
 static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
 {
@@ -246,7 +298,7 @@ static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
 static bool served_here(const struct hcall_table *t, uint32_t nr)
 {
 	return nr == t->flush_async || nr == t->set_pte || nr == t->set_pgd ||
-	       nr == t->send_interrupts || nr == t->new_pgtable || nr == t->set_stack;
+	       nr == t->send_interrupts || nr == t->new_pgtable || nr == t->set_stack || nr == t->load_tls;
 }
 
 /* One call, from the registers or a ring slot; false: Python must do it. */
@@ -264,6 +316,8 @@ static bool serve(struct hcall_table *t, const uint32_t args[5])
 		done = new_pgtable(t, args[1]);
 	else if (args[0] == t->set_stack)
 		done = set_stack(t, args[1], args[2], args[3]);
+	else if (args[0] == t->load_tls)
+		done = load_tls(t, args[1]);
 	else
 		done = false;
 	if (done) {

@@ -41,7 +41,7 @@ from lguest import abi
 from lguest.abi import Hcall, LguestData
 from lguest.host import calibration, native
 from lguest.host.hypercalls import STACK_PAGES_MAX
-from lguest.host.switcher import STATE_PAGE, TSS_ADDR, TSS_ESP1, TSS_SS1
+from lguest.host.switcher import GDT_ADDR, STATE_PAGE, TSS_ADDR, TSS_ESP1, TSS_SS1
 
 if TYPE_CHECKING:
     from lguest.host.core import Tracer
@@ -70,7 +70,9 @@ class _Table(ctypes.Structure):
                 ("tlb_flush", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
                 ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
                 ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
-                ("new_pgtable", U32), ("set_stack", U32), ("max_stack_pages", U32), ("tss", ctypes.c_void_p),
+                ("new_pgtable", U32), ("set_stack", U32), ("load_tls", U32),
+                ("gdt", ctypes.c_void_p), ("tls_min", U32), ("max_stack_pages", U32),
+                ("tss", ctypes.c_void_p),
                 ("tss_esp1", U32), ("tss_ss1", U32), ("top_entries", U32), ("irq_pending_offset", U32),
                 ("status_offset", U32), ("slots_offset", U32),
                 ("slot_size", U32), ("ring_size", U32), ("free", U32), ("switcher", U32),
@@ -79,6 +81,7 @@ class _Table(ctypes.Structure):
                 ("pfn_mask", U64), ("nx_mask", U64), ("pfn_limit", U64), ("device_limit", U64),
                 ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS),
                 ("ss1", U32), ("esp1", U32), ("stack_top", U32), ("stack_pages", U32),
+                ("tls_loaded", U32), ("tls", U32 * (2 * abi.GDT_ENTRY_TLS_ENTRIES)),
                 ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _Logged * LOG_ENTRIES))
 
 
@@ -120,6 +123,8 @@ class NativeHypercalls:
         table.set_pgd, table.send_interrupts = Hcall.SET_PGD, Hcall.SEND_INTERRUPTS
         table.new_pgtable, table.set_stack = Hcall.NEW_PGTABLE, Hcall.SET_STACK
         table.max_stack_pages = STACK_PAGES_MAX
+        table.load_tls, table.tls_min = Hcall.LOAD_TLS, abi.GDT_ENTRY_TLS_MIN
+        table.gdt = switcher.state_page + GDT_ADDR - STATE_PAGE
         table.tss = switcher.state_page + TSS_ADDR - STATE_PAGE
         table.tss_esp1, table.tss_ss1 = TSS_ESP1, TSS_SS1
         table.irq_pending_offset = LguestData.IRQ_PENDING
@@ -177,6 +182,16 @@ class NativeHypercalls:
         self._table.stack_top, self._table.stack_pages = stack
 
     # --- what C did ---------------------------------------------------------------------------
+    def take_tls(self) -> list[tuple[int, int]] | None:
+        """The TLS descriptors of the last LOAD_TLS C served, as the Host keeps them
+        (fixed up), if the Host has not seen them yet."""
+        table = self._table
+        if not table.tls_loaded:
+            return None
+        table.tls_loaded = 0
+        words = list(table.tls)
+        return list(zip(words[::2], words[1::2], strict=True))
+
     def take_log(self) -> list[tuple[int, int, int, int]]:
         """(what, pgdir, vaddr, pte) of each SET_PTE C served that touched a shadow and of
         each switch to a shadow (NEW_PGTABLE), oldest first (and the log emptied)."""
