@@ -237,6 +237,12 @@ KILLS = {
 	QUEUE 0, LHCALL_LOAD_TLS, $dir_b
 	QUEUE 1, LHCALL_LOAD_TLS, $0x1ffffec
 	HCALL LHCALL_FLUSH_ASYNC""", "bad read address 0x1ffffec len 24"),
+    "NEW_PGTABLE back to a shadow emptied, where the stack is not mapped": ("""
+	HCALL LHCALL_NEW_PGTABLE, $dir_b
+	movl $0, user_a					/* unmapped in A, unannounced */
+	HCALL LHCALL_SET_STACK, $0x69, $0x401000, $1	/* mapped in B only */
+	HCALL LHCALL_FLUSH_TLB, $1			/* every shadow empty: B pins it again */
+	HCALL LHCALL_NEW_PGTABLE, $dir_a""", "bad stack page 0x400fff"),
     "NEW_PGTABLE of a misaligned directory after a switch C serves": ("""
 	HCALL LHCALL_NEW_PGTABLE, $dir_b
 	HCALL LHCALL_NEW_PGTABLE, $dir_a + 4""", "NEW_PGTABLE {dir_a4:#x} is not 4096-byte aligned"),

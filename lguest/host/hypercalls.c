@@ -96,6 +96,7 @@ struct hcall_table {
 	uint32_t shadows;		/* shadows 0..shadows-1 are in use */
 	uint32_t current;		/* the current shadow */
 	uint32_t pgdir[SHADOWS];
+	uint32_t filled;		/* shadows known to hold entries, one bit each */
 	uint32_t ss1, esp1;		/* SET_STACK's stack: the only copy, Python's too */
 	uint32_t stack_top, stack_pages;	/* and its pages, which must stay mapped */
 	/* What this file did. */
@@ -161,6 +162,11 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 		return true;	/* no shadow holds it: none of the Host's business */
 	if (prefill_would_kill(t, pte) || t->logged >= LOG_ENTRIES)
 		return false;
+	/* A shadow that may have lost its last entry is no longer known to hold any. */
+	if (pte & t->present && pte & (t->accessed | t->dirty) && ((pte & t->pfn_mask) >> 12) < t->pfn_limit)
+		t->filled |= touched;
+	else
+		t->filled &= ~touched;
 	entry = &t->log[t->logged++];
 	entry->what = LOGGED_SET_PTE;
 	entry->pgdir = pgdir;
@@ -194,8 +200,10 @@ static bool stack_pinned(const struct hcall_table *t, uint32_t which, uint32_t t
 /*
  * NEW_PGTABLE of a directory a shadow already holds (its format was checked when
  * that shadow was made): the emulator's whole TLB goes, the fill hook answers from
- * that shadow, and the switch is logged in order with the SET_PTEs around it.  A
- * directory no shadow holds (a new shadow, linear mode's end) is Python's.
+ * that shadow, and the switch is logged in order with the SET_PTEs around it.  The
+ * page tables pin the stack again only in an empty shadow: C serves a shadow known
+ * to hold entries, or one where the stack is pinned already.  A directory no shadow
+ * holds (a new shadow, linear mode's end) is Python's.
  */
 static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 {
@@ -205,7 +213,9 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 	for (which = 0; which < t->shadows && which < SHADOWS; which++)
 		if (t->pgdir[which] == pgdir)
 			break;
-	if (which == t->shadows || which == SHADOWS || !stack_pinned(t, which, t->stack_top, t->stack_pages) || t->logged >= LOG_ENTRIES)
+	if (which == t->shadows || which == SHADOWS || t->logged >= LOG_ENTRIES)
+		return false;
+	if (!(t->filled & (1u << which)) && !stack_pinned(t, which, t->stack_top, t->stack_pages))
 		return false;
 	entry = &t->log[t->logged++];
 	entry->what = LOGGED_SWITCH;

@@ -79,7 +79,7 @@ class _Table(ctypes.Structure):
                 ("present", U64), ("accessed", U64), ("dirty", U64), ("pse", U64),
                 ("ready", ctypes.c_int32), ("lguest_data", U32), ("next_hcall", U32), ("kernel_address", U32),
                 ("pfn_mask", U64), ("nx_mask", U64), ("pfn_limit", U64), ("device_limit", U64),
-                ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS),
+                ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS), ("filled", U32),
                 ("ss1", U32), ("esp1", U32), ("stack_top", U32), ("stack_pages", U32),
                 ("tls_loaded", U32), ("tls", U32 * (2 * abi.GDT_ENTRY_TLS_ENTRIES)),
                 ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _Logged * LOG_ENTRIES))
@@ -153,14 +153,16 @@ class NativeHypercalls:
         self._table.next_hcall = n
 
     def shadows_are(self, fmt: PageFormat, kernel_address: int, pfn_limit: int, device_limit: int,
-                    pgdirs: list[int], current: int) -> None:
-        """What SET_PTE's rule needs, as the page tables have it now (their log replayed)."""
+                    pgdirs: list[int], current: int, filled: list[bool]) -> None:
+        """What SET_PTE's and NEW_PGTABLE's rules need, as the page tables have it now
+        (their log replayed): `filled`, which shadows hold entries."""
         table = self._table
         table.pfn_mask, table.nx_mask, table.top_entries = fmt.pfn_mask, fmt.nx_mask, fmt.top_entries
         table.kernel_address, table.pfn_limit, table.device_limit = kernel_address, pfn_limit, device_limit
         table.shadows = len(pgdirs)
         table.pgdir[:len(pgdirs)] = pgdirs
         table.current = current
+        table.filled = sum(1 << i for i, holds in enumerate(filled) if holds)
 
     # --- SET_STACK's stack: the only copy, which C changes too ----------------------------
     @property

@@ -104,7 +104,8 @@ class PageTables:
         """What SET_PTE's rule needs, to C, wherever it changes here (after `catch_up`)."""
         if self.native is not None:
             self.native.shadows_are(self.format, self._kernel_address, self.pfn_limit, self.device_limit,
-                                    [shadow.pgdir for shadow in self.shadows], self.current.table)
+                                    [shadow.pgdir for shadow in self.shadows], self.current.table,
+                                    [bool(shadow.ptes) for shadow in self.shadows])
 
     def catch_up(self) -> None:
         """Replay into the shadows the SET_PTEs and switches C served, in order: every
@@ -113,16 +114,20 @@ class PageTables:
         emulator's TLB, so none of them marks the TLB stale."""
         if self.native is None:
             return
-        for what, pgdir, vaddr, pte in self.native.take_log():
+        log = self.native.take_log()
+        for what, pgdir, vaddr, pte in log:
             if what == LOGGED_SWITCH:
                 self._switched_in_c(pgdir)
             elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
+        if log:
+            self._tell_native()  # which shadows hold entries: C knows only what it did
 
     def _switched_in_c(self, pgdir: int) -> None:
         """NEW_PGTABLE to a shadow we hold, served in C: the fill hook answers from it
-        already, the emulator's TLB was flushed, and the stack was pinned there (C checks
-        it has a kernel-write answer, so `pin_stack` would find nothing to do)."""
+        already and the emulator's TLB was flushed.  C served it only where `new_pgtable`
+        would not pin the stack (the shadow holds entries) or would find nothing to do
+        (a kernel-write answer for each stack page)."""
         self.current = next(s for s in self.shadows if s.pgdir == pgdir)
         self.tlb_may_hold = set(self.current.answered)
 
@@ -390,6 +395,7 @@ class PageTables:
             return
         self.current.drop_user_part(self.kernel_address)
         self._forget(self.current)
+        self._tell_native()  # it may hold no entries now
         self.flush()
 
     def clear_all(self) -> None:
@@ -398,6 +404,7 @@ class PageTables:
         for shadow in [*self.shadows, self.current]:
             shadow.ptes.clear()
             self._forget(shadow)
+        self._tell_native()
         self.flush()
         self.pin_stack()
 
@@ -429,6 +436,7 @@ class PageTables:
         if self._update_shadows(pgdir, vaddr, pte):
             page = vaddr & ~0xFFF
             self._flush_if_held(page, page + abi.PAGE_SIZE)
+        self._tell_native()  # a shadow may hold no entries now
 
     def _update_shadows(self, pgdir: int, vaddr: int, pte: int, forgotten_in_c: bool = False) -> bool:
         """SET_PTE's rule for the shadows (hypercalls.c applies it too, and logs it for
@@ -468,6 +476,7 @@ class PageTables:
                 self._forget(shadow)
                 if shadow is self.current:
                     self._flush_if_held(start, end)
+        self._tell_native()
 
     # --- the kernel stack (§6.8) ----------------------------------------------------------------
     @property
