@@ -233,6 +233,8 @@ KILLS = {
 	movl $frames + 4 * 4096 + 0x65, user_a
 	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames+4*4096+0x65
 	HCALL LHCALL_SET_STACK, $0x69, $0x401000, $1""", "bad stack page 0x400fff"),
+    "SET_PGD beyond the top level, of a shadowed directory": ("""
+	HCALL LHCALL_SET_PGD, $dir_a, $1024""", "Attempt to set pgd 1024/1024"),
     "queued LOAD_TLS running past the end of RAM, after one C serves": ("""
 	QUEUE 0, LHCALL_LOAD_TLS, $dir_b
 	QUEUE 1, LHCALL_LOAD_TLS, $0x1ffffec
@@ -368,3 +370,59 @@ flat:	.long 0x0000ffff, 0x00cff200, 0, 0, 0x0000ffff, 0x00cf9200
         if native:
             assert guest.native_hcalls.served == (1 if name in ODD else 4)
     assert seen[0] == seen[1]
+
+
+# SET_PGD of a shadowed directory (another space's and the current one's) and FLUSH_TLB
+# of the user part, queued and sync, each after a change the Guest did not announce
+# otherwise: only the call makes the Host see it.
+DROPS = TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	movl $0x3333, frames + 3 * 4096
+	movl $0x4444, frames + 4 * 4096
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	HCALL LHCALL_NEW_PGTABLE, $dir_b
+	cmpl $0xbbbb, 0x400000
+	jne fail
+	movl $frames + 3 * 4096 + 0x67, user_b
+	QUEUE 0, LHCALL_FLUSH_TLB, $0
+	HCALL LHCALL_FLUSH_ASYNC
+	cmpl $0x3333, 0x400000
+	jne fail
+	movl $user_b + 0x67, dir_a + 4		/* A's 0x400000 through B's table */
+	HCALL LHCALL_SET_PGD, $dir_a, $1
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	cmpl $0x3333, 0x400000
+	jne fail
+	movl $user_a + 0x67, dir_a + 4		/* and back, while A is current */
+	QUEUE 1, LHCALL_SET_PGD, $dir_a, $1
+	HCALL LHCALL_FLUSH_ASYNC
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	movl $frames + 4 * 4096 + 0x67, user_a
+	HCALL LHCALL_FLUSH_TLB, $0
+	cmpl $0x4444, 0x400000
+	jne fail
+	cmpl $0xc0c0, 0xc0000000		/* the kernel part stays */
+	jne fail
+	POWEROFF
+""" + FAIL
+
+
+def test_set_pgd_and_flush_tlb_give_the_same_machine_both_ways(asm_guest) -> None:
+    """The same Guest tables, cursor and counts; each shadow entry the native path's Host
+    holds is the pure-Python one's (it may hold fewer: after a table forgot everything, the
+    C fill hook answers pages whose Guest entries it re-reads unchanged, unseen)."""
+    elf = asm_guest(DROPS)
+    native, python = run_both_ways(elf)
+    ours, theirs = host_view(native, elf), host_view(python, elf)
+    shadows, their_shadows = ours.pop("shadows"), dict(theirs.pop("shadows"))
+    assert ours == theirs
+    assert [pgdir for pgdir, _ in shadows] == list(their_shadows)
+    for pgdir, ptes in shadows:
+        assert ptes.items() <= their_shadows[pgdir].items()
+    # Both FLUSH_TLBs, both SET_PGDs and both FLUSH_ASYNCs in C.  The NEW_PGTABLEs are
+    # Python's: two new shadows, and one A's SET_PGD left not known to hold entries.
+    assert native.native_hcalls.served == 6

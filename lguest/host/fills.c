@@ -320,9 +320,15 @@ bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, ui
 }
 
 /* For hypercalls.c: shadow `which` is current, and the emulator's whole TLB was flushed. */
-void lguest_fills_switch(struct fill_table *table, uint32_t which)
+void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which)
 {
 	table->current = which;
 	table->tlb_epoch++;
 	table->lost_track = 0;
+}
+
+/* For hypercalls.c (a SET_PGD or FLUSH_TLB it serves): shadow `which` lost many entries. */
+void lguest_fills_forget_all(struct fill_table *table, uint32_t which)
+{
+	table->generation[which]++;
 }

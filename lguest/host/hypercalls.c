@@ -47,10 +47,11 @@
 
 enum { EAX, EBX, ECX, EDX, ESI, CS, EFLAGS };
 
-enum { LOGGED_SET_PTE, LOGGED_SWITCH };
+enum { LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER };
 
 struct logged_change {			/* one change the shadows have yet to see, in order */
-	uint32_t what;			/* LOGGED_SET_PTE, or LOGGED_SWITCH to pgdir's shadow */
+	uint32_t what;			/* LOGGED_SET_PTE; LOGGED_SWITCH to pgdir's shadow; LOGGED_SET_PGD
+					 * of pgdir's entry `vaddr`; LOGGED_FLUSH_USER (FLUSH_TLB 0) */
 	uint32_t pgdir;
 	uint32_t vaddr;
 	uint32_t unused;
@@ -60,7 +61,8 @@ struct logged_change {			/* one change the shadows have yet to see, in order */
 struct fill_table;			/* fills.c */
 void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page);
 bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page);
-void lguest_fills_switch(struct fill_table *table, uint32_t which);
+void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which);
+void lguest_fills_forget_all(struct fill_table *table, uint32_t which);
 
 struct hcall_table {
 	/* The machine, set once. */
@@ -74,7 +76,7 @@ struct hcall_table {
 	uint8_t *ram;
 	uint64_t ram_size;
 	/* The ABI, set once. */
-	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack, load_tls;
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack, load_tls, flush_tlb;
 	uint8_t *gdt;			/* the GDT the CPU reads (in the Switcher's STATE_PAGE) */
 	uint32_t tls_min;		/* LOAD_TLS's three entries start here */
 	uint32_t max_stack_pages;	/* SET_STACK's limit */
@@ -147,13 +149,30 @@ static bool prefill_would_kill(const struct hcall_table *t, uint64_t pte)
 	return pfn >= t->pfn_limit && pfn >= t->device_limit;
 }
 
+/* A change the page tables replay, in its place among the others. */
+static void log_change(struct hcall_table *t, uint32_t what, uint32_t pgdir, uint32_t vaddr, uint64_t pte)
+{
+	struct logged_change *entry = &t->log[t->logged++];
+
+	entry->what = what;
+	entry->pgdir = pgdir;
+	entry->vaddr = vaddr;
+	entry->pte = pte;
+}
+
+/* The emulator's whole TLB goes; the fill hook answers from the current shadow. */
+static void flush_whole_tlb(struct hcall_table *t)
+{
+	lguest_fills_tlb_flushed(t->fills, t->current);
+	t->tlb_flush(t->cpu);
+}
+
 /* SET_PTE (the rule of page_tables.PageTables.set_pte); false: Python must do it. */
 static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint32_t lo, uint32_t hi)
 {
 	uint64_t pte = lo | (t->nx_mask ? (uint64_t)hi << 32 : 0);
 	uint32_t page = vaddr & ~0xFFFu;
 	uint32_t touched;
-	struct logged_change *entry;
 
 	if (vaddr >= t->switcher)
 		return false;
@@ -167,11 +186,7 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 		t->filled |= touched;
 	else
 		t->filled &= ~touched;
-	entry = &t->log[t->logged++];
-	entry->what = LOGGED_SET_PTE;
-	entry->pgdir = pgdir;
-	entry->vaddr = vaddr;
-	entry->pte = pte;
+	log_change(t, LOGGED_SET_PTE, pgdir, vaddr, pte);
 	for (uint32_t i = 0; i < SHADOWS; i++)
 		if (touched & (1u << i))
 			lguest_fills_forget(t->fills, i, page);
@@ -207,7 +222,6 @@ static bool stack_pinned(const struct hcall_table *t, uint32_t which, uint32_t t
  */
 static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 {
-	struct logged_change *entry;
 	uint32_t which;
 
 	for (which = 0; which < t->shadows && which < SHADOWS; which++)
@@ -217,14 +231,50 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 		return false;
 	if (!(t->filled & (1u << which)) && !stack_pinned(t, which, t->stack_top, t->stack_pages))
 		return false;
-	entry = &t->log[t->logged++];
-	entry->what = LOGGED_SWITCH;
-	entry->pgdir = pgdir;
-	entry->vaddr = 0;
-	entry->pte = 0;
+	log_change(t, LOGGED_SWITCH, pgdir, 0, 0);
 	t->current = which;
-	lguest_fills_switch(t->fills, which);
-	t->tlb_flush(t->cpu);
+	flush_whole_tlb(t);
+	return true;
+}
+
+/*
+ * SET_PGD (§6.7): every shadow of that directory forgets its entries under the top-level
+ * entry (all of its fill answers go: a generation), and if the current one did, the
+ * emulator's whole TLB goes too.  An index beyond the top level (a kill): Python.
+ */
+static bool set_pgd(struct hcall_table *t, uint32_t pgdir, uint32_t index)
+{
+	uint32_t touched = 0;
+
+	if (index >= t->top_entries)
+		return false;
+	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
+		if (t->pgdir[i] == pgdir)
+			touched |= 1u << i;
+	if (!touched)
+		return true;	/* no shadow holds it: nothing to do */
+	if (t->logged >= LOG_ENTRIES)
+		return false;
+	log_change(t, LOGGED_SET_PGD, pgdir, index, 0);
+	for (uint32_t i = 0; i < SHADOWS; i++)
+		if (touched & (1u << i))
+			lguest_fills_forget_all(t->fills, i);
+	t->filled &= ~touched;
+	if (touched & (1u << t->current))
+		flush_whole_tlb(t);
+	return true;
+}
+
+/* FLUSH_TLB (§6.5) of the current space's user part; everything (which re-pins the
+ * stack) is Python's. */
+static bool flush_tlb(struct hcall_table *t, uint32_t everything)
+{
+	if (everything || t->logged >= LOG_ENTRIES)
+		return false;
+	log_change(t, LOGGED_FLUSH_USER, 0, 0, 0);
+	lguest_fills_forget_all(t->fills, t->current);
+	t->filled &= ~(1u << t->current);
+	flush_whole_tlb(t);
 	return true;
 }
 
@@ -293,22 +343,12 @@ static bool load_tls(struct hcall_table *t, uint32_t gpa)
 	return true;
 }
 
-/* SET_PGD of a directory no shadow holds: nothing to do.  The rest is Python's. */
-static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
-{
-	if (index >= t->top_entries)
-		return false;
-	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
-		if (t->pgdir[i] == pgdir)
-			return false;
-	return true;
-}
-
 /* Is this a call this file may serve (it still may pass it on)? */
 static bool served_here(const struct hcall_table *t, uint32_t nr)
 {
 	return nr == t->flush_async || nr == t->set_pte || nr == t->set_pgd ||
-	       nr == t->send_interrupts || nr == t->new_pgtable || nr == t->set_stack || nr == t->load_tls;
+	       nr == t->send_interrupts || nr == t->new_pgtable || nr == t->set_stack || nr == t->load_tls ||
+	       nr == t->flush_tlb;
 }
 
 /* One call, from the registers or a ring slot; false: Python must do it. */
@@ -328,6 +368,8 @@ static bool serve(struct hcall_table *t, const uint32_t args[5])
 		done = set_stack(t, args[1], args[2], args[3]);
 	else if (args[0] == t->load_tls)
 		done = load_tls(t, args[1]);
+	else if (args[0] == t->flush_tlb)
+		done = flush_tlb(t, args[1]);
 	else
 		done = false;
 	if (done) {

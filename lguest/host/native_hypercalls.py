@@ -54,7 +54,7 @@ CALLS = 32
 REGS = (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_ESI,
         UC_X86_REG_CS, UC_X86_REG_EFLAGS)
 LOGGED = struct.Struct("<III4xQ")  # struct logged_change: what, pgdir, vaddr, pte
-LOGGED_SET_PTE, LOGGED_SWITCH = 0, 1  # what a logged change is
+LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER = range(4)  # what a logged change is
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 
 
@@ -70,7 +70,7 @@ class _Table(ctypes.Structure):
                 ("tlb_flush", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
                 ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
                 ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
-                ("new_pgtable", U32), ("set_stack", U32), ("load_tls", U32),
+                ("new_pgtable", U32), ("set_stack", U32), ("load_tls", U32), ("flush_tlb", U32),
                 ("gdt", ctypes.c_void_p), ("tls_min", U32), ("max_stack_pages", U32),
                 ("tss", ctypes.c_void_p),
                 ("tss_esp1", U32), ("tss_ss1", U32), ("top_entries", U32), ("irq_pending_offset", U32),
@@ -124,6 +124,7 @@ class NativeHypercalls:
         table.new_pgtable, table.set_stack = Hcall.NEW_PGTABLE, Hcall.SET_STACK
         table.max_stack_pages = STACK_PAGES_MAX
         table.load_tls, table.tls_min = Hcall.LOAD_TLS, abi.GDT_ENTRY_TLS_MIN
+        table.flush_tlb = Hcall.FLUSH_TLB
         table.gdt = switcher.state_page + GDT_ADDR - STATE_PAGE
         table.tss = switcher.state_page + TSS_ADDR - STATE_PAGE
         table.tss_esp1, table.tss_ss1 = TSS_ESP1, TSS_SS1
@@ -195,8 +196,10 @@ class NativeHypercalls:
         return list(zip(words[::2], words[1::2], strict=True))
 
     def take_log(self) -> list[tuple[int, int, int, int]]:
-        """(what, pgdir, vaddr, pte) of each SET_PTE C served that touched a shadow and of
-        each switch to a shadow (NEW_PGTABLE), oldest first (and the log emptied)."""
+        """(what, pgdir, vaddr, pte) of each change C made to what the shadows hold: a
+        SET_PTE that touched one, a switch to one (NEW_PGTABLE), a SET_PGD of a shadowed
+        directory (its index in `vaddr`), a FLUSH_TLB of the user part; oldest first
+        (and the log emptied)."""
         table = self._table
         count = table.logged
         if not count:

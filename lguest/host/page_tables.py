@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from lguest import abi
 from lguest.host.memory import GuestMemory, hex32
-from lguest.host.native_hypercalls import LOGGED_SWITCH
+from lguest.host.native_hypercalls import LOGGED_FLUSH_USER, LOGGED_SET_PGD, LOGGED_SWITCH
 from lguest.host.pgformat import PAE, TWO_LEVEL, PageFormat
 from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
 
@@ -118,6 +118,10 @@ class PageTables:
         for what, pgdir, vaddr, pte in log:
             if what == LOGGED_SWITCH:
                 self._switched_in_c(pgdir)
+            elif what == LOGGED_SET_PGD:
+                self._drop_top_entry(pgdir, vaddr, forgotten_in_c=True)
+            elif what == LOGGED_FLUSH_USER:
+                self._drop_user_part(forgotten_in_c=True)
             elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
         if log:
@@ -393,10 +397,19 @@ class PageTables:
         if everything:
             self.clear_all()
             return
-        self.current.drop_user_part(self.kernel_address)
-        self._forget(self.current)
+        self._drop_user_part()
         self._tell_native()  # it may hold no entries now
-        self.flush()
+
+    def _drop_user_part(self, forgotten_in_c: bool = False) -> None:
+        """FLUSH_TLB 0's rule (hypercalls.c applies it too, having forgotten the answers
+        and flushed the emulator's TLB itself)."""
+        self.current.drop_user_part(self.kernel_address)
+        if forgotten_in_c:
+            self.current.answered.clear()
+            self.tlb_may_hold = set()
+        else:
+            self._forget(self.current)
+            self.flush()
 
     def clear_all(self) -> None:
         """Throw away every shadow entry, kernel part included, and re-pin the stack."""
@@ -468,15 +481,25 @@ class PageTables:
         if index >= entries:
             self.kill(f"Attempt to set pgd {index}/{entries}")
             return
+        self._drop_top_entry(pgdir, index)
+        self._tell_native()
+
+    def _drop_top_entry(self, pgdir: int, index: int, forgotten_in_c: bool = False) -> None:
+        """SET_PGD's rule (hypercalls.c applies it too, having forgotten the answers and,
+        for the current shadow, flushed the emulator's whole TLB itself)."""
         start = index << self.format.top_shift
         end = start + (1 << self.format.top_shift)
         for shadow in self.shadows:
             if shadow.pgdir == pgdir:
                 shadow.drop_range(start, end)
+                if forgotten_in_c:
+                    shadow.answered.clear()
+                    if shadow is self.current:
+                        self.tlb_may_hold = set()
+                    continue
                 self._forget(shadow)
                 if shadow is self.current:
                     self._flush_if_held(start, end)
-        self._tell_native()
 
     # --- the kernel stack (§6.8) ----------------------------------------------------------------
     @property
