@@ -4,8 +4,10 @@ hypercalls were one trap into the Host's kernel code, never a return to a user p
 A fork is a storm of SET_PTE hypercalls, and each one used to stop the emulator,
 run `hypercalls.do_hypercalls` and start the emulator again.  On the native path the
 interrupt hook serves FLUSH_ASYNC and SET_PTE itself, sync or queued in the async
-ring, from a table this module keeps: where the ring is, the Host's cursor into it
-(the only copy: `Guest.next_hcall` reads and writes it here), and what SET_PTE's
+ring, and a context switch's NEW_PGTABLE, SET_STACK and LOAD_TLS, SET_PGD and
+FLUSH_TLB (the "A context switch without an exit" stop), from a table this module
+keeps: where the ring is, the Host's cursor into it (the only copy:
+`Guest.next_hcall` reads and writes it here), and what SET_PTE's
 rule needs to know of the shadows, which the page tables hand over as data wherever
 they change it (`PageTables._tell_native`).
 
@@ -17,7 +19,8 @@ Python hook as if C were not there.  A tracer that wants every hypercall (--trac
 the gdb stub, a timeline) means no native hypercalls; one that only counts them
 (--stats=json's census) is told the counts (`count_served`).
 
-What it owns: the table, and the counts of what C served until Python adds them in.
+What it owns: the table (SET_STACK's stack lives only there), and the counts of what C
+served until Python adds them in.
 """
 
 from __future__ import annotations
@@ -165,6 +168,18 @@ class NativeHypercalls:
         table.current = current
         table.filled = sum(1 << i for i, holds in enumerate(filled) if holds)
 
+# tour:S.166 A context switch without an exit
+# Linux switches tasks with three queued calls: NEW_PGTABLE for the next address space,
+# SET_STACK for its kernel stack, LOAD_TLS for its thread-local segments; then it flushes
+# the ring.  C serves all three, and the SET_PGDs and FLUSH_TLBs around them, wherever
+# the Python rule would simply say "done": a directory a shadow already holds, whose
+# stack needs no pinning; a stack the current shadow already holds for the kernel to
+# write; descriptors in RAM that the rules of "Segments: the Guest's GDT, filtered" let
+# through.  A switch flushes the emulator's whole TLB and turns the C fill hook to the
+# new shadow's answers; it goes in the same log as the SET_PTEs, in order, for the page
+# tables to follow.  SET_STACK's stack has one copy, here, and C writes the TSS the CPU
+# reads; the real GDT too, and the Host's copy takes the new descriptors when it next
+# looks.  Anything else, every kill included, is the Python handler's, as before.
     # --- SET_STACK's stack: the only copy, which C changes too ----------------------------
     @property
     def kernel_stack(self) -> tuple[int, int]:
