@@ -287,18 +287,25 @@ test_main:
 	HCALL LHCALL_SET_STACK, $0x69, $kstack2_top, $2	/* Python pins it */
 	HCALL LHCALL_SET_STACK, $0x69, $kstack_top, $1	/* C, from here on */
 	HCALL LHCALL_SET_STACK, $0x69, $kstack2_top, $2
+	HCALL LHCALL_LOAD_TLS, $tls
 	SHUTDOWN $saved					/* the test saves the state here */
 	TO_USER user
-user:	int $0x80
+user:	movl $0x33, %eax				/* the TLS entry, from the snapshot */
+	movl %eax, %gs
+	movl %gs:seen, %eax
+	int $0x80
 	jmp .
 saved:	.asciz "saved"
+	.data
+tls:	.long 0x0000ffff, 0x00cff200, 0, 0, 0, 0
 """
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 def test_a_stack_set_in_c_is_saved_and_restored(asm_guest, native: bool) -> None:
     """The stack a SET_STACK served in C set is the one a snapshot holds, and a restored
-    Guest's CPU puts the next frame from ring 3 there (its TSS)."""
+    Guest's CPU puts the next frame from ring 3 there (its TSS); so are the descriptors
+    of a LOAD_TLS served in C, which the restored Guest's ring 3 loads."""
     from lguest.host.core import Guest
     from lguest.launcher.boot import allocate_guest_ram, load_kernel, write_boot_params
     from lguest.launcher.pci import PciBus
@@ -312,11 +319,12 @@ def test_a_stack_set_in_c_is_saved_and_restored(asm_guest, native: bool) -> None
     first = Guest(ram, mem, kernel.entry, Ports(PciBus(), print), native=native)
     assert first.run().reason == "CRASH: saved"
     if native:
-        assert first.native_hcalls.served == 2
+        assert first.native_hcalls.served == 3
     state = first.save_state()
     first.close()
     top = symbol(elf, "kstack2_top")
     assert (state.ss1, state.esp1, state.stack_pages) == (0x69, top, 2)
+    assert state.gdt[6] == [0x0000FFFF, 0x00CFF300]  # accessed
     second = Guest(ram, mem, 0, Ports(PciBus(), print), native=native)
     second.restore_state(state)
     assert second.run().reason == "CRASH: Power down"
