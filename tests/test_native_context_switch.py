@@ -219,6 +219,21 @@ def test_kicks_during_switches_run_nothing_twice(asm_guest, native: bool) -> Non
     assert esps == (symbol(elf, "kstack2_top") - frame, symbol(elf, "kstack_top") - frame) * rounds
 
 
+def test_a_stack_segment_beyond_16_bits_is_its_selector_both_ways(asm_guest) -> None:
+    """SET_STACK's segment is a selector: the upper half of the register goes, as the TSS's
+    16-bit field has it (it once ended the pure-Python Host with an internal error)."""
+    source = SAVED_STACK.replace("$0x69, $kstack2_top, $2\n\tHCALL LHCALL_LOAD_TLS",
+                                 "$0x50069, $kstack2_top, $2\n\tHCALL LHCALL_LOAD_TLS")
+    assert "$0x50069" in source
+    elf = asm_guest(source.replace("SHUTDOWN $saved", "nop"))
+    seen = []
+    for native in (True, False):
+        guest = make_guest(elf, native=native)
+        assert guest.run().reason == "CRASH: Power down"
+        seen.append((guest.ss1, guest.esp1, guest.memory.read_u32(symbol(elf, "seen"))))
+    assert seen[0] == seen[1] == (0x69, symbol(elf, "kstack2_top"), symbol(elf, "kstack2_top") - 5 * 4)
+
+
 KILLS = {
     "queued SET_STACK of a ring-0 segment, after a switch C serves": ("""
 	QUEUE 0, LHCALL_NEW_PGTABLE, $dir_a

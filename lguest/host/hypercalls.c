@@ -292,7 +292,7 @@ static bool set_stack(struct hcall_table *t, uint32_t ss, uint32_t esp, uint32_t
 		return false;
 	t->stack_top = esp;
 	t->stack_pages = pages;
-	t->ss1 = ss;
+	t->ss1 = ss16;		/* a selector: the upper half is not the TSS's */
 	t->esp1 = esp;
 	memcpy(t->tss + t->tss_esp1, &esp, 4);
 	memcpy(t->tss + t->tss_ss1, &ss16, 2);

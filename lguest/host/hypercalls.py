@@ -187,6 +187,7 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
     if pages > STACK_PAGES_MAX:
         guest.kill(f"bad stack pages {pages}")
         return
+    ss &= 0xFFFF  # a selector: the register's upper half is not the TSS's (hypercalls.c too)
     guest.set_kernel_stack(ss, esp)
     guest.pages.set_stack(esp, pages)
 
