@@ -34,7 +34,9 @@ def test_timeline_counts_equal_the_stats(puppy, tmp_path) -> None:
     faults = stats["exits_by_kind"].get("page fault", 0)
     assert by_cat["trap"] == sum(stats["traps_by_vector"].values()) + faults
     assert by_cat["guest"] == stats["world_switches"] == sum(stats["exits_by_kind"].values())
-    assert stats["traps_by_vector"]["128"] > 0  # the processes' system calls
+    # The processes' system calls: reflected by the Host on an exit, or by the CPU itself
+    # (traps_reflected counts both) once SET_STACK's pages are known to the fill hook.
+    assert stats["traps_reflected"] > 0
     # Every run came back to the Host (the last with SHUTDOWN), so the census saw them all.
     assert stats["seconds_by_category"]["emulating"] == pytest.approx(stats["seconds_emulating"], abs=1e-5)
     # Our Python hooks' time inside the emulator is the Host's, reported apart (issue 10).
@@ -42,7 +44,10 @@ def test_timeline_counts_equal_the_stats(puppy, tmp_path) -> None:
     assert 0 < hooks == pytest.approx(stats["seconds_in_hooks"], abs=1e-3)
     slices = [e for e in events if e["ph"] == "X"]
     assert all(e["dur"] >= 0 for e in slices) and {e["tid"] for e in slices} == {1, 2}
-    assert {e["name"] for e in events if e.get("cat") == "host"} >= {"SET_CLOCKEVENT", "trap", "kick"}
+    # A trap the Host handles is charged to it; the CPU delivers puppy's system calls itself
+    # once SET_STACK's pages are known to the fill hook, so there may be none.
+    trap_exits = {"trap"} if stats["exits_by_kind"].get("trap") else set()
+    assert {e["name"] for e in events if e.get("cat") == "host"} >= {"SET_CLOCKEVENT", "kick"} | trap_exits
     assert document["otherData"]["stats"]["hypercalls"] == stats["hypercalls"]
     # printk through the console's output queue: one request per write, with its bytes
     output = [e for e in events if e.get("cat") == "device" and e["name"] == "console output"]

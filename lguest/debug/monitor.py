@@ -81,6 +81,7 @@ def gdt(guest: Guest) -> str:
 
 def pgdir(guest: Guest) -> str:
     pages = guest.pages
+    pages.catch_up()  # C may have switched spaces
     if pages.linear:
         return "linear mode: no page tables yet (virtual = physical)\n"
     lines = [f"{'*' if s is pages.current else ' '} pgdir {s.pgdir:#010x}: {len(s.ptes)} shadowed pages"

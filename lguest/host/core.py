@@ -130,6 +130,7 @@ class Guest:
                                               mem_size, tracer)
         if self.native_hcalls is not None:
             self.pages.let_native_set_ptes(self.native_hcalls)
+            self.segments.let_native_load_tls(self.native_hcalls)
         # lguest_data and what INIT read from it
         self._lguest_data: int | None = None
         self.noirq_iret = 0
@@ -138,8 +139,7 @@ class Guest:
         self.hcall_pending = False
         self.halted = False
         self.ts = 0
-        self.ss1 = 0  # SET_STACK: where traps from user mode land
-        self.esp1 = 0
+        self._kernel_stack = (0, 0)  # SET_STACK's ss1, esp1: where traps from user mode land
         self.irqs_pending = 0
         self.stats: Counter[str] = Counter()  # hypercalls, reflected traps, interrupts (--stats)
         self._irq_lock = threading.Lock()
@@ -169,7 +169,7 @@ class Guest:
         self.switcher.close()
         self._ram_anchor = None
 
-    # --- what C shares: the async ring and the Host's cursor into it (native_hypercalls.py) --
+    # --- what C shares: the async ring, the Host's cursor, SET_STACK's stack (native_hypercalls.py)
     @property
     def lguest_data(self) -> int | None:
         return self._lguest_data
@@ -190,6 +190,18 @@ class Guest:
             self._next_hcall = n
         else:
             self.native_hcalls.next_hcall = n
+
+    @property
+    def ss1(self) -> int:
+        return self._shared_kernel_stack[0]
+
+    @property
+    def esp1(self) -> int:
+        return self._shared_kernel_stack[1]
+
+    @property
+    def _shared_kernel_stack(self) -> tuple[int, int]:
+        return self._kernel_stack if self.native_hcalls is None else self.native_hcalls.kernel_stack
 
     # --- death ---------------------------------------------------------------------------
     def kill(self, reason: str) -> None:
@@ -325,7 +337,10 @@ class Guest:
 
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         """SET_STACK's stack: where traps from user mode land (ours, and the CPU's TSS)."""
-        self.ss1, self.esp1 = ss, esp
+        if self.native_hcalls is None:
+            self._kernel_stack = ss, esp
+        else:
+            self.native_hcalls.kernel_stack = ss, esp
         self.switcher.set_kernel_stack(ss, esp)
 
     @property

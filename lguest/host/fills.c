@@ -327,3 +327,34 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	}
 	return answered;
 }
+
+/*
+ * For hypercalls.c (a NEW_PGTABLE it serves): is a kernel write to `page` answered in
+ * shadow `which` from what that shadow holds now (not from a re-read: then the page
+ * tables' own record may lack the entry)?
+ */
+bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page)
+{
+	int class = UC_MEM_WRITE - UC_MEM_READ;
+	struct answer_slot *slot;
+
+	if (!table->slot)
+		return false;
+	slot = slot_of(table, which, page);
+	return slot->page == page && slot->generation == table->generation[which] &&
+	       slot->known & (1u << class) && slot->perms[class] & UC_PROT_WRITE;
+}
+
+/* For hypercalls.c: shadow `which` is current, and the emulator's whole TLB was flushed. */
+void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which)
+{
+	table->current = which;
+	table->tlb_epoch++;
+	table->lost_track = 0;
+}
+
+/* For hypercalls.c (a SET_PGD or FLUSH_TLB it serves): shadow `which` lost many entries. */
+void lguest_fills_forget_all(struct fill_table *table, uint32_t which)
+{
+	table->generation[which]++;
+}

@@ -5,7 +5,9 @@
  * A fork is a storm of SET_PTE hypercalls, each of which used to stop the
  * emulator, run a Python handler and start it again.  Here the hook serves
  * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, SEND_INTERRUPTS
- * when no interrupt waits, and SET_PGD of a directory no shadow holds, from a
+ * when no interrupt waits, SET_PGD of a directory no shadow holds, and
+ * NEW_PGTABLE to a directory a shadow holds, SET_STACK to a stack it holds and
+ * LOAD_TLS (a context switch), from a
  * table the Host keeps (native_hypercalls.py): where the ring is, the Host's
  * cursor into it (one copy, shared with Python), and what SET_PTE's rule needs
  * to know of the shadow page tables (which directory each shadow holds, where
@@ -15,7 +17,9 @@
  * that page are forgotten in every shadow it touches (fills.c), and the page
  * leaves the emulator's TLB (QEMU's own tlb_flush_page).  Its effect on the
  * Python shadows is logged, and the page tables replay the log before they
- * next read or change a shadow.  A SET_PTE that touches no shadow needs
+ * next read or change a shadow; so is a NEW_PGTABLE's switch, in its place
+ * among them, after the emulator's whole TLB went and the fill hook turned to
+ * the new shadow's answers.  A SET_PTE that touches no shadow needs
  * neither: most of a fork's are for the child's directory, not yet shadowed.
  *
  * Everything unusual goes to the Switcher's Python hook exactly as if this
@@ -29,23 +33,36 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
 
 #define SHADOWS 4			/* page_tables.SHADOW_SLOTS */
 #define LOG_ENTRIES 1024
 #define CALLS 32			/* counts by call number below this */
 #define REGS 7
 #define X86_EFLAGS_VM 0x20000
+#define TLS_ENTRIES 3
+#define DESC_S (1u << 12)		/* a code or data segment, not a system descriptor */
+#define DESC_DPL_SHIFT 13
+#define DESC_ACCESSED (1u << 8)
 
 enum { EAX, EBX, ECX, EDX, ESI, CS, EFLAGS };
 
-struct logged_pte {			/* one SET_PTE the shadows have yet to see */
+enum { LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER };
+
+struct logged_change {			/* one change the shadows have yet to see, in order */
+	uint32_t what;			/* LOGGED_SET_PTE; LOGGED_SWITCH to pgdir's shadow; LOGGED_SET_PGD
+					 * of pgdir's entry `vaddr`; LOGGED_FLUSH_USER (FLUSH_TLB 0) */
 	uint32_t pgdir;
 	uint32_t vaddr;
+	uint32_t unused;
 	uint64_t pte;
 };
 
 struct fill_table;			/* fills.c */
 void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page);
+bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page);
+void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which);
+void lguest_fills_forget_all(struct fill_table *table, uint32_t which);
 
 struct hcall_table {
 	/* The machine, set once. */
@@ -53,12 +70,18 @@ struct hcall_table {
 	int32_t regs[REGS];		/* UC_X86_REG_ ids of eax, ebx, ecx, edx, esi, cs, eflags */
 	int32_t guest_pl;		/* the ring hypercalls come from */
 	void (*tlb_flush_page)(void *cpu, uint64_t page);	/* QEMU's, on the engine's CPU */
+	void (*tlb_flush)(void *cpu);				/* QEMU's, the whole TLB */
 	void *cpu;
 	struct fill_table *fills;
 	uint8_t *ram;
 	uint64_t ram_size;
 	/* The ABI, set once. */
-	uint32_t flush_async, set_pte, set_pgd, send_interrupts;	/* the calls served here */
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack, load_tls, flush_tlb;
+	uint8_t *gdt;			/* the GDT the CPU reads (in the Switcher's STATE_PAGE) */
+	uint32_t tls_min;		/* LOAD_TLS's three entries start here */
+	uint32_t max_stack_pages;	/* SET_STACK's limit */
+	uint8_t *tss;			/* the TSS the CPU reads (in the Switcher's STATE_PAGE) */
+	uint32_t tss_esp1, tss_ss1;	/* where in it a trap from ring 3 finds the ring-1 stack */
 	uint32_t top_entries;		/* SET_PGD's index must be below this */
 	uint32_t irq_pending_offset;	/* the Host's hint in lguest_data: an irq waits */
 	uint32_t status_offset, slots_offset, slot_size, ring_size;
@@ -75,11 +98,16 @@ struct hcall_table {
 	uint32_t shadows;		/* shadows 0..shadows-1 are in use */
 	uint32_t current;		/* the current shadow */
 	uint32_t pgdir[SHADOWS];
+	uint32_t filled;		/* shadows known to hold entries, one bit each */
+	uint32_t ss1, esp1;		/* SET_STACK's stack: the only copy, Python's too */
+	uint32_t stack_top, stack_pages;	/* and its pages, which must stay mapped */
 	/* What this file did. */
+	uint32_t tls_loaded;		/* a LOAD_TLS the Host's copy of the GDT has yet to see */
+	uint32_t tls[TLS_ENTRIES][2];	/* its three descriptors, as the Host keeps them */
 	uint64_t served[CALLS];		/* by call number */
 	uint64_t total;			/* all of them */
 	uint32_t logged;
-	struct logged_pte log[LOG_ENTRIES];
+	struct logged_change log[LOG_ENTRIES];
 };
 
 /* For the Python side to check its copy of the layout. */
@@ -121,13 +149,30 @@ static bool prefill_would_kill(const struct hcall_table *t, uint64_t pte)
 	return pfn >= t->pfn_limit && pfn >= t->device_limit;
 }
 
+/* A change the page tables replay, in its place among the others. */
+static void log_change(struct hcall_table *t, uint32_t what, uint32_t pgdir, uint32_t vaddr, uint64_t pte)
+{
+	struct logged_change *entry = &t->log[t->logged++];
+
+	entry->what = what;
+	entry->pgdir = pgdir;
+	entry->vaddr = vaddr;
+	entry->pte = pte;
+}
+
+/* The emulator's whole TLB goes; the fill hook answers from the current shadow. */
+static void flush_whole_tlb(struct hcall_table *t)
+{
+	lguest_fills_tlb_flushed(t->fills, t->current);
+	t->tlb_flush(t->cpu);
+}
+
 /* SET_PTE (the rule of page_tables.PageTables.set_pte); false: Python must do it. */
 static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint32_t lo, uint32_t hi)
 {
 	uint64_t pte = lo | (t->nx_mask ? (uint64_t)hi << 32 : 0);
 	uint32_t page = vaddr & ~0xFFFu;
 	uint32_t touched;
-	struct logged_pte *entry;
 
 	if (vaddr >= t->switcher)
 		return false;
@@ -136,10 +181,12 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 		return true;	/* no shadow holds it: none of the Host's business */
 	if (prefill_would_kill(t, pte) || t->logged >= LOG_ENTRIES)
 		return false;
-	entry = &t->log[t->logged++];
-	entry->pgdir = pgdir;
-	entry->vaddr = vaddr;
-	entry->pte = pte;
+	/* A shadow that may have lost its last entry is no longer known to hold any. */
+	if (pte & t->present && pte & (t->accessed | t->dirty) && ((pte & t->pfn_mask) >> 12) < t->pfn_limit)
+		t->filled |= touched;
+	else
+		t->filled &= ~touched;
+	log_change(t, LOGGED_SET_PTE, pgdir, vaddr, pte);
 	for (uint32_t i = 0; i < SHADOWS; i++)
 		if (touched & (1u << i))
 			lguest_fills_forget(t->fills, i, page);
@@ -148,15 +195,160 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 	return true;
 }
 
-/* SET_PGD of a directory no shadow holds: nothing to do.  The rest is Python's. */
-static bool set_pgd(const struct hcall_table *t, uint32_t pgdir, uint32_t index)
+/*
+ * Is every page of a stack answered for a kernel write in shadow `which` (§6.8: the
+ * stack stays mapped in every address space)?  Such an answer comes from an entry
+ * the shadow holds, present, writable and dirty, so the page tables' own pinning
+ * would find nothing to do and no reason to kill.
+ */
+static bool stack_pinned(const struct hcall_table *t, uint32_t which, uint32_t top, uint32_t pages)
 {
+	for (uint32_t i = 0; i < pages; i++) {
+		uint32_t page = (top - 1 - i * 0x1000u) & ~0xFFFu;
+
+		if (!lguest_fills_kept_kernel_write(t->fills, which, page))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * NEW_PGTABLE of a directory a shadow already holds (its format was checked when
+ * that shadow was made): the emulator's whole TLB goes, the fill hook answers from
+ * that shadow, and the switch is logged in order with the SET_PTEs around it.  The
+ * page tables pin the stack again only in an empty shadow: C serves a shadow known
+ * to hold entries, or one where the stack is pinned already.  A directory no shadow
+ * holds (a new shadow, linear mode's end) is Python's.
+ */
+static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
+{
+	uint32_t which;
+
+	for (which = 0; which < t->shadows && which < SHADOWS; which++)
+		if (t->pgdir[which] == pgdir)
+			break;
+	if (which == t->shadows || which == SHADOWS || t->logged >= LOG_ENTRIES)
+		return false;
+	if (!(t->filled & (1u << which)) && !stack_pinned(t, which, t->stack_top, t->stack_pages))
+		return false;
+	log_change(t, LOGGED_SWITCH, pgdir, 0, 0);
+	t->current = which;
+	flush_whole_tlb(t);
+	return true;
+}
+
+/*
+ * SET_PGD (§6.7): every shadow of that directory forgets its entries under the top-level
+ * entry (all of its fill answers go: a generation), and if the current one did, the
+ * emulator's whole TLB goes too.  An index beyond the top level (a kill): Python.
+ */
+static bool set_pgd(struct hcall_table *t, uint32_t pgdir, uint32_t index)
+{
+	uint32_t touched = 0;
+
 	if (index >= t->top_entries)
 		return false;
 	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
 		if (t->pgdir[i] == pgdir)
-			return false;
+			touched |= 1u << i;
+	if (!touched)
+		return true;	/* no shadow holds it: nothing to do */
+	if (t->logged >= LOG_ENTRIES)
+		return false;
+	log_change(t, LOGGED_SET_PGD, pgdir, index, 0);
+	for (uint32_t i = 0; i < SHADOWS; i++)
+		if (touched & (1u << i))
+			lguest_fills_forget_all(t->fills, i);
+	t->filled &= ~touched;
+	if (touched & (1u << t->current))
+		flush_whole_tlb(t);
 	return true;
+}
+
+/* FLUSH_TLB (§6.5) of the current space's user part; everything (which re-pins the
+ * stack) is Python's. */
+static bool flush_tlb(struct hcall_table *t, uint32_t everything)
+{
+	if (everything || t->logged >= LOG_ENTRIES)
+		return false;
+	log_change(t, LOGGED_FLUSH_USER, 0, 0, 0);
+	lguest_fills_forget_all(t->fills, t->current);
+	t->filled &= ~(1u << t->current);
+	flush_whole_tlb(t);
+	return true;
+}
+
+/*
+ * SET_STACK (§6.8) whose pages the current shadow already holds for a kernel write:
+ * the Host's copy and the TSS change, and the page tables' pinning would find nothing
+ * to do.  A bad segment or page count (a kill) and a stack not yet pinned: Python.
+ */
+static bool set_stack(struct hcall_table *t, uint32_t ss, uint32_t esp, uint32_t pages)
+{
+	uint16_t ss16 = (uint16_t)ss;
+
+	if ((ss & 3) != (uint32_t)t->guest_pl || pages > t->max_stack_pages ||
+	    !stack_pinned(t, t->current, esp, pages))
+		return false;
+	t->stack_top = esp;
+	t->stack_pages = pages;
+	t->ss1 = ss16;		/* a selector: the upper half is not the TSS's */
+	t->esp1 = esp;
+	memcpy(t->tss + t->tss_esp1, &esp, 4);
+	memcpy(t->tss + t->tss_ss1, &ss16, 2);
+	return true;
+}
+
+/* The Guest's descriptor as the Host keeps it (segments.fix_descriptor): privilege 0
+ * becomes the Guest kernel's ring, and it is marked accessed (the GDT is read-only). */
+static uint32_t fixed_descriptor(const struct hcall_table *t, uint32_t hi)
+{
+	if (((hi >> DESC_DPL_SHIFT) & 3) == 0)
+		hi |= (uint32_t)t->guest_pl << DESC_DPL_SHIFT;
+	return hi | DESC_ACCESSED;
+}
+
+/* Can the Switcher's entry gate run in this descriptor, were it loaded into CS
+ * (switcher._gate_runs_in)?  If not, the Switcher must note it: Python. */
+static bool gate_runs_in(uint32_t lo, uint32_t hi)
+{
+	bool code = (hi & 0x1800) == 0x1800;
+
+	return !code || (lo == 0x0000FFFF && (hi & 0xFFCF00FF) == 0x00CF0000);
+}
+
+/*
+ * LOAD_TLS (§5.3): three descriptors from Guest memory into the real GDT, fixed up,
+ * a system descriptor never installed (segments.installable); the Host's copy
+ * takes them when it next looks (segments.py).  Memory outside RAM (a kill) and a
+ * code segment the entry gate cannot run in: Python, nothing changed.
+ */
+static bool load_tls(struct hcall_table *t, uint32_t gpa)
+{
+	uint32_t theirs[TLS_ENTRIES][2], real[TLS_ENTRIES][2];
+
+	if (!in_ram(t, gpa, sizeof(theirs)))
+		return false;
+	memcpy(theirs, t->ram + gpa, sizeof(theirs));
+	for (int i = 0; i < TLS_ENTRIES; i++) {
+		theirs[i][1] = fixed_descriptor(t, theirs[i][1]);
+		real[i][0] = theirs[i][1] & DESC_S ? theirs[i][0] : 0;
+		real[i][1] = theirs[i][1] & DESC_S ? theirs[i][1] : 0;
+		if (!gate_runs_in(real[i][0], real[i][1]))
+			return false;
+	}
+	memcpy(t->tls, theirs, sizeof(theirs));
+	memcpy(t->gdt + 8 * t->tls_min, real, sizeof(real));
+	t->tls_loaded = 1;
+	return true;
+}
+
+/* Is this a call this file may serve (it still may pass it on)? */
+static bool served_here(const struct hcall_table *t, uint32_t nr)
+{
+	return nr == t->flush_async || nr == t->set_pte || nr == t->set_pgd ||
+	       nr == t->send_interrupts || nr == t->new_pgtable || nr == t->set_stack || nr == t->load_tls ||
+	       nr == t->flush_tlb;
 }
 
 /* One call, from the registers or a ring slot; false: Python must do it. */
@@ -170,10 +362,18 @@ static bool serve(struct hcall_table *t, const uint32_t args[5])
 		done = set_pgd(t, args[1], args[2]);
 	else if (args[0] == t->set_pte)
 		done = set_pte(t, args[1], args[2], args[3], args[4]);
+	else if (args[0] == t->new_pgtable)
+		done = new_pgtable(t, args[1]);
+	else if (args[0] == t->set_stack)
+		done = set_stack(t, args[1], args[2], args[3]);
+	else if (args[0] == t->load_tls)
+		done = load_tls(t, args[1]);
+	else if (args[0] == t->flush_tlb)
+		done = flush_tlb(t, args[1]);
 	else
 		done = false;
 	if (done) {
-		t->served[args[0] % CALLS]++;	/* only 0 and 14 get here */
+		t->served[args[0] % CALLS]++;	/* only the served calls, all below CALLS */
 		t->total++;
 	}
 	return done;
@@ -219,8 +419,7 @@ bool lguest_native_hypercall(void *uc, struct hcall_table *t)
 		return false;
 	for (int i = 0; i < 5; i++)
 		args[i] = (uint32_t)values[EAX + i];
-	if (args[0] != t->flush_async && args[0] != t->set_pte && args[0] != t->set_pgd &&
-	    args[0] != t->send_interrupts)
+	if (!served_here(t, args[0]))
 		return false;	/* before the ring: Python drains it, then runs the call */
 	if (!in_ram(t, (uint64_t)t->lguest_data + t->irq_pending_offset, 4) ||
 	    *(uint32_t *)(t->ram + t->lguest_data + t->irq_pending_offset))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 HcallArgs = tuple[int, int, int, int, int]  # arg0 (the number) .. arg4
 HCALL_REGS = ("eax", "ebx", "ecx", "edx", "esi")  # §1.1: where arg0..arg4 travel
+STACK_PAGES_MAX = 2  # §6.8: SET_STACK's stack may span this many pages (hypercalls.c too)
 
 
 # tour:H.40 A hypercall reaches the Host
@@ -160,6 +161,9 @@ def hcall_shutdown(guest: Guest, reason_gpa: int, how: int, *_: int) -> None:
 def hcall_new_pgtable(guest: Guest, pgdir: int, *_: int) -> None:
     """NEW_PGTABLE (§6.4), refusing tables in the other format than the Guest's mode."""
     pages = guest.pages
+    if pages.holds(pgdir):  # checked when its shadow was made (so C switches to it unchecked)
+        pages.new_pgtable(pgdir)
+        return
     wrong = mismatch(pages.format, guest.memory, pgdir, guest.switcher.get("eip"), pages.pfn_limit)
     if wrong:
         guest.kill(wrong)
@@ -180,10 +184,11 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
     if ss & 3 != abi.GUEST_PL:
         guest.kill(f"bad stack segment {ss}")
         return
-    if pages > 2:
+    if pages > STACK_PAGES_MAX:
         guest.kill(f"bad stack pages {pages}")
         return
-    guest.set_kernel_stack(ss & 0xFFFF, esp)  # a selector: lguest kept 16 bits of it, as the TSS does
+    ss &= 0xFFFF  # a selector: lguest kept 16 bits of it, as the TSS does (hypercalls.c too)
+    guest.set_kernel_stack(ss, esp)
     guest.pages.set_stack(esp, pages)
 
 

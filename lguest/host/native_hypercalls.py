@@ -4,8 +4,10 @@ hypercalls were one trap into the Host's kernel code, never a return to a user p
 A fork is a storm of SET_PTE hypercalls, and each one used to stop the emulator,
 run `hypercalls.do_hypercalls` and start the emulator again.  On the native path the
 interrupt hook serves FLUSH_ASYNC and SET_PTE itself, sync or queued in the async
-ring, from a table this module keeps: where the ring is, the Host's cursor into it
-(the only copy: `Guest.next_hcall` reads and writes it here), and what SET_PTE's
+ring, and a context switch's NEW_PGTABLE, SET_STACK and LOAD_TLS, SET_PGD and
+FLUSH_TLB (the "A context switch without an exit" stop), from a table this module
+keeps: where the ring is, the Host's cursor into it (the only copy:
+`Guest.next_hcall` reads and writes it here), and what SET_PTE's
 rule needs to know of the shadows, which the page tables hand over as data wherever
 they change it (`PageTables._tell_native`).
 
@@ -17,7 +19,8 @@ Python hook as if C were not there.  A tracer that wants every hypercall (--trac
 the gdb stub, a timeline) means no native hypercalls; one that only counts them
 (--stats=json's census) is told the counts (`count_served`).
 
-What it owns: the table, and the counts of what C served until Python adds them in.
+What it owns: the table (SET_STACK's stack lives only there), and the counts of what C
+served until Python adds them in.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from unicorn.x86_const import (
 from lguest import abi
 from lguest.abi import Hcall, LguestData
 from lguest.host import calibration, native
+from lguest.host.hypercalls import STACK_PAGES_MAX
+from lguest.host.switcher import GDT_ADDR, STATE_PAGE, TSS_ADDR, TSS_ESP1, TSS_SS1
 
 if TYPE_CHECKING:
     from lguest.host.core import Tracer
@@ -51,29 +56,36 @@ LOG_ENTRIES = 1024
 CALLS = 32
 REGS = (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_ESI,
         UC_X86_REG_CS, UC_X86_REG_EFLAGS)
-LOGGED_PTE = struct.Struct("<IIQ")  # struct logged_pte: pgdir, vaddr, pte
+LOGGED = struct.Struct("<III4xQ")  # struct logged_change: what, pgdir, vaddr, pte
+LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER = range(4)  # what a logged change is
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 
 
-class _LoggedPte(ctypes.Structure):
-    _fields_ = (("pgdir", U32), ("vaddr", U32), ("pte", U64))
+class _Logged(ctypes.Structure):
+    _fields_ = (("what", U32), ("pgdir", U32), ("vaddr", U32), ("unused", U32), ("pte", U64))
 
 
 class _Table(ctypes.Structure):
     """struct hcall_table of hypercalls.c."""
 
     _fields_ = (("reg_read_batch", ctypes.c_void_p), ("regs", ctypes.c_int32 * len(REGS)),
-                ("guest_pl", ctypes.c_int32), ("tlb_flush_page", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
+                ("guest_pl", ctypes.c_int32), ("tlb_flush_page", ctypes.c_void_p),
+                ("tlb_flush", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
                 ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
                 ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
-                ("top_entries", U32), ("irq_pending_offset", U32),
+                ("new_pgtable", U32), ("set_stack", U32), ("load_tls", U32), ("flush_tlb", U32),
+                ("gdt", ctypes.c_void_p), ("tls_min", U32), ("max_stack_pages", U32),
+                ("tss", ctypes.c_void_p),
+                ("tss_esp1", U32), ("tss_ss1", U32), ("top_entries", U32), ("irq_pending_offset", U32),
                 ("status_offset", U32), ("slots_offset", U32),
                 ("slot_size", U32), ("ring_size", U32), ("free", U32), ("switcher", U32),
                 ("present", U64), ("accessed", U64), ("dirty", U64), ("pse", U64),
                 ("ready", ctypes.c_int32), ("lguest_data", U32), ("next_hcall", U32), ("kernel_address", U32),
                 ("pfn_mask", U64), ("nx_mask", U64), ("pfn_limit", U64), ("device_limit", U64),
-                ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS),
-                ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _LoggedPte * LOG_ENTRIES))
+                ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS), ("filled", U32),
+                ("ss1", U32), ("esp1", U32), ("stack_top", U32), ("stack_pages", U32),
+                ("tls_loaded", U32), ("tls", U32 * (2 * abi.GDT_ENTRY_TLS_ENTRIES)),
+                ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _Logged * LOG_ENTRIES))
 
 
 def only_counts(tracer: Tracer | None) -> bool:
@@ -106,11 +118,19 @@ class NativeHypercalls:
         table.regs[:] = REGS
         table.guest_pl = abi.GUEST_PL
         table.tlb_flush_page = ctypes.cast(uclib.tlb_flush_page_x86_64, ctypes.c_void_p).value
+        table.tlb_flush = ctypes.cast(uclib.tlb_flush_x86_64, ctypes.c_void_p).value
         table.cpu = cpu.cpu
         table.fills = switcher.fill_answers.address
         table.ram, table.ram_size = ram, ram_size
         table.flush_async, table.set_pte = Hcall.FLUSH_ASYNC, Hcall.SET_PTE
         table.set_pgd, table.send_interrupts = Hcall.SET_PGD, Hcall.SEND_INTERRUPTS
+        table.new_pgtable, table.set_stack = Hcall.NEW_PGTABLE, Hcall.SET_STACK
+        table.max_stack_pages = STACK_PAGES_MAX
+        table.load_tls, table.tls_min = Hcall.LOAD_TLS, abi.GDT_ENTRY_TLS_MIN
+        table.flush_tlb = Hcall.FLUSH_TLB
+        table.gdt = switcher.state_page + GDT_ADDR - STATE_PAGE
+        table.tss = switcher.state_page + TSS_ADDR - STATE_PAGE
+        table.tss_esp1, table.tss_ss1 = TSS_ESP1, TSS_SS1
         table.irq_pending_offset = LguestData.IRQ_PENDING
         table.status_offset, table.slots_offset = LguestData.HCALL_STATUS, LguestData.HCALLS
         table.slot_size, table.ring_size = LguestData.HCALL_SIZE, abi.LHCALL_RING_SIZE
@@ -137,25 +157,71 @@ class NativeHypercalls:
         self._table.next_hcall = n
 
     def shadows_are(self, fmt: PageFormat, kernel_address: int, pfn_limit: int, device_limit: int,
-                    pgdirs: list[int], current: int) -> None:
-        """What SET_PTE's rule needs, as the page tables have it now (their log replayed)."""
+                    pgdirs: list[int], current: int, filled: list[bool]) -> None:
+        """What SET_PTE's and NEW_PGTABLE's rules need, as the page tables have it now
+        (their log replayed): `filled`, which shadows hold entries."""
         table = self._table
         table.pfn_mask, table.nx_mask, table.top_entries = fmt.pfn_mask, fmt.nx_mask, fmt.top_entries
         table.kernel_address, table.pfn_limit, table.device_limit = kernel_address, pfn_limit, device_limit
         table.shadows = len(pgdirs)
         table.pgdir[:len(pgdirs)] = pgdirs
         table.current = current
+        table.filled = sum(1 << i for i, holds in enumerate(filled) if holds)
+
+# tour:S.166 A context switch without an exit
+# Linux switches tasks with three queued calls: NEW_PGTABLE for the next address space,
+# SET_STACK for its kernel stack, LOAD_TLS for its thread-local segments; then it flushes
+# the ring.  C serves all three, and the SET_PGDs and FLUSH_TLBs around them, wherever
+# the Python rule would simply say "done": a directory a shadow already holds, whose
+# stack needs no pinning; a stack the current shadow already holds for the kernel to
+# write; descriptors in RAM that the rules of "Segments: the Guest's GDT, filtered" let
+# through.  A switch flushes the emulator's whole TLB and turns the C fill hook to the
+# new shadow's answers; it goes in the same log as the SET_PTEs, in order, for the page
+# tables to follow.  SET_STACK's stack has one copy, here, and C writes the TSS the CPU
+# reads; the real GDT too, and the Host's copy takes the new descriptors when it next
+# looks.  Anything else, every kill included, is the Python handler's, as before.
+    # --- SET_STACK's stack: the only copy, which C changes too ----------------------------
+    @property
+    def kernel_stack(self) -> tuple[int, int]:
+        """(ss1, esp1): where traps from user mode land."""
+        return self._table.ss1, self._table.esp1
+
+    @kernel_stack.setter
+    def kernel_stack(self, stack: tuple[int, int]) -> None:
+        self._table.ss1, self._table.esp1 = stack
+
+    @property
+    def pinned_stack(self) -> tuple[int, int]:
+        """(top, pages): the stack the page tables keep mapped in every address space."""
+        return self._table.stack_top, self._table.stack_pages
+
+    @pinned_stack.setter
+    def pinned_stack(self, stack: tuple[int, int]) -> None:
+        self._table.stack_top, self._table.stack_pages = stack
 
     # --- what C did ---------------------------------------------------------------------------
-    def take_log(self) -> list[tuple[int, int, int]]:
-        """The SET_PTEs C served that touched a shadow, oldest first (and the log emptied)."""
+    def take_tls(self) -> list[tuple[int, int]] | None:
+        """The TLS descriptors of the last LOAD_TLS C served, as the Host keeps them
+        (fixed up), if the Host has not seen them yet."""
+        table = self._table
+        if not table.tls_loaded:
+            return None
+        table.tls_loaded = 0
+        words = list(table.tls)
+        return list(zip(words[::2], words[1::2], strict=True))
+
+    def take_log(self) -> list[tuple[int, int, int, int]]:
+        """(what, pgdir, vaddr, pte) of each change C made to what the shadows hold: a
+        SET_PTE that touched one, a switch to one (NEW_PGTABLE), a SET_PGD of a shadowed
+        directory (its index in `vaddr`), a FLUSH_TLB of the user part; oldest first
+        (and the log emptied)."""
         table = self._table
         count = table.logged
         if not count:
             return []
         table.logged = 0
-        raw = ctypes.string_at(ctypes.addressof(table.log), count * LOGGED_PTE.size)
-        return list(LOGGED_PTE.iter_unpack(raw))
+        raw = ctypes.string_at(ctypes.addressof(table.log), count * LOGGED.size)
+        return list(LOGGED.iter_unpack(raw))
 
     def take_counts(self) -> list[tuple[int, int]]:
         """(call number, how many) C served since last asked (cheap when none)."""

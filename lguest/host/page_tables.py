@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from lguest import abi
 from lguest.host.memory import GuestMemory, hex32
+from lguest.host.native_hypercalls import LOGGED_FLUSH_USER, LOGGED_SET_PGD, LOGGED_SWITCH
 from lguest.host.pgformat import PAE, TWO_LEVEL, PageFormat
 from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
 
@@ -74,8 +75,7 @@ class PageTables:
         self.pfn_limit = memory.size >> abi.PAGE_SHIFT
         self.device_limit = self.pfn_limit  # pfns from pfn_limit up to here: device windows or gap
         self._kernel_address = 0  # where the Guest kernel's part of every space begins (INIT)
-        self.stack_top = 0  # SET_STACK's esp1, and how many pages below it must stay mapped
-        self.stack_pages = 0
+        self._stack = (0, 0)  # SET_STACK's esp1, and how many pages below it must stay mapped
         self.tlb_may_hold: set[int] = set()  # pages the emulator's TLB may hold since its last flush
         self.tlb_stale = False  # the emulator's TLB must be flushed before the Guest runs
         self.mmio_pages: set[int] = set()  # device windows the Launcher mapped (pfns)
@@ -94,7 +94,9 @@ class PageTables:
         answers.use(self.current.table)
 
     def let_native_set_ptes(self, native: NativeHypercalls) -> None:
-        """From now on C serves SET_PTE too: tell it the shadows, replay what it did."""
+        """From now on C serves SET_PTE too: tell it the shadows, replay what it did; and
+        the pinned stack is C's copy, which a SET_STACK served in C changes."""
+        native.pinned_stack = self._stack
         self.native = native
         self._tell_native()
 
@@ -102,17 +104,36 @@ class PageTables:
         """What SET_PTE's rule needs, to C, wherever it changes here (after `catch_up`)."""
         if self.native is not None:
             self.native.shadows_are(self.format, self._kernel_address, self.pfn_limit, self.device_limit,
-                                    [shadow.pgdir for shadow in self.shadows], self.current.table)
+                                    [shadow.pgdir for shadow in self.shadows], self.current.table,
+                                    [bool(shadow.ptes) for shadow in self.shadows])
 
     def catch_up(self) -> None:
-        """Replay into the shadows the SET_PTEs C served: every entry point that reads or
-        changes a shadow, or what the rule depends on, calls this first.  C already took
-        each page out of the emulator's TLB, so none of them marks the TLB stale."""
+        """Replay into the shadows the SET_PTEs and switches C served, in order: every
+        entry point that reads or changes a shadow, or what the rules depend on, calls
+        this first.  C already took each page (each switch: everything) out of the
+        emulator's TLB, so none of them marks the TLB stale."""
         if self.native is None:
             return
-        for pgdir, vaddr, pte in self.native.take_log():
-            if self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
+        log = self.native.take_log()
+        for what, pgdir, vaddr, pte in log:
+            if what == LOGGED_SWITCH:
+                self._switched_in_c(pgdir)
+            elif what == LOGGED_SET_PGD:
+                self._drop_top_entry(pgdir, vaddr, forgotten_in_c=True)
+            elif what == LOGGED_FLUSH_USER:
+                self._drop_user_part(forgotten_in_c=True)
+            elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
+        if log:
+            self._tell_native()  # which shadows hold entries: C knows only what it did
+
+    def _switched_in_c(self, pgdir: int) -> None:
+        """NEW_PGTABLE to a shadow we hold, served in C: the fill hook answers from it
+        already and the emulator's TLB was flushed.  C served it only where `new_pgtable`
+        would not pin the stack (the shadow holds entries) or would find nothing to do
+        (a kernel-write answer for each stack page)."""
+        self.current = next(s for s in self.shadows if s.pgdir == pgdir)
+        self.tlb_may_hold = set(self.current.answered)
 
     @property
     def kernel_address(self) -> int:
@@ -141,6 +162,7 @@ class PageTables:
         """The CPU itself may write a trap frame here (interrupts.c): if the current
         shadow allows a kernel write as it stands (DIRTY already set), keep the answer
         `translate` would give, as if the miss had come (no side effect on the Guest)."""
+        self.catch_up()
         page = vaddr & ~0xFFF
         gpte = self.current.ptes.get(page)
         if (self.answers is None or gpte is None or not self._allows(gpte, True, False, False)
@@ -171,6 +193,8 @@ class PageTables:
 
     @property
     def pgdir(self) -> int:
+        """The current Guest directory (C may have switched: replayed first)."""
+        self.catch_up()
         return self.current.pgdir
 
     # --- demand_page ------------------------------------------------------------------------
@@ -216,7 +240,7 @@ class PageTables:
             return 0, 0
         if not walked:
             return 0, gpte
-        return self.memory.read_u32(self.pgdir + (page >> abi.PGDIR_SHIFT) * 4), gpte
+        return self.memory.read_u32(self.current.pgdir + (page >> abi.PGDIR_SHIFT) * 4), gpte
 
     def demand_page(self, vaddr: int, write: bool, user: bool,
                     fetch: bool = False) -> tuple[int | None, int]:
@@ -286,7 +310,8 @@ class PageTables:
         vaddr &= 0xFFFFFFFF
         if self.linear:
             return 0, (vaddr & ~0xFFF) | LINEAR_PTE_FLAGS
-        pte_gpa, gpte, bad = self.format.walk(self.memory, self.pgdir, vaddr, self.pfn_limit, quiet)
+        self.catch_up()
+        pte_gpa, gpte, bad = self.format.walk(self.memory, self.current.pgdir, vaddr, self.pfn_limit, quiet)
         if bad and not quiet:
             self.kill(bad)
         return pte_gpa, gpte
@@ -330,6 +355,11 @@ class PageTables:
         return stale
 
     # --- what the hypercalls change ---------------------------------------------------------
+    def holds(self, pgdir: int) -> bool:
+        """Does a shadow hold this Guest directory (never in linear mode)?"""
+        self.catch_up()
+        return any(shadow.pgdir == pgdir for shadow in self.shadows)
+
     def new_pgtable(self, pgdir: int) -> None:
         """NEW_PGTABLE (§6.4): switch to the shadow of the Guest's directory at `pgdir`."""
         self.catch_up()
@@ -367,9 +397,19 @@ class PageTables:
         if everything:
             self.clear_all()
             return
+        self._drop_user_part()
+        self._tell_native()  # it may hold no entries now
+
+    def _drop_user_part(self, forgotten_in_c: bool = False) -> None:
+        """FLUSH_TLB 0's rule (hypercalls.c applies it too, having forgotten the answers
+        and flushed the emulator's TLB itself)."""
         self.current.drop_user_part(self.kernel_address)
-        self._forget(self.current)
-        self.flush()
+        if forgotten_in_c:
+            self.current.answered.clear()
+            self.tlb_may_hold = set()
+        else:
+            self._forget(self.current)
+            self.flush()
 
     def clear_all(self) -> None:
         """Throw away every shadow entry, kernel part included, and re-pin the stack."""
@@ -377,6 +417,7 @@ class PageTables:
         for shadow in [*self.shadows, self.current]:
             shadow.ptes.clear()
             self._forget(shadow)
+        self._tell_native()
         self.flush()
         self.pin_stack()
 
@@ -408,6 +449,7 @@ class PageTables:
         if self._update_shadows(pgdir, vaddr, pte):
             page = vaddr & ~0xFFF
             self._flush_if_held(page, page + abi.PAGE_SIZE)
+        self._tell_native()  # a shadow may hold no entries now
 
     def _update_shadows(self, pgdir: int, vaddr: int, pte: int, forgotten_in_c: bool = False) -> bool:
         """SET_PTE's rule for the shadows (hypercalls.c applies it too, and logs it for
@@ -439,25 +481,51 @@ class PageTables:
         if index >= entries:
             self.kill(f"Attempt to set pgd {index}/{entries}")
             return
+        self._drop_top_entry(pgdir, index)
+        self._tell_native()
+
+    def _drop_top_entry(self, pgdir: int, index: int, forgotten_in_c: bool = False) -> None:
+        """SET_PGD's rule (hypercalls.c applies it too, having forgotten the answers and,
+        for the current shadow, flushed the emulator's whole TLB itself)."""
         start = index << self.format.top_shift
         end = start + (1 << self.format.top_shift)
         for shadow in self.shadows:
             if shadow.pgdir == pgdir:
                 shadow.drop_range(start, end)
+                if forgotten_in_c:
+                    shadow.answered.clear()
+                    if shadow is self.current:
+                        self.tlb_may_hold = set()
+                    continue
                 self._forget(shadow)
                 if shadow is self.current:
                     self._flush_if_held(start, end)
 
     # --- the kernel stack (§6.8) ----------------------------------------------------------------
+    @property
+    def stack_top(self) -> int:
+        return (self._stack if self.native is None else self.native.pinned_stack)[0]
+
+    @property
+    def stack_pages(self) -> int:
+        return (self._stack if self.native is None else self.native.pinned_stack)[1]
+
     def set_stack(self, top: int, pages: int) -> None:
         """SET_STACK: these pages below `top` must stay mapped and writable."""
-        self.stack_top, self.stack_pages = top, pages
+        if self.native is None:
+            self._stack = top, pages
+        else:
+            self.native.pinned_stack = top, pages
         self.pin_stack()
 
     def pin_stack(self) -> None:
-        """Make sure the SET_STACK pages are mapped and writable (else `bad stack page`)."""
+        """Make sure the SET_STACK pages are mapped and writable (else `bad stack page`).
+
+        The C hook keeps each kernel-write answer: a NEW_PGTABLE back to this shadow
+        is served in C only while it holds them (hypercalls.c `stack_pinned`)."""
         for i in range(self.stack_pages):
             page = (self.stack_top - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
             if isinstance(self.translate(page, True, False, False), int):
                 self.kill(f"bad stack page {hex32(page)}")
                 return
+            self.keep_kernel_write(page)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from lguest import abi
 from lguest.host.memory import GuestMemory
+
+if TYPE_CHECKING:
+    from lguest.host.native_hypercalls import NativeHypercalls
 
 DESC_S = 1 << 12  # code/data descriptor (clear for TSS, LDT and gates)
 DESC_DPL_SHIFT = 13
@@ -78,11 +81,29 @@ class Segments:
         self.memory = memory
         self.kill = kill
         self.real = real
-        self.gdt: list[tuple[int, int]] = [(0, 0)] * abi.GDT_ENTRIES
+        self._gdt: list[tuple[int, int]] = [(0, 0)] * abi.GDT_ENTRIES
         # §3.4: only the kernel code and data entries exist at first.
-        self.gdt[abi.GDT_ENTRY_KERNEL_CS] = abi.FLAT_CODE_DPL1
-        self.gdt[abi.GDT_ENTRY_KERNEL_DS] = abi.FLAT_DATA_DPL1
+        self._gdt[abi.GDT_ENTRY_KERNEL_CS] = abi.FLAT_CODE_DPL1
+        self._gdt[abi.GDT_ENTRY_KERNEL_DS] = abi.FLAT_DATA_DPL1
+        # The native path's hypercalls (native_hypercalls.py): C serves LOAD_TLS, writing
+        # the real GDT itself, and keeps the descriptors for `gdt` to take.
+        self.native: NativeHypercalls | None = None
         self.copy_to_cpu()
+
+    def let_native_load_tls(self, native: NativeHypercalls) -> None:
+        """From now on C serves LOAD_TLS too."""
+        self.native = native
+
+    @property
+    def gdt(self) -> list[tuple[int, int]]:
+        """The Guest's 32 entries (with the TLS ones of a LOAD_TLS C served)."""
+        loaded = self.native.take_tls() if self.native is not None else None
+        if loaded is not None:
+            # C wrote the real GDT already, by the rules below (hypercalls.c).
+            for num, (lo, hi) in enumerate(loaded, abi.GDT_ENTRY_TLS_MIN):
+                self._gdt[num] = lo, hi
+                self.real.gdt[num] = (lo, hi) if installable(hi) else (0, 0)
+        return self._gdt
 
     def base(self, selector: int) -> int:
         """The base address of the segment a selector names (0 for the null selector)."""
@@ -111,7 +132,7 @@ class Segments:
     def _store(self, num: int, lo: int, hi: int) -> None:
         if num not in abi.HOST_OWNED_GDT_ENTRIES:
             hi = fix_descriptor(hi)
-        self.gdt[num] = (lo, hi)
+        self.gdt[num] = (lo, hi)  # after a LOAD_TLS C served, whose other entries stay
 
     def copy_to_cpu(self) -> None:
         """Build the real GDT: the Guest's entries, the Switcher's own where it owns them."""
