@@ -9,7 +9,9 @@
  * kernel or user), the answer they gave, and drop them exactly where the
  * shadow's entry changes (lguest/host/fills.py).  The rules stay in Python: this hook never decides,
  * it repeats, and after a table forgot everything it repeats only answers whose Guest
- * entries it re-reads unchanged (`still_holds`).  Anything not in the table, the Switcher's own pages,
+ * entries it re-reads unchanged (`still_holds`); a page another shadow's table answered
+ * it repeats where the current directory leads to the same entries (`adopt`).
+ * Anything not in the table, the Switcher's own pages,
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
  * Python hook, exactly as if this one were not here.  While the CPU delivers a

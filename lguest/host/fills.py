@@ -14,10 +14,14 @@ at once), and only answers that come from a shadow's entries are kept.  The page
 tables drop them exactly where the entry behind them changes: a page's when
 SET_PTE or `demand_page` changes its entry (a first write sets DIRTY), a whole
 table when SET_PGD, FLUSH_TLB, eviction or a full flush drops many entries at
-once.  Anything else (no answer kept, the Switcher's pages, virtual-8086 mode,
-and every miss while the Host has news the hook cannot see: an exit pending, a
-failed hook, a frame for the trampoline, the Host's own loads outside the
-emulator) goes to the Switcher's Python hook.
+once.  Kernel mappings are the same in every address space: a page another
+shadow's table answered from Guest entries the current directory leads to as well
+is copied into the current table (fills.c's `adopt`), and the page tables record
+its PTE in that shadow as the walk would have (`take_adoptions`, replayed in order
+with the hypercalls C logged).  Anything else (no answer kept, the Switcher's
+pages, virtual-8086 mode, and every miss while the Host has news the hook cannot
+see: an exit pending, a failed hook, a frame for the trampoline, the Host's own
+loads outside the emulator) goes to the Switcher's Python hook.
 
 While the CPU itself delivers a trap (interrupts.c), its accesses are the kernel's
 whatever CS says: then the C hook answers them alone, from the kernel's answers and
