@@ -395,6 +395,87 @@ test_main:
 """ + FAIL))
 
 
+# Read 16 pages of the first 4 MiB, which every space in TWO_SPACES maps alike.
+TOUCH_16_PAGES = """
+touch_16_pages:
+	movl $0x200000, %esi
+1:	movl (%esi), %eax
+	addl $4096, %esi
+	cmpl $0x210000, %esi
+	jne 1b
+	ret
+"""
+
+
+def test_shared_kernel_table_changed_silently_seen_after_a_full_flush(asm_guest) -> None:
+    """Two spaces share the kernel's page table (and the first 4 MiB's): what one space
+    walked, the native path's C hook answers in the other from the same Guest entries
+    (fills.c's adoption), never a private page, and never an entry changed silently
+    (FLUSH_TLB(1) then shows the new one in both spaces).  Both paths see the same."""
+    elf = asm_guest(TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	call touch_16_pages
+	cmpl $0xc0c0, 0xc0000000
+	jne fail
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	HCALL LHCALL_NEW_PGTABLE, $dir_b		/* a new shadow: nothing walked in it */
+	call touch_16_pages
+	cmpl $0xc0c0, 0xc0000000
+	jne fail
+	cmpl $0xbbbb, 0x400000			/* private: A's answer is not B's */
+	jne fail
+	movl $0xdddd, frames + 12288
+	movl $frames + 12288 + 0x67, kernel_pt	/* silently */
+	HCALL LHCALL_FLUSH_TLB, $1
+	cmpl $0xdddd, 0xc0000000
+	jne fail
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	cmpl $0xdddd, 0xc0000000
+	jne fail
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	POWEROFF
+""" + TOUCH_16_PAGES + FAIL)
+    native = make_guest(elf, native=True)
+    assert native.run().reason == POWER_OFF[1]
+    assert native.switcher.fill_answers.adopted >= 16 + 1
+    python = make_guest(elf, native=False)
+    assert python.run().reason == POWER_OFF[1]
+    assert python.switcher.python_fills > native.switcher.python_fills + 16
+
+
+def test_adopted_entries_are_recorded_as_if_walked(asm_guest) -> None:
+    """What the C hook adopted from another shadow's table, the page tables record in
+    that shadow as the walk would have (which shadows hold entries decides whether a
+    NEW_PGTABLE pins the stack): the same records both ways."""
+    elf = asm_guest(TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	call touch_16_pages
+	HCALL LHCALL_NEW_PGTABLE, $dir_b
+	call touch_16_pages
+	cmpl $0xc0c0, 0xc0000000
+	jne fail
+	POWEROFF
+""" + TOUCH_16_PAGES + FAIL)
+    records = []
+    for native in (True, False):
+        guest = make_guest(elf, native=native)
+        assert guest.run().reason == POWER_OFF[1]
+        guest.pages.catch_up()
+        records.append([(s.pgdir, s.ptes) for s in guest.pages.shadows])
+    assert records[0] == records[1]
+    assert len(records[0][-1][1]) > 16
+
+
 def test_more_address_spaces_than_shadow_slots(asm_guest) -> None:
     """Eight directories, one private page each, visited round and round: evictions are safe."""
     run_ok(asm_guest(EXTRA + """

@@ -9,7 +9,9 @@
  * kernel or user), the answer they gave, and drop them exactly where the
  * shadow's entry changes (lguest/host/fills.py).  The rules stay in Python: this hook never decides,
  * it repeats, and after a table forgot everything it repeats only answers whose Guest
- * entries it re-reads unchanged (`still_holds`).  Anything not in the table, the Switcher's own pages,
+ * entries it re-reads unchanged (`still_holds`); a page another shadow's table answered
+ * it repeats where the current directory leads to the same entries (`adopt`).
+ * Anything not in the table, the Switcher's own pages,
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
  * Python hook, exactly as if this one were not here.  While the CPU delivers a
@@ -31,6 +33,13 @@
 #define UC_PROT_READ 1
 #define UC_PROT_WRITE 2
 #define X86_EFLAGS_VM 0x20000
+
+#define ADOPTIONS 256			/* adopted slots the page tables have yet to record */
+
+struct adoption {			/* for fills.py: the entry the page tables' shadow did not see */
+	uint32_t logged;		/* made after this many of hypercalls.c's logged changes */
+	uint32_t which, page, pte;
+};
 
 struct tlb_entry {			/* Unicorn's uc_tlb_entry */
 	uint64_t paddr;
@@ -74,6 +83,10 @@ struct fill_table {
 	uint32_t fault_errcode;
 	void *env;				/* the engine's CPUX86State */
 	void (*raise_err)(void *env, int vector, int errcode);	/* QEMU's raise_exception_err */
+	uint64_t adopted;			/* slots copied from another shadow's table */
+	const uint32_t *hcalls_logged;		/* hypercalls.c's log length, to order ours (NULL: none) */
+	uint32_t adoptions;
+	struct adoption adoption[ADOPTIONS];
 };
 
 /* For the Python side to check its copy of the layout. */
@@ -144,6 +157,58 @@ static bool still_holds(struct fill_table *table, uint32_t which, struct answer_
 	slot->generation = table->generation[which];
 	table->reread++;
 	return true;
+}
+
+/* The Guest's directory entry and PTE for `page` under shadow `which`'s directory. */
+static bool read_entries(const struct fill_table *table, uint32_t which, uint32_t page, uint32_t *pde,
+			 uint32_t *pte)
+{
+	if (!table->pgdir[which] || !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, pde))
+		return false;
+	return guest_entry(table, (*pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4, pte);
+}
+
+/*
+ * Every address space maps the kernel through the same Guest tables, so a page
+ * one shadow's table knows is often missed in another's.  If another table's slot
+ * says which directory entry and PTE its answers rest on, and the current shadow's
+ * directory leads to exactly those, a walk here would check the same entries and
+ * give the same answers: the slot is copied into the current table.  The walk would
+ * also have put the PTE in the shadow's record, so the copy is logged for the page
+ * tables to record it too, in order with the changes hypercalls.c logs; with the
+ * log full, Python walks.
+ */
+static struct answer_slot *adopt(struct fill_table *table, uint32_t which, uint32_t page)
+{
+	struct answer_slot *slot = slot_of(table, which, page);
+	uint32_t pde = 0, pte = 0;
+	bool read = false;
+
+	if (table->adoptions == ADOPTIONS)
+		return NULL;
+	for (uint32_t other = 0; other < TABLES; other++) {
+		struct answer_slot *from = slot_of(table, other, page);
+		bool held = slot->tlb_epoch == table->tlb_epoch;
+
+		if (other == which || from->page != page || !from->pte || !from->known)
+			continue;
+		if (!read && !(read = true, read_entries(table, which, page, &pde, &pte)))
+			return NULL;
+		if (from->pde != pde || from->pte != pte)
+			continue;
+		if (held && slot->page != page)
+			table->lost_track = 1;	/* the page it held may still be in the TLB */
+		*slot = *from;
+		slot->generation = table->generation[which];
+		slot->tlb_epoch = held ? table->tlb_epoch : 0;
+		table->adopted++;
+		table->adoption[table->adoptions++] = (struct adoption){
+			.logged = table->hcalls_logged ? *table->hcalls_logged : 0,
+			.which = which, .page = page, .pte = pte,
+		};
+		return slot;
+	}
+	return NULL;
 }
 
 /* The slot holding current answers for `page` in shadow `which`, or NULL. */
@@ -303,8 +368,10 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 		return table->python(uc, vaddr, type, result, NULL);
 	if (table->delivering)
 		return delivery_fill(table, page, type, result);
-	if (current_slot(table, which, page)) {
-		class = access_class(table, uc, vaddr, type);
+	if (current_slot(table, which, page) ||
+	    ((class = access_class(table, uc, vaddr, type)) >= 0 && adopt(table, which, page))) {
+		if (class == -2)
+			class = access_class(table, uc, vaddr, type);
 		if (class >= 0 && slot->known & (1u << class)) {
 			table->served++;
 			slot->tlb_epoch = table->tlb_epoch;

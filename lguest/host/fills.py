@@ -14,10 +14,14 @@ at once), and only answers that come from a shadow's entries are kept.  The page
 tables drop them exactly where the entry behind them changes: a page's when
 SET_PTE or `demand_page` changes its entry (a first write sets DIRTY), a whole
 table when SET_PGD, FLUSH_TLB, eviction or a full flush drops many entries at
-once.  Anything else (no answer kept, the Switcher's pages, virtual-8086 mode,
-and every miss while the Host has news the hook cannot see: an exit pending, a
-failed hook, a frame for the trampoline, the Host's own loads outside the
-emulator) goes to the Switcher's Python hook.
+once.  Kernel mappings are the same in every address space: a page another
+shadow's table answered from Guest entries the current directory leads to as well
+is copied into the current table (fills.c's `adopt`), and the page tables record
+its PTE in that shadow as the walk would have (`take_adoptions`, replayed in order
+with the hypercalls C logged).  Anything else (no answer kept, the Switcher's
+pages, virtual-8086 mode, and every miss while the Host has news the hook cannot
+see: an exit pending, a failed hook, a frame for the trampoline, the Host's own
+loads outside the emulator) goes to the Switcher's Python hook.
 
 While the CPU itself delivers a trap (interrupts.c), its accesses are the kernel's
 whatever CS says: then the C hook answers them alone, from the kernel's answers and
@@ -48,6 +52,7 @@ from lguest.host import native
 TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
 SLOTS = 8192
 CLASSES = 7  # read, write, fetch, from ring 1 and from ring 3; and where the Host found the page
+ADOPTIONS = 256
 WHERE = 6  # never a fill's answer: for interrupts.c's check of where a frame goes
 FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
@@ -59,6 +64,13 @@ class _Slot(ctypes.Structure):
     _fields_ = (("generation", ctypes.c_uint64), ("tlb_epoch", ctypes.c_uint64), ("page", ctypes.c_uint32),
                 ("known", ctypes.c_uint32), ("paddr", ctypes.c_uint32 * CLASSES),
                 ("perms", ctypes.c_uint32 * CLASSES), ("pde", ctypes.c_uint32), ("pte", ctypes.c_uint32))
+
+
+class _Adoption(ctypes.Structure):
+    """struct adoption of fills.c."""
+
+    _fields_ = (("logged", ctypes.c_uint32), ("which", ctypes.c_uint32), ("page", ctypes.c_uint32),
+                ("pte", ctypes.c_uint32))
 
 
 class _Table(ctypes.Structure):
@@ -73,7 +85,9 @@ class _Table(ctypes.Structure):
                 ("lost_track", ctypes.c_int32), ("current", ctypes.c_uint32),
                 ("generation", ctypes.c_uint64 * TABLES), ("slot", ctypes.c_void_p),
                 ("raise_fault", ctypes.c_int32), ("fault_errcode", ctypes.c_uint32), ("env", ctypes.c_void_p),
-                ("raise_err", ctypes.c_void_p))
+                ("raise_err", ctypes.c_void_p), ("adopted", ctypes.c_uint64),
+                ("hcalls_logged", ctypes.c_void_p), ("adoptions", ctypes.c_uint32),
+                ("adoption", _Adoption * ADOPTIONS))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
@@ -189,6 +203,27 @@ class FillAnswers:
     def reread(self) -> int:
         """Answers made current again by re-reading the Guest's entries (after a forget_all)."""
         return self._table.reread
+
+    @property
+    def adopted(self) -> int:
+        """Answers copied from another shadow's table, whose Guest entries the current
+        shadow's directory leads to as well (kernel pages, shared by every space)."""
+        return self._table.adopted
+
+    def order_with(self, logged: int) -> None:
+        """`logged`: the address of the count of changes C's hypercalls logged (a uint32),
+        so that each adoption says where it falls among them."""
+        self._table.hcalls_logged = logged
+
+    def take_adoptions(self) -> list[tuple[int, int, int, int]]:
+        """(changes logged before it, table, page, PTE) of each slot adopted from another
+        table since last asked, oldest first (and the log emptied)."""
+        table = self._table
+        count = table.adoptions
+        if not count:
+            return []
+        table.adoptions = 0
+        return [(a.logged, a.which, a.page, a.pte) for a in table.adoption[:count]]
 
     def keep_this_answer(self, pde: int = 0, pte: int = 0) -> None:
         """The answer the page tables are giving (to the miss the C hook passed on) may be

@@ -210,6 +210,11 @@ class NativeHypercalls:
         words = list(table.tls)
         return list(zip(words[::2], words[1::2], strict=True))
 
+    @property
+    def logged_address(self) -> int:
+        """Where C counts the changes it logged (fills.c orders its own log by it)."""
+        return ctypes.addressof(self._table) + _Table.logged.offset
+
     def take_log(self) -> list[tuple[int, int, int, int]]:
         """(what, pgdir, vaddr, pte) of each change C made to what the shadows hold: a
         SET_PTE that touched one, a switch to one (NEW_PGTABLE), a SET_PGD of a shadowed

@@ -98,6 +98,8 @@ class PageTables:
         the pinned stack is C's copy, which a SET_STACK served in C changes."""
         native.pinned_stack = self._stack
         self.native = native
+        if self.answers is not None:
+            self.answers.order_with(native.logged_address)
         self._tell_native()
 
     def _tell_native(self) -> None:
@@ -111,10 +113,21 @@ class PageTables:
         """Replay into the shadows the SET_PTEs and switches C served, in order: every
         entry point that reads or changes a shadow, or what the rules depend on, calls
         this first.  C already took each page (each switch: everything) out of the
-        emulator's TLB, so none of them marks the TLB stale."""
-        if self.native is None:
+        emulator's TLB, so none of them marks the TLB stale.  Between them fall the
+        entries the fill hook adopted from another shadow's table (`_adopted`)."""
+        adopted = self.answers.take_adoptions() if self.answers is not None else []
+        log = self.native.take_log() if self.native is not None else []
+        if not (log or adopted):
             return
-        log = self.native.take_log()
+        done = 0
+        for logged, table, page, pte in adopted:
+            self._replay(log[done:logged])
+            done = logged
+            self._adopted(table, page, pte)
+        self._replay(log[done:])
+        self._tell_native()  # which shadows hold entries: C knows only what it did
+
+    def _replay(self, log: list[tuple[int, int, int, int]]) -> None:
         for what, pgdir, vaddr, pte in log:
             if what == LOGGED_SWITCH:
                 self._switched_in_c(pgdir)
@@ -124,8 +137,14 @@ class PageTables:
                 self._drop_user_part(forgotten_in_c=True)
             elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
-        if log:
-            self._tell_native()  # which shadows hold entries: C knows only what it did
+
+    def _adopted(self, table: int, page: int, pte: int) -> None:
+        """The fill hook answered `page` in shadow `table` from the entries another shadow
+        walked, found unchanged under this one's directory (fills.c): record the PTE as
+        `demand_page`'s walk would have (it is checked, ACCESSED already set)."""
+        shadow = self.shadows[table]
+        shadow.ptes[page] = pte
+        shadow.answered.add(page)
 
     def _switched_in_c(self, pgdir: int) -> None:
         """NEW_PGTABLE to a shadow we hold, served in C: the fill hook answers from it
