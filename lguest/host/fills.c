@@ -144,21 +144,6 @@ static bool guest_entry(const struct fill_table *table, uint32_t gpa, uint32_t *
  * would walk them to the same answers: the slot is current again.  Anything else
  * goes to Python, which walks and checks.
  */
-static bool still_holds(struct fill_table *table, uint32_t which, struct answer_slot *slot)
-{
-	uint32_t pde, pte;
-
-	if (!slot->pte || !table->pgdir[which])
-		return false;
-	if (!guest_entry(table, table->pgdir[which] + (slot->page >> 22) * 4, &pde) || pde != slot->pde)
-		return false;
-	if (!guest_entry(table, (pde & ~0xFFFu) + ((slot->page >> 12) & 0x3FF) * 4, &pte) || pte != slot->pte)
-		return false;
-	slot->generation = table->generation[which];
-	table->reread++;
-	return true;
-}
-
 /* The Guest's directory entry and PTE for `page` under shadow `which`'s directory. */
 static bool read_entries(const struct fill_table *table, uint32_t which, uint32_t page, uint32_t *pde,
 			 uint32_t *pte)
@@ -166,6 +151,18 @@ static bool read_entries(const struct fill_table *table, uint32_t which, uint32_
 	if (!table->pgdir[which] || !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, pde))
 		return false;
 	return guest_entry(table, (*pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4, pte);
+}
+
+static bool still_holds(struct fill_table *table, uint32_t which, struct answer_slot *slot)
+{
+	uint32_t pde, pte;
+
+	if (!slot->pte || !read_entries(table, which, slot->page, &pde, &pte) ||
+	    pde != slot->pde || pte != slot->pte)
+		return false;
+	slot->generation = table->generation[which];
+	table->reread++;
+	return true;
 }
 
 /*
@@ -310,15 +307,22 @@ static bool delivery_fill(struct fill_table *table, uint32_t page, int type, str
 	return true;
 }
 
+#define KERNEL_WRITE (UC_MEM_WRITE - UC_MEM_READ)
+
+/* Does this slot grant a kernel write? */
+static bool writes_kernel(const struct answer_slot *slot)
+{
+	return slot->known & (1u << KERNEL_WRITE) && slot->perms[KERNEL_WRITE] & UC_PROT_WRITE;
+}
+
 /* The Guest-physical page a kernel write to `vaddr` was answered with, if one was. */
 bool lguest_fills_kernel_write(struct fill_table *table, uint32_t vaddr, uint32_t *paddr)
 {
 	struct answer_slot *slot = current_slot(table, table->current, vaddr & ~0xFFFu);
-	int class = UC_MEM_WRITE - UC_MEM_READ;
 
-	if (!slot || !(slot->known & (1u << class)) || !(slot->perms[class] & UC_PROT_WRITE))
+	if (!slot || !writes_kernel(slot))
 		return false;
-	*paddr = slot->paddr[class];
+	*paddr = slot->paddr[KERNEL_WRITE];
 	return true;
 }
 
@@ -402,17 +406,16 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
  */
 bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page)
 {
-	int class = UC_MEM_WRITE - UC_MEM_READ;
 	struct answer_slot *slot;
 
 	if (!table->slot)
 		return false;
 	slot = slot_of(table, which, page);
-	return slot->page == page && slot->generation == table->generation[which] &&
-	       slot->known & (1u << class) && slot->perms[class] & UC_PROT_WRITE;
+	return slot->page == page && slot->generation == table->generation[which] && writes_kernel(slot);
 }
 
-/* For hypercalls.c: shadow `which` is current, and the emulator's whole TLB was flushed. */
+/* Shadow `which` is current, and the emulator's whole TLB was flushed (hypercalls.c,
+ * and fills.py after the Switcher's own flushes). */
 void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which)
 {
 	table->current = which;
@@ -420,7 +423,8 @@ void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which)
 	table->lost_track = 0;
 }
 
-/* For hypercalls.c (a SET_PGD or FLUSH_TLB it serves): shadow `which` lost many entries. */
+/* Shadow `which` lost many entries (a SET_PGD or FLUSH_TLB hypercalls.c serves, and
+ * fills.py for the page tables). */
 void lguest_fills_forget_all(struct fill_table *table, uint32_t which)
 {
 	table->generation[which]++;

@@ -140,6 +140,10 @@ class FillAnswers:
         self._may_hold = library.lguest_fills_may_hold
         self._may_hold.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
         self._may_hold.restype = ctypes.c_bool
+        self._tlb_flushed = library.lguest_fills_tlb_flushed
+        self._tlb_flushed.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+        self._forget_all = library.lguest_fills_forget_all
+        self._forget_all.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
         self._address = ctypes.addressof(table)
         self._old_exception: ctypes.c_int32 | None = None  # the CPU's "exception in flight"
         self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
@@ -240,8 +244,7 @@ class FillAnswers:
 
     def tlb_flushed(self) -> None:
         """The emulator's whole TLB was flushed: nothing answered before is held any more."""
-        self._table.tlb_epoch += 1
-        self._table.lost_track = 0
+        self._tlb_flushed(self._address, self._table.current)
 
     def may_hold(self, which: int, start: int, end: int) -> bool:
         """Could the emulator's TLB hold an answer this hook gave, from shadow `which`, for a
@@ -263,4 +266,4 @@ class FillAnswers:
 
     def forget_all(self, which: int) -> None:
         """A shadow lost many entries at once."""
-        self._table.generation[which] += 1
+        self._forget_all(self._address, which)

@@ -121,16 +121,24 @@ static bool in_ram(const struct hcall_table *t, uint64_t gpa, uint64_t size)
 	return gpa + size <= t->ram_size;
 }
 
-/* The shadows a SET_PTE of this vaddr in this directory touches, one bit each. */
-static uint32_t shadows_touched(const struct hcall_table *t, uint32_t pgdir, uint32_t vaddr)
+/* The shadows of this directory, one bit each. */
+static uint32_t shadows_of(const struct hcall_table *t, uint32_t pgdir)
 {
-	bool kernel = vaddr >= t->kernel_address;
-	uint32_t touched = 0;
+	uint32_t held = 0;
 
 	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
-		if (kernel || t->pgdir[i] == pgdir)
-			touched |= 1u << i;
-	return touched;
+		if (t->pgdir[i] == pgdir)
+			held |= 1u << i;
+	return held;
+}
+
+/* The shadows a SET_PTE of this vaddr in this directory touches: every shadow for a
+ * kernel address (the kernel half is shared), else that directory's. */
+static uint32_t shadows_touched(const struct hcall_table *t, uint32_t pgdir, uint32_t vaddr)
+{
+	uint32_t in_use = t->shadows < SHADOWS ? (1u << t->shadows) - 1 : (1u << SHADOWS) - 1;
+
+	return vaddr >= t->kernel_address ? in_use : shadows_of(t, pgdir);
 }
 
 /*
@@ -244,13 +252,11 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
  */
 static bool set_pgd(struct hcall_table *t, uint32_t pgdir, uint32_t index)
 {
-	uint32_t touched = 0;
+	uint32_t touched;
 
 	if (index >= t->top_entries)
 		return false;
-	for (uint32_t i = 0; i < t->shadows && i < SHADOWS; i++)
-		if (t->pgdir[i] == pgdir)
-			touched |= 1u << i;
+	touched = shadows_of(t, pgdir);
 	if (!touched)
 		return true;	/* no shadow holds it: nothing to do */
 	if (t->logged >= LOG_ENTRIES)
