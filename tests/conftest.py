@@ -96,6 +96,16 @@ def make_guest(elf: Path, **options):
     return build_machine(opts, str(elf), output=lambda data: None).guest
 
 
+def run_both_ways(elf: Path, **options):
+    """The Guest run to its power-off on each path: (native, pure Python)."""
+    guests = []
+    for native in (True, False):
+        guest = make_guest(elf, native=native, **options)
+        assert guest.run().reason == "CRASH: Power down"
+        guests.append(guest)
+    return tuple(guests)
+
+
 def run_while_rung(guest):
     """Run a Guest while another thread rings its doorbell as often as the GIL allows
     (raw cross-thread emu_stop fails the tests that use this reliably): its RunResult,

@@ -15,7 +15,7 @@ import json
 import struct
 
 import pytest
-from conftest import lguest, make_guest, run_while_rung, symbol
+from conftest import lguest, make_guest, run_both_ways, run_while_rung, symbol
 from test_native_hypercalls import host_view
 from test_paging import FAIL, TWO_SPACES
 
@@ -164,14 +164,6 @@ def what_the_host_keeps(guest, elf) -> dict[str, object]:
     }
 
 
-def run_both_ways(elf):
-    guests = []
-    for native in (True, False):
-        guest = make_guest(elf, native=native)
-        assert guest.run().reason == "CRASH: Power down"
-        guests.append(guest)
-    return tuple(guests)
-
 
 def test_a_context_switch_gives_the_same_machine_both_ways(asm_guest) -> None:
     elf = asm_guest(switches())
@@ -226,11 +218,8 @@ def test_a_stack_segment_beyond_16_bits_is_its_selector_both_ways(asm_guest) -> 
                                  "$0x50069, $kstack2_top, $2\n\tHCALL LHCALL_LOAD_TLS")
     assert "$0x50069" in source
     elf = asm_guest(source.replace("SHUTDOWN $saved", "nop"))
-    seen = []
-    for native in (True, False):
-        guest = make_guest(elf, native=native)
-        assert guest.run().reason == "CRASH: Power down"
-        seen.append((guest.ss1, guest.esp1, guest.memory.read_u32(symbol(elf, "seen"))))
+    seen = [(guest.ss1, guest.esp1, guest.memory.read_u32(symbol(elf, "seen")))
+            for guest in run_both_ways(elf)]
     assert seen[0] == seen[1] == (0x69, symbol(elf, "kstack2_top"), symbol(elf, "kstack2_top") - 5 * 4)
 
 
@@ -385,9 +374,7 @@ flat:	.long 0x0000ffff, 0x00cff200, 0, 0, 0x0000ffff, 0x00cf9200
 	.text
 """)
     seen = []
-    for native in (True, False):
-        guest = make_guest(elf, native=native)
-        assert guest.run().reason == "CRASH: Power down"
+    for native, guest in zip((True, False), run_both_ways(elf), strict=True):
         real = bytes(guest.switcher.uc.mem_read(GDT_ADDR, 8 * 32))  # before the Host's copy looks
         seen.append((real, list(guest.segments.gdt), bytes(guest.switcher.uc.mem_read(GDT_ADDR, 8 * 32))))
         if native:

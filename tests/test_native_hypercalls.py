@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import lguest, make_guest, run_while_rung, symbol
+from conftest import lguest, make_guest, run_both_ways, run_while_rung, symbol
 from test_paging import EXTRA, FAIL, TWO_SPACES, paging
 
 # Every variant of SET_PTE: prefill or drop, kernel or user address, the current
@@ -95,15 +95,6 @@ SERVED_IN_C = 11  # five sync SET_PTEs, two NEW_PGTABLEs back to a shadow; slot 
 SYNC_SERVED_IN_C = 7
 TABLES = ("page_table", "kernel_pt", "user_a", "user_b")
 
-
-def run_both_ways(elf):
-    """The Guest run to its power-off on each path: (native, pure Python)."""
-    guests = []
-    for native in (True, False):
-        guest = make_guest(elf, native=native)
-        assert guest.run().reason == "CRASH: Power down"
-        guests.append(guest)
-    return tuple(guests)
 
 
 def host_view(guest, elf) -> dict[str, object]:
@@ -286,9 +277,7 @@ def test_a_pae_pte_with_its_high_half_is_the_same_both_ways(asm_guest) -> None:
     """PAE: the high half (NX here) reaches the shadow through C as through Python."""
     elf = asm_guest(PAE_SET_PTE)
     shadows = []
-    for native in (True, False):
-        guest = make_guest(elf, native=native, pae=True)
-        assert guest.run().reason == "CRASH: Power down"
+    for native, guest in zip((True, False), run_both_ways(elf, pae=True), strict=True):
         guest.pages.catch_up()
         shadows.append([(s.pgdir, dict(s.ptes)) for s in guest.pages.shadows])
         if native:

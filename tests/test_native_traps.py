@@ -5,7 +5,7 @@ registers and irq_enabled, and the same kills, whichever delivered them."""
 from __future__ import annotations
 
 import pytest
-from conftest import lguest, make_guest, run_while_rung, symbol
+from conftest import lguest, make_guest, run_both_ways, run_while_rung, symbol
 
 from lguest.host.state import GENERAL_REGS
 
@@ -196,11 +196,7 @@ def test_a_gate_the_caller_may_not_use_is_gp_at_the_int(asm_guest) -> None:
     """Once the CPU could deliver from ring 3, a DPL-1 gate still gives #GP(vector*8+2)
     with EIP at the `int`, as the Host's Python raises it."""
     elf = asm_guest(FORBIDDEN_GATE_GUEST)
-    seen = []
-    for native in (True, False):
-        guest = make_guest(elf, native=native)
-        assert guest.run().reason == "CRASH: Power down"
-        seen.append(guest.switcher.get_many(("edi", "ebp")))
+    seen = [guest.switcher.get_many(("edi", "ebp")) for guest in run_both_ways(elf)]
     assert seen[0] == seen[1] == [5 * 8 + 2, symbol(elf, "here")]
 
 

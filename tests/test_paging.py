@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import lguest, make_guest, mode
+from conftest import lguest, make_guest, mode, run_both_ways
 
 POWER_OFF = (0, "CRASH: Power down")
 FAIL = """
@@ -467,9 +467,7 @@ test_main:
 	POWEROFF
 """ + TOUCH_16_PAGES + FAIL)
     records = []
-    for native in (True, False):
-        guest = make_guest(elf, native=native)
-        assert guest.run().reason == POWER_OFF[1]
+    for guest in run_both_ways(elf):
         guest.pages.catch_up()
         records.append([(s.pgdir, s.ptes) for s in guest.pages.shadows])
     assert records[0] == records[1]
