@@ -490,3 +490,59 @@ def segment_caches(cpu: EngineCpu, layout: ContextLayout,
         if (found & 0xFFFF, found_base, found_limit) != (selector, base, limit):
             return None
     return offset
+
+
+# Unicorn's TLB-fill hook is told only the page, but QEMU's CPU class hands the exact address
+# to its `tlb_fill` function, which Unicorn (in its virtual-TLB mode) points at its own
+# `unicorn_fill_tlb`, right before `tlb_fill_cpu`, QEMU's own x86 one.  The class lies inside
+# the CPU object, after the register state, and the CPUState part (before the register
+# state) points at it.  So the field is the first place after the register state holding that
+# pair of exported functions side by side, believed only if a pointer in the CPUState part
+# leads to the class a little before it; exact_fill.c puts its own function there.  The
+# offset found in the first engine is checked again (the pair there) in every later one.
+_CPU_OBJECT_MAX = 1 << 20
+_CLASS_REACH = 0x200  # how far into the class the field may lie
+
+def fill_function_slot(cpu: EngineCpu) -> int | None:
+    """Where this engine's CPU class keeps its tlb_fill pointer, proven, or None."""
+    global _fill_slot_offset
+    fill = getattr(uclib, "unicorn_fill_tlb_x86_64", None)
+    own = getattr(uclib, "x86_cpu_tlb_fill_x86_64", None)
+    if fill is None or own is None:
+        return None
+    pair = struct.pack("<QQ", ctypes.cast(fill, ctypes.c_void_p).value or 0,
+                       ctypes.cast(own, ctypes.c_void_p).value or 0)
+    if _fill_slot_offset == _UNKNOWN:
+        _fill_slot_offset = _only_place(cpu, pair)
+    if not isinstance(_fill_slot_offset, int) or _fill_slot_offset < 0:
+        return None
+    if _process_memory(cpu.cpu + _fill_slot_offset, len(pair)) != pair:
+        return None
+    return cpu.cpu + _fill_slot_offset
+
+
+def _only_place(cpu: EngineCpu, pair: bytes) -> int | None:
+    """The offset from the CPU of its class's copy of `pair` (see above), or None."""
+    size = _CPU_OBJECT_MAX
+    data = None
+    while data is None and size >= 1 << 12:
+        data = _process_memory(cpu.cpu, size)
+        size //= 2
+    state = cpu.env - cpu.cpu
+    found = [at for at in _occurrences(data or b"", pair) if at % 8 == 0 and at > state]
+    if not found:
+        return None
+    slot = cpu.cpu + found[0]
+    pointers = struct.unpack_from(f"<{state // 8}Q", data or b"")
+    return found[0] if any(slot - _CLASS_REACH <= p <= slot for p in pointers) else None
+
+
+def _occurrences(data: bytes, pattern: bytes) -> list[int]:
+    found, at = [], data.find(pattern)
+    while at >= 0:
+        found.append(at)
+        at = data.find(pattern, at + 1)
+    return found
+
+
+_fill_slot_offset: int | None = _UNKNOWN

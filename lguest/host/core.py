@@ -445,7 +445,10 @@ class Guest:
         return self._tell_cr2(exit_)
 
     def fault_address(self, exit_: Exit) -> int:
-        """The exact faulting address (the emulator only names the page)."""
+        """The exact faulting address: the emulator's, where it says (the native path),
+        else worked out from the faulting instruction (its hook only names the page)."""
+        if exit_.exact is not None:
+            return exit_.exact
         eip = self.switcher.get("eip")
         code = self.peek_virtual(eip, INSN_MAX)
         return fault_address(exit_.address, eip, code, exit_.fetch, self.switcher.get,

@@ -123,6 +123,7 @@ from lguest.host.calibration import (
     segment_caches,
 )
 from lguest.host.doorbell import Doorbell
+from lguest.host.exact_fill import ExactFills
 from lguest.host.fills import FillAnswers
 from lguest.host.native import enabled as native_by_default
 from lguest.host.ports import FixedPorts
@@ -217,6 +218,7 @@ class Exit:
     software: bool = False  # raised by an `int n`-style instruction (EIP is past it)
     insn_len: int = 0  # length of that instruction
     cr2: int | None = None  # for PAGE_FAULT: the exact address, if the Host already told the Guest
+    exact: int | None = None  # for PAGE_FAULT: the exact address, if the emulator said (native path)
 
 
 class Mmu(Protocol):
@@ -336,6 +338,7 @@ class Switcher:
         self._install_switcher_pages()
         self.fixed_ports: FixedPorts | None = None
         self.fill_answers: FillAnswers | None = None
+        self.exact_fills: ExactFills | None = None  # the native path's exact fault addresses
         self.trap_hook: TrapHook | None = None
         self.native_gates: NativeGateTable | None = None  # what interrupts.c may deliver
         self.doorbell = self._install_hooks()
@@ -451,6 +454,7 @@ class Switcher:
             self.fill_answers = FillAnswers(self.uc, self._ram_address, self._ram_size,
                                             self._guard(self._on_tlb_fill, False), STATE_PAGE)
             self.mmu.keep_answers(self.fill_answers)
+            self.exact_fills = ExactFills(engine_cpu(self.uc))
         else:
             self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
         quiet = self.native and quiet_exit_checks(self.uc)
@@ -951,7 +955,8 @@ class Switcher:
         if answer is None:
             answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
-            fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch)
+            exact = self.exact_fills.address(vaddr) if self.exact_fills is not None else None
+            fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch, exact=exact)
             if not self._raise_in_cpu(fault):
                 self._leave(fault)
             return False
