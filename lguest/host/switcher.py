@@ -19,7 +19,9 @@ paths into Unicorn's C API), the hooks (all installed in `_install_hooks`), and
 the workarounds that keep the emulator honest: CPU state the emulator leaves
 half-done is repaired through calibration.py (the only module touching its
 private state), other threads reach the vCPU through doorbell.py, fixed port
-reads are answered in C (ports.py) on the native path, and
+reads are answered and quiet port writes queued in C (ports.py) on the native
+path (the queue reaches the Launcher before any other port or device access and
+whenever the emulator stops: `_drain_port_writes`), and
 
 * Unicorn's `iret` loads EFLAGS.VM at any CPL, where a real CPU only does so at
   CPL 0 (`helper_ret_protected` jumps to `return_to_vm86` before looking at the
@@ -432,15 +434,16 @@ class Switcher:
 # (#UD), the TLB-fill hook (every miss: our page tables), and the doorbell, a block hook
 # written in C so that other threads can stop the CPU cleanly.  On the native path the
 # engine translates without per-access exit checks (calibration.py), which changes how the
-# doorbell answers, and the `in` hook is C for the ports whose answer never changes,
-# calling the Python one for the rest.  Debugging hooks
+# doorbell answers, and the `in` and `out` hooks are C for the ports whose answer never
+# changes and the writes the Launcher takes quietly, calling the Python ones for the rest.
+# Debugging hooks
 # (breakpoints, watchpoints) come and go through `watch_code` and `watch_writes`; nothing
 # else adds a hook.
     def _install_hooks(self) -> Doorbell:
         """Every way out of the Guest, installed here and nowhere else.
 
         Python hooks are guarded (`_guard`); the doorbell is C (doorbell.py), and
-        so are fixed port reads (ports.py) and TLB misses already answered (fills.py)
+        so are fixed port reads and quiet writes (ports.py) and TLB misses already answered (fills.py)
         on the native path.
         """
         if self.native:

@@ -284,8 +284,10 @@ class VirtioPciDevice(PciFunction):
     # console's `emerg_wr` register (in its device configuration) and writes one character
     # to the window's data.  That write arrives here, becomes a 32-bit write to BAR0 (see
     # ConsoleDevice.device_config_write), and the byte goes to our stdout.  Slow, about eight
-    # trapping port accesses per character, but it works before interrupts, drivers or even
-    # memory management exist, which is exactly when a kernel most needs to say what is wrong.
+    # trapping port accesses per character (on the native path the Host queues the seven
+    # that only set the latch and the window's fields, which we take quietly: "Port I/O,
+    # served in C"), but it works before interrupts, drivers or even memory management
+    # exist, which is exactly when a kernel most needs to say what is wrong.
     def _window(self) -> tuple[int, int, int]:
         cap = PciCfg.CAP_PCI_CFG
         bar = self.config[cap + VirtioCap.BAR]
