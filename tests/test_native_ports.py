@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import GUEST_MEM, lguest, symbol
+from conftest import GUEST_MEM, lguest, run_while_rung, symbol
 from test_paging import FAIL
 
 from lguest import abi
@@ -154,8 +154,7 @@ test_main:
     assert native.guest.switcher.fixed_ports.deferred == QUIET_PER_BYTE + 3
 
 
-def test_a_full_queue_is_handed_over_from_the_hook(asm_guest) -> None:
-    elf = asm_guest("""
+QUIET_LOOP = """
 test_main:
 	INIT
 	movl $1000, %ecx
@@ -165,11 +164,28 @@ test_main:
 	outb %al, $0x80			/* an ignored port: quiet */
 	loop 1b
 	POWEROFF
-""")
-    native, python = both_ways(elf)
+"""
+
+
+def test_a_full_queue_is_handed_over_from_the_hook(asm_guest) -> None:
+    native, python = both_ways(asm_guest(QUIET_LOOP))
     assert native.launcher_view() == python.launcher_view()
     assert native.launcher_view()["port writes"] >= 2000
     assert native.guest.switcher.fixed_ports.deferred == 2000
+
+
+def test_kicks_between_quiet_writes_lose_none(asm_guest) -> None:
+    """Another thread rings the vCPU as often as it can: every stop hands the queue over,
+    and the Launcher ends with every write, in order."""
+    elf = asm_guest(QUIET_LOOP)
+    views = []
+    for native in (True, False):
+        run = Run(elf, native)
+        result, rings = run_while_rung(run.guest)
+        run.machine.close()
+        assert result.reason == "CRASH: Power down" and rings
+        views.append(run.launcher_view())
+    assert views[0] == views[1]
 
 
 # A #GP handler that notes where the fault was and steps over the one-byte `out`.

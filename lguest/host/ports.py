@@ -57,6 +57,7 @@ class QuietWrites:
     selector: range  # ports whose full-width write (at the first) selects what a loud write does
     when_selected: dict[int, frozenset[tuple[int, int]]]  # per selected value, the quiet (port, size)
 
+
 NPORTS = 0x10000
 QUEUE = 256
 U32 = ctypes.c_uint32
