@@ -138,7 +138,7 @@ class Guest:
         # vCPU state the Host keeps
         self.hcall_pending = False
         self.halted = False
-        self.ts = 0
+        self._ts = 0  # TS's flag, on the pure-Python path (else native_hcalls has it)
         self._kernel_stack = (0, 0)  # SET_STACK's ss1, esp1: where traps from user mode land
         self.irqs_pending = 0
         self.stats: Counter[str] = Counter()  # hypercalls, reflected traps, interrupts (--stats)
@@ -169,7 +169,7 @@ class Guest:
         self.switcher.close()
         self._ram_anchor = None
 
-    # --- what C shares: the async ring, the Host's cursor, SET_STACK's stack (native_hypercalls.py)
+    # --- what C shares: the async ring, the Host's cursor, TS, SET_STACK's stack (native_hypercalls.py)
     @property
     def lguest_data(self) -> int | None:
         return self._lguest_data
@@ -190,6 +190,18 @@ class Guest:
             self._next_hcall = n
         else:
             self.native_hcalls.next_hcall = n
+
+    @property
+    def ts(self) -> int:
+        """The Guest's last TS argument: nonzero, #NM on its next FPU use is its own."""
+        return self._ts if self.native_hcalls is None else self.native_hcalls.task_switched
+
+    @ts.setter
+    def ts(self, ts: int) -> None:
+        if self.native_hcalls is None:
+            self._ts = ts
+        else:
+            self.native_hcalls.task_switched = ts
 
     @property
     def ss1(self) -> int:
