@@ -361,6 +361,8 @@ class Guest:
         finally:
             self.clock.close()
             self.doorbell.close()
+            if self.native_irqs is not None:
+                self.native_irqs.close()
         return RunResult(self.dead or "", self.restart, self.shutdown_how)
 
     def _run_safe_point_actions(self) -> None:

@@ -34,7 +34,7 @@
 #define FIRST_EXTERNAL_VECTOR 0x20
 #define CPU_INTERRUPT_HARD 0x0002
 #define X86_EFLAGS_IF 0x200
-#define REGISTERED 16			/* engines at once in one process */
+#define REGISTERED 256			/* engines at once in one process */
 #define LD_IRQ_ENABLED 0		/* struct lguest_data */
 #define LD_BLOCKED 4
 #define LD_TIME 12
@@ -230,18 +230,24 @@ void lguest_irq_clear(struct irq_table *table, uint32_t bits)
  * and remember the table for that CPU.  False if it cannot be (nothing changed). */
 bool lguest_irqs_install(struct irq_table *table, exec_interrupt_fn *slot)
 {
+	int free = -1;
+
 	if (*slot != table->x86_exec_interrupt && *slot != exec_interrupt)
 		return false;
 	for (int i = 0; i < REGISTERED; i++) {
-		struct irq_table *expected = NULL;
+		struct irq_table *there = __atomic_load_n(&registered[i], __ATOMIC_ACQUIRE);
 
-		if (__atomic_compare_exchange_n(&registered[i], &expected, table, false, __ATOMIC_ACQ_REL,
-						__ATOMIC_ACQUIRE)) {
-			*slot = exec_interrupt;
-			return true;
-		}
+		/* A table for this CPU's address belongs to an engine that is gone. */
+		if (there && there->cpu == table->cpu)
+			__atomic_store_n(&registered[i], NULL, __ATOMIC_RELEASE);
+		if (free < 0 && !__atomic_load_n(&registered[i], __ATOMIC_ACQUIRE))
+			free = i;
 	}
-	return false;
+	if (free < 0)
+		return false;
+	__atomic_store_n(&registered[free], table, __ATOMIC_RELEASE);
+	*slot = exec_interrupt;
+	return true;
 }
 
 /* The engine is closing: forget its table (its CPU is never asked about again). */

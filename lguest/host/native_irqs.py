@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import weakref
 from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -80,6 +81,19 @@ def irq_gate(guest: Guest, irq: int) -> IrqGate:
     return IrqGate.TRAP_GATE
 
 
+# tour:H.145 Interrupts the CPU delivers itself
+# The clock and the devices raise irqs from their own threads.  On the pure-Python path each
+# raise rings the doorbell, and the run loop above delivers.  On the native path a raise
+# asks the emulated CPU, as QEMU's own devices do: it marks the irq pending (one copy, in C)
+# and sets the CPU's interrupt_request, and at its next block boundary the CPU calls its
+# class's cpu_exec_interrupt, which is irqs.c's: there the rules of "When an interrupt may be
+# delivered" run again, in C, and the real IDT does the rest, as for the traps the CPU
+# delivers.  Python decides per irq, as data, whether the CPU may (a present gate after
+# INIT) and whether its gate turns the Guest's interrupts off.  What C cannot do (interrupts
+# off, everything blocked, the Guest on its last `iret`) stops the emulator as the doorbell
+# would, and this loop decides.  QEMU may miss a raise that lands just as it looks (it
+# clears its mark without a barrier), so a raise also arms a late check that rings the
+# doorbell if the irq is still pending by then.
 class NativeIrqs:
     """The irqs one Guest's CPU delivers itself, and the one copy of what is pending."""
 
@@ -122,6 +136,8 @@ class NativeIrqs:
         self._closed = False
         self._late = OneShot(self._ring_if_pending, "lguest-irq-check")
         self.installed = install(self._address, fields.exec_interrupt_slot)
+        # A Guest nobody closed: C must not keep its table once it is collected.
+        weakref.finalize(self, self._forget, self._address)
 
     @classmethod
     def for_guest(cls, guest: Guest, ram_address: int, ring: Callable[[], None]) -> NativeIrqs | None:
