@@ -12,6 +12,7 @@ import json
 
 import pytest
 from conftest import lguest, make_guest, run_both_ways, run_while_rung, symbol
+from lguest.host.native_hypercalls import LOG_ENTRIES
 from test_paging import EXTRA, FAIL, TWO_SPACES, paging
 
 # Every variant of SET_PTE: prefill or drop, kernel or user address, the current
@@ -337,7 +338,9 @@ def test_kicks_during_served_hypercalls_never_run_an_instruction_twice(asm_guest
     frames = symbol(elf, "frames")
     assert [guest.memory.read_u32(frames + 4096 * i) for i in range(2)] == [STRESS_ROUNDS] * 2
     if native:
-        assert guest.native_hcalls.served == 3 * STRESS_ROUNDS
+        # All in C, but where the log is full: the remapped page is answered in C too
+        # (fills.c answers from the entry SET_PTE gave), so no Python fill drains it.
+        assert 3 * STRESS_ROUNDS - guest.native_hcalls.served <= 2 * STRESS_ROUNDS // LOG_ENTRIES + 1
 
 
 def test_without_the_engine_cpu_every_hypercall_goes_to_python(asm_guest, monkeypatch) -> None:

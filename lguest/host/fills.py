@@ -52,7 +52,8 @@ from lguest.host import native
 TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
 SLOTS = 8192
 CLASSES = 7  # read, write, fetch, from ring 1 and from ring 3; and where the Host found the page
-ADOPTIONS = 256
+RECORDS = 1024
+RECORD_BYTES = (1 << 20) // 8  # a bit per page of the address space, per table
 WHERE = 6  # never a fill's answer: for interrupts.c's check of where a frame goes
 FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
@@ -66,8 +67,8 @@ class _Slot(ctypes.Structure):
                 ("perms", ctypes.c_uint32 * CLASSES), ("pde", ctypes.c_uint32), ("pte", ctypes.c_uint32))
 
 
-class _Adoption(ctypes.Structure):
-    """struct adoption of fills.c."""
+class _Record(ctypes.Structure):
+    """struct new_record of fills.c."""
 
     _fields_ = (("logged", ctypes.c_uint32), ("which", ctypes.c_uint32), ("page", ctypes.c_uint32),
                 ("pte", ctypes.c_uint32))
@@ -86,8 +87,8 @@ class _Table(ctypes.Structure):
                 ("generation", ctypes.c_uint64 * TABLES), ("slot", ctypes.c_void_p),
                 ("raise_fault", ctypes.c_int32), ("fault_errcode", ctypes.c_uint32), ("env", ctypes.c_void_p),
                 ("raise_err", ctypes.c_void_p), ("adopted", ctypes.c_uint64),
-                ("hcalls_logged", ctypes.c_void_p), ("adoptions", ctypes.c_uint32),
-                ("adoption", _Adoption * ADOPTIONS))
+                ("hcalls_logged", ctypes.c_void_p), ("pfn_limit", ctypes.c_uint32), ("walked", ctypes.c_uint64),
+                ("recorded", ctypes.c_void_p), ("records", ctypes.c_uint32), ("record", _Record * RECORDS))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
@@ -117,6 +118,8 @@ class FillAnswers:
         # at once: the Switcher's objects form cycles only the collector breaks.
         self._slots: ctypes.Array | None = ((_Slot * SLOTS) * TABLES)()
         table.slot = ctypes.addressof(self._slots)
+        self._recorded: ctypes.Array | None = ((ctypes.c_uint8 * RECORD_BYTES) * TABLES)()
+        table.recorded = ctypes.addressof(self._recorded)
         table.state_page = state_page
         table.ram, table.ram_size = ram_address, ram_size
         table.tlb_epoch = 1  # an empty slot's 0 was never answered to the TLB
@@ -144,6 +147,10 @@ class FillAnswers:
         self._tlb_flushed.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
         self._forget_all = library.lguest_fills_forget_all
         self._forget_all.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+        self._recorded_one = library.lguest_fills_recorded
+        self._recorded_one.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+        self._unrecorded = library.lguest_fills_unrecorded
+        self._unrecorded.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint64)
         self._address = ctypes.addressof(table)
         self._old_exception: ctypes.c_int32 | None = None  # the CPU's "exception in flight"
         self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
@@ -162,8 +169,8 @@ class FillAnswers:
         """The engine is closed: free the answers (megabytes) now, not whenever the
         collector finds the Switcher's cycles; the counts stay readable."""
         self._table.python = FillHook()
-        self._table.slot = None
-        self._slots = None
+        self._table.slot = self._table.recorded = None
+        self._slots = self._recorded = None
 
     def ask_python(self, ask: bool) -> None:
         """Send every miss to the Python hook (True) or only those with no answer kept.
@@ -219,15 +226,35 @@ class FillAnswers:
         so that each adoption says where it falls among them."""
         self._table.hcalls_logged = logged
 
-    def take_adoptions(self) -> list[tuple[int, int, int, int]]:
-        """(changes logged before it, table, page, PTE) of each slot adopted from another
-        table since last asked, oldest first (and the log emptied)."""
+    @property
+    def walked(self) -> int:
+        """Misses answered by walking the Guest's tables in C (`PageTables.demand_page`'s
+        plain case)."""
+        return self._table.walked
+
+    def take_records(self) -> list[tuple[int, int, int, int]]:
+        """(changes logged before it, table, page, PTE) of each entry walked or adopted in C
+        since last asked, which the page tables record as their own walk would have,
+        oldest first (and the log emptied)."""
         table = self._table
-        count = table.adoptions
+        count = table.records
         if not count:
             return []
-        table.adoptions = 0
-        return [(a.logged, a.which, a.page, a.pte) for a in table.adoption[:count]]
+        table.records = 0
+        return [(r.logged, r.which, r.page, r.pte) for r in table.record[:count]]
+
+    def limit_ram(self, pfn_limit: int) -> None:
+        """The Guest's RAM ends at page frame `pfn_limit`: a walk in C answers nothing beyond
+        (a device window, or a kill: Python's)."""
+        self._table.pfn_limit = pfn_limit
+
+    def recorded(self, which: int, page: int) -> None:
+        """Shadow `which`'s record holds an entry for `page`: no walk in C answers it."""
+        self._recorded_one(self._address, which, page)
+
+    def unrecorded(self, which: int, start: int, end: int) -> None:
+        """Shadow `which`'s record holds no entry for a page in [start, end) any more."""
+        self._unrecorded(self._address, which, start, end)
 
     def keep_this_answer(self, pde: int = 0, pte: int = 0) -> None:
         """The answer the page tables are giving (to the miss the C hook passed on) may be

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from lguest.host.native_hypercalls import NativeHypercalls
 
 SHADOW_SLOTS = 4
+ADDRESS_SPACE = 1 << 32
 # What linear mode pretends the Guest's tables say (§6.2).
 LINEAR_PTE_FLAGS = abi.PTE_PRESENT | abi.PTE_RW
 
@@ -92,6 +93,7 @@ class PageTables:
         """From now on, keep every answer a shadow gives in `answers`."""
         self.answers = answers
         answers.use(self.current.table)
+        answers.limit_ram(self.pfn_limit)
 
     def let_native_set_ptes(self, native: NativeHypercalls) -> None:
         """From now on C serves SET_PTE too: tell it the shadows, replay what it did; and
@@ -114,16 +116,17 @@ class PageTables:
         entry point that reads or changes a shadow, or what the rules depend on, calls
         this first.  C already took each page (each switch: everything) out of the
         emulator's TLB, so none of them marks the TLB stale.  Between them fall the
-        entries the fill hook adopted from another shadow's table (`_adopted`)."""
-        adopted = self.answers.take_adoptions() if self.answers is not None else []
+        entries the fill hook walked, or adopted from another shadow's table
+        (`_recorded_in_c`)."""
+        records = self.answers.take_records() if self.answers is not None else []
         log = self.native.take_log() if self.native is not None else []
-        if not (log or adopted):
+        if not (log or records):
             return
         done = 0
-        for logged, table, page, pte in adopted:
+        for logged, table, page, pte in records:
             self._replay(log[done:logged])
             done = logged
-            self._adopted(table, page, pte)
+            self._recorded_in_c(table, page, pte)
         self._replay(log[done:])
         self._tell_native()  # which shadows hold entries: C knows only what it did
 
@@ -138,13 +141,26 @@ class PageTables:
             elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
 
-    def _adopted(self, table: int, page: int, pte: int) -> None:
-        """The fill hook answered `page` in shadow `table` from the entries another shadow
-        walked, found unchanged under this one's directory (fills.c): record the PTE as
-        `demand_page`'s walk would have (it is checked, ACCESSED already set)."""
+    def _recorded_in_c(self, table: int, page: int, pte: int) -> None:
+        """The fill hook answered `page` in shadow `table` from a walk of its own, or from
+        the entries another shadow walked, found unchanged under this one's directory
+        (fills.c): record the PTE as `demand_page`'s walk would have (it is checked,
+        ACCESSED and DIRTY already set in the Guest's PTE as the access needed)."""
         shadow = self.shadows[table]
-        shadow.ptes[page] = pte
+        self._record(shadow, page, pte)
         shadow.answered.add(page)
+
+    def _record(self, shadow: Shadow, page: int, pte: int) -> None:
+        """The shadow holds this validated PTE for `page` now: C's walk must leave the
+        page to `translate`, which answers from the record (fills.c's `recorded`)."""
+        shadow.ptes[page] = pte
+        if self.answers is not None:
+            self.answers.recorded(shadow.table, page)
+
+    def _unrecorded(self, shadow: Shadow, start: int, end: int) -> None:
+        """The shadow holds no PTE in [start, end) any more (its pages dropped already)."""
+        if self.answers is not None:
+            self.answers.unrecorded(shadow.table, start, end)
 
     def _switched_in_c(self, pgdir: int) -> None:
         """NEW_PGTABLE to a shadow we hold, served in C: the fill hook answers from it
@@ -285,7 +301,7 @@ class PageTables:
             self.memory.write_u32(pte_gpa, new)
         page = vaddr & ~0xFFF
         self._forget(self.current, page)  # e.g. a read's answer, given before DIRTY was set
-        self.current.ptes[page] = new
+        self._record(self.current, page, new)
         return new, 0
 
     def _allows(self, gpte: int, write: bool, user: bool, fetch: bool) -> bool:
@@ -405,6 +421,7 @@ class PageTables:
             shadow = random.choice(self.shadows)
             shadow.pgdir = pgdir
             shadow.drop_user_part(self.kernel_address)
+        self._unrecorded(shadow, 0, self.kernel_address if shadow.ptes else ADDRESS_SPACE)
         self._forget(shadow)
         if self.answers is not None and self.format is TWO_LEVEL:
             self.answers.watch_directory(shadow.table, pgdir)
@@ -423,6 +440,7 @@ class PageTables:
         """FLUSH_TLB 0's rule (hypercalls.c applies it too, having forgotten the answers
         and flushed the emulator's TLB itself)."""
         self.current.drop_user_part(self.kernel_address)
+        self._unrecorded(self.current, 0, self.kernel_address)
         if forgotten_in_c:
             self.current.answered.clear()
             self.tlb_may_hold = set()
@@ -435,6 +453,7 @@ class PageTables:
         self.catch_up()
         for shadow in [*self.shadows, self.current]:
             shadow.ptes.clear()
+            self._unrecorded(shadow, 0, ADDRESS_SPACE)
             self._forget(shadow)
         self._tell_native()
         self.flush()
@@ -484,9 +503,10 @@ class PageTables:
             prefill = False
         for shadow in shadows:
             if prefill:
-                shadow.ptes[page] = pte
+                self._record(shadow, page, pte)
             else:
                 shadow.ptes.pop(page, None)
+                self._unrecorded(shadow, page, page + abi.PAGE_SIZE)
             if forgotten_in_c:
                 shadow.answered.discard(page)
             else:
@@ -511,6 +531,7 @@ class PageTables:
         for shadow in self.shadows:
             if shadow.pgdir == pgdir:
                 shadow.drop_range(start, end)
+                self._unrecorded(shadow, start, end)
                 if forgotten_in_c:
                     shadow.answered.clear()
                     if shadow is self.current:
