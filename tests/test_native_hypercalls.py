@@ -12,8 +12,9 @@ import json
 
 import pytest
 from conftest import lguest, make_guest, run_both_ways, run_while_rung, symbol
-from lguest.host.native_hypercalls import LOG_ENTRIES
 from test_paging import EXTRA, FAIL, TWO_SPACES, paging
+
+from lguest.host.native_hypercalls import LOG_ENTRIES
 
 # Every variant of SET_PTE: prefill or drop, kernel or user address, the current
 # directory or another one, sync and through the async ring (C's calls around one

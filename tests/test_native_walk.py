@@ -130,11 +130,14 @@ def test_the_walk_in_c_gives_what_the_python_walk_gives(asm_guest) -> None:
     assert native.switcher.python_fills < python.switcher.python_fills
 
 
+SET_PGD_1 = "\tHCALL LHCALL_SET_PGD, $page_dir, $1"
+
+
 @pytest.mark.parametrize(("setup", "reason"), [
     ("REMAP $0x300000, $0x3000e7", "bad page table entry"),  # PSE/PAT
     ("REMAP $0x300000, $0x8000067", "bad page table entry"),  # beyond RAM and devices
-    ("movl $frames + 0x67, pt2\n\tmovl $pt2 + 0x0e7, page_dir + 4\n\tHCALL LHCALL_SET_PGD, $page_dir, $1", "bad page directory entry"),
-    ("movl $0x3000067, page_dir + 4\n\tHCALL LHCALL_SET_PGD, $page_dir, $1", "bad page directory entry"),
+    ("movl $frames + 0x67, pt2\n\tmovl $pt2 + 0x0e7, page_dir + 4\n" + SET_PGD_1, "bad page directory entry"),
+    ("movl $0x3000067, page_dir + 4\n" + SET_PGD_1, "bad page directory entry"),
 ], ids=["pte PSE", "pte beyond RAM", "pde PSE", "pde beyond RAM"])
 def test_what_the_walk_in_c_leaves_to_python_kills_alike(asm_guest, setup: str, reason: str) -> None:
     """An entry C will not answer goes to Python, which walks again and kills."""

@@ -87,8 +87,9 @@ class _Table(ctypes.Structure):
                 ("generation", ctypes.c_uint64 * TABLES), ("slot", ctypes.c_void_p),
                 ("raise_fault", ctypes.c_int32), ("fault_errcode", ctypes.c_uint32), ("env", ctypes.c_void_p),
                 ("raise_err", ctypes.c_void_p), ("adopted", ctypes.c_uint64),
-                ("hcalls_logged", ctypes.c_void_p), ("pfn_limit", ctypes.c_uint32), ("walked", ctypes.c_uint64),
-                ("recorded", ctypes.c_void_p), ("records", ctypes.c_uint32), ("record", _Record * RECORDS))
+                ("hcalls_logged", ctypes.c_void_p), ("pfn_limit", ctypes.c_uint32),
+                ("walked", ctypes.c_uint64), ("recorded", ctypes.c_void_p), ("records", ctypes.c_uint32),
+                ("record", _Record * RECORDS))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
