@@ -196,3 +196,50 @@ test_main:
         records.append([(s.pgdir, s.ptes) for s in guest.pages.shadows])
     assert records[0] == records[1]
     assert guests[0].switcher.fill_answers.walked >= 4
+
+
+def test_the_record_answers_before_any_walk(asm_guest) -> None:
+    """Where the shadow records an entry, `translate` answers from it and walks only if
+    it does not allow the access; a walk then forgets what the page's old entry
+    answered.  Entries changed silently show it: C must answer as the record says
+    (a kernel page's record outlives FLUSH_TLB(0); a read answered from a read-only
+    entry is not repeated once a write walked a new one; an entry SET_PTE recorded is
+    the one that answers)."""
+    elf = asm_guest(TWO_SPACES + """
+test_main:
+	INIT
+	call setup_user_paging
+	call make_spaces
+	movl $0xdddd, frames + 3 * 4096
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	cmpl $0xc0c0, 0xc0000000
+	jne fail
+	HCALL LHCALL_FLUSH_TLB, $0
+	movl $frames + 3 * 4096 + 0x67, kernel_pt	/* silently */
+	cmpl $0xc0c0, 0xc0000000			/* the record's */
+	jne fail
+	movl $frames + 0x67, kernel_pt
+	HCALL LHCALL_SET_PTE, $dir_a, $0xc0000000, $frames + 0x67
+	movl $frames + 4096 + 0x25, user_a		/* read-only, recorded */
+	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames + 4096 + 0x25
+	cmpl $0xaaaa, 0x400000
+	jne fail
+	movl $frames + 3 * 4096 + 0x27, user_a		/* writable elsewhere, silently */
+	movl $0x1234, 0x400004				/* the record refuses: a walk */
+	HCALL LHCALL_NEW_PGTABLE, $dir_b
+	HCALL LHCALL_NEW_PGTABLE, $dir_a
+	cmpl $0xdddd, 0x400000				/* the walked entry's page */
+	jne fail
+	cmpl $0x1234, 0x400004
+	jne fail
+	movl $frames + 4096 + 0x67, user_a		/* recorded ... */
+	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames + 4096 + 0x67
+	movl $frames + 3 * 4096 + 0x67, user_a		/* ... and changed silently */
+	cmpl $0xaaaa, 0x400000				/* the record's */
+	jne fail
+	POWEROFF
+""" + FAIL)
+    guests = run_both_ways(elf)
+    shown = [("kernel_pt", 4), ("user_a", 4), ("frames", 4 * PAGE)]
+    assert guest_view(guests[0], elf, shown) == guest_view(guests[1], elf, shown)
+    assert guests[0].switcher.fill_answers.walked >= 1
