@@ -148,6 +148,8 @@ class FillAnswers:
         self._tlb_flushed.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
         self._forget_all = library.lguest_fills_forget_all
         self._forget_all.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+        self._set_pte = library.lguest_fills_set_pte
+        self._set_pte.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
         self._recorded_one = library.lguest_fills_recorded
         self._recorded_one.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
         self._unrecorded = library.lguest_fills_unrecorded
@@ -291,6 +293,11 @@ class FillAnswers:
     def forget(self, which: int, page: int) -> None:
         """A shadow's entry for this page changed."""
         self._forget(self._address, which, page)
+
+    def set_pte(self, which: int, page: int, record: int) -> None:
+        """A SET_PTE changed shadow `which`'s entry for `page`: its answers go, and the
+        record is `record` now (0: none; a PAE entry's low half, never read)."""
+        self._set_pte(self._address, which, page, record)
 
     def forget_all(self, which: int) -> None:
         """A shadow lost many entries at once."""

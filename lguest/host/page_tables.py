@@ -507,10 +507,10 @@ class PageTables:
             else:
                 shadow.ptes.pop(page, None)
                 self._unrecorded(shadow, page, page + abi.PAGE_SIZE)
-            if forgotten_in_c:
-                shadow.answered.discard(page)
-            else:
-                self._forget(shadow, page)
+            shadow.answered.discard(page)
+            if not forgotten_in_c and self.answers is not None:
+                # As hypercalls.c does: forget the page's answers, hand over the record.
+                self.answers.set_pte(shadow.table, page, pte & 0xFFFFFFFF if prefill else 0)
         return kernel or self.current in shadows
 
     def set_pgd(self, pgdir: int, index: int) -> None:
