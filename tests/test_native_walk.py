@@ -204,7 +204,7 @@ def test_the_record_answers_before_any_walk(asm_guest) -> None:
     answered.  Entries changed silently show it: C must answer as the record says
     (a kernel page's record outlives FLUSH_TLB(0); a read answered from a read-only
     entry is not repeated once a write walked a new one; an entry SET_PTE recorded is
-    the one that answers)."""
+    the one that answers, also after C's table forgot it)."""
     elf = asm_guest(TWO_SPACES + """
 test_main:
 	INIT
@@ -236,6 +236,9 @@ test_main:
 	HCALL LHCALL_SET_PTE, $dir_a, $0x400000, $frames + 4096 + 0x67
 	movl $frames + 3 * 4096 + 0x67, user_a		/* ... and changed silently */
 	cmpl $0xaaaa, 0x400000				/* the record's */
+	jne fail
+	HCALL LHCALL_SET_PGD, $dir_a, $2		/* C's table forgets; the record stays */
+	cmpl $0xaaaa, 0x400000
 	jne fail
 	POWEROFF
 """ + FAIL)

@@ -7,11 +7,14 @@
  * switch, a FLUSH_TLB, a SET_PTE of a page it held).  The page tables keep
  * here, per shadow, per page and per kind of access (read, write, fetch;
  * kernel or user), the answer they gave, and drop them exactly where the
- * shadow's entry changes (lguest/host/fills.py).  The rules stay in Python: this hook never decides,
- * it repeats, and after a table forgot everything it repeats only answers whose Guest
+ * shadow's entry changes (lguest/host/fills.py).  The rules stay in Python but one: this
+ * hook repeats, and after a table forgot everything it repeats only answers whose Guest
  * entries it re-reads unchanged (`still_holds`); a page another shadow's table answered
- * it repeats where the current directory leads to the same entries (`adopt`).
- * Anything not in the table, the Switcher's own pages,
+ * it repeats where the current directory leads to the same entries (`adopt`).  The one
+ * rule it applies itself is the plain case of demand_page (`walk`): a page with a
+ * present, plain, allowed entry in a two-level Guest's tables is answered here, and
+ * the page tables record it afterwards, as they record adoptions.
+ * Anything else (a refusal, a kill, a device window, PAE), the Switcher's own pages,
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
  * Python hook, exactly as if this one were not here.  While the CPU delivers a
@@ -134,12 +137,11 @@ static void learn(struct fill_table *table, uint32_t page, int class, const stru
 	slot->paddr[class] = (uint32_t)answer->paddr;
 	slot->perms[class] = answer->perms;
 	slot->known |= 1u << class;
-	if (table->keep_pde) {
+	/* An answer from the shadow's record (keep_pde 0) rests on the directory entry an
+	 * earlier walk checked only if the PTE is that one; else on none known here. */
+	if (table->keep_pde || !same_page || slot->pte != table->keep_pte) {
 		slot->pde = table->keep_pde;
 		slot->pte = table->keep_pte;
-	} else if (!same_page || slot->pte != table->keep_pte) {
-		slot->pte = 0;	/* an answer from the shadow's record: the entries it rests on are
-				 * the ones an earlier walk checked only if the PTE is that one */
 	}
 	slot->tlb_epoch = table->tlb_epoch;
 }
@@ -394,10 +396,12 @@ static int access_class(struct fill_table *table, void *uc, uint64_t vaddr, int 
  * Host keeps its own copy of these rules (`PageTables.demand_page`), and
  * tests/test_native_walk.py runs the same Guests both ways.
  *
- * `translate` walks only where the shadow's record has no entry allowing the
- * access: where the slot is current and knows the entry its answers rest on
- * (`record`), that is the record, and it answers from it as `translate` does;
- * where the record may hold an entry this hook does not know, Python decides.
+ * Like `translate`, it answers from the shadow's record where that holds an entry
+ * allowing the access (a current slot knows the record, `known_record`: the entry a
+ * walk or a SET_PTE gave it), and walks the Guest's tables only where the record
+ * holds none; where the record may hold an entry this hook does not know (a page's
+ * `recorded` bit), Python decides.  A Guest that changes an entry without telling
+ * (SET_PTE) so sees the same stale entry on both paths.
  * An answer sets ACCESSED (and DIRTY for a write) in the Guest's PTE as the walk
  * does, forgets the page's other answers (the walk's `_forget`), grants only the
  * class that missed (`_permissions`), is kept with the two entries it rests on, and
@@ -405,14 +409,15 @@ static int access_class(struct fill_table *table, void *uc, uint64_t vaddr, int 
  * Python walks.
  */
 static bool walk(struct fill_table *table, uint32_t which, uint32_t page, int class, uint32_t record,
-		 struct tlb_entry *result)
+		 bool sure, struct tlb_entry *result)
 {
 	struct answer_slot *slot = slot_of(table, which, page);
 	bool write = class % 3 == UC_MEM_WRITE - UC_MEM_READ, user = class >= 3;
 	bool fetch = class % 3 == UC_MEM_FETCH - UC_MEM_READ;
 	uint32_t pde = slot->pde, pte = record, pte_gpa = 0, grant = (write ? PTE_RW : 0) | (user ? PTE_USER : 0);
+	bool from_record = pte && (pte & grant) == grant && (!write || pte & PTE_DIRTY);
 
-	if (!pte || (pte & grant) != grant || (write && !(pte & PTE_DIRTY))) {
+	if (!from_record || !sure) {
 		if (table->records == RECORDS ||
 		    !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, &pde) || !(pde & PTE_PRESENT) ||
 		    pde & 0xFFF & ~PAGE_TABLE_FLAGS || pde >> 12 >= table->pfn_limit)
@@ -420,6 +425,10 @@ static bool walk(struct fill_table *table, uint32_t which, uint32_t page, int cl
 		pte_gpa = (pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4;
 		if (!guest_entry(table, pte_gpa, &pte) || !(pte & PTE_PRESENT) || (pte & grant) != grant ||
 		    pte & PTE_PSE || pte >> 12 >= table->pfn_limit)
+			return false;
+		/* Unsure whether the record still holds `record` or nothing: both must answer
+		 * alike, the record as it is and a walk with nothing to set. */
+		if (from_record && (pte != record || !(pte & PTE_ACCESSED)))
 			return false;
 		record = pte | PTE_ACCESSED | (write ? PTE_DIRTY : 0);
 		if (record != pte)
@@ -520,18 +529,23 @@ static void raise_page_fault(struct fill_table *table)
 
 /*
  * What the shadow's record holds for a page this table has no answer for, as far as
- * this hook knows: the entry a current slot's answers rest on, or none where the
- * record holds nothing.  False: it may hold an entry this hook does not know.
+ * this hook knows: the entry its slot keeps (`sure`: the slot is current, so the
+ * record holds exactly that; else the table forgot everything since, and the record
+ * holds that entry or nothing), or nothing, where the page's bit says so.  False: it
+ * may hold an entry this hook does not know.
  */
-static bool known_record(struct fill_table *table, uint32_t which, uint32_t page, uint32_t *record)
+static bool known_record(struct fill_table *table, uint32_t which, uint32_t page, uint32_t *record,
+			 bool *sure)
 {
 	const struct answer_slot *slot = slot_of(table, which, page);
 
-	if (slot->page == page && slot->generation == table->generation[which] && slot->pte) {
+	if (slot->page == page && slot->pte) {
 		*record = slot->pte;
+		*sure = slot->generation == table->generation[which];
 		return true;
 	}
 	*record = 0;
+	*sure = true;
 	return !may_be_recorded(table, which, page);
 }
 
@@ -543,7 +557,7 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	struct answer_slot *slot = slot_of(table, which, page);
 	int class = -2;		/* not asked yet */
 	uint32_t record;
-	bool answered;
+	bool answered, sure;
 
 	if (type < UC_MEM_READ || type >= UC_MEM_READ + 3)
 		return table->python(uc, vaddr, type, result, NULL);
@@ -563,7 +577,7 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	}
 	/* (class is known here: a miss with no current slot asked it for the adoption) */
 	if (class >= 0 && table->pgdir[which] &&
-	    known_record(table, which, page, &record) && walk(table, which, page, class, record, result))
+	    known_record(table, which, page, &record, &sure) && walk(table, which, page, class, record, sure, result))
 		return true;
 	/* The page tables say, while answering, whether this answer may be repeated:
 	 * then it is kept here, for the same kind of access from the same ring. */

@@ -7,7 +7,7 @@ already answered before the emulator's TLB was flushed (a context switch, a
 FLUSH_TLB, a SET_PTE of a page it held).  So the page tables keep, here, the
 answers they gave (physical page and permissions, per page and per kind of
 access, kernel or user), and the native path's TLB-fill hook is C that repeats
-them; the rules of `translate` stay written once, in Python.
+them; the rules of `translate` stay in Python, but one (below).
 
 Each shadow has its own table (so an address space switched back to is answered
 at once), and only answers that come from a shadow's entries are kept.  The page
@@ -17,8 +17,20 @@ table when SET_PGD, FLUSH_TLB, eviction or a full flush drops many entries at
 once.  Kernel mappings are the same in every address space: a page another
 shadow's table answered from Guest entries the current directory leads to as well
 is copied into the current table (fills.c's `adopt`), and the page tables record
-its PTE in that shadow as the walk would have (`take_adoptions`, replayed in order
-with the hypercalls C logged).  Anything else (no answer kept, the Switcher's
+its PTE in that shadow as the walk would have (`take_records`, replayed in order
+with the hypercalls C logged).
+
+One rule of `translate` runs in C as well: the plain case of `demand_page`
+(fills.c's `walk`, two-level format only).  A page no answer covers, whose Guest
+directory entry and PTE are present, plain and allow the access, is walked in C: A/D
+set in the Guest's PTE, the page's other answers forgotten, the class that missed
+granted, the entry logged for the page tables to record like an adoption.  Like
+`translate`, C answers from the shadow's record where that holds an entry: a slot
+keeps the record a walk or a SET_PTE gave it (`set_pte`), and a bit per page says
+where the record may hold an entry C does not know (the page tables keep it exact
+wherever they change a record: `recorded`, `unrecorded`); there Python decides.  C
+needs RAM's size in pages for the checks (`limit_ram`).  Anything else (no answer
+kept, a refusal, a kill, a device window, PAE, the Switcher's
 pages, virtual-8086 mode, and every miss while the Host has news the hook cannot
 see: an exit pending, a failed hook, a frame for the trampoline, the Host's own
 loads outside the emulator) goes to the Switcher's Python hook.
@@ -34,7 +46,8 @@ itself, without stopping the emulator (`raise_page_fault`, when the Host says so
 from inside the Python hook; see the Guest's `_cpu_page_fault`).
 
 What it owns: the table, the C hook's installation in one engine, the count
-of misses answered without Python (--stats), and the switch to raise a fault.
+of misses answered without Python (--stats), the bits saying where a shadow's record
+may hold an entry, and the switch to raise a fault.
 """
 
 from __future__ import annotations
@@ -107,7 +120,10 @@ class _Table(ctypes.Structure):
 # format) each answer rested on, and if the Guest's tables hold exactly those now, the
 # walk would give the same answer: it is given again, without Python.  Anything changed
 # (a PTE, a directory entry) goes to Python, which walks and checks, as lguest's
-# demand_page did after its shadows were dropped.
+# demand_page did after its shadows were dropped.  And one rule runs in C too: where
+# no answer and no entry the shadow records covers a page, a present, plain entry that
+# allows the access is walked in C, as `demand_page` would (A/D set, the entry logged
+# for the page tables to record); a refusal, a kill or a device window is Python's.
 class FillAnswers:
     """The C TLB-fill hook of one engine, with the answers the page tables gave."""
 

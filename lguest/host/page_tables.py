@@ -16,8 +16,11 @@ marks the emulator's TLB stale when it may hold a dropped translation: the run l
 flushes it before the Guest runs again (`take_tlb_flush`), so this module never
 touches the CPU.
 
-On the native path C serves most SET_PTEs (native_hypercalls.py) and logs them;
-every entry point here replays that log first (`catch_up`).
+On the native path C serves most SET_PTEs (native_hypercalls.py) and logs them, and
+the C fill hook walks the plain case of `demand_page` itself (fills.c) and logs the
+entries it walked; every entry point here replays both logs first (`catch_up`).  C
+walks only where a shadow records no entry for the page, so every change to a
+shadow's record tells it (`_record`, `_unrecorded`).
 
 What it owns: the shadows, the walk of the Guest's tables (through its `PageFormat`),
 the device windows' pages (no RAM behind them), and the kernel stack SET_STACK asked us
@@ -282,6 +285,17 @@ class PageTables:
         """Walk and check the Guest's tables; remember the PTE.
 
         (the Guest PTE, with ACCESSED/DIRTY set, 0) if fixed, else (None, #PF error code).
+
+        On the native path the C fill hook applies the plain case of these rules itself
+        (fills.c's `walk`, two-level format): a Python callback per first touch of a
+        page (a fork's new address space, a table that forgot its answers) costs
+        microseconds, and these are most of a fork's misses.  It answers only where
+        the outcome is an answer (directory entry and PTE present and plain, the access
+        allowed, the page in RAM), with what this walk would give, A/D set alike, and
+        logs the entry for `catch_up` to record; everything else (a refusal and its
+        error code, a kill, a device window, PAE) comes here.  This copy is the
+        pure-Python Host's (--no-native); tests/test_native_walk.py runs Guests both
+        ways and compares what they see.
         """
         error = abi.PF_WRITE * write | abi.PF_USER * user | self.format.fetch_error * fetch
         pte_gpa, gpte = self._walk(vaddr)
