@@ -290,15 +290,17 @@ static struct answer_slot *current_slot(struct fill_table *table, uint32_t which
 	return slot;
 }
 
-/* An answer the page tables give without a miss (interrupts.py's frames): it rests on
- * no entries this hook could re-read. */
-void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint32_t paddr, uint32_t perms)
+/* An answer the page tables give without a miss (interrupts.py's frames), from the
+ * shadow's record `pte` (0: not said); it rests on no directory entry checked here. */
+void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint32_t paddr, uint32_t perms,
+			uint32_t pte)
 {
 	struct tlb_entry answer = { .paddr = paddr, .perms = perms };
 
 	if (!table->slot)
 		return;
-	table->keep_pde = table->keep_pte = 0;
+	table->keep_pde = 0;
+	table->keep_pte = pte;
 	learn(table, page, class, &answer);
 }
 

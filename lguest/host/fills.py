@@ -156,7 +156,7 @@ class FillAnswers:
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
         self._learn = library.lguest_fills_learn
         self._learn.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
-                                ctypes.c_uint32)
+                                ctypes.c_uint32, ctypes.c_uint32)
         self._may_hold = library.lguest_fills_may_hold
         self._may_hold.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
         self._may_hold.restype = ctypes.c_bool
@@ -297,14 +297,15 @@ class FillAnswers:
         page in [start, end), since the last full flush?"""
         return self._may_hold(self._address, which, start, end)
 
-    def learn_kernel_write(self, page: int, paddr: int, perms: int) -> None:
+    def learn_kernel_write(self, page: int, paddr: int, perms: int, pte: int) -> None:
         """The answer the page tables would give a kernel write to `page` in the
-        current shadow, kept without a miss (for the frames the CPU pushes itself)."""
-        self._learn(self._address, page, UC_MEM_WRITE - UC_MEM_READ, paddr, perms)
+        current shadow, kept without a miss (for the frames the CPU pushes itself), from
+        `pte`, the shadow's record (two-level format; 0: not said)."""
+        self._learn(self._address, page, UC_MEM_WRITE - UC_MEM_READ, paddr, perms, pte)
 
     def learn_where(self, page: int, paddr: int) -> None:
         """Where the page tables found `page` (no access granted), kept like an answer."""
-        self._learn(self._address, page, WHERE, paddr, 0)
+        self._learn(self._address, page, WHERE, paddr, 0, 0)
 
     def forget(self, which: int, page: int) -> None:
         """A shadow's entry for this page changed."""

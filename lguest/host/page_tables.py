@@ -208,7 +208,8 @@ class PageTables:
             return
         self.tlb_may_hold.add(page)
         self.current.answered.add(page)
-        self.answers.learn_kernel_write(page, self.format.page(gpte), self._permissions(gpte, True, False))
+        self.answers.learn_kernel_write(page, self.format.page(gpte), self._permissions(gpte, True, False),
+                                        self._entries_behind(page, gpte, walked=False)[1])
 
     def keep_where(self, vaddr: int) -> None:
         """Keep where `peek` finds vaddr's page now, in the current shadow and forgotten
