@@ -246,3 +246,48 @@ test_main:
     shown = [("kernel_pt", 4), ("user_a", 4), ("frames", 4 * PAGE)]
     assert guest_view(guests[0], elf, shown) == guest_view(guests[1], elf, shown)
     assert guests[0].switcher.fill_answers.walked >= 1
+
+
+def slot_of(page: int) -> int:
+    """fills.c's slot for a page (a multiplicative hash)."""
+    return (((page >> 12) * 2654435761) & 0xFFFFFFFF) >> (32 - 13)
+
+
+COLLIDING = 0x2DC2000  # shares 0x300000's slot in every table
+
+
+def test_a_record_c_lost_the_slot_of_is_still_the_record(asm_guest) -> None:
+    """A page whose slot another page took keeps its record in the page tables: C must
+    leave it to Python (the page's `recorded` bit), which answers from the record even
+    where the Guest changed its PTE silently."""
+    assert slot_of(COLLIDING) == slot_of(0x300000)
+    elf = asm_guest(EXTRA + f"""
+test_main:
+	INIT
+	call setup_user_paging
+	movl $pt2 + 0x67, page_dir + ({COLLIDING} >> 22) * 4
+	movl $frames + 5 * 4096 + 0x67, pt2 + (({COLLIDING} >> 12) & 0x3ff) * 4
+	HCALL LHCALL_FLUSH_TLB, $1
+	movl $0x1111, frames
+	movl $0x2222, frames + 4096
+	movl $0x5555, frames + 5 * 4096
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $frames + 0x67, %edx
+	call set_pte_in
+	HCALL LHCALL_SET_PTE, $page_dir, $0x300000, $frames + 0x67
+	cmpl $0x1111, 0x300000
+	jne fail
+	cmpl $0x5555, {COLLIDING}			/* walked: its slot was 0x300000's */
+	jne fail
+	movl $page_table, %ebx
+	movl $0x300000, %ecx
+	movl $frames + 4096 + 0x67, %edx
+	call set_pte_in				/* silently */
+	HCALL LHCALL_NEW_PGTABLE, $page_dir		/* the same space: only the TLB goes */
+	cmpl $0x1111, 0x300000			/* the record's */
+	jne fail
+	POWEROFF
+""" + FAIL)
+    native, _ = run_both_ways(elf)
+    assert native.switcher.fill_answers.walked >= 1

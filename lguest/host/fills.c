@@ -47,6 +47,8 @@
 #define PTE_PSE 0x080			/* in a PTE: the PAT bit; never allowed either way */
 #define PAGE_TABLE_FLAGS 0x067		/* all a directory entry may carry */
 #define RECORD_BYTES ((1u << 20) / 8)	/* a bit per page of the address space */
+#define CHUNK_PAGES 512			/* and a bit per 64 bytes of those that may be set */
+#define RECORD_WORDS ((1u << 20) / CHUNK_PAGES / 64)
 
 #define RECORDS 1024			/* entries the page tables have yet to record */
 
@@ -104,6 +106,7 @@ struct fill_table {
 	uint32_t pfn_limit;			/* RAM's pages: a walk here answers nothing beyond */
 	uint64_t walked;			/* misses answered by walking the Guest's tables here */
 	uint8_t (*recorded)[RECORD_BYTES];	/* [TABLES]: a page the shadow may hold an entry for */
+	uint64_t recorded_chunks[TABLES][RECORD_WORDS];	/* where `recorded` may have a bit set */
 	uint32_t records;
 	struct new_record record[RECORDS];
 };
@@ -187,10 +190,11 @@ static bool still_holds(struct fill_table *table, uint32_t which, struct answer_
  * Which pages may shadow `which` hold an entry for in the page tables' record?  A
  * walk or an adoption here must not answer a page the record holds: `translate`
  * answers from the record, which a Guest changing its tables without telling may
- * have left behind its RAM.  The page tables keep this exact (`recorded`,
- * `unrecorded`) wherever they change a record, their replay of what C did
- * included; between, C marks every page it may have given a record (a walk, an
- * adoption, a SET_PTE hypercalls.c served: `lguest_fills_forget`).
+ * have left behind its RAM.  A bit per page, kept exact where the record changes:
+ * here for a walk or an adoption (`log_record`), a SET_PTE (`lguest_fills_set_pte`,
+ * from hypercalls.c or the page tables) and a SET_PGD or FLUSH_TLB hypercalls.c serves
+ * (`lguest_fills_unrecorded`); by the page tables where they drop records themselves.
+ * (`lguest_fills_forget` marks its page too: a change the caller records next.)
  */
 static bool may_be_recorded(const struct fill_table *table, uint32_t which, uint32_t page)
 {
@@ -199,28 +203,40 @@ static bool may_be_recorded(const struct fill_table *table, uint32_t which, uint
 	return table->recorded[which][pfn / 8] & (1u << (pfn % 8));
 }
 
-void lguest_fills_recorded(struct fill_table *table, uint32_t which, uint32_t page)
+static void mark_recorded(struct fill_table *table, uint32_t which, uint32_t page)
 {
-	uint32_t pfn = page >> 12;
+	uint32_t pfn = page >> 12, chunk = pfn / CHUNK_PAGES;
 
-	if (table->recorded)
-		table->recorded[which][pfn / 8] |= 1u << (pfn % 8);
-}
-
-/* Shadow `which` holds no entry for the pages in [start, end) any more. */
-void lguest_fills_unrecorded(struct fill_table *table, uint32_t which, uint64_t start, uint64_t end)
-{
 	if (!table->recorded)
 		return;
-	for (uint64_t pfn = start >> 12; pfn < end >> 12 && pfn < (1u << 20); pfn++) {
-		if (pfn % 8 == 0 && pfn + 8 <= end >> 12) {
-			uint64_t bytes = ((end >> 12) - pfn) / 8;
+	table->recorded[which][pfn / 8] |= 1u << (pfn % 8);
+	table->recorded_chunks[which][chunk / 64] |= 1ull << (chunk % 64);
+}
 
-			memset(&table->recorded[which][pfn / 8], 0, bytes);
-			pfn += bytes * 8 - 1;
-			continue;
+/* Shadow `which` holds no entry for the pages in [start, end) any more (a full flush
+ * drops every shadow's: only the chunks that may have a bit set are cleared). */
+void lguest_fills_unrecorded(struct fill_table *table, uint32_t which, uint64_t start, uint64_t end)
+{
+	uint64_t last = end >> 12 < (1u << 20) ? end >> 12 : (1u << 20);
+
+	if (!table->recorded)
+		return;
+	for (uint64_t pfn = start >> 12; pfn < last;) {
+		uint64_t chunk = pfn / CHUNK_PAGES, next = (chunk + 1) * CHUNK_PAGES;
+		uint64_t *word = &table->recorded_chunks[which][chunk / 64];
+
+		if (!*word) {
+			pfn = (chunk / 64 + 1) * 64 * CHUNK_PAGES;
+		} else if (!(*word & (1ull << (chunk % 64)))) {
+			pfn = next;
+		} else if (pfn == chunk * CHUNK_PAGES && next <= last) {
+			memset(&table->recorded[which][pfn / 8], 0, CHUNK_PAGES / 8);
+			*word &= ~(1ull << (chunk % 64));
+			pfn = next;
+		} else {
+			table->recorded[which][pfn / 8] &= ~(1u << (pfn % 8));
+			pfn++;
 		}
-		table->recorded[which][pfn / 8] &= ~(1u << (pfn % 8));
 	}
 }
 
@@ -234,7 +250,7 @@ static bool log_record(struct fill_table *table, uint32_t which, uint32_t page, 
 		.logged = table->hcalls_logged ? *table->hcalls_logged : 0,
 		.which = which, .page = page, .pte = pte,
 	};
-	lguest_fills_recorded(table, which, page);
+	mark_recorded(table, which, page);
 	return true;
 }
 
@@ -315,7 +331,7 @@ void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page
 		slot->known = 0;
 		slot->pte = slot->pde = 0;
 	}
-	lguest_fills_recorded(table, which, page);
+	mark_recorded(table, which, page);
 }
 
 /*

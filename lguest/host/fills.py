@@ -28,7 +28,7 @@ granted, the entry logged for the page tables to record like an adoption.  Like
 `translate`, C answers from the shadow's record where that holds an entry: a slot
 keeps the record a walk or a SET_PTE gave it (`set_pte`), and a bit per page says
 where the record may hold an entry C does not know (the page tables keep it exact
-wherever they change a record: `recorded`, `unrecorded`); there Python decides.  C
+where they drop records, `unrecorded`; C where it changes one); there Python decides.  C
 needs RAM's size in pages for the checks (`limit_ram`).  Anything else (no answer
 kept, a refusal, a kill, a device window, PAE, the Switcher's
 pages, virtual-8086 mode, and every miss while the Host has news the hook cannot
@@ -67,6 +67,7 @@ SLOTS = 8192
 CLASSES = 7  # read, write, fetch, from ring 1 and from ring 3; and where the Host found the page
 RECORDS = 1024
 RECORD_BYTES = (1 << 20) // 8  # a bit per page of the address space, per table
+RECORD_WORDS = (1 << 20) // 512 // 64  # and a bit per 512 pages that may have one set
 WHERE = 6  # never a fill's answer: for interrupts.c's check of where a frame goes
 FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
@@ -101,7 +102,8 @@ class _Table(ctypes.Structure):
                 ("raise_fault", ctypes.c_int32), ("fault_errcode", ctypes.c_uint32), ("env", ctypes.c_void_p),
                 ("raise_err", ctypes.c_void_p), ("adopted", ctypes.c_uint64),
                 ("hcalls_logged", ctypes.c_void_p), ("pfn_limit", ctypes.c_uint32),
-                ("walked", ctypes.c_uint64), ("recorded", ctypes.c_void_p), ("records", ctypes.c_uint32),
+                ("walked", ctypes.c_uint64), ("recorded", ctypes.c_void_p),
+                ("recorded_chunks", (ctypes.c_uint64 * RECORD_WORDS) * TABLES), ("records", ctypes.c_uint32),
                 ("record", _Record * RECORDS))
 
 
@@ -166,8 +168,6 @@ class FillAnswers:
         self._forget_all.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
         self._set_pte = library.lguest_fills_set_pte
         self._set_pte.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
-        self._recorded_one = library.lguest_fills_recorded
-        self._recorded_one.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
         self._unrecorded = library.lguest_fills_unrecorded
         self._unrecorded.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint64)
         self._address = ctypes.addressof(table)
@@ -266,10 +266,6 @@ class FillAnswers:
         """The Guest's RAM ends at page frame `pfn_limit`: a walk in C answers nothing beyond
         (a device window, or a kill: Python's)."""
         self._table.pfn_limit = pfn_limit
-
-    def recorded(self, which: int, page: int) -> None:
-        """Shadow `which`'s record holds an entry for `page`: no walk in C answers it."""
-        self._recorded_one(self._address, which, page)
 
     def unrecorded(self, which: int, start: int, end: int) -> None:
         """Shadow `which`'s record holds no entry for a page in [start, end) any more."""

@@ -64,6 +64,7 @@ void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t pag
 bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page);
 void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which);
 void lguest_fills_forget_all(struct fill_table *table, uint32_t which);
+void lguest_fills_unrecorded(struct fill_table *table, uint32_t which, uint64_t start, uint64_t end);
 
 struct hcall_table {
 	/* The machine, set once. */
@@ -252,38 +253,44 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 
 /*
  * SET_PGD (§6.7): every shadow of that directory forgets its entries under the top-level
- * entry (all of its fill answers go: a generation), and if the current one did, the
- * emulator's whole TLB goes too.  An index beyond the top level (a kill): Python.
+ * entry (all of its fill answers go: a generation; the fill hook learns it records none
+ * there), and if the current one did, the emulator's whole TLB goes too.  An index beyond the top level (a kill): Python.
  */
 static bool set_pgd(struct hcall_table *t, uint32_t pgdir, uint32_t index)
 {
+	uint64_t span;		/* what one top-level entry maps */
 	uint32_t touched;
 
 	if (index >= t->top_entries)
 		return false;
+	span = (1ull << 32) / t->top_entries;
 	touched = shadows_of(t, pgdir);
 	if (!touched)
 		return true;	/* no shadow holds it: nothing to do */
 	if (t->logged >= LOG_ENTRIES)
 		return false;
 	log_change(t, LOGGED_SET_PGD, pgdir, index, 0);
-	for (uint32_t i = 0; i < SHADOWS; i++)
-		if (touched & (1u << i))
+	for (uint32_t i = 0; i < SHADOWS; i++) {
+		if (touched & (1u << i)) {
 			lguest_fills_forget_all(t->fills, i);
+			lguest_fills_unrecorded(t->fills, i, index * span, (index + 1) * span);
+		}
+	}
 	t->filled &= ~touched;
 	if (touched & (1u << t->current))
 		flush_whole_tlb(t);
 	return true;
 }
 
-/* FLUSH_TLB (§6.5) of the current space's user part; everything (which re-pins the
- * stack) is Python's. */
+/* FLUSH_TLB (§6.5) of the current space's user part (the fill hook learns it records
+ * none there); everything (which re-pins the stack) is Python's. */
 static bool flush_tlb(struct hcall_table *t, uint32_t everything)
 {
 	if (everything || t->logged >= LOG_ENTRIES)
 		return false;
 	log_change(t, LOGGED_FLUSH_USER, 0, 0, 0);
 	lguest_fills_forget_all(t->fills, t->current);
+	lguest_fills_unrecorded(t->fills, t->current, 0, t->kernel_address);
 	t->filled &= ~(1u << t->current);
 	flush_whole_tlb(t);
 	return true;

@@ -20,7 +20,8 @@ On the native path C serves most SET_PTEs (native_hypercalls.py) and logs them, 
 the C fill hook walks the plain case of `demand_page` itself (fills.c) and logs the
 entries it walked; every entry point here replays both logs first (`catch_up`).  C
 walks only where a shadow records no entry for the page, so every change to a
-shadow's record tells it (`_record`, `_unrecorded`).
+shadow's record tells it (C keeps track of its own changes, and of a SET_PTE's;
+`_unrecorded` of the page tables' drops).
 
 What it owns: the shadows, the walk of the Guest's tables (through its `PageFormat`),
 the device windows' pages (no RAM behind them), and the kernel stack SET_STACK asked us
@@ -150,18 +151,13 @@ class PageTables:
         (fills.c): record the PTE as `demand_page`'s walk would have (it is checked,
         ACCESSED and DIRTY already set in the Guest's PTE as the access needed)."""
         shadow = self.shadows[table]
-        self._record(shadow, page, pte)
+        shadow.ptes[page] = pte
         shadow.answered.add(page)
 
-    def _record(self, shadow: Shadow, page: int, pte: int) -> None:
-        """The shadow holds this validated PTE for `page` now: C's walk must leave the
-        page to `translate`, which answers from the record (fills.c's `recorded`)."""
-        shadow.ptes[page] = pte
-        if self.answers is not None:
-            self.answers.recorded(shadow.table, page)
-
     def _unrecorded(self, shadow: Shadow, start: int, end: int) -> None:
-        """The shadow holds no PTE in [start, end) any more (its pages dropped already)."""
+        """The shadow holds no PTE in [start, end) any more (its pages dropped already):
+        C may walk them (fills.c's `recorded` bits; a change to one page's record tells
+        C through `_forget` or `set_pte`)."""
         if self.answers is not None:
             self.answers.unrecorded(shadow.table, start, end)
 
@@ -316,7 +312,7 @@ class PageTables:
             self.memory.write_u32(pte_gpa, new)
         page = vaddr & ~0xFFF
         self._forget(self.current, page)  # e.g. a read's answer, given before DIRTY was set
-        self._record(self.current, page, new)
+        self.current.ptes[page] = new
         return new, 0
 
     def _allows(self, gpte: int, write: bool, user: bool, fetch: bool) -> bool:
@@ -455,11 +451,11 @@ class PageTables:
         """FLUSH_TLB 0's rule (hypercalls.c applies it too, having forgotten the answers
         and flushed the emulator's TLB itself)."""
         self.current.drop_user_part(self.kernel_address)
-        self._unrecorded(self.current, 0, self.kernel_address)
         if forgotten_in_c:
             self.current.answered.clear()
             self.tlb_may_hold = set()
         else:
+            self._unrecorded(self.current, 0, self.kernel_address)
             self._forget(self.current)
             self.flush()
 
@@ -518,10 +514,9 @@ class PageTables:
             prefill = False
         for shadow in shadows:
             if prefill:
-                self._record(shadow, page, pte)
+                shadow.ptes[page] = pte
             else:
                 shadow.ptes.pop(page, None)
-                self._unrecorded(shadow, page, page + abi.PAGE_SIZE)
             shadow.answered.discard(page)
             if not forgotten_in_c and self.answers is not None:
                 # As hypercalls.c does: forget the page's answers, hand over the record.
@@ -546,12 +541,12 @@ class PageTables:
         for shadow in self.shadows:
             if shadow.pgdir == pgdir:
                 shadow.drop_range(start, end)
-                self._unrecorded(shadow, start, end)
                 if forgotten_in_c:
                     shadow.answered.clear()
                     if shadow is self.current:
                         self.tlb_may_hold = set()
                     continue
+                self._unrecorded(shadow, start, end)
                 self._forget(shadow)
                 if shadow is self.current:
                     self._flush_if_held(start, end)
