@@ -250,10 +250,10 @@ test_main:
 
 def slot_of(page: int) -> int:
     """fills.c's slot for a page (a multiplicative hash)."""
-    return (((page >> 12) * 2654435761) & 0xFFFFFFFF) >> (32 - 13)
+    return (((page >> 12) * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> (64 - 13)
 
 
-COLLIDING = 0x2DC2000  # shares 0x300000's slot in every table
+COLLIDING = 0x1D6D000  # shares 0x300000's slot in every table
 
 
 def test_a_record_c_lost_the_slot_of_is_still_the_record(asm_guest) -> None:

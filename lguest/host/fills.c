@@ -119,9 +119,10 @@ size_t lguest_fills_table_size(void)
 
 static struct answer_slot *slot_of(struct fill_table *table, uint32_t which, uint32_t page)
 {
-	/* A multiplicative hash of the page number: user code at 0x08048000 and the
-	 * kernel's at 0xC1048000 must not share a slot. */
-	return &table->slot[which][((page >> 12) * 2654435761u) >> (32 - SLOT_BITS)];
+	/* A multiplicative hash of the page number, in 64 bits: user code at 0x08048000 and
+	 * the kernel's at 0xC1048000 must not share a slot, nor (a 32-bit product made them)
+	 * a user page and the kernel page about 0xB9000 pages above it. */
+	return &table->slot[which][((page >> 12) * 0x9E3779B97F4A7C15ull) >> (64 - SLOT_BITS)];
 }
 
 static void learn(struct fill_table *table, uint32_t page, int class, const struct tlb_entry *answer)
@@ -336,9 +337,8 @@ void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page
 
 /*
  * A SET_PTE hypercalls.c served: shadow `which`'s record for `page` is `record` now
- * (0: none), as the page tables will replay it.  The slot keeps it, if it is free to
- * (not holding another page the emulator's TLB may hold), so that the Guest's next
- * access is answered from it here, as `translate` would (`walk`).  (A PAE shadow's
+ * (0: none), as the page tables will replay it.  The slot keeps it, so that the
+ * Guest's next access is answered from it here, as `translate` would (`walk`).  (A PAE shadow's
  * slot keeps the low half, which nothing here reads: it is never walked.)
  */
 void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t page, uint32_t record)
@@ -354,7 +354,7 @@ void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t pag
 	}
 	slot = slot_of(table, which, page);
 	if (slot->page != page && slot->tlb_epoch == table->tlb_epoch)
-		return;
+		table->lost_track = 1;	/* as an answer would: the page it held may be in the TLB */
 	if (slot->page != page)
 		slot->tlb_epoch = 0;
 	slot->page = page;
