@@ -336,9 +336,9 @@ void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page
 }
 
 /*
- * A SET_PTE hypercalls.c served: shadow `which`'s record for `page` is `record` now
- * (0: none), as the page tables will replay it.  The slot keeps it, so that the
- * Guest's next access is answered from it here, as `translate` would (`walk`).  (A PAE shadow's
+ * A SET_PTE (served in hypercalls.c, or by the page tables): shadow `which`'s record
+ * for `page` is `record` now (0: none).  The slot keeps it, so that the Guest's next
+ * access is answered from it here, as `translate` would (`walk`).  (A PAE shadow's
  * slot keeps the low half, which nothing here reads: it is never walked.)
  */
 void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t page, uint32_t record)
