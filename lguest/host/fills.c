@@ -361,6 +361,7 @@ void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t pag
 	slot->generation = table->generation[which];
 	slot->known = 0;
 	slot->pte = record;
+	slot->pde = 0;		/* no walk checked a directory entry with it */
 }
 
 /* May the emulator's TLB hold a translation this table gave, since its last full
