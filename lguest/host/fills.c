@@ -596,7 +596,8 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	}
 	/* (class is known here: a miss with no current slot asked it for the adoption) */
 	if (class >= 0 && table->pgdir[which] &&
-	    known_record(table, which, page, &record, &sure) && walk(table, which, page, class, record, sure, result))
+	    known_record(table, which, page, &record, &sure) &&
+	    walk(table, which, page, class, record, sure, result))
 		return true;
 	/* The page tables say, while answering, whether this answer may be repeated:
 	 * then it is kept here, for the same kind of access from the same ring. */

@@ -195,7 +195,8 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 	/* What the shadows record now: the PTE if prefilled (neither a kill, checked above,
 	 * nor a device window's), else nothing.  A shadow that may have lost its last entry
 	 * is no longer known to hold any. */
-	prefilled = pte & t->present && pte & (t->accessed | t->dirty) && ((pte & t->pfn_mask) >> 12) < t->pfn_limit;
+	prefilled = pte & t->present && pte & (t->accessed | t->dirty) &&
+		    ((pte & t->pfn_mask) >> 12) < t->pfn_limit;
 	if (prefilled)
 		t->filled |= touched;
 	else
@@ -254,7 +255,8 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 /*
  * SET_PGD (§6.7): every shadow of that directory forgets its entries under the top-level
  * entry (all of its fill answers go: a generation; the fill hook learns it records none
- * there), and if the current one did, the emulator's whole TLB goes too.  An index beyond the top level (a kill): Python.
+ * there), and if the current one did, the emulator's whole TLB goes too.  An index
+ * beyond the top level (a kill): Python.
  */
 static bool set_pgd(struct hcall_table *t, uint32_t pgdir, uint32_t index)
 {
