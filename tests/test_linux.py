@@ -232,8 +232,8 @@ def test_two_linux_guests_ping_each_other(tmp_path, busybox, linux) -> None:
     # its peer (the kernel's count of echo requests received), and a second more for that
     # reply to leave; Guest 1 then also waits for Guest 2 to go quiet.  Without the first
     # wait a slow Guest 1 found Guest 2 already gone.
-    answered = ("for try in $(seq 60); do [ \"$(awk '/^Icmp:/{if(!c){for(i=1;i<=NF;i++)if($i==\"InEchos\")c=i}"
-                "else print $c}' /proc/net/snmp)\" -gt 0 ] && break; sleep 1; done; sleep 1\n")
+    echoes = "awk '/^Icmp:/{if(!c){for(i=1;i<=NF;i++)if($i==\"InEchos\")c=i}else print $c}' /proc/net/snmp"
+    answered = f"for try in $(seq 60); do [ \"$({echoes})\" -gt 0 ] && break; sleep 1; done; sleep 1\n"
     scripts = [PROLOGUE + ON_HVC1 + f"""
 ip addr add 10.9.0.{me}/24 dev eth0
 ip link set eth0 up

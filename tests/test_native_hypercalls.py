@@ -14,6 +14,8 @@ import pytest
 from conftest import lguest, make_guest, run_both_ways, run_while_rung, symbol
 from test_paging import EXTRA, FAIL, TWO_SPACES, paging
 
+from lguest.host.native_hypercalls import LOG_ENTRIES
+
 # Every variant of SET_PTE: prefill or drop, kernel or user address, the current
 # directory or another one, sync and through the async ring (C's calls around one
 # only Python serves, then C's alone from where the shared cursor stopped), and a
@@ -300,6 +302,7 @@ test_main:
 
 
 STRESS_ROUNDS = 20000
+NATIVE_STRESS = 8
 REMAP_UNDER_KICKS = EXTRA + """
 test_main:
 	INIT
@@ -328,16 +331,20 @@ test_main:
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 def test_kicks_during_served_hypercalls_never_run_an_instruction_twice(asm_guest, native: bool) -> None:
     """Another thread rings the doorbell while C serves SET_PTEs that remap the page the
-    Guest then increments: each frame's count comes out exactly once per round."""
-    elf = asm_guest(f"\t.set ROUNDS, {STRESS_ROUNDS}\n" + REMAP_UNDER_KICKS)
+    Guest then increments: each frame's count comes out exactly once per round.  (Natively
+    a round never enters Python, fills included: more rounds, for as many kicks.)"""
+    rounds = STRESS_ROUNDS * (NATIVE_STRESS if native else 1)
+    elf = asm_guest(f"\t.set ROUNDS, {rounds}\n" + REMAP_UNDER_KICKS)
     guest = make_guest(elf, native=native)
     result, kicks = run_while_rung(guest)
     assert result.reason == "CRASH: Power down"
     assert kicks > 1000
     frames = symbol(elf, "frames")
-    assert [guest.memory.read_u32(frames + 4096 * i) for i in range(2)] == [STRESS_ROUNDS] * 2
+    assert [guest.memory.read_u32(frames + 4096 * i) for i in range(2)] == [rounds] * 2
     if native:
-        assert guest.native_hcalls.served == 3 * STRESS_ROUNDS
+        # All in C, but where the log is full: the remapped page is answered in C too
+        # (fills.c answers from the entry SET_PTE gave), so no Python fill drains it.
+        assert 3 * rounds - guest.native_hcalls.served <= 2 * rounds // LOG_ENTRIES + 1
 
 
 def test_without_the_engine_cpu_every_hypercall_goes_to_python(asm_guest, monkeypatch) -> None:

@@ -7,11 +7,14 @@
  * switch, a FLUSH_TLB, a SET_PTE of a page it held).  The page tables keep
  * here, per shadow, per page and per kind of access (read, write, fetch;
  * kernel or user), the answer they gave, and drop them exactly where the
- * shadow's entry changes (lguest/host/fills.py).  The rules stay in Python: this hook never decides,
- * it repeats, and after a table forgot everything it repeats only answers whose Guest
+ * shadow's entry changes (lguest/host/fills.py).  The rules stay in Python but one: this
+ * hook repeats, and after a table forgot everything it repeats only answers whose Guest
  * entries it re-reads unchanged (`still_holds`); a page another shadow's table answered
- * it repeats where the current directory leads to the same entries (`adopt`).
- * Anything not in the table, the Switcher's own pages,
+ * it repeats where the current directory leads to the same entries (`adopt`).  The one
+ * rule it applies itself is the plain case of demand_page (`walk`): a page with a
+ * present, plain, allowed entry in a two-level Guest's tables is answered here, and
+ * the page tables record it afterwards, as they record adoptions.
+ * Anything else (a refusal, a kill, a device window, PAE), the Switcher's own pages,
  * virtual-8086 mode, and every miss while the Host has news this hook cannot
  * see (an exit pending, a failed hook, a debugger) go to the Switcher's
  * Python hook, exactly as if this one were not here.  While the CPU delivers a
@@ -30,13 +33,27 @@
 #define CLASSES 7			/* read, write, fetch; +3 from ring 3; where (below) */
 #define UC_MEM_READ 16
 #define UC_MEM_WRITE 17
+#define UC_MEM_FETCH 18
 #define UC_PROT_READ 1
 #define UC_PROT_WRITE 2
 #define X86_EFLAGS_VM 0x20000
 
-#define ADOPTIONS 256			/* adopted slots the page tables have yet to record */
+#define UC_PROT_EXEC 4
+#define PTE_PRESENT 0x001
+#define PTE_RW 0x002
+#define PTE_USER 0x004
+#define PTE_ACCESSED 0x020
+#define PTE_DIRTY 0x040
+#define PTE_PSE 0x080			/* in a PTE: the PAT bit; never allowed either way */
+#define PAGE_TABLE_FLAGS 0x067		/* all a directory entry may carry */
+#define RECORD_BYTES ((1u << 20) / 8)	/* a bit per page of the address space */
+#define CHUNK_PAGES 512			/* and a bit per 64 bytes of those that may be set */
+#define RECORD_WORDS ((1u << 20) / CHUNK_PAGES / 64)
 
-struct adoption {			/* for fills.py: the entry the page tables' shadow did not see */
+#define RECORDS 1024			/* entries the page tables have yet to record */
+
+struct new_record {			/* for fills.py: an entry walked or adopted here, which the page
+					 * tables record in the shadow as their own walk would have */
 	uint32_t logged;		/* made after this many of hypercalls.c's logged changes */
 	uint32_t which, page, pte;
 };
@@ -55,14 +72,15 @@ struct answer_slot {
 	uint32_t known;			/* bit per class */
 	uint32_t paddr[CLASSES];
 	uint32_t perms[CLASSES];
-	uint32_t pde, pte;		/* the Guest entries the answers came from (pte 0: unknown) */
+	uint32_t pte;			/* the shadow's record for the page (0: unknown), the PTE */
+	uint32_t pde;			/* ... and the directory entry a walk checked with it (0: none) */
 };
 
 struct fill_table {
 	volatile int32_t python_decides;	/* the Host has state this hook cannot see */
 	int32_t keep;				/* set by the Python hook: its answer may be repeated */
 	uint32_t keep_pde, keep_pte;		/* ... and the Guest entries it rests on (0: none) */
-	const uint8_t *ram;			/* the Guest's RAM, for re-reading its entries */
+	uint8_t *ram;				/* the Guest's RAM: its entries, read and walked */
 	uint32_t ram_size;
 	uint32_t pgdir[TABLES];			/* each shadow's Guest page directory (0: never re-read) */
 	int (*reg_read)(void *uc, int reg, void *value);	/* uc_reg_read */
@@ -85,8 +103,12 @@ struct fill_table {
 	void (*raise_err)(void *env, int vector, int errcode);	/* QEMU's raise_exception_err */
 	uint64_t adopted;			/* slots copied from another shadow's table */
 	const uint32_t *hcalls_logged;		/* hypercalls.c's log length, to order ours (NULL: none) */
-	uint32_t adoptions;
-	struct adoption adoption[ADOPTIONS];
+	uint32_t pfn_limit;			/* RAM's pages: a walk here answers nothing beyond */
+	uint64_t walked;			/* misses answered by walking the Guest's tables here */
+	uint8_t (*recorded)[RECORD_BYTES];	/* [TABLES]: a page the shadow may hold an entry for */
+	uint64_t recorded_chunks[TABLES][RECORD_WORDS];	/* where `recorded` may have a bit set */
+	uint32_t records;
+	struct new_record record[RECORDS];
 };
 
 /* For the Python side to check its copy of the layout. */
@@ -97,9 +119,10 @@ size_t lguest_fills_table_size(void)
 
 static struct answer_slot *slot_of(struct fill_table *table, uint32_t which, uint32_t page)
 {
-	/* A multiplicative hash of the page number: user code at 0x08048000 and the
-	 * kernel's at 0xC1048000 must not share a slot. */
-	return &table->slot[which][((page >> 12) * 2654435761u) >> (32 - SLOT_BITS)];
+	/* A multiplicative hash of the page number, in 64 bits: user code at 0x08048000 and
+	 * the kernel's at 0xC1048000 must not share a slot, nor (a 32-bit product made them)
+	 * a user page and the kernel page about 0xB9000 pages above it. */
+	return &table->slot[which][((page >> 12) * 0x9E3779B97F4A7C15ull) >> (64 - SLOT_BITS)];
 }
 
 static void learn(struct fill_table *table, uint32_t page, int class, const struct tlb_entry *answer)
@@ -118,12 +141,11 @@ static void learn(struct fill_table *table, uint32_t page, int class, const stru
 	slot->paddr[class] = (uint32_t)answer->paddr;
 	slot->perms[class] = answer->perms;
 	slot->known |= 1u << class;
-	if (table->keep_pde) {
+	/* An answer from the shadow's record (keep_pde 0) rests on the directory entry an
+	 * earlier walk checked only if the PTE is that one; else on none known here. */
+	if (table->keep_pde || !same_page || slot->pte != table->keep_pte) {
 		slot->pde = table->keep_pde;
 		slot->pte = table->keep_pte;
-	} else if (!same_page || slot->pte != table->keep_pte) {
-		slot->pte = 0;	/* an answer from the shadow's record: the entries it rests on are
-				 * the ones an earlier walk checked only if the PTE is that one */
 	}
 	slot->tlb_epoch = table->tlb_epoch;
 }
@@ -157,7 +179,7 @@ static bool still_holds(struct fill_table *table, uint32_t which, struct answer_
 {
 	uint32_t pde, pte;
 
-	if (!slot->pte || !read_entries(table, which, slot->page, &pde, &pte) ||
+	if (!slot->pte || !slot->pde || !read_entries(table, which, slot->page, &pde, &pte) ||
 	    pde != slot->pde || pte != slot->pte)
 		return false;
 	slot->generation = table->generation[which];
@@ -166,14 +188,82 @@ static bool still_holds(struct fill_table *table, uint32_t which, struct answer_
 }
 
 /*
+ * Which pages may shadow `which` hold an entry for in the page tables' record?  A
+ * walk or an adoption here must not answer a page the record holds: `translate`
+ * answers from the record, which a Guest changing its tables without telling may
+ * have left behind its RAM.  A bit per page, kept exact where the record changes:
+ * here for a walk or an adoption (`log_record`), a SET_PTE (`lguest_fills_set_pte`,
+ * from hypercalls.c or the page tables) and a SET_PGD or FLUSH_TLB hypercalls.c serves
+ * (`lguest_fills_unrecorded`); by the page tables where they drop records themselves.
+ * (`lguest_fills_forget` marks its page too: a change the caller records next.)
+ */
+static bool may_be_recorded(const struct fill_table *table, uint32_t which, uint32_t page)
+{
+	uint32_t pfn = page >> 12;
+
+	return table->recorded[which][pfn / 8] & (1u << (pfn % 8));
+}
+
+static void mark_recorded(struct fill_table *table, uint32_t which, uint32_t page)
+{
+	uint32_t pfn = page >> 12, chunk = pfn / CHUNK_PAGES;
+
+	if (!table->recorded)
+		return;
+	table->recorded[which][pfn / 8] |= 1u << (pfn % 8);
+	table->recorded_chunks[which][chunk / 64] |= 1ull << (chunk % 64);
+}
+
+/* Shadow `which` holds no entry for the pages in [start, end) any more (a full flush
+ * drops every shadow's: only the chunks that may have a bit set are cleared). */
+void lguest_fills_unrecorded(struct fill_table *table, uint32_t which, uint64_t start, uint64_t end)
+{
+	uint64_t last = end >> 12 < (1u << 20) ? end >> 12 : (1u << 20);
+
+	if (!table->recorded)
+		return;
+	for (uint64_t pfn = start >> 12; pfn < last;) {
+		uint64_t chunk = pfn / CHUNK_PAGES, next = (chunk + 1) * CHUNK_PAGES;
+		uint64_t *word = &table->recorded_chunks[which][chunk / 64];
+
+		if (!*word) {
+			pfn = (chunk / 64 + 1) * 64 * CHUNK_PAGES;
+		} else if (!(*word & (1ull << (chunk % 64)))) {
+			pfn = next;
+		} else if (pfn == chunk * CHUNK_PAGES && next <= last) {
+			memset(&table->recorded[which][pfn / 8], 0, CHUNK_PAGES / 8);
+			*word &= ~(1ull << (chunk % 64));
+			pfn = next;
+		} else {
+			table->recorded[which][pfn / 8] &= ~(1u << (pfn % 8));
+			pfn++;
+		}
+	}
+}
+
+/* An entry the page tables have yet to record in shadow `which`, in order with the
+ * changes hypercalls.c logs; false (nothing logged) if the log is full. */
+static bool log_record(struct fill_table *table, uint32_t which, uint32_t page, uint32_t pte)
+{
+	if (table->records == RECORDS)
+		return false;
+	table->record[table->records++] = (struct new_record){
+		.logged = table->hcalls_logged ? *table->hcalls_logged : 0,
+		.which = which, .page = page, .pte = pte,
+	};
+	mark_recorded(table, which, page);
+	return true;
+}
+
+/*
  * Every address space maps the kernel through the same Guest tables, so a page
  * one shadow's table knows is often missed in another's.  If another table's slot
  * says which directory entry and PTE its answers rest on, and the current shadow's
  * directory leads to exactly those, a walk here would check the same entries and
- * give the same answers: the slot is copied into the current table.  The walk would
- * also have put the PTE in the shadow's record, so the copy is logged for the page
- * tables to record it too, in order with the changes hypercalls.c logs; with the
- * log full, Python walks.
+ * give the same answers: the slot is copied into the current table, where the
+ * shadow's record holds nothing for the page.  The walk would also have put the PTE
+ * in the shadow's record, so the copy is logged for the page tables to record it
+ * too, in order with the changes hypercalls.c logs; with the log full, Python walks.
  */
 static struct answer_slot *adopt(struct fill_table *table, uint32_t which, uint32_t page)
 {
@@ -181,13 +271,13 @@ static struct answer_slot *adopt(struct fill_table *table, uint32_t which, uint3
 	uint32_t pde = 0, pte = 0;
 	bool read = false;
 
-	if (table->adoptions == ADOPTIONS)
+	if (table->records == RECORDS || may_be_recorded(table, which, page))
 		return NULL;
 	for (uint32_t other = 0; other < TABLES; other++) {
 		struct answer_slot *from = slot_of(table, other, page);
 		bool held = slot->tlb_epoch == table->tlb_epoch;
 
-		if (other == which || from->page != page || !from->pte || !from->known)
+		if (other == which || from->page != page || !from->pde || !from->pte || !from->known)
 			continue;
 		if (!read && !(read = true, read_entries(table, which, page, &pde, &pte)))
 			return NULL;
@@ -199,10 +289,7 @@ static struct answer_slot *adopt(struct fill_table *table, uint32_t which, uint3
 		slot->generation = table->generation[which];
 		slot->tlb_epoch = held ? table->tlb_epoch : 0;
 		table->adopted++;
-		table->adoption[table->adoptions++] = (struct adoption){
-			.logged = table->hcalls_logged ? *table->hcalls_logged : 0,
-			.which = which, .page = page, .pte = pte,
-		};
+		log_record(table, which, page, pte);
 		return slot;
 	}
 	return NULL;
@@ -220,18 +307,21 @@ static struct answer_slot *current_slot(struct fill_table *table, uint32_t which
 	return slot;
 }
 
-/* An answer the page tables give without a miss (interrupts.py's frames): it rests on
- * no entries this hook could re-read. */
-void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint32_t paddr, uint32_t perms)
+/* An answer the page tables give without a miss (interrupts.py's frames), from the
+ * shadow's record `pte` (0: not said); it rests on no directory entry checked here. */
+void lguest_fills_learn(struct fill_table *table, uint32_t page, int class, uint32_t paddr, uint32_t perms,
+			uint32_t pte)
 {
 	struct tlb_entry answer = { .paddr = paddr, .perms = perms };
 
 	if (!table->slot)
 		return;
-	table->keep_pde = table->keep_pte = 0;
+	table->keep_pde = 0;
+	table->keep_pte = pte;
 	learn(table, page, class, &answer);
 }
 
+/* Shadow `which`'s entry for `page` changed (and its record may hold one now). */
 void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page)
 {
 	if (!table->slot)
@@ -240,8 +330,38 @@ void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page
 
 	if (slot->page == page) {
 		slot->known = 0;
-		slot->pte = 0;
+		slot->pte = slot->pde = 0;
 	}
+	mark_recorded(table, which, page);
+}
+
+/*
+ * A SET_PTE (served in hypercalls.c, or by the page tables): shadow `which`'s record
+ * for `page` is `record` now (0: none).  The slot keeps it, so that the Guest's next
+ * access is answered from it here, as `translate` would (`walk`).  (A PAE shadow's
+ * slot keeps the low half, which nothing here reads: it is never walked.)
+ */
+void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t page, uint32_t record)
+{
+	struct answer_slot *slot;
+
+	if (!table->slot)
+		return;
+	lguest_fills_forget(table, which, page);
+	if (!record) {
+		lguest_fills_unrecorded(table, which, page, page + 0x1000ull);
+		return;
+	}
+	slot = slot_of(table, which, page);
+	if (slot->page != page && slot->tlb_epoch == table->tlb_epoch)
+		table->lost_track = 1;	/* as an answer would: the page it held may be in the TLB */
+	if (slot->page != page)
+		slot->tlb_epoch = 0;
+	slot->page = page;
+	slot->generation = table->generation[which];
+	slot->known = 0;
+	slot->pte = record;
+	slot->pde = 0;		/* no walk checked a directory entry with it */
 }
 
 /* May the emulator's TLB hold a translation this table gave, since its last full
@@ -278,6 +398,73 @@ static int access_class(struct fill_table *table, void *uc, uint64_t vaddr, int 
 	if (eflags & X86_EFLAGS_VM)
 		return -1;
 	return (type - UC_MEM_READ) + 3 * ((cs & 3) == 3);
+}
+
+/*
+ * The plain case of the page tables' `translate` and `demand_page` (two-level
+ * format), for a miss no answer here covers.  lguest's demand_page ran on every
+ * shadow miss, and a Python callback costs microseconds: a fork's new address
+ * space, or a table that forgot its answers, misses on thousands of pages whose
+ * Guest entries are present and plain.  So this hook walks them itself, but only
+ * where the outcome is an answer: the Guest's directory entry present and plain
+ * (no 4 MiB page, its table in RAM), its PTE present, allowing the access (RW for
+ * a write, USER from ring 3), in RAM (no device window) and without the PSE/PAT
+ * bit.  Everything else (a refusal, whose #PF and cr2 Python decides; a kill; a
+ * device window) goes to Python, which walks again, exactly as if this walk had
+ * not happened: nothing changed before the answer is certain.  The pure-Python
+ * Host keeps its own copy of these rules (`PageTables.demand_page`), and
+ * tests/test_native_walk.py runs the same Guests both ways.
+ *
+ * Like `translate`, it answers from the shadow's record where that holds an entry
+ * allowing the access (a current slot knows the record, `known_record`: the entry a
+ * walk or a SET_PTE gave it), and walks the Guest's tables only where the record
+ * holds none; where the record may hold an entry this hook does not know (a page's
+ * `recorded` bit), Python decides.  A Guest that changes an entry without telling
+ * (SET_PTE) so sees the same stale entry on both paths.
+ * An answer sets ACCESSED (and DIRTY for a write) in the Guest's PTE as the walk
+ * does, forgets the page's other answers (the walk's `_forget`), grants only the
+ * class that missed (`_permissions`), is kept with the two entries it rests on, and
+ * is logged for the page tables to record, like an adoption.  With the log full,
+ * Python walks.
+ */
+static bool walk(struct fill_table *table, uint32_t which, uint32_t page, int class, uint32_t record,
+		 bool sure, struct tlb_entry *result)
+{
+	struct answer_slot *slot = slot_of(table, which, page);
+	bool write = class % 3 == UC_MEM_WRITE - UC_MEM_READ, user = class >= 3;
+	bool fetch = class % 3 == UC_MEM_FETCH - UC_MEM_READ;
+	uint32_t pde = slot->pde, pte = record, pte_gpa = 0, grant = (write ? PTE_RW : 0) | (user ? PTE_USER : 0);
+	bool from_record = pte && (pte & grant) == grant && (!write || pte & PTE_DIRTY);
+
+	if (!from_record || !sure) {
+		if (table->records == RECORDS ||
+		    !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, &pde) || !(pde & PTE_PRESENT) ||
+		    pde & 0xFFF & ~PAGE_TABLE_FLAGS || pde >> 12 >= table->pfn_limit)
+			return false;
+		pte_gpa = (pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4;
+		if (!guest_entry(table, pte_gpa, &pte) || !(pte & PTE_PRESENT) || (pte & grant) != grant ||
+		    pte & PTE_PSE || pte >> 12 >= table->pfn_limit)
+			return false;
+		/* Unsure whether the record still holds `record` or nothing: both must answer
+		 * alike, the record as it is and a walk with nothing to set. */
+		if (from_record && (pte != record || !(pte & PTE_ACCESSED)))
+			return false;
+		record = pte | PTE_ACCESSED | (write ? PTE_DIRTY : 0);
+		if (record != pte)
+			memcpy(table->ram + pte_gpa, &record, 4);
+		lguest_fills_forget(table, which, page);
+		log_record(table, which, page, record);
+	}
+	result->paddr = record & ~0xFFFu;
+	result->perms = fetch ? UC_PROT_READ | UC_PROT_EXEC :
+			write || (record & PTE_DIRTY && record & PTE_RW) ? UC_PROT_READ | UC_PROT_WRITE :
+			UC_PROT_READ;
+	table->keep_pde = pde;
+	table->keep_pte = record;
+	learn(table, page, class, result);
+	table->walked += pte_gpa != 0;
+	table->served++;
+	return true;
 }
 
 /*
@@ -359,6 +546,28 @@ static void raise_page_fault(struct fill_table *table)
 	table->raise_err(table->env, PAGE_FAULT, (int)table->fault_errcode);
 }
 
+/*
+ * What the shadow's record holds for a page this table has no answer for, as far as
+ * this hook knows: the entry its slot keeps (`sure`: the slot is current, so the
+ * record holds exactly that; else the table forgot everything since, and the record
+ * holds that entry or nothing), or nothing, where the page's bit says so.  False: it
+ * may hold an entry this hook does not know.
+ */
+static bool known_record(struct fill_table *table, uint32_t which, uint32_t page, uint32_t *record,
+			 bool *sure)
+{
+	const struct answer_slot *slot = slot_of(table, which, page);
+
+	if (slot->page == page && slot->pte) {
+		*record = slot->pte;
+		*sure = slot->generation == table->generation[which];
+		return true;
+	}
+	*record = 0;
+	*sure = true;
+	return !may_be_recorded(table, which, page);
+}
+
 bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *result, void *data)
 {
 	struct fill_table *table = data;
@@ -366,7 +575,8 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	uint32_t which = table->current;
 	struct answer_slot *slot = slot_of(table, which, page);
 	int class = -2;		/* not asked yet */
-	bool answered;
+	uint32_t record;
+	bool answered, sure;
 
 	if (type < UC_MEM_READ || type >= UC_MEM_READ + 3)
 		return table->python(uc, vaddr, type, result, NULL);
@@ -384,18 +594,19 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 			return true;
 		}
 	}
+	/* (class is known here: a miss with no current slot asked it for the adoption) */
+	if (class >= 0 && table->pgdir[which] &&
+	    known_record(table, which, page, &record, &sure) &&
+	    walk(table, which, page, class, record, sure, result))
+		return true;
 	/* The page tables say, while answering, whether this answer may be repeated:
 	 * then it is kept here, for the same kind of access from the same ring. */
 	table->keep = 0;
 	answered = table->python(uc, vaddr, type, result, NULL);
 	if (!answered && table->raise_fault)
 		raise_page_fault(table);
-	if (answered && table->keep) {
-		if (class == -2)
-			class = access_class(table, uc, vaddr, type);
-		if (class >= 0)
-			learn(table, page, class, result);
-	}
+	if (answered && table->keep && class >= 0)
+		learn(table, page, class, result);
 	return answered;
 }
 

@@ -7,7 +7,7 @@ already answered before the emulator's TLB was flushed (a context switch, a
 FLUSH_TLB, a SET_PTE of a page it held).  So the page tables keep, here, the
 answers they gave (physical page and permissions, per page and per kind of
 access, kernel or user), and the native path's TLB-fill hook is C that repeats
-them; the rules of `translate` stay written once, in Python.
+them; the rules of `translate` stay in Python, but one (below).
 
 Each shadow has its own table (so an address space switched back to is answered
 at once), and only answers that come from a shadow's entries are kept.  The page
@@ -17,8 +17,20 @@ table when SET_PGD, FLUSH_TLB, eviction or a full flush drops many entries at
 once.  Kernel mappings are the same in every address space: a page another
 shadow's table answered from Guest entries the current directory leads to as well
 is copied into the current table (fills.c's `adopt`), and the page tables record
-its PTE in that shadow as the walk would have (`take_adoptions`, replayed in order
-with the hypercalls C logged).  Anything else (no answer kept, the Switcher's
+its PTE in that shadow as the walk would have (`take_records`, replayed in order
+with the hypercalls C logged).
+
+One rule of `translate` runs in C as well: the plain case of `demand_page`
+(fills.c's `walk`, two-level format only).  A page no answer covers, whose Guest
+directory entry and PTE are present, plain and allow the access, is walked in C: A/D
+set in the Guest's PTE, the page's other answers forgotten, the class that missed
+granted, the entry logged for the page tables to record like an adoption.  Like
+`translate`, C answers from the shadow's record where that holds an entry: a slot
+keeps the record a walk or a SET_PTE gave it (`set_pte`), and a bit per page says
+where the record may hold an entry C does not know (the page tables keep it exact
+where they drop records, `unrecorded`; C where it changes one); there Python decides.  C
+needs RAM's size in pages for the checks (`limit_ram`).  Anything else (no answer
+kept, a refusal, a kill, a device window, PAE, the Switcher's
 pages, virtual-8086 mode, and every miss while the Host has news the hook cannot
 see: an exit pending, a failed hook, a frame for the trampoline, the Host's own
 loads outside the emulator) goes to the Switcher's Python hook.
@@ -34,7 +46,8 @@ itself, without stopping the emulator (`raise_page_fault`, when the Host says so
 from inside the Python hook; see the Guest's `_cpu_page_fault`).
 
 What it owns: the table, the C hook's installation in one engine, the count
-of misses answered without Python (--stats), and the switch to raise a fault.
+of misses answered without Python (--stats), the bits saying where a shadow's record
+may hold an entry, and the switch to raise a fault.
 """
 
 from __future__ import annotations
@@ -52,7 +65,9 @@ from lguest.host import native
 TABLES = 5  # one per shadow (page_tables.SHADOW_SLOTS), and linear mode's
 SLOTS = 8192
 CLASSES = 7  # read, write, fetch, from ring 1 and from ring 3; and where the Host found the page
-ADOPTIONS = 256
+RECORDS = 1024
+RECORD_BYTES = (1 << 20) // 8  # a bit per page of the address space, per table
+RECORD_WORDS = (1 << 20) // 512 // 64  # and a bit per 512 pages that may have one set
 WHERE = 6  # never a fill's answer: for interrupts.c's check of where a frame goes
 FillHook = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
@@ -66,8 +81,8 @@ class _Slot(ctypes.Structure):
                 ("perms", ctypes.c_uint32 * CLASSES), ("pde", ctypes.c_uint32), ("pte", ctypes.c_uint32))
 
 
-class _Adoption(ctypes.Structure):
-    """struct adoption of fills.c."""
+class _Record(ctypes.Structure):
+    """struct new_record of fills.c."""
 
     _fields_ = (("logged", ctypes.c_uint32), ("which", ctypes.c_uint32), ("page", ctypes.c_uint32),
                 ("pte", ctypes.c_uint32))
@@ -86,8 +101,10 @@ class _Table(ctypes.Structure):
                 ("generation", ctypes.c_uint64 * TABLES), ("slot", ctypes.c_void_p),
                 ("raise_fault", ctypes.c_int32), ("fault_errcode", ctypes.c_uint32), ("env", ctypes.c_void_p),
                 ("raise_err", ctypes.c_void_p), ("adopted", ctypes.c_uint64),
-                ("hcalls_logged", ctypes.c_void_p), ("adoptions", ctypes.c_uint32),
-                ("adoption", _Adoption * ADOPTIONS))
+                ("hcalls_logged", ctypes.c_void_p), ("pfn_limit", ctypes.c_uint32),
+                ("walked", ctypes.c_uint64), ("recorded", ctypes.c_void_p),
+                ("recorded_chunks", (ctypes.c_uint64 * RECORD_WORDS) * TABLES), ("records", ctypes.c_uint32),
+                ("record", _Record * RECORDS))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
@@ -105,7 +122,10 @@ class _Table(ctypes.Structure):
 # format) each answer rested on, and if the Guest's tables hold exactly those now, the
 # walk would give the same answer: it is given again, without Python.  Anything changed
 # (a PTE, a directory entry) goes to Python, which walks and checks, as lguest's
-# demand_page did after its shadows were dropped.
+# demand_page did after its shadows were dropped.  And one rule runs in C too: where
+# no answer and no entry the shadow records covers a page, a present, plain entry that
+# allows the access is walked in C, as `demand_page` would (A/D set, the entry logged
+# for the page tables to record); a refusal, a kill or a device window is Python's.
 class FillAnswers:
     """The C TLB-fill hook of one engine, with the answers the page tables gave."""
 
@@ -117,6 +137,8 @@ class FillAnswers:
         # at once: the Switcher's objects form cycles only the collector breaks.
         self._slots: ctypes.Array | None = ((_Slot * SLOTS) * TABLES)()
         table.slot = ctypes.addressof(self._slots)
+        self._recorded: ctypes.Array | None = ((ctypes.c_uint8 * RECORD_BYTES) * TABLES)()
+        table.recorded = ctypes.addressof(self._recorded)
         table.state_page = state_page
         table.ram, table.ram_size = ram_address, ram_size
         table.tlb_epoch = 1  # an empty slot's 0 was never answered to the TLB
@@ -136,7 +158,7 @@ class FillAnswers:
         self._forget.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
         self._learn = library.lguest_fills_learn
         self._learn.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
-                                ctypes.c_uint32)
+                                ctypes.c_uint32, ctypes.c_uint32)
         self._may_hold = library.lguest_fills_may_hold
         self._may_hold.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
         self._may_hold.restype = ctypes.c_bool
@@ -144,6 +166,10 @@ class FillAnswers:
         self._tlb_flushed.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
         self._forget_all = library.lguest_fills_forget_all
         self._forget_all.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+        self._set_pte = library.lguest_fills_set_pte
+        self._set_pte.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
+        self._unrecorded = library.lguest_fills_unrecorded
+        self._unrecorded.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint64)
         self._address = ctypes.addressof(table)
         self._old_exception: ctypes.c_int32 | None = None  # the CPU's "exception in flight"
         self._hook = native.add_hook(uc, UC_HOOK_TLB_FILL, "lguest_tlb_fill_hook", table)
@@ -162,8 +188,8 @@ class FillAnswers:
         """The engine is closed: free the answers (megabytes) now, not whenever the
         collector finds the Switcher's cycles; the counts stay readable."""
         self._table.python = FillHook()
-        self._table.slot = None
-        self._slots = None
+        self._table.slot = self._table.recorded = None
+        self._slots = self._recorded = None
 
     def ask_python(self, ask: bool) -> None:
         """Send every miss to the Python hook (True) or only those with no answer kept.
@@ -219,15 +245,31 @@ class FillAnswers:
         so that each adoption says where it falls among them."""
         self._table.hcalls_logged = logged
 
-    def take_adoptions(self) -> list[tuple[int, int, int, int]]:
-        """(changes logged before it, table, page, PTE) of each slot adopted from another
-        table since last asked, oldest first (and the log emptied)."""
+    @property
+    def walked(self) -> int:
+        """Misses answered by walking the Guest's tables in C (`PageTables.demand_page`'s
+        plain case)."""
+        return self._table.walked
+
+    def take_records(self) -> list[tuple[int, int, int, int]]:
+        """(changes logged before it, table, page, PTE) of each entry walked or adopted in C
+        since last asked, which the page tables record as their own walk would have,
+        oldest first (and the log emptied)."""
         table = self._table
-        count = table.adoptions
+        count = table.records
         if not count:
             return []
-        table.adoptions = 0
-        return [(a.logged, a.which, a.page, a.pte) for a in table.adoption[:count]]
+        table.records = 0
+        return [(r.logged, r.which, r.page, r.pte) for r in table.record[:count]]
+
+    def limit_ram(self, pfn_limit: int) -> None:
+        """The Guest's RAM ends at page frame `pfn_limit`: a walk in C answers nothing beyond
+        (a device window, or a kill: Python's)."""
+        self._table.pfn_limit = pfn_limit
+
+    def unrecorded(self, which: int, start: int, end: int) -> None:
+        """Shadow `which`'s record holds no entry for a page in [start, end) any more."""
+        self._unrecorded(self._address, which, start, end)
 
     def keep_this_answer(self, pde: int = 0, pte: int = 0) -> None:
         """The answer the page tables are giving (to the miss the C hook passed on) may be
@@ -251,18 +293,24 @@ class FillAnswers:
         page in [start, end), since the last full flush?"""
         return self._may_hold(self._address, which, start, end)
 
-    def learn_kernel_write(self, page: int, paddr: int, perms: int) -> None:
+    def learn_kernel_write(self, page: int, paddr: int, perms: int, pte: int) -> None:
         """The answer the page tables would give a kernel write to `page` in the
-        current shadow, kept without a miss (for the frames the CPU pushes itself)."""
-        self._learn(self._address, page, UC_MEM_WRITE - UC_MEM_READ, paddr, perms)
+        current shadow, kept without a miss (for the frames the CPU pushes itself), from
+        `pte`, the shadow's record (two-level format; 0: not said)."""
+        self._learn(self._address, page, UC_MEM_WRITE - UC_MEM_READ, paddr, perms, pte)
 
     def learn_where(self, page: int, paddr: int) -> None:
         """Where the page tables found `page` (no access granted), kept like an answer."""
-        self._learn(self._address, page, WHERE, paddr, 0)
+        self._learn(self._address, page, WHERE, paddr, 0, 0)
 
     def forget(self, which: int, page: int) -> None:
         """A shadow's entry for this page changed."""
         self._forget(self._address, which, page)
+
+    def set_pte(self, which: int, page: int, record: int) -> None:
+        """A SET_PTE changed shadow `which`'s entry for `page`: its answers go, and the
+        record is `record` now (0: none; a PAE entry's low half, never read)."""
+        self._set_pte(self._address, which, page, record)
 
     def forget_all(self, which: int) -> None:
         """A shadow lost many entries at once."""

@@ -14,7 +14,8 @@
  * the kernel starts, where RAM and the device windows end, the entry format).
  *
  * SET_PTE's effect on the emulator happens here at once: the fill answers of
- * that page are forgotten in every shadow it touches (fills.c), and the page
+ * that page are forgotten in every shadow it touches, the fill hook learns the
+ * entry those shadows record now (fills.c, which answers from it), and the page
  * leaves the emulator's TLB (QEMU's own tlb_flush_page).  Its effect on the
  * Python shadows is logged, and the page tables replay the log before they
  * next read or change a shadow; so is a NEW_PGTABLE's switch, in its place
@@ -60,10 +61,11 @@ struct logged_change {			/* one change the shadows have yet to see, in order */
 };
 
 struct fill_table;			/* fills.c */
-void lguest_fills_forget(struct fill_table *table, uint32_t which, uint32_t page);
+void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t page, uint32_t record);
 bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page);
 void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which);
 void lguest_fills_forget_all(struct fill_table *table, uint32_t which);
+void lguest_fills_unrecorded(struct fill_table *table, uint32_t which, uint64_t start, uint64_t end);
 
 struct hcall_table {
 	/* The machine, set once. */
@@ -189,6 +191,7 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 	uint64_t pte = lo | (t->nx_mask ? (uint64_t)hi << 32 : 0);
 	uint32_t page = vaddr & ~0xFFFu;
 	uint32_t touched;
+	bool prefilled;
 
 	if (vaddr >= t->switcher)
 		return false;
@@ -197,15 +200,19 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 		return true;	/* no shadow holds it: none of the Host's business */
 	if (prefill_would_kill(t, pte) || t->logged >= LOG_ENTRIES)
 		return false;
-	/* A shadow that may have lost its last entry is no longer known to hold any. */
-	if (pte & t->present && pte & (t->accessed | t->dirty) && ((pte & t->pfn_mask) >> 12) < t->pfn_limit)
+	/* What the shadows record now: the PTE if prefilled (neither a kill, checked above,
+	 * nor a device window's), else nothing.  A shadow that may have lost its last entry
+	 * is no longer known to hold any. */
+	prefilled = pte & t->present && pte & (t->accessed | t->dirty) &&
+		    ((pte & t->pfn_mask) >> 12) < t->pfn_limit;
+	if (prefilled)
 		t->filled |= touched;
 	else
 		t->filled &= ~touched;
 	log_change(t, LOGGED_SET_PTE, pgdir, vaddr, pte);
 	for (uint32_t i = 0; i < SHADOWS; i++)
 		if (touched & (1u << i))
-			lguest_fills_forget(t->fills, i, page);
+			lguest_fills_set_pte(t->fills, i, page, prefilled ? (uint32_t)pte : 0);
 	if (touched & (1u << t->current))
 		t->tlb_flush_page(t->cpu, page);
 	return true;
@@ -255,38 +262,45 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 
 /*
  * SET_PGD (§6.7): every shadow of that directory forgets its entries under the top-level
- * entry (all of its fill answers go: a generation), and if the current one did, the
- * emulator's whole TLB goes too.  An index beyond the top level (a kill): Python.
+ * entry (all of its fill answers go: a generation; the fill hook learns it records none
+ * there), and if the current one did, the emulator's whole TLB goes too.  An index
+ * beyond the top level (a kill): Python.
  */
 static bool set_pgd(struct hcall_table *t, uint32_t pgdir, uint32_t index)
 {
+	uint64_t span;		/* what one top-level entry maps */
 	uint32_t touched;
 
 	if (index >= t->top_entries)
 		return false;
+	span = (1ull << 32) / t->top_entries;
 	touched = shadows_of(t, pgdir);
 	if (!touched)
 		return true;	/* no shadow holds it: nothing to do */
 	if (t->logged >= LOG_ENTRIES)
 		return false;
 	log_change(t, LOGGED_SET_PGD, pgdir, index, 0);
-	for (uint32_t i = 0; i < SHADOWS; i++)
-		if (touched & (1u << i))
+	for (uint32_t i = 0; i < SHADOWS; i++) {
+		if (touched & (1u << i)) {
 			lguest_fills_forget_all(t->fills, i);
+			lguest_fills_unrecorded(t->fills, i, index * span, (index + 1) * span);
+		}
+	}
 	t->filled &= ~touched;
 	if (touched & (1u << t->current))
 		flush_whole_tlb(t);
 	return true;
 }
 
-/* FLUSH_TLB (§6.5) of the current space's user part; everything (which re-pins the
- * stack) is Python's. */
+/* FLUSH_TLB (§6.5) of the current space's user part (the fill hook learns it records
+ * none there); everything (which re-pins the stack) is Python's. */
 static bool flush_tlb(struct hcall_table *t, uint32_t everything)
 {
 	if (everything || t->logged >= LOG_ENTRIES)
 		return false;
 	log_change(t, LOGGED_FLUSH_USER, 0, 0, 0);
 	lguest_fills_forget_all(t->fills, t->current);
+	lguest_fills_unrecorded(t->fills, t->current, 0, t->kernel_address);
 	t->filled &= ~(1u << t->current);
 	flush_whole_tlb(t);
 	return true;

@@ -16,8 +16,12 @@ marks the emulator's TLB stale when it may hold a dropped translation: the run l
 flushes it before the Guest runs again (`take_tlb_flush`), so this module never
 touches the CPU.
 
-On the native path C serves most SET_PTEs (native_hypercalls.py) and logs them;
-every entry point here replays that log first (`catch_up`).
+On the native path C serves most SET_PTEs (native_hypercalls.py) and logs them, and
+the C fill hook walks the plain case of `demand_page` itself (fills.c) and logs the
+entries it walked; every entry point here replays both logs first (`catch_up`).  C
+walks only where a shadow records no entry for the page, so every change to a
+shadow's record tells it (C keeps track of its own changes, and of a SET_PTE's;
+`_unrecorded` of the page tables' drops).
 
 What it owns: the shadows, the walk of the Guest's tables (through its `PageFormat`),
 the device windows' pages (no RAM behind them), and the kernel stack SET_STACK asked us
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from lguest.host.native_hypercalls import NativeHypercalls
 
 SHADOW_SLOTS = 4
+ADDRESS_SPACE = 1 << 32
 # What linear mode pretends the Guest's tables say (§6.2).
 LINEAR_PTE_FLAGS = abi.PTE_PRESENT | abi.PTE_RW
 
@@ -92,6 +97,7 @@ class PageTables:
         """From now on, keep every answer a shadow gives in `answers`."""
         self.answers = answers
         answers.use(self.current.table)
+        answers.limit_ram(self.pfn_limit)
 
     def let_native_set_ptes(self, native: NativeHypercalls) -> None:
         """From now on C serves SET_PTE too: tell it the shadows, replay what it did; and
@@ -114,16 +120,17 @@ class PageTables:
         entry point that reads or changes a shadow, or what the rules depend on, calls
         this first.  C already took each page (each switch: everything) out of the
         emulator's TLB, so none of them marks the TLB stale.  Between them fall the
-        entries the fill hook adopted from another shadow's table (`_adopted`)."""
-        adopted = self.answers.take_adoptions() if self.answers is not None else []
+        entries the fill hook walked, or adopted from another shadow's table
+        (`_recorded_in_c`)."""
+        records = self.answers.take_records() if self.answers is not None else []
         log = self.native.take_log() if self.native is not None else []
-        if not (log or adopted):
+        if not (log or records):
             return
         done = 0
-        for logged, table, page, pte in adopted:
+        for logged, table, page, pte in records:
             self._replay(log[done:logged])
             done = logged
-            self._adopted(table, page, pte)
+            self._recorded_in_c(table, page, pte)
         self._replay(log[done:])
         self._tell_native()  # which shadows hold entries: C knows only what it did
 
@@ -138,13 +145,21 @@ class PageTables:
             elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
 
-    def _adopted(self, table: int, page: int, pte: int) -> None:
-        """The fill hook answered `page` in shadow `table` from the entries another shadow
-        walked, found unchanged under this one's directory (fills.c): record the PTE as
-        `demand_page`'s walk would have (it is checked, ACCESSED already set)."""
+    def _recorded_in_c(self, table: int, page: int, pte: int) -> None:
+        """The fill hook answered `page` in shadow `table` from a walk of its own, or from
+        the entries another shadow walked, found unchanged under this one's directory
+        (fills.c): record the PTE as `demand_page`'s walk would have (it is checked,
+        ACCESSED and DIRTY already set in the Guest's PTE as the access needed)."""
         shadow = self.shadows[table]
         shadow.ptes[page] = pte
         shadow.answered.add(page)
+
+    def _unrecorded(self, shadow: Shadow, start: int, end: int) -> None:
+        """The shadow holds no PTE in [start, end) any more (its pages dropped already):
+        C may walk them (fills.c's `recorded` bits; a change to one page's record tells
+        C through `_forget` or `set_pte`)."""
+        if self.answers is not None:
+            self.answers.unrecorded(shadow.table, start, end)
 
     def _switched_in_c(self, pgdir: int) -> None:
         """NEW_PGTABLE to a shadow we hold, served in C: the fill hook answers from it
@@ -189,7 +204,8 @@ class PageTables:
             return
         self.tlb_may_hold.add(page)
         self.current.answered.add(page)
-        self.answers.learn_kernel_write(page, self.format.page(gpte), self._permissions(gpte, True, False))
+        self.answers.learn_kernel_write(page, self.format.page(gpte), self._permissions(gpte, True, False),
+                                        self._entries_behind(page, gpte, walked=False)[1])
 
     def keep_where(self, vaddr: int) -> None:
         """Keep where `peek` finds vaddr's page now, in the current shadow and forgotten
@@ -266,6 +282,17 @@ class PageTables:
         """Walk and check the Guest's tables; remember the PTE.
 
         (the Guest PTE, with ACCESSED/DIRTY set, 0) if fixed, else (None, #PF error code).
+
+        On the native path the C fill hook applies the plain case of these rules itself
+        (fills.c's `walk`, two-level format): a Python callback per first touch of a
+        page (a fork's new address space, a table that forgot its answers) costs
+        microseconds, and these are most of a fork's misses.  It answers only where
+        the outcome is an answer (directory entry and PTE present and plain, the access
+        allowed, the page in RAM), with what this walk would give, A/D set alike, and
+        logs the entry for `catch_up` to record; everything else (a refusal and its
+        error code, a kill, a device window, PAE) comes here.  This copy is the
+        pure-Python Host's (--no-native); tests/test_native_walk.py runs Guests both
+        ways and compares what they see.
         """
         error = abi.PF_WRITE * write | abi.PF_USER * user | self.format.fetch_error * fetch
         pte_gpa, gpte = self._walk(vaddr)
@@ -405,6 +432,7 @@ class PageTables:
             shadow = random.choice(self.shadows)
             shadow.pgdir = pgdir
             shadow.drop_user_part(self.kernel_address)
+        self._unrecorded(shadow, 0, self.kernel_address if shadow.ptes else ADDRESS_SPACE)
         self._forget(shadow)
         if self.answers is not None and self.format is TWO_LEVEL:
             self.answers.watch_directory(shadow.table, pgdir)
@@ -427,6 +455,7 @@ class PageTables:
             self.current.answered.clear()
             self.tlb_may_hold = set()
         else:
+            self._unrecorded(self.current, 0, self.kernel_address)
             self._forget(self.current)
             self.flush()
 
@@ -435,6 +464,7 @@ class PageTables:
         self.catch_up()
         for shadow in [*self.shadows, self.current]:
             shadow.ptes.clear()
+            self._unrecorded(shadow, 0, ADDRESS_SPACE)
             self._forget(shadow)
         self._tell_native()
         self.flush()
@@ -487,10 +517,10 @@ class PageTables:
                 shadow.ptes[page] = pte
             else:
                 shadow.ptes.pop(page, None)
-            if forgotten_in_c:
-                shadow.answered.discard(page)
-            else:
-                self._forget(shadow, page)
+            shadow.answered.discard(page)
+            if not forgotten_in_c and self.answers is not None:
+                # As hypercalls.c does: forget the page's answers, hand over the record.
+                self.answers.set_pte(shadow.table, page, pte & 0xFFFFFFFF if prefill else 0)
         return kernel or self.current in shadows
 
     def set_pgd(self, pgdir: int, index: int) -> None:
@@ -516,6 +546,7 @@ class PageTables:
                     if shadow is self.current:
                         self.tlb_may_hold = set()
                     continue
+                self._unrecorded(shadow, start, end)
                 self._forget(shadow)
                 if shadow is self.current:
                     self._flush_if_held(start, end)
