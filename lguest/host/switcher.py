@@ -35,6 +35,7 @@ reads are answered in C (ports.py) on the native path, and
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import struct
 import time
@@ -181,6 +182,8 @@ SEGMENT_REGS = {
     "gs": UC_X86_REG_GS,
 }
 ALL_REGS = GENERAL_REGS | SEGMENT_REGS
+SLOT = {name: slot for slot, name in enumerate(ALL_REGS)}  # where each is in the Switcher's copy
+MAX_SET = 3  # registers `set_many` writes in one call (a trap return's esp, eflags, eip)
 # The FPU and SSE state by name, for snapshots: Unicorn's register ids are the same in
 # every build, where its saved-context blob is not.  FP0..FP7 are the physical x87
 # registers (mantissa, exponent), independent of the stack top FPSW holds.
@@ -197,6 +200,26 @@ PERM_READ = UC_PROT_READ
 PERM_WRITE = UC_PROT_READ | UC_PROT_WRITE
 # What the Guest kernel may do with each Switcher page (user code: nothing).
 SWITCHER_PERMS = {CODE_PAGE: PERM_EXEC, REGS_PAGE: PERM_WRITE, STATE_PAGE: PERM_READ}
+
+
+def _unconverted(function: ctypes._CFuncPtr) -> ctypes._CFuncPtr:
+    """One of Unicorn's C functions, called without ctypes converting each argument
+    (half the cost of a call): callers pass ctypes objects only, never a Python int."""
+    return ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(function, ctypes.c_void_p).value)
+
+
+_reg_read_batch = _unconverted(uclib.uc_reg_read_batch)
+_reg_write_batch = _unconverted(uclib.uc_reg_write_batch)
+_emu_start = _unconverted(uclib.uc_emu_start)
+_emu_stop = _unconverted(uclib.uc_emu_stop)
+_NO_LIMIT = ctypes.c_uint64(0)  # emu_start's timeout and instruction count
+_STOP_AT = ctypes.c_uint64(STOP_PAGE)
+
+
+def _pointers(values: ctypes.Array) -> ctypes.Array:
+    """A pointer to each element of `values`, as Unicorn's batch calls take them."""
+    base, size = ctypes.addressof(values), ctypes.sizeof(values._type_)
+    return (ctypes.c_void_p * len(values))(*(base + size * i for i in range(len(values))))
 
 
 class ExitKind(Enum):
@@ -217,6 +240,16 @@ class Exit:
     software: bool = False  # raised by an `int n`-style instruction (EIP is past it)
     insn_len: int = 0  # length of that instruction
     cr2: int | None = None  # for PAGE_FAULT: the exact address, if the Host already told the Guest
+
+
+KICKED = Exit(ExitKind.KICKED)
+
+
+@functools.lru_cache(maxsize=1024)
+def trap_exit(trapnum: int, errcode: int = 0, software: bool = False, insn_len: int = 0) -> Exit:
+    """The Exit of a trap: one object per kind of trap, made once (Exits are frozen, and
+    making one costs as much as a register read)."""
+    return Exit(ExitKind.TRAP, trapnum, errcode, software=software, insn_len=insn_len)
 
 
 class Mmu(Protocol):
@@ -314,10 +347,16 @@ class Switcher:
         self._uch = self.uc._uch
         self._reg_buf = ctypes.c_uint64()
         self._reg_ref = ctypes.byref(self._reg_buf)
-        self._one_id = (ctypes.c_int * 1)()
-        self._one_ptr = (ctypes.c_void_p * 1)(ctypes.addressof(self._reg_buf))
-        self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
-        self._ring_regs = self._batch(("cs", "eflags"))
+        # The registers as the CPU last stopped with them ("Registers: one batch a stop").
+        self._regs = (ctypes.c_uint32 * len(ALL_REGS))()  # Unicorn fills 4 bytes (2 of a selector)
+        self._reg_ids = (ctypes.c_int * len(ALL_REGS))(*ALL_REGS.values())
+        self._reg_ptrs = _pointers(self._regs)
+        self._regs_current = False
+        self._emulating = False  # inside emu_start: the CPU runs unless a hook holds it
+        self._set_values = (ctypes.c_uint32 * MAX_SET)()
+        self._set_ids = (ctypes.c_int * MAX_SET)()
+        self._set_ptrs = _pointers(self._set_values)
+        self._begin = ctypes.c_uint64()
         # Statistics for --stats: world switches, seconds the emulator ran the Guest,
         # seconds our Python hooks took inside it (the Host's and the Launcher's work, not
         # the emulator's), TLB fills, traps delivered without leaving the emulator.
@@ -337,6 +376,7 @@ class Switcher:
         self.fixed_ports: FixedPorts | None = None
         self.fill_answers: FillAnswers | None = None
         self.trap_hook: TrapHook | None = None
+        self._asking_python = True  # what the C hooks were last told (they start asking)
         self.native_gates: NativeGateTable | None = None  # what interrupts.c may deliver
         self.doorbell = self._install_hooks()
         self.closed = False
@@ -476,6 +516,9 @@ class Switcher:
         failed hook, a frame for the trampoline, the Host itself switching rings
         outside the emulator), every port read goes to `_on_in` and every TLB miss
         to `_on_tlb_fill`."""
+        if ask == self._asking_python:
+            return  # the C hooks already know (each exit used to tell them three times)
+        self._asking_python = ask
         if self.fixed_ports is not None:
             self.fixed_ports.ask_python(ask)
         if self.fill_answers is not None:
@@ -484,53 +527,69 @@ class Switcher:
             self.trap_hook.ask_python(ask)
 
     # --- registers ------------------------------------------------------------------------
-    # Registers are read and written straight through Unicorn's C API: the Python
-    # binding's generic path costs several microseconds a register, on every exit.
+# tour:S.25 Registers: one batch a stop
+# lguest's Switcher pushed all the Guest's registers onto the Host's stack in one go, and the
+# Host read them from there.  Ours live in the emulator, behind Unicorn's C API, and a call
+# from Python into C costs far more than the C behind it: reading five registers one at a
+# time cost more than the rest of a hypercall exit.  So the first time the Host asks for a
+# register after the CPU stopped, it reads every general and segment register in one batch
+# into a buffer made once, and answers from that copy until the CPU runs again: when
+# emulation starts, and when a hook returns (the CPU goes on from there).  A write goes to
+# the CPU at once and into the copy, except EFLAGS, whose fixed bits the CPU keeps its own
+# way: after that the copy is read again.  A register of the entry frame waiting for the
+# trampoline is answered from the frame.
+    def _registers(self) -> ctypes.Array:
+        """The CPU's registers (slots in ALL_REGS' order), read once per stop."""
+        if not self._regs_current:
+            _reg_read_batch(self._uch, self._reg_ids, self._reg_ptrs, len(ALL_REGS))
+            # Kept only while nothing can run: outside the emulator, or inside one of our
+            # hooks (a debugger's hook may read mid-block, and the CPU goes on after it).
+            self._regs_current = not self._emulating or self._hook_depth > 0
+        return self._regs
+
     def get(self, reg: str) -> int:
         """A Guest register (from the entry frame, if one is waiting)."""
         if self._frame is not None and reg in self._frame:
             return self._frame[reg]
-        buf = self._reg_buf
-        buf.value = 0
-        uclib.uc_reg_read(self._uch, ALL_REGS[reg], self._reg_ref)
-        return buf.value & 0xFFFFFFFF
-
-    @staticmethod
-    def _batch(regs: tuple[str, ...]) -> tuple[ctypes.Array, ctypes.Array, ctypes.Array]:
-        """Register ids, value pointers and values for one `uc_reg_read_batch`."""
-        values = (ctypes.c_uint64 * len(regs))()
-        ids = (ctypes.c_int * len(regs))(*(ALL_REGS[r] for r in regs))
-        base = ctypes.addressof(values)
-        ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
-        return ids, ptrs, values
+        return self._registers()[SLOT[reg]]
 
     def get_many(self, regs: tuple[str, ...]) -> list[int]:
-        """Several registers in one call into Unicorn (the hot paths read five at once)."""
-        batch = self._batches.get(regs)
-        if batch is None:
-            batch = self._batches[regs] = self._batch(regs)
-        ids, ptrs, values = batch
-        ctypes.memset(values, 0, ctypes.sizeof(values))
-        uclib.uc_reg_read_batch(self._uch, ids, ptrs, len(regs))
-        result = [v & 0xFFFFFFFF for v in values]
-        if self._frame is not None:
-            result = [self._frame.get(r, v) for r, v in zip(regs, result, strict=True)]
-        return result
+        """Several registers (the hot paths read five at once)."""
+        values = self._registers()
+        frame = self._frame
+        if frame is None:
+            return [values[SLOT[reg]] for reg in regs]
+        return [frame[reg] if reg in frame else values[SLOT[reg]] for reg in regs]
 
     def set(self, reg: str, value: int) -> None:
         """Set a general register, eip, esp or eflags."""
-        if self._frame is not None and reg in self._frame:
-            self._frame[reg] = value & 0xFFFFFFFF
-            return
-        # Through the batch call even for one register: `uc_reg_write` of EIP also
-        # tells Unicorn to skip resyncing EIP at its next stop, a note only a check
-        # inside a translated block clears.  Set from a hook that runs outside any
-        # block (the interrupt hook), it would stay, and a kick landing later where
-        # a block starts would leave EIP where an earlier block began.
-        self._reg_buf.value = value & 0xFFFFFFFF
-        self._one_id[0] = GENERAL_REGS[reg]
-        if uclib.uc_reg_write_batch(self._uch, self._one_id, self._one_ptr, 1):
-            raise ValueError(f"cannot set {reg}")
+        self.set_many((reg,), (value,))
+
+    def set_many(self, regs: tuple[str, ...], values: tuple[int, ...]) -> None:
+        """Set up to MAX_SET general registers (eip, esp, eflags among them) in one call.
+
+        Through the batch call even for one register: `uc_reg_write` of EIP also
+        tells Unicorn to skip resyncing EIP at its next stop, a note only a check
+        inside a translated block clears.  Set from a hook that runs outside any
+        block (the interrupt hook), it would stay, and a kick landing later where
+        a block starts would leave EIP where an earlier block began.
+        """
+        frame, count = self._frame, 0
+        for reg, value in zip(regs, values, strict=True):
+            if frame is not None and reg in frame:
+                frame[reg] = value & 0xFFFFFFFF
+                continue
+            self._set_ids[count] = GENERAL_REGS[reg]
+            self._set_values[count] = value & 0xFFFFFFFF
+            count += 1
+            if self._regs_current:
+                if reg == "eflags":
+                    self._regs_current = False
+                else:
+                    self._regs[SLOT[reg]] = value & 0xFFFFFFFF
+        if count and _reg_write_batch(self._uch, self._set_ids, self._set_ptrs, count):
+            self._regs_current = False
+            raise ValueError(f"cannot set {regs}")
 
     @property
     def cpl(self) -> int:
@@ -546,13 +605,12 @@ class Switcher:
         if self._frame is not None:
             cs, eflags = self._frame["cs"], self._frame["eflags"]
         else:
-            # Every TLB fill asks: one batch read into buffers only Unicorn writes.
-            ids, ptrs, values = self._ring_regs
-            uclib.uc_reg_read_batch(self._uch, ids, ptrs, 2)
-            cs, eflags = values
+            values = self._registers()  # every TLB fill asks
+            cs, eflags = values[SLOT["cs"]], values[SLOT["eflags"]]
         return 3 if eflags & abi.X86_EFLAGS_VM else cs & 3
 
     def _write_segment(self, reg: int, selector: int) -> None:
+        self._regs_current = False
         self._reg_buf.value = selector
         if uclib.uc_reg_write(self._uch, reg, self._reg_ref):
             raise ValueError(f"cannot load selector {selector:#x}")
@@ -573,6 +631,7 @@ class Switcher:
         (TF, NT, VM) belongs in the frame the trampoline loads, never to the
         trampoline itself."""
         ring = self.cpl  # while EFLAGS still says whether this is virtual-8086 mode
+        self._regs_current = False
         self._reg_buf.value = SWITCHER_EFLAGS
         uclib.uc_reg_write(self._uch, UC_X86_REG_EFLAGS, self._reg_ref)
         if ring == 0:
@@ -679,7 +738,7 @@ class Switcher:
         eip, cs, eflags, esp, ss = self.get_many(("eip", "cs", "eflags", "esp", "ss"))
         self._enter_host_state()
         self.load_frame(eip, cs | 3, eflags & ~VM86_ONLY_FLAGS, esp, ss | 3, 0, 0, 0, 0)
-        return Exit(ExitKind.TRAP, abi.Trap.GP, cs & 0xFFFC)
+        return trap_exit(abi.Trap.GP, cs & 0xFFFC)
 
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
@@ -687,17 +746,19 @@ class Switcher:
         self._native_ask_python(False)
         self.runs += 1
         started, hooks_before = time.perf_counter(), self.in_hooks
+        self._regs_current, self._emulating = False, True
         try:
-            self.uc.emu_start(begin, STOP_PAGE)
+            self._start_emulator(begin)
         except UcError as err:
             if self._failure is None:
                 if self.exit is None:
                     # A fault the hooks did not explain, e.g. inside the trampoline
                     # while loading a bad Guest segment (spec §4.1's trapnum 256).
-                    return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
+                    return trap_exit(abi.TRAPNUM_IN_SWITCHER, err.errno)
                 if err.errno != UC_ERR_EXCEPTION:
                     raise
         finally:
+            self._emulating = False
             # Our Python hooks ran inside emu_start: their time is the Host's, not the emulator's.
             self.emulating += time.perf_counter() - started - (self.in_hooks - hooks_before)
             self._native_ask_python()  # misses outside emulation: the Host's own loads
@@ -710,7 +771,21 @@ class Switcher:
             for reg, value in self._undo.items():
                 self.set(reg, value)
             self._undo = None
-        return self.exit or Exit(ExitKind.KICKED)
+        return self.exit or KICKED
+
+    def _start_emulator(self, begin: int) -> None:
+        """`uc.emu_start(begin, STOP_PAGE)`, without the binding's conversions."""
+        self.uc._hook_exception = None  # what the binding's own hooks (a debugger's) raised
+        self._begin.value = begin
+        err = _emu_start(self._uch, self._begin, _STOP_AT, _NO_LIMIT, _NO_LIMIT)
+        if err:
+            raise UcError(err)
+        if self.uc._hook_exception is not None:
+            raise self.uc._hook_exception
+
+    def _stop_emulator(self) -> None:
+        """`uc.emu_stop()`, from inside a hook."""
+        _emu_stop(self._uch)
 
     def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None]) -> None:
@@ -819,10 +894,11 @@ class Switcher:
             except BaseException as failure:  # noqa: BLE001 (run() raises it, as itself)
                 self._failure = failure
                 self._native_ask_python()
-                self.uc.emu_stop()
+                self._stop_emulator()
                 return default
             finally:
                 self._hook_depth -= 1
+                self._regs_current = False  # the CPU goes on from here
                 if not self._hook_depth:
                     self.in_hooks += time.perf_counter() - started
         return guarded
@@ -831,7 +907,7 @@ class Switcher:
         if self.exit is None:
             self.exit = exit_
         self._native_ask_python()
-        self.uc.emu_stop()
+        self._stop_emulator()
 
 # tour:S.70 The interrupt hook: a trap leaves the Guest
 # Every exception and every `int n` stops here, before the CPU would look at an IDT. For a
@@ -857,7 +933,7 @@ class Switcher:
                 return
             if self.get("eip") >> 12 == CODE_PAGE >> 12:
                 # A fault in the trampoline: the Guest's segments or frame were bad.
-                self._leave(Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, errcode))
+                self._leave(trap_exit(abi.TRAPNUM_IN_SWITCHER, errcode))
                 return
             if vector not in abi.TRAPS_WITH_ERROR_CODE:
                 errcode = 0
@@ -870,7 +946,7 @@ class Switcher:
         Never from virtual-8086 mode: `run()` turns that into the #GP the entry
         into it should have been."""
         if self._in_vm86():
-            self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
+            self._leave(trap_exit(abi.Trap.GP))
             return
         if self.direct_trap is not None and self.direct_trap(vector, errcode, software):
             self.python_direct_traps += 1
@@ -879,9 +955,9 @@ class Switcher:
                 # and it only runs from outside a hook (switching rings inside one
                 # left Unicorn's state inconsistent under kicks).  Stop; the run
                 # loop re-enters at once, with no trap to handle.
-                self.uc.emu_stop()
+                self._stop_emulator()
             return
-        self._leave(Exit(ExitKind.TRAP, vector, errcode, software=software, insn_len=insn_len))
+        self._leave(trap_exit(vector, errcode, software, insn_len))
 
     def _software_int_length(self, vector: int) -> int:
         """`int n` is two bytes; `int3` and `into` are one."""
@@ -921,7 +997,7 @@ class Switcher:
             return self.get("eax")
         if self.cpl == 3:
             # lguest's TSS has no I/O bitmap: user code touching a port is #GP(0).
-            self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
+            self._fault_here(trap_exit(abi.Trap.GP))
             return self.get("eax")
         return self.bus.port_in(port, size)
 
@@ -930,7 +1006,7 @@ class Switcher:
             return
         if self.cpl == 3 or not self.bus.port_out(port, size, value):
             # User code, or a write the Launcher rejected: #GP(0) at the out.
-            self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
+            self._fault_here(trap_exit(abi.Trap.GP))
 
 # tour:S.90 The TLB-fill hook: a page fault leaves the Guest
 # Unicorn is built here in virtual-TLB mode: it never walks page tables itself, and calls
