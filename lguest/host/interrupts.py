@@ -193,6 +193,10 @@ def keep_frame_pages(guest: Guest, esp: int, size: int) -> None:
         guest.pages.keep_where(esp)
 
 
+# Vectors that never go direct: the Host must see them.
+NEVER_DIRECT = frozenset((abi.Trap.NM, abi.Trap.GP, abi.Trap.PF, abi.LGUEST_TRAP_ENTRY))
+
+
 # tour:H.90 Direct traps: no trip through the run loop
 # On real hardware lguest pointed some of the CPU's IDT entries straight at the Guest's
 # handlers, so a system call or a breakpoint never left the Guest at all.  We mimic it: the
@@ -204,7 +208,7 @@ def keep_frame_pages(guest: Guest, esp: int, size: int) -> None:
 def could_be_direct(vector: int, syscall_vector: int) -> bool:
     """§4.4: the vectors lguest let the CPU deliver straight through the real IDT."""
     return ((vector < abi.FIRST_EXTERNAL_VECTOR or vector == syscall_vector)
-            and vector not in (abi.Trap.NM, abi.Trap.GP, abi.Trap.PF, abi.LGUEST_TRAP_ENTRY))
+            and vector not in NEVER_DIRECT)
 
 
 def sent_direct(guest: Guest, vector: int) -> bool:
@@ -224,8 +228,8 @@ def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool
     keeps IF set.  Anything unusual (a stack we cannot see) takes the slow path
     through the Host's run loop instead.
     """
-    if not sent_direct(guest, vector):
-        return False
+    if not sent_direct(guest, vector) or guest.switcher.in_vm86():
+        return False  # (a trap from virtual-8086 mode leaves: run() turns it into #GP)
     lo, hi = guest.idt.entries[vector]
     eip, cs, eflags, esp, ss = guest.switcher.get_many(FRAME_REGS)
     if software and guest.switcher.cpl > gate_dpl(hi):

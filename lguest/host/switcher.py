@@ -66,7 +66,14 @@ from unicorn import (
     Uc,
     UcError,
 )
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
+from unicorn.unicorn_py3.unicorn import (
+    HOOK_INSN_INVALID_CFUNC,
+    HOOK_INTR_CFUNC,
+    HOOK_TLB_FILL_CFUNC,
+    uc_hook_h,
+    uclib,
+)
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
@@ -272,7 +279,8 @@ class DirectTrap(Protocol):
     """The Host's fast path (interrupts.py): deliver a trap without leaving the emulator."""
 
     def __call__(self, vector: int, errcode: int, software: bool) -> bool:
-        """True if delivered (keep emulating), False to leave for the run loop."""
+        """True if delivered (keep emulating), False to leave for the run loop
+        (always False in virtual-8086 mode: `Switcher.in_vm86`)."""
         ...
 
 
@@ -377,6 +385,7 @@ class Switcher:
         self.fill_answers: FillAnswers | None = None
         self.trap_hook: TrapHook | None = None
         self._asking_python = True  # what the C hooks were last told (they start asking)
+        self._python_hooks: list[ctypes._CFuncPtr] = []
         self.native_gates: NativeGateTable | None = None  # what interrupts.c may deliver
         self.doorbell = self._install_hooks()
         self.closed = False
@@ -390,6 +399,7 @@ class Switcher:
             for native in (self.fill_answers, self.fixed_ports, self.trap_hook):
                 if native is not None:
                     native.release()
+            self._python_hooks.clear()
             self._pages_anchor = None
             self._pages.close()
 
@@ -480,21 +490,34 @@ class Switcher:
             self.trap_hook = TrapHook(self.uc, self._guard(self._on_interrupt, None),
                                       self._guard(self._on_invalid, True))
         else:
-            self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
-            self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
+            self._add_hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._guard(self._on_interrupt, None))
+            self._add_hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._guard(self._on_invalid, True))
         if self.native:
             self.fixed_ports = FixedPorts(self.uc, self.bus.read_answers(), self._guard(self._on_in, 0))
         else:
-            self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
-        self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
+            self._add_hook(UC_HOOK_INSN, HOOK_INSN_IN_CFUNC, self._guard(self._on_in, 0), UC_X86_INS_IN)
+        self._add_hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._guard(self._on_out, None), UC_X86_INS_OUT)
         if self.native:
             self.fill_answers = FillAnswers(self.uc, self._ram_address, self._ram_size,
                                             self._guard(self._on_tlb_fill, False), STATE_PAGE)
             self.mmu.keep_answers(self.fill_answers)
         else:
-            self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
+            on_fill = self._guard(self._on_tlb_fill, False)
+            self._add_hook(UC_HOOK_TLB_FILL, HOOK_TLB_FILL_CFUNC, lambda engine, vaddr, access, entry, data:
+                           on_fill(engine, vaddr, access, entry.contents, data))
         quiet = self.native and quiet_exit_checks(self.uc)
         return Doorbell(self.uc, ENTRY_GATE if quiet else None)
+
+    def _add_hook(self, kind: int, prototype: type, hook: Callable[..., object], *insn: int) -> None:
+        """A Python hook, over all addresses, registered through Unicorn's C API itself
+        (the binding's own wrapper adds two Python calls to each call of a hook)."""
+        callback = prototype(hook)
+        self._python_hooks.append(callback)  # ctypes calls it only while we hold it
+        handle = uc_hook_h()
+        err = uclib.uc_hook_add(self._uch, ctypes.byref(handle), kind, ctypes.cast(callback, ctypes.c_void_p),
+                                None, ctypes.c_uint64(1), ctypes.c_uint64(0), *map(ctypes.c_int, insn))
+        if err:
+            raise UcError(err)
 
     @property
     def port_reads_served(self) -> int:
@@ -699,7 +722,7 @@ class Switcher:
         exit_ = self._emulate(self._start_address())
         if self.get("eip") == ENTRY_GATE:
             self.set("eip", self.doorbell.resume)  # a ring stopped us at the gate
-        if self._in_vm86():
+        if self.in_vm86():
             return self._refuse_vm86()
         if exit_.kind is ExitKind.KICKED and self.get("eip") & ~0xFFF == CODE_PAGE:
             # A kick stopped us inside the trampoline, before the Guest got the CPU
@@ -710,7 +733,7 @@ class Switcher:
             self._frame = dict(zip(ENTRY_FRAME_REGS, words, strict=True))
         return exit_
 
-    def _in_vm86(self) -> bool:
+    def in_vm86(self) -> bool:
         """Is the CPU itself (not a frame waiting for the trampoline) in virtual-8086 mode?"""
         return self._frame is None and bool(self.get("eflags") & abi.X86_EFLAGS_VM)
 
@@ -919,7 +942,7 @@ class Switcher:
 # length is recorded so a refused gate can point EIP back at it.  Then the fast path may
 # deliver it at once ("Direct traps: no trip through the run loop"), or the CPU stops and
 # the run loop gets the trap.
-    def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
+    def _on_interrupt(self, _engine: object, vector: int, _data: object) -> None:
         if vector == abi.LGUEST_TRAP_ENTRY or vector >= abi.FIRST_EXTERNAL_VECTOR:
             # Only `int n` raises these on our CPU (there is no hardware to interrupt).
             errcode, software, insn_len = 0, True, 2
@@ -943,11 +966,10 @@ class Switcher:
     def _trap(self, vector: int, errcode: int, software: bool = False, insn_len: int = 0) -> None:
         """A trap: straight into the Guest if the Host's fast path takes it, else exit.
 
-        Never from virtual-8086 mode: `run()` turns that into the #GP the entry
-        into it should have been."""
-        if self._in_vm86():
-            self._leave(trap_exit(abi.Trap.GP))
-            return
+        Never from virtual-8086 mode: the fast path refuses it there (it reads the
+        registers only for a vector that could go direct), and whatever exit is
+        taken, `run()` turns it into the #GP the entry into that mode should have
+        been."""
         if self.direct_trap is not None and self.direct_trap(vector, errcode, software):
             self.python_direct_traps += 1
             if self._frame is not None:
@@ -967,7 +989,7 @@ class Switcher:
         gpa = self.mmu.peek(self.get("eip") - 1)
         return -1 if gpa is None else self.uc.mem_read(gpa, 1)[0]
 
-    def _on_invalid(self, uc: Uc, _data: object) -> bool:
+    def _on_invalid(self, _engine: object, _data: object) -> bool:
         self._trap(abi.Trap.UD, 0)
         return True
 
@@ -992,7 +1014,7 @@ class Switcher:
         self.flush_tlb()
         self._leave(exit_)
 
-    def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+    def _on_in(self, _engine: object, port: int, size: int, _data: object) -> int:
         if self.exit is not None:
             return self.get("eax")
         if self.cpl == 3:
@@ -1001,7 +1023,7 @@ class Switcher:
             return self.get("eax")
         return self.bus.port_in(port, size)
 
-    def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+    def _on_out(self, _engine: object, port: int, size: int, value: int, _data: object) -> None:
         if self.exit is not None:
             return
         if self.cpl == 3 or not self.bus.port_out(port, size, value):
@@ -1016,15 +1038,17 @@ class Switcher:
 # goes into the emulator's TLB and the Guest never notices.  A refusal makes the hook record
 # a page-fault exit with the page, the error code and whether it was an instruction fetch;
 # the CPU stops, and the run loop reflects the fault ("A page fault, back to the Guest").
-    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
+    def _on_tlb_fill(self, _engine: object, vaddr: int, access: int, entry: ctypes.Structure,
+                     _data: object) -> bool:
         if self._undo is not None:
             return False  # an in/out already faulted: nothing after it may run
         self.python_fills += 1
         write = access == UC_MEM_WRITE
         fetch = access == UC_MEM_FETCH
         cpl = self.cpl
-        answer = self._switcher_translation(vaddr, write, fetch, cpl)
-        if answer is None:
+        if vaddr >= abi.SWITCHER_ADDR:
+            answer = self._switcher_translation(vaddr, write, fetch, cpl)
+        else:
             answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
             fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch)
@@ -1049,10 +1073,9 @@ class Switcher:
         return True
 
     def _switcher_translation(self, vaddr: int, write: bool, fetch: bool,
-                              cpl: int) -> tuple[int, int] | int | None:
-        """The Switcher's own pages: kernel-only, like the original's mapping."""
-        if vaddr < abi.SWITCHER_ADDR:
-            return None
+                              cpl: int) -> tuple[int, int] | int:
+        """The Switcher's own pages (vaddr at SWITCHER_ADDR or above): kernel-only,
+        like the original's mapping."""
         page = vaddr & ~0xFFF
         error = abi.PF_WRITE * write | abi.PF_USER * (cpl == 3)
         if page in (CODE_PAGE, STOP_PAGE) and fetch:
