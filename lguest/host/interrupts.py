@@ -186,7 +186,10 @@ def push_frame(guest: Guest, esp: int, words: list[int]) -> bool:
 def keep_frame_pages(guest: Guest, esp: int, size: int) -> None:
     """Let the C fill hook answer the CPU's own writes of the next frame here (the
     Guest's handler may never write its stack itself), and tell interrupts.c where
-    a page-aligned `esp` itself is (the frame goes below it, §4.6)."""
+    a page-aligned `esp` itself is (the frame goes below it, §4.6).  Without the C
+    hook (the pure-Python Host) there is nothing to keep, and no walk is made."""
+    if guest.pages.answers is None:
+        return
     guest.pages.keep_kernel_write(esp - size)
     guest.pages.keep_kernel_write(esp - 1)
     if not esp & 0xFFF:

@@ -166,7 +166,8 @@ TRAMPOLINE = bytes([0x0F, 0xA9, 0x0F, 0xA1, 0x07, 0x1F, 0xCF])
 # never run, whose block's doorbell hook sends the vCPU on to the Guest's EIP.
 ENTRY_GATE = CODE_PAGE + 0x800
 ENTRY_FRAME_REGS = ("gs", "fs", "es", "ds", "eip", "cs", "eflags", "esp", "ss")  # popped in this order
-ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - 4 * len(ENTRY_FRAME_REGS)
+ENTRY_FRAME = struct.Struct(f"<{len(ENTRY_FRAME_REGS)}I")
+ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - ENTRY_FRAME.size
 
 GENERAL_REGS = {
     "eax": UC_X86_REG_EAX,
@@ -217,6 +218,7 @@ def _unconverted(function: ctypes._CFuncPtr) -> ctypes._CFuncPtr:
 
 _reg_read_batch = _unconverted(uclib.uc_reg_read_batch)
 _reg_write_batch = _unconverted(uclib.uc_reg_write_batch)
+_reg_write = _unconverted(uclib.uc_reg_write)
 _emu_start = _unconverted(uclib.uc_emu_start)
 _emu_stop = _unconverted(uclib.uc_emu_stop)
 _NO_LIMIT = ctypes.c_uint64(0)  # emu_start's timeout and instruction count
@@ -348,6 +350,9 @@ class Switcher:
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap = direct_trap
         self.context = SavedContext(self.uc, None if probing else context_layout())
+        self._cpu = None if probing else engine_cpu(self.uc)
+        if self._cpu is not None:
+            self.context.edit_live(self._cpu)
         self.exit: Exit | None = None
         self._undo: dict[str, int] | None = None  # registers to restore after a faulting in/out
         self._switching = False  # the Host is loading ring-0 segments
@@ -437,7 +442,7 @@ class Switcher:
         """The engine's CPU and where its segment caches are, both proven, for
         interrupts.c; None if either cannot be (then every trap goes to Python).
         Only before the first run, while the CPU holds the Switcher's own segments."""
-        cpu = engine_cpu(self.uc)
+        cpu = self._cpu
         if cpu is None or self.context.layout is None:
             return None
         flat = (0, 0xFFFFFFFF)
@@ -635,7 +640,7 @@ class Switcher:
     def _write_segment(self, reg: int, selector: int) -> None:
         self._regs_current = False
         self._reg_buf.value = selector
-        if uclib.uc_reg_write(self._uch, reg, self._reg_ref):
+        if _reg_write(self._uch, reg, self._reg_ref):
             raise ValueError(f"cannot load selector {selector:#x}")
 
 # tour:S.30 Entering the Guest: back to ring 0 first
@@ -656,7 +661,7 @@ class Switcher:
         ring = self.cpl  # while EFLAGS still says whether this is virtual-8086 mode
         self._regs_current = False
         self._reg_buf.value = SWITCHER_EFLAGS
-        uclib.uc_reg_write(self._uch, UC_X86_REG_EFLAGS, self._reg_ref)
+        _reg_write(self._uch, UC_X86_REG_EFLAGS, self._reg_ref)
         if ring == 0:
             return
         self.context.drop_to_ring0()
@@ -701,10 +706,11 @@ class Switcher:
             if not self.doorbell.gated:
                 return eip
             return self.doorbell.through_gate(eip)
-        frame = struct.pack("<9I", *(self._frame[reg] for reg in ENTRY_FRAME_REGS))
-        self._frame = None
+        frame, self._frame = self._frame, None
         self._enter_host_state()
-        self.uc.mem_write(ENTRY_FRAME_ADDR, frame)
+        # Straight into our own page (no Unicorn call): nothing ever runs code from it.
+        ENTRY_FRAME.pack_into(self._pages, ENTRY_FRAME_ADDR - abi.SWITCHER_ADDR,
+                              *[frame[reg] for reg in ENTRY_FRAME_REGS])
         self.set("esp", ENTRY_FRAME_ADDR)
         return CODE_PAGE
 
@@ -728,8 +734,7 @@ class Switcher:
             # A kick stopped us inside the trampoline, before the Guest got the CPU
             # back.  The world switch is all or nothing: the Guest's state is still
             # the whole entry frame, and the next run starts the trampoline again.
-            words = struct.unpack(f"<{len(ENTRY_FRAME_REGS)}I", self.uc.mem_read(
-                ENTRY_FRAME_ADDR, 4 * len(ENTRY_FRAME_REGS)))
+            words = ENTRY_FRAME.unpack_from(self._pages, ENTRY_FRAME_ADDR - abi.SWITCHER_ADDR)
             self._frame = dict(zip(ENTRY_FRAME_REGS, words, strict=True))
         return exit_
 
