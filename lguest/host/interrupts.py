@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from lguest.host.core import Guest
 
 GATE_PRESENT = 0x8000
+PAGE_FAULT = int(abi.Trap.PF)  # looked up on every fault the CPU may raise itself
 FRAME_REGS = ("eip", "cs", "eflags", "esp", "ss")
 EFLAGS_CLEARED_ON_ENTRY = abi.X86_EFLAGS_TF | abi.X86_EFLAGS_NT | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_VM
 
@@ -372,7 +373,7 @@ class NativeGates:
     def cpu_raises_fault(self) -> bool:
         """May a page fault the Guest must handle be raised and delivered by the CPU
         (its gate 14 is marked for it)?  Else it leaves the emulator."""
-        return self.raise_faults and self._table.kind[abi.Trap.PF] != GateKind.ASK_PYTHON
+        return self.raise_faults and self._table.kind[PAGE_FAULT] != GateKind.ASK_PYTHON
 
     def update(self, vector: int) -> None:
         """The Guest's gate for `vector` changed."""

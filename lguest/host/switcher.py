@@ -40,9 +40,8 @@ import mmap
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from enum import Enum, auto
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from unicorn import (
     UC_ARCH_X86,
@@ -237,9 +236,11 @@ class ExitKind(Enum):
     KICKED = auto()  # the run ended without a trap: the doorbell rang (another thread)
 
 
-@dataclass(frozen=True)
-class Exit:
-    """Why the Guest came back to the Host (the `trapnum`/`errcode` of lguest_regs)."""
+class Exit(NamedTuple):
+    """Why the Guest came back to the Host (the `trapnum`/`errcode` of lguest_regs).
+
+    A named tuple, not a frozen dataclass: every page fault that leaves makes one,
+    and a tuple is made in a third of the time."""
 
     kind: ExitKind
     trapnum: int = abi.TRAPNUM_IN_SWITCHER
@@ -957,7 +958,7 @@ class Switcher:
                 # A fault fills.c had the CPU raise, which interrupts.c did not deliver:
                 # it leaves the emulator as if the fill had refused it (cr2 is told).
                 (fault, cr2), self._raised = self._raised, None
-                self._leave(replace(fault, cr2=cr2))
+                self._leave(fault._replace(cr2=cr2))
                 return
             if self.get("eip") >> 12 == CODE_PAGE >> 12:
                 # A fault in the trampoline: the Guest's segments or frame were bad.
