@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
+import operator
 import struct
 import time
 from collections.abc import Callable
@@ -190,6 +191,17 @@ SEGMENT_REGS = {
 }
 ALL_REGS = GENERAL_REGS | SEGMENT_REGS
 SLOT = {name: slot for slot, name in enumerate(ALL_REGS)}  # where each is in the Switcher's copy
+_PICKERS: dict[tuple[str, ...], Callable[[ctypes.Array], tuple[int, ...]]] = {}  # `get_many`'s, per tuple
+
+
+def _picker(regs: tuple[str, ...]) -> Callable[[ctypes.Array], tuple[int, ...]]:
+    """What picks these registers out of the Switcher's copy, as a tuple."""
+    if len(regs) == 1:
+        slot = SLOT[regs[0]]
+        return lambda values: (values[slot],)
+    return operator.itemgetter(*(SLOT[reg] for reg in regs))
+
+
 MAX_SET = 3  # registers `set_many` writes in one call (a trap return's esp, eflags, eip)
 # The FPU and SSE state by name, for snapshots: Unicorn's register ids are the same in
 # every build, where its saved-context blob is not.  FP0..FP7 are the physical x87
@@ -582,13 +594,16 @@ class Switcher:
             return self._frame[reg]
         return self._registers()[SLOT[reg]]
 
-    def get_many(self, regs: tuple[str, ...]) -> list[int]:
+    def get_many(self, regs: tuple[str, ...]) -> tuple[int, ...]:
         """Several registers (the hot paths read five at once)."""
         values = self._registers()
         frame = self._frame
         if frame is None:
-            return [values[SLOT[reg]] for reg in regs]
-        return [frame[reg] if reg in frame else values[SLOT[reg]] for reg in regs]
+            pick = _PICKERS.get(regs)
+            if pick is None:
+                pick = _PICKERS[regs] = _picker(regs)
+            return pick(values)
+        return tuple(frame[reg] if reg in frame else values[SLOT[reg]] for reg in regs)
 
     def set(self, reg: str, value: int) -> None:
         """Set a general register, eip, esp or eflags."""
