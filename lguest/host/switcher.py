@@ -14,12 +14,12 @@ is Unicorn (QEMU's TCG), and the two halves become:
   hook, and every TLB miss asks the Host's page tables (the TLB is our shadow).
 
 What it owns: the engine, the Switcher's four pages (with the real GDT, IDT and
-TSS the emulated CPU reads), the Guest's registers (fast
-paths into Unicorn's C API), the hooks (all installed in `_install_hooks`), and
-the workarounds that keep the emulator honest: CPU state the emulator leaves
-half-done is repaired through calibration.py (the only module touching its
-private state), other threads reach the vCPU through doorbell.py, fixed port
-reads are answered in C (ports.py) on the native path, and
+TSS the emulated CPU reads), the Guest's registers (one batch read into Unicorn's C
+API per stop, answered from that copy until the CPU runs again), the hooks (all
+installed in `_install_hooks`), and the workarounds that keep the emulator honest:
+CPU state the emulator leaves half-done is repaired through calibration.py (the
+only module touching its private state), other threads reach the vCPU through
+doorbell.py, fixed port reads are answered in C (ports.py) on the native path, and
 
 * Unicorn's `iret` loads EFLAGS.VM at any CPL, where a real CPU only does so at
   CPL 0 (`helper_ret_protected` jumps to `return_to_vm86` before looking at the
@@ -357,6 +357,7 @@ class Switcher:
         self.uc.mem_map_ptr(abi.SWITCHER_ADDR, SWITCHER_PAGES * abi.PAGE_SIZE, UC_PROT_ALL,
                             ctypes.addressof(self._pages_anchor))
         self.mmu = mmu
+        self._translate = mmu.translate  # bound once: every TLB miss Python sees calls it
         self.bus = bus
         self._ram_address, self._ram_size = ram_address, ram_size
         # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
@@ -1070,7 +1071,7 @@ class Switcher:
         if vaddr >= abi.SWITCHER_ADDR:
             answer = self._switcher_translation(vaddr, write, fetch, cpl)
         else:
-            answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
+            answer = self._translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
             fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch)
             if not self._raise_in_cpu(fault):
