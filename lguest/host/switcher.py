@@ -229,7 +229,6 @@ def _unconverted(function: ctypes._CFuncPtr) -> ctypes._CFuncPtr:
 
 _reg_read_batch = _unconverted(uclib.uc_reg_read_batch)
 _reg_write_batch = _unconverted(uclib.uc_reg_write_batch)
-_reg_write = _unconverted(uclib.uc_reg_write)
 _emu_start = _unconverted(uclib.uc_emu_start)
 _emu_stop = _unconverted(uclib.uc_emu_stop)
 _NO_LIMIT = ctypes.c_uint64(0)  # emu_start's timeout and instruction count
@@ -333,6 +332,8 @@ EFLAGS_VIP = 0x100000
 # single-step), no nested task (its `iret` must not become a task return), not
 # virtual-8086 mode (its segment loads must be protected-mode ones).
 SWITCHER_EFLAGS = 0x2
+# What `_enter_host_state` loads, in this order: EFLAGS, then the ring-0 stack and code.
+SWITCHER_STATE_IDS = (ctypes.c_int * 3)(UC_X86_REG_EFLAGS, UC_X86_REG_SS, UC_X86_REG_CS)
 # What only Unicorn's unprivileged virtual-8086 entry can have put in EFLAGS.
 VM86_ONLY_FLAGS = abi.X86_EFLAGS_VM | EFLAGS_IOPL | EFLAGS_VIF | EFLAGS_VIP
 
@@ -357,7 +358,6 @@ class Switcher:
         self.uc.mem_map_ptr(abi.SWITCHER_ADDR, SWITCHER_PAGES * abi.PAGE_SIZE, UC_PROT_ALL,
                             ctypes.addressof(self._pages_anchor))
         self.mmu = mmu
-        self._translate = mmu.translate  # bound once: every TLB miss Python sees calls it
         self.bus = bus
         self._ram_address, self._ram_size = ram_address, ram_size
         # The Host's fast path for traps lguest sent straight to the Guest (§4.4):
@@ -372,8 +372,8 @@ class Switcher:
         self._switching = False  # the Host is loading ring-0 segments
         self._frame: dict[str, int] | None = None  # the trampoline's entry frame, while pending
         self._uch = self.uc._uch
-        self._reg_buf = ctypes.c_uint64()
-        self._reg_ref = ctypes.byref(self._reg_buf)
+        self._switcher_state = (ctypes.c_uint32 * 3)(SWITCHER_EFLAGS, abi.LGUEST_DS, abi.LGUEST_CS)
+        self._switcher_state_ptrs = _pointers(self._switcher_state)
         # The registers as the CPU last stopped with them ("Registers: one batch a stop").
         self._regs = (ctypes.c_uint32 * len(ALL_REGS))()  # Unicorn fills 4 bytes (2 of a selector)
         self._reg_ids = (ctypes.c_int * len(ALL_REGS))(*ALL_REGS.values())
@@ -595,7 +595,7 @@ class Switcher:
             return self._frame[reg]
         return self._registers()[SLOT[reg]]
 
-    def get_many(self, regs: tuple[str, ...]) -> tuple[int, ...]:
+    def get_many(self, regs: tuple[str, ...]) -> list[int]:
         """Several registers (the hot paths read five at once)."""
         values = self._registers()
         frame = self._frame
@@ -603,8 +603,8 @@ class Switcher:
             pick = _PICKERS.get(regs)
             if pick is None:
                 pick = _PICKERS[regs] = _picker(regs)
-            return pick(values)
-        return tuple(frame[reg] if reg in frame else values[SLOT[reg]] for reg in regs)
+            return list(pick(values))
+        return [frame[reg] if reg in frame else values[SLOT[reg]] for reg in regs]
 
     def set(self, reg: str, value: int) -> None:
         """Set a general register, eip, esp or eflags."""
@@ -654,12 +654,6 @@ class Switcher:
             cs, eflags = values[SLOT["cs"]], values[SLOT["eflags"]]
         return 3 if eflags & abi.X86_EFLAGS_VM else cs & 3
 
-    def _write_segment(self, reg: int, selector: int) -> None:
-        self._regs_current = False
-        self._reg_buf.value = selector
-        if _reg_write(self._uch, reg, self._reg_ref):
-            raise ValueError(f"cannot load selector {selector:#x}")
-
 # tour:S.30 Entering the Guest: back to ring 0 first
 # To enter the Guest in any ring the trampoline must start in ring 0, where its `iret` may
 # go anywhere the CPU's own checks allow.  A real Switcher got there through a gate. Ours
@@ -677,17 +671,18 @@ class Switcher:
         trampoline itself."""
         ring = self.cpl  # while EFLAGS still says whether this is virtual-8086 mode
         self._regs_current = False
-        self._reg_buf.value = SWITCHER_EFLAGS
-        _reg_write(self._uch, UC_X86_REG_EFLAGS, self._reg_ref)
         if ring == 0:
+            _reg_write_batch(self._uch, SWITCHER_STATE_IDS, self._switcher_state_ptrs, 1)  # EFLAGS alone
             return
         self.context.drop_to_ring0()
-        # Loading these reads the GDT, which may miss in the TLB: the fill must
+        # EFLAGS first (the segments then load as protected-mode ones), then SS and CS, in
+        # one call.  Loading these reads the GDT, which may miss in the TLB: the fill must
         # see ring 0 (a refused fill outside emulation would crash Unicorn).
         self._switching = True
         try:
-            self._write_segment(UC_X86_REG_SS, abi.LGUEST_DS)
-            self._write_segment(UC_X86_REG_CS, abi.LGUEST_CS)
+            if _reg_write_batch(self._uch, SWITCHER_STATE_IDS, self._switcher_state_ptrs,
+                                len(SWITCHER_STATE_IDS)):
+                raise ValueError("cannot load the Switcher's segments")
         finally:
             self._switching = False
 
@@ -1071,7 +1066,7 @@ class Switcher:
         if vaddr >= abi.SWITCHER_ADDR:
             answer = self._switcher_translation(vaddr, write, fetch, cpl)
         else:
-            answer = self._translate(vaddr, write, fetch, cpl == 3)
+            answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
             fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch)
             if not self._raise_in_cpu(fault):
