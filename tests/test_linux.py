@@ -315,3 +315,16 @@ def test_forced_into_the_other_mode_it_dies_by_name(tmp_path, busybox, linux) ->
     assert run.status == 1
     assert re.fullmatch(rf"{theirs} page tables in a Guest run as {ours} \(NEW_PGTABLE 0x[0-9a-f]+ maps the "
                         rf"running code at 0x[0-9a-f]+ only as {theirs}\)", run.reason), run.reason
+
+
+def test_early_console_alike_both_ways(tmp_path, busybox, linux) -> None:
+    """Every early-console byte (seven of each byte's eight `out`s queued in C on the
+    native path) comes out the same on the pure-Python Host."""
+    early = []
+    for path in ((), ("--no-native",)):
+        run = boot(tmp_path, busybox, PROLOGUE + "poweroff -f\n", linux.bzimage, *path)
+        assert (run.status, run.reason) == (0, "CRASH: Power down")
+        lines = messages(run.stdout)
+        early.append([line for line in lines[:lines.index(LAST_EARLY_LINE) + 1] if not VOLATILE.search(line)])
+    assert early[0] == early[1]
+    assert len(early[0]) > 50

@@ -61,10 +61,10 @@ test_main:
 	jne fail
 	cmpl $0x5555, 0xc0000000
 	jne fail
-	/* the ring: SET_PTEs around a TS, which only Python serves */
+	/* the ring: SET_PTEs around a SET_CLOCKEVENT, which only Python serves */
 	movl $frames + 7 * 4096 + 0x67, user_b
 	QUEUE 0, LHCALL_SET_PTE, $dir_b, $0x400000, $frames+7*4096+0x67
-	QUEUE 1, LHCALL_TS, $0
+	QUEUE 1, LHCALL_SET_CLOCKEVENT, $0
 	movl $frames + 3 * 4096 + 0x27, kernel_pt
 	QUEUE 2, LHCALL_SET_PTE, $dir_a, $0xc0000000, $frames+3*4096+0x27
 	HCALL LHCALL_FLUSH_ASYNC
@@ -350,3 +350,68 @@ def test_without_the_engine_cpu_every_hypercall_goes_to_python(asm_guest, monkey
     assert guest.native_hcalls is None
     assert guest.run().reason == "CRASH: Power down"
     assert guest.switcher.trap_hook.hypercalls_served == 0
+
+
+# Lazy FPU switching, as Linux does it: TS 1, the first FPU instruction raises #NM, which
+# the Host reflects (trap 7 is never delivered by the CPU itself), the handler clears TS
+# and returns to run the instruction again; once sync, once from the ring.  The Guest
+# keeps the faulting EIPs and the FPU's results.
+LAZY_FPU = """
+nm_handler:
+	movl nm_count, %eax
+	movl (%esp), %ebx
+	movl %ebx, nm_eips(,%eax,4)
+	incl nm_count
+	HCALL LHCALL_TS, $0
+	jmp lguest_iret
+test_main:
+	INIT
+	GATE 7, nm_handler
+	fninit				/* TS clear: no #NM */
+	HCALL LHCALL_TS, $1
+first:	fld1
+	fstpl results
+	QUEUE 0, LHCALL_TS, $1
+	HCALL LHCALL_FLUSH_ASYNC
+second:	fldpi
+	fstpl results + 8
+	fldl2t				/* TS clear again: no #NM */
+	fstpl results + 16
+	cmpl $2, nm_count
+	jne fail
+	HCALL LHCALL_TS, $1		/* left set: the Host's view at the end */
+	POWEROFF
+	.data
+	.globl nm_count, nm_eips, results
+nm_count: .long 0
+nm_eips: .long 0, 0, 0
+results: .quad 0, 0, 0
+	.text
+""" + FAIL
+
+
+def fpu_view(guest, elf) -> dict[str, object]:
+    """What the Guest saw of TS, and the Host's TS flag and CR0.TS at the end."""
+    from unicorn.x86_const import UC_X86_REG_CR0
+
+    return {
+        "seen": guest.memory.read(symbol(elf, "nm_count"), 4 + 12 + 24),
+        "ts": guest.ts,
+        "cr0.ts": guest.switcher.uc.reg_read(UC_X86_REG_CR0) & 8,
+        "reflected": guest.stats["reflected traps"],
+        "hypercalls": guest.stats["hypercalls"],
+    }
+
+
+def test_ts_and_the_nm_it_causes_alike_both_ways(asm_guest) -> None:
+    elf = asm_guest(LAZY_FPU)
+    native, python = run_both_ways(elf)
+    seen = fpu_view(native, elf)
+    assert seen == fpu_view(python, elf)
+    assert seen["ts"] == 1 and seen["cr0.ts"] == 8 and seen["reflected"] == 2
+    eips = native.memory.read(symbol(elf, "nm_eips"), 8)
+    assert eips == symbol(elf, "first").to_bytes(4, "little") + symbol(elf, "second").to_bytes(4, "little")
+    # Served in C without an exit: TS 1, the handler's TS 0 twice, the FLUSH_ASYNC (with
+    # its queued TS 1) and the last TS 1.
+    assert native.switcher.trap_hook.hypercalls_served == 5
+    assert native.native_hcalls.served == 6

@@ -25,6 +25,7 @@ import ctypes
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -513,3 +514,148 @@ def segment_caches(cpu: EngineCpu, layout: ContextLayout,
         if (found & 0xFFFF, found_base, found_limit) != (selector, base, limit):
             return None
     return offset
+
+
+# Unicorn's TLB-fill hook is told only the page, but QEMU's CPU class hands the exact address
+# to its `tlb_fill` function, which Unicorn (in its virtual-TLB mode) points at its own
+# `unicorn_fill_tlb`, right before `tlb_fill_cpu`, QEMU's own x86 one.  The class lies inside
+# the CPU object, after the register state, and the CPUState part (before the register
+# state) points at it.  So the field is the first place after the register state holding that
+# pair of exported functions side by side, believed only if a pointer in the CPUState part
+# leads to the class a little before it; exact_fill.c puts its own function there.  The
+# offset found in the first engine is checked again (the pair there) in every later one.
+_CPU_OBJECT_MAX = 1 << 20
+_CLASS_REACH = 0x200  # how far into the class the field may lie
+
+def fill_function_slot(cpu: EngineCpu) -> int | None:
+    """Where this engine's CPU class keeps its tlb_fill pointer, proven, or None."""
+    global _fill_slot_offset
+    fill = getattr(uclib, "unicorn_fill_tlb_x86_64", None)
+    own = getattr(uclib, "x86_cpu_tlb_fill_x86_64", None)
+    if fill is None or own is None:
+        return None
+    pair = struct.pack("<QQ", ctypes.cast(fill, ctypes.c_void_p).value or 0,
+                       ctypes.cast(own, ctypes.c_void_p).value or 0)
+    if _fill_slot_offset == _UNKNOWN:
+        _fill_slot_offset = _only_place(cpu, pair)
+    if not isinstance(_fill_slot_offset, int) or _fill_slot_offset < 0:
+        return None
+    if _process_memory(cpu.cpu + _fill_slot_offset, len(pair)) != pair:
+        return None
+    return cpu.cpu + _fill_slot_offset
+
+
+def _only_place(cpu: EngineCpu, pair: bytes) -> int | None:
+    """The offset from the CPU of its class's copy of `pair` (see above), or None."""
+    size = _CPU_OBJECT_MAX
+    data = None
+    while data is None and size >= 1 << 12:
+        data = _process_memory(cpu.cpu, size)
+        size //= 2
+    state = cpu.env - cpu.cpu
+    found = [at for at in _occurrences(data or b"", pair) if at % 8 == 0 and at > state]
+    if not found:
+        return None
+    slot = cpu.cpu + found[0]
+    pointers = struct.unpack_from(f"<{state // 8}Q", data or b"")
+    return found[0] if any(slot - _CLASS_REACH <= p <= slot for p in pointers) else None
+
+
+def _occurrences(data: bytes, pattern: bytes) -> list[int]:
+    found, at = [], data.find(pattern)
+    while at >= 0:
+        found.append(at)
+        at = data.find(pattern, at + 1)
+    return found
+
+
+_fill_slot_offset: int | None = _UNKNOWN
+
+
+# irqs.c has the CPU itself deliver the clock's and the devices' interrupts.  It needs three
+# things QEMU keeps to itself.  The CPU class's `cpu_exec_interrupt`, which QEMU calls at a
+# block boundary whenever the CPU's interrupt_request is set: found like `tlb_fill` above, as
+# the one place after the register state where x86's three exported `cpu_exec_enter`,
+# `cpu_exec_exit` and `cpu_exec_interrupt` sit side by side.  The CPU's interrupt_request:
+# QEMU's own raise (`cpu_interrupt_handler`, exported) is called on the idle engine, and the
+# one word of the CPUState it changed is the field.  And the counter whose high half stops
+# the chaining of blocks (the CPUState names it right after the register state's pointer):
+# QEMU's `cpu_exit` must set that half to -1.  Every byte either call changed is put back.
+_CPU_INTERRUPT_HARD = 0x0002
+
+
+@dataclass(frozen=True)
+class CpuInterrupts:
+    """Where one engine's CPU keeps what a raised interrupt touches (all proven)."""
+
+    exec_interrupt_slot: int  # the CPU class's cpu_exec_interrupt pointer
+    x86_exec_interrupt: int  # what it held: QEMU's x86_cpu_exec_interrupt
+    interrupt_request: int  # the CPUState's interrupt_request (uint32)
+    icount_high: int  # the high half of its instruction counter (int16)
+
+
+def cpu_interrupts(cpu: EngineCpu) -> CpuInterrupts | None:
+    """This idle engine's interrupt fields, proven, or None."""
+    names = ("x86_cpu_exec_enter_x86_64", "x86_cpu_exec_exit_x86_64", "x86_cpu_exec_interrupt_x86_64")
+    functions = [getattr(uclib, name, None) for name in names]
+    handler = _exported_pointer("cpu_interrupt_handler")
+    cpu_exit = getattr(uclib, "cpu_exit", None)
+    if None in functions or handler is None or cpu_exit is None:
+        return None
+    addresses = [ctypes.cast(f, ctypes.c_void_p).value or 0 for f in functions]
+    at = _only_place(cpu, struct.pack("<3Q", *addresses))
+    if at is None:
+        return None
+    state = cpu.env - cpu.cpu  # the CPUState, and what lies between it and the registers
+    request = _changed_word(cpu.cpu, state, lambda: ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int)(
+        handler)(cpu.cpu, _CPU_INTERRUPT_HARD), _CPU_INTERRUPT_HARD)
+    icount = _icount_high(cpu, cpu_exit)
+    if request is None or icount is None:
+        return None
+    return CpuInterrupts(cpu.cpu + at + 16, addresses[2], request, icount)
+
+
+def _exported_pointer(name: str) -> int | None:
+    """The value of an exported pointer variable of the library."""
+    try:
+        return ctypes.c_void_p.in_dll(uclib, name).value
+    except ValueError:
+        return None
+
+
+def _changed_word(start: int, size: int, action: Callable[[], object], bit: int) -> int | None:
+    """The address of the one aligned 32-bit word in [start, start+size) that `action`
+    changed, by setting `bit` and nothing else; every change is undone."""
+    before = _process_memory(start, size)
+    action()
+    after = _process_memory(start, size)
+    if before is None or after is None:
+        return None
+    changed = [at for at in range(0, size - 3, 4) if before[at:at + 4] != after[at:at + 4]]
+    ctypes.memmove(start, before, size)
+    if len(changed) != 1:
+        return None
+    old, new = (struct.unpack_from("<I", data, changed[0])[0] for data in (before, after))
+    return start + changed[0] if new == old | bit and old & bit == 0 else None
+
+
+def _icount_high(cpu: EngineCpu, cpu_exit: object) -> int | None:
+    """The high half of the counter the CPUState's icount_decr_ptr names (the word right
+    after its pointer to the registers), proven by `cpu_exit` setting it to -1."""
+    state = cpu.env - cpu.cpu
+    words = _process_memory(cpu.cpu, state)
+    if words is None:
+        return None
+    env_ptr = [at for at in range(0, state - 15, 8) if struct.unpack_from("<Q", words, at)[0] == cpu.env]
+    if len(env_ptr) != 1:
+        return None
+    counter = struct.unpack_from("<Q", words, env_ptr[0] + 8)[0]
+    if not cpu.cpu < counter < cpu.env:
+        return None
+    high = counter + 2
+    before = _process_memory(cpu.cpu, state)
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(ctypes.cast(cpu_exit, ctypes.c_void_p).value)(cpu.cpu)
+    after = _process_memory(high, 2)
+    if before is not None:
+        ctypes.memmove(cpu.cpu, before, state)
+    return high if after == b"\xff\xff" and _process_memory(high, 2) != b"\xff\xff" else None

@@ -33,7 +33,8 @@ from lguest.host.clock import Clock
 from lguest.host.faultaddr import fault_address
 from lguest.host.interrupts import Idt, NativeGates, deliver_interrupt, deliver_trap, direct_trap
 from lguest.host.memory import GuestMemory, hex32
-from lguest.host.native_hypercalls import serve_hypercalls
+from lguest.host.native_hypercalls import only_counts, serve_hypercalls
+from lguest.host.native_irqs import NativeIrqs
 from lguest.host.page_tables import PageTables
 from lguest.host.segments import Segments
 from lguest.host.state import GuestState, capture, restore
@@ -138,9 +139,9 @@ class Guest:
         # vCPU state the Host keeps
         self.hcall_pending = False
         self.halted = False
-        self.ts = 0
+        self._ts = 0  # TS's flag, on the pure-Python path (else native_hcalls has it)
         self._kernel_stack = (0, 0)  # SET_STACK's ss1, esp1: where traps from user mode land
-        self.irqs_pending = 0
+        self._irqs_pending = 0  # the pure-Python Host's; on the native path, C's (native_irqs)
         self.stats: Counter[str] = Counter()  # hypercalls, reflected traps, interrupts (--stats)
         self._irq_lock = threading.Lock()
         self._wake = threading.Event()
@@ -149,6 +150,10 @@ class Guest:
         # The gates the emulated CPU may deliver through itself (native path only).
         self.native_gates = NativeGates.for_guest(self, ctypes.addressof(self._ram_anchor))
         self.switcher.serve_traps(self.native_gates)
+        # The clock's and the devices' irqs, delivered by the CPU itself (native path only).
+        self.native_irqs = NativeIrqs.for_guest(self, ctypes.addressof(self._ram_anchor), self.doorbell.ring)
+        if self.native_irqs is not None:
+            self.native_irqs.deliver_here(only_counts(tracer))
         self.switcher.cpu_page_fault = self._cpu_page_fault
 
     def _initial_state(self, start: int) -> None:
@@ -166,10 +171,12 @@ class Guest:
         Launcher owns the RAM itself and unmaps it after this.
         """
         self.clock.close()
+        if self.native_irqs is not None:
+            self.native_irqs.close()
         self.switcher.close()
         self._ram_anchor = None
 
-    # --- what C shares: the async ring, the Host's cursor, SET_STACK's stack (native_hypercalls.py)
+    # --- what C shares: the async ring, the Host's cursor, TS, SET_STACK's stack (native_hypercalls.py)
     @property
     def lguest_data(self) -> int | None:
         return self._lguest_data
@@ -190,6 +197,18 @@ class Guest:
             self._next_hcall = n
         else:
             self.native_hcalls.next_hcall = n
+
+    @property
+    def ts(self) -> int:
+        """The Guest's last TS argument: nonzero, #NM on its next FPU use is its own."""
+        return self._ts if self.native_hcalls is None else self.native_hcalls.task_switched
+
+    @ts.setter
+    def ts(self, ts: int) -> None:
+        if self.native_hcalls is None:
+            self._ts = ts
+        else:
+            self.native_hcalls.task_switched = ts
 
     @property
     def ss1(self) -> int:
@@ -216,10 +235,54 @@ class Guest:
         """LHREQ_IRQ: mark irq pending and kick the vCPU.  Safe from any thread."""
         if not 0 <= irq < abi.LGUEST_IRQS:
             return False
-        with self._irq_lock:
-            self.irqs_pending |= 1 << irq
+        if self.native_irqs is not None and self._native_irqs_allowed():
+            asked = self.native_irqs.raise_irq(irq)
+        else:
+            self._add_pending(1 << irq)
+            asked = False
         self._wake.set()
-        self.doorbell.ring()
+        if asked:
+            self.doorbell.ring_at_entry()  # a run in progress was asked by the raise itself
+        else:
+            self.doorbell.ring()
+        return True
+
+    @property
+    def irqs_pending(self) -> int:
+        """The irqs raised and not yet delivered, a bit each (one copy: C's, natively)."""
+        return self.native_irqs.pending if self.native_irqs is not None else self._irqs_pending
+
+    @irqs_pending.setter
+    def irqs_pending(self, bits: int) -> None:
+        """Only where no other thread raises: a state being restored."""
+        if self.native_irqs is None:
+            with self._irq_lock:
+                self._irqs_pending = bits
+            return
+        self.native_irqs.clear(~bits & 0xFFFFFFFF)
+        self._add_pending(bits)
+
+    def _add_pending(self, bits: int) -> None:
+        if self.native_irqs is not None:
+            for irq in range(abi.LGUEST_IRQS):
+                if bits >> irq & 1:
+                    self.native_irqs.raise_irq(irq)
+            return
+        with self._irq_lock:
+            self._irqs_pending |= bits
+
+    def _take_pending(self, bits: int) -> None:
+        if self.native_irqs is not None:
+            self.native_irqs.clear(bits)
+            return
+        with self._irq_lock:
+            self._irqs_pending &= ~bits
+
+    def _native_irqs_allowed(self) -> bool:
+        """A debugger stepping must see every interrupt arrive in the run loop."""
+        if self.debugger is not None:
+            self.native_irqs.deliver_here(False)  # for good, like the CPU's other deliveries
+            return False
         return True
 
     def stop_run(self) -> None:
@@ -310,6 +373,8 @@ class Guest:
         finally:
             self.clock.close()
             self.doorbell.close()
+            if self.native_irqs is not None:
+                self.native_irqs.close()
         return RunResult(self.dead or "", self.restart, self.shutdown_how)
 
     def _run_safe_point_actions(self) -> None:
@@ -324,16 +389,31 @@ class Guest:
             self.switcher.flush_tlb()
         exit_ = self.switcher.run()
         hypercalls.count_served_in_c(self)
+        self._count_irqs_delivered_in_c()
         return exit_
+
+    def _count_irqs_delivered_in_c(self) -> None:
+        """--stats counts every interrupt, also those the CPU delivered (native_irqs)."""
+        if self.native_irqs is None:
+            return
+        for irq, count in self.native_irqs.take_counts():
+            self.stats["interrupts"] += count
+            if self.tracer is not None:
+                for _ in range(count):
+                    self.tracer.irq(self, irq)
 
     def _gate_changed(self, vector: int) -> None:
         if self.native_gates is not None:
             self.native_gates.update(vector)
+        if self.native_irqs is not None:
+            self.native_irqs.update(vector)
 
     def gates_changed(self) -> None:
         """INIT, or a restored state: what every gate's delivery depends on changed."""
         if self.native_gates is not None:
             self.native_gates.update_all()
+        if self.native_irqs is not None:
+            self.native_irqs.update_all()
 
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         """SET_STACK's stack: where traps from user mode land (ours, and the CPU's TSS)."""
@@ -445,7 +525,10 @@ class Guest:
         return self._tell_cr2(exit_)
 
     def fault_address(self, exit_: Exit) -> int:
-        """The exact faulting address (the emulator only names the page)."""
+        """The exact faulting address: the emulator's, where it says (the native path),
+        else worked out from the faulting instruction (its hook only names the page)."""
+        if exit_.exact is not None:
+            return exit_.exact
         eip = self.switcher.get("eip")
         code = self.peek_virtual(eip, INSN_MAX)
         return fault_address(exit_.address, eip, code, exit_.fetch, self.switcher.get,
@@ -532,8 +615,7 @@ class Guest:
         vector = abi.FIRST_EXTERNAL_VECTOR + irq
         if not self.idt.present(vector):
             return
-        with self._irq_lock:
-            self.irqs_pending &= ~(1 << irq)
+        self._take_pending(1 << irq)
         self.stats["interrupts"] += 1
         if self.tracer:
             self.tracer.irq(self, irq)

@@ -91,6 +91,11 @@ class Doorbell:
                 if not self._closed:
                     uclib.uc_emu_stop(self._uc._uch)
 
+    def ring_at_entry(self) -> None:
+        """Stop the vCPU's next entry into the emulator, not a run in progress (the
+        native path's irqs ask a running CPU themselves, native_irqs.py)."""
+        self._bell.rung = 1
+
     def ring_later(self, delay: float) -> None:
         """Ring in `delay` seconds, unless a ring is already due sooner."""
         self._later.arm(delay, keep_sooner=True)

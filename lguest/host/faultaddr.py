@@ -39,7 +39,8 @@ _POPS = {"pop", "popal", "popfd", "ret", "retf", "iretd", "popf", "popa", "leave
 # (capstone), computes the address of each memory operand it has (base, index, scale,
 # displacement and segment base), and the stack slot that push, pop, call and ret use, and
 # picks the one on the faulting page.  An access that straddles into the page faults at the
-# page's first byte, as on a real CPU; an instruction fetch faults at EIP itself.
+# page's first byte, as on a real CPU; an instruction fetch faults at EIP itself.  (On the
+# native path the emulator says the address itself, and this is the fallback: exact_fill.py.)
 def fault_address(page: int, eip: int, code: bytes, fetch: bool, reg: Callable[[str], int],
                   segment_base: Callable[[str], int]) -> int:
     """The faulting linear address inside `page` (falls back to the page itself)."""

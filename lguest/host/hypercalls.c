@@ -7,7 +7,7 @@
  * FLUSH_ASYNC and SET_PTE, sync or queued in the async ring, SEND_INTERRUPTS
  * when no interrupt waits, SET_PGD of a directory no shadow holds, and
  * NEW_PGTABLE to a directory a shadow holds, SET_STACK to a stack it holds and
- * LOAD_TLS (a context switch), from a
+ * LOAD_TLS (a context switch), TS (lazy FPU switching), from a
  * table the Host keeps (native_hypercalls.py): where the ring is, the Host's
  * cursor into it (one copy, shared with Python), and what SET_PTE's rule needs
  * to know of the shadow page tables (which directory each shadow holds, where
@@ -44,6 +44,7 @@
 #define DESC_S (1u << 12)		/* a code or data segment, not a system descriptor */
 #define DESC_DPL_SHIFT 13
 #define DESC_ACCESSED (1u << 8)
+#define CR0_TS (1u << 3)
 
 enum { EAX, EBX, ECX, EDX, ESI, CS, EFLAGS };
 
@@ -66,7 +67,11 @@ void lguest_fills_forget_all(struct fill_table *table, uint32_t which);
 
 struct hcall_table {
 	/* The machine, set once. */
+	void *uc;
 	int (*reg_read_batch)(void *uc, int *regs, void **values, int count);	/* uc_reg_read_batch */
+	int (*reg_read)(void *uc, int reg, void *value);			/* uc_reg_read */
+	int (*reg_write)(void *uc, int reg, const void *value);		/* uc_reg_write */
+	int32_t cr0;			/* UC_X86_REG_CR0 */
 	int32_t regs[REGS];		/* UC_X86_REG_ ids of eax, ebx, ecx, edx, esi, cs, eflags */
 	int32_t guest_pl;		/* the ring hypercalls come from */
 	void (*tlb_flush_page)(void *cpu, uint64_t page);	/* QEMU's, on the engine's CPU */
@@ -76,7 +81,7 @@ struct hcall_table {
 	uint8_t *ram;
 	uint64_t ram_size;
 	/* The ABI, set once. */
-	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack, load_tls, flush_tlb;
+	uint32_t flush_async, set_pte, set_pgd, send_interrupts, new_pgtable, set_stack, load_tls, flush_tlb, ts;
 	uint8_t *gdt;			/* the GDT the CPU reads (in the Switcher's STATE_PAGE) */
 	uint32_t tls_min;		/* LOAD_TLS's three entries start here */
 	uint32_t max_stack_pages;	/* SET_STACK's limit */
@@ -101,6 +106,7 @@ struct hcall_table {
 	uint32_t filled;		/* shadows known to hold entries, one bit each */
 	uint32_t ss1, esp1;		/* SET_STACK's stack: the only copy, Python's too */
 	uint32_t stack_top, stack_pages;	/* and its pages, which must stay mapped */
+	uint32_t task_switched;		/* TS's flag: the only copy, Python's too */
 	/* What this file did. */
 	uint32_t tls_loaded;		/* a LOAD_TLS the Host's copy of the GDT has yet to see */
 	uint32_t tls[TLS_ENTRIES][2];	/* its three descriptors, as the Host keeps them */
@@ -349,12 +355,30 @@ static bool load_tls(struct hcall_table *t, uint32_t gpa)
 	return true;
 }
 
+/*
+ * TS (§7.5): the Guest wants CR0.TS set (or clear), so that its next FPU instruction
+ * raises #NM, which the Host reflects to it while this flag says it asked.  The flag
+ * and the CPU's CR0 change together; a CPU that refuses either: Python.
+ */
+static bool task_switched(struct hcall_table *t, uint32_t ts)
+{
+	uint64_t cr0 = 0;
+
+	if (t->reg_read(t->uc, t->cr0, &cr0))
+		return false;
+	cr0 = ts ? cr0 | CR0_TS : cr0 & ~(uint64_t)CR0_TS;
+	if (t->reg_write(t->uc, t->cr0, &cr0))
+		return false;
+	t->task_switched = ts;
+	return true;
+}
+
 /* Is this a call this file may serve (it still may pass it on)? */
 static bool served_here(const struct hcall_table *t, uint32_t nr)
 {
 	return nr == t->flush_async || nr == t->set_pte || nr == t->set_pgd ||
 	       nr == t->send_interrupts || nr == t->new_pgtable || nr == t->set_stack || nr == t->load_tls ||
-	       nr == t->flush_tlb;
+	       nr == t->flush_tlb || nr == t->ts;
 }
 
 /* One call, from the registers or a ring slot; false: Python must do it. */
@@ -376,6 +400,8 @@ static bool serve(struct hcall_table *t, const uint32_t args[5])
 		done = load_tls(t, args[1]);
 	else if (args[0] == t->flush_tlb)
 		done = flush_tlb(t, args[1]);
+	else if (args[0] == t->ts)
+		done = task_switched(t, args[1]);
 	else
 		done = false;
 	if (done) {

@@ -193,7 +193,8 @@ def hcall_set_stack(guest: Guest, ss: int, esp: int, pages: int, *_: int) -> Non
 
 
 def hcall_ts(guest: Guest, ts: int, *_: int) -> None:
-    """TS (§7.5): the Guest wants CR0.TS, to catch its next FPU use (lazy FPU)."""
+    """TS (§7.5): the Guest wants CR0.TS, to catch its next FPU use (lazy FPU).
+    On the native path C serves it (hypercalls.c's `task_switched`, the same rule)."""
     guest.ts = ts
     guest.switcher.set_task_switched(bool(ts))
 

@@ -165,43 +165,68 @@ void lguest_native_trap_over(struct gate_table *table)
 	lguest_fills_delivering(table->fills, false);
 }
 
-bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table)
+/*
+ * Where the frame goes, in our process, if the CPU may deliver through `gate` now
+ * without Python: the Guest at ring 1 or 3 (never virtual-8086 mode, never in the
+ * Switcher's pages), the kernel's flat code segment, the stack the CPU will switch
+ * to flat, and every page the frame touches one the fill hook answers.  NULL: ask
+ * Python.  `words`: the frame's size, in 32-bit words.
+ */
+uint8_t *lguest_delivery_frame(struct gate_table *table, void *uc, uint32_t hflags, uint32_t words)
 {
-	uint32_t hflags, cpl, words, esp, irq_enabled = 0;
-	const uint8_t *gate;
-	bool software;
-	uint8_t *frame;
-	int kind;
+	uint32_t cpl = hflags & HF_CPL_MASK, esp;
 
-	if (vector >= IDT_ENTRIES || (kind = table->kind[vector]) == ASK_PYTHON)
-		return false;
-	hflags = load32(table->env + table->hflags_at);
-	cpl = hflags & HF_CPL_MASK;
-	software = load32(table->env + table->is_int_at) != 0;
-	gate = table->state_page + table->idt_at + 8 * vector;
-	/* An `int n` the gate forbids is Python's #GP, with EIP at the `int`; QEMU's
-	 * would point past it.  And QEMU pushes no error code for an `int n`. */
 	if (hflags & HF_VM_MASK || (cpl != GUEST_PL && cpl != 3) ||
-	    (kind == REFLECT_INT && !software) || (kind >= REFLECT_FAULT && software) ||
-	    (software && (cpl > ((load32(gate + 4) >> 13) & 3) || has_error_code(vector))) ||
 	    reg(table, uc, table->reg_eip) >= table->switcher ||
 	    !flat_kernel_segment(table, table->kernel_cs, CODE_SEGMENT))
-		return false;
-	words = 3 + 2 * (cpl == 3) + (!software && has_error_code(vector));
+		return NULL;
 	if (cpl == 3) {
 		/* To ring 1: onto SET_STACK's stack, from the TSS as the CPU reads it. */
 		const uint8_t *tss = table->state_page + table->tss_at;
 
 		if (!flat_kernel_segment(table, load32(tss + 16) & 0xFFFF, STACK_SEGMENT))
-			return false;
+			return NULL;
 		esp = load32(tss + 12);
 	} else {
 		if (segment(table, SEG_CS)->selector != table->kernel_cs ||
 		    !flat_now(segment(table, SEG_CS)) || !flat_now(segment(table, SEG_SS)))
-			return false;
+			return NULL;
 		esp = (uint32_t)reg(table, uc, table->reg_esp);
 	}
-	frame = frame_in_ram(table, esp, 4 * words);
+	return frame_in_ram(table, esp, 4 * words);
+}
+
+/* The frame's size in words: from ring 3 the old SS:ESP too, and an error code. */
+uint32_t lguest_frame_words(uint32_t hflags, bool error_code)
+{
+	return 3 + 2 * ((hflags & HF_CPL_MASK) == 3) + error_code;
+}
+
+uint32_t lguest_cpu_hflags(const struct gate_table *table)
+{
+	return load32(table->env + table->hflags_at);
+}
+
+bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table)
+{
+	uint32_t hflags, irq_enabled = 0;
+	const uint8_t *gate;
+	bool software, error_code;
+	uint8_t *frame;
+	int kind;
+
+	if (vector >= IDT_ENTRIES || (kind = table->kind[vector]) == ASK_PYTHON)
+		return false;
+	hflags = lguest_cpu_hflags(table);
+	software = load32(table->env + table->is_int_at) != 0;
+	error_code = !software && has_error_code(vector);
+	gate = table->state_page + table->idt_at + 8 * vector;
+	/* An `int n` the gate forbids is Python's #GP, with EIP at the `int`; QEMU's
+	 * would point past it.  And QEMU pushes no error code for an `int n`. */
+	if ((kind == REFLECT_INT && !software) || (kind >= REFLECT_FAULT && software) ||
+	    (software && ((hflags & HF_CPL_MASK) > ((load32(gate + 4) >> 13) & 3) || has_error_code(vector))))
+		return false;
+	frame = lguest_delivery_frame(table, uc, hflags, lguest_frame_words(hflags, error_code));
 	if (frame == NULL)
 		return false;
 	if (kind != DIRECT) {
@@ -223,7 +248,7 @@ bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table)
 		 * if one was pushed) says what irq_enabled said, and an interrupt
 		 * gate turns the Guest's virtual IF off.
 		 */
-		uint8_t *eflags = frame + 4 * (2 + (!software && has_error_code(vector)));
+		uint8_t *eflags = frame + 4 * (2 + error_code);
 
 		if (!(irq_enabled & X86_EFLAGS_IF))
 			store32(eflags, load32(eflags) & ~X86_EFLAGS_IF);

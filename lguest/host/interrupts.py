@@ -323,6 +323,7 @@ class NativeGates:
         layout = switcher.context.layout
         assert layout is not None and switcher.fill_answers is not None
         self.guest = guest
+        self.cpu = cpu
         table = self._table = _GateTable()
         table.cpu, table.env = cpu.cpu, cpu.env
         table.do_interrupt = ctypes.cast(delivery, ctypes.c_void_p).value
@@ -361,6 +362,11 @@ class NativeGates:
     @property
     def table(self) -> ctypes.Structure:
         return self._table
+
+    @property
+    def address(self) -> int:
+        """The table, for other C that delivers through the same checks (irqs.c)."""
+        return ctypes.addressof(self._table)
 
     @property
     def direct(self) -> int:

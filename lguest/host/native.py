@@ -1,7 +1,7 @@
 """The Host's C, built on first use (no lguest counterpart: lguest was all C).
 
 Everything in `lguest/host/*.c` (the doorbell hook, doorbell.c; the fixed port
-reads, ports.c; the TLB fills of validated pages, fills.c; the interrupt hook,
+reads and quiet writes, ports.c; the TLB fills of validated pages, fills.c; the interrupt hook,
 trap_hook.c, with the hypercalls and traps it serves, hypercalls.c and
 interrupts.c) becomes one shared
 library, `_native.so`, and `add_hook` registers its functions as Unicorn hooks.

@@ -7,7 +7,8 @@ interrupt hook serves FLUSH_ASYNC and SET_PTE itself, sync or queued in the asyn
 ring, and a context switch's NEW_PGTABLE, SET_STACK and LOAD_TLS, SET_PGD and
 FLUSH_TLB (the "A context switch without an exit" stop), from a table this module
 keeps: where the ring is, the Host's cursor into it (the only copy:
-`Guest.next_hcall` reads and writes it here), and what SET_PTE's
+`Guest.next_hcall` reads and writes it here), TS's flag (the only copy too:
+`Guest.ts`; C sets CR0.TS with it, as `Switcher.set_task_switched` does), and what SET_PTE's
 rule needs to know of the shadows, which the page tables hand over as data wherever
 they change it (`PageTables._tell_native`).
 
@@ -19,7 +20,7 @@ Python hook as if C were not there.  A tracer that wants every hypercall (--trac
 the gdb stub, a timeline) means no native hypercalls; one that only counts them
 (--stats=json's census) is told the counts (`count_served`).
 
-What it owns: the table (SET_STACK's stack lives only there), and the counts of what C
+What it owns: the table (SET_STACK's stack and TS's flag live only there), and the counts of what C
 served until Python adds them in.
 """
 
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
+    UC_X86_REG_CR0,
     UC_X86_REG_CS,
     UC_X86_REG_EAX,
     UC_X86_REG_EBX,
@@ -68,12 +70,14 @@ class _Logged(ctypes.Structure):
 class _Table(ctypes.Structure):
     """struct hcall_table of hypercalls.c."""
 
-    _fields_ = (("reg_read_batch", ctypes.c_void_p), ("regs", ctypes.c_int32 * len(REGS)),
+    _fields_ = (("uc", ctypes.c_void_p), ("reg_read_batch", ctypes.c_void_p), ("reg_read", ctypes.c_void_p),
+                ("reg_write", ctypes.c_void_p), ("cr0", ctypes.c_int32), ("regs", ctypes.c_int32 * len(REGS)),
                 ("guest_pl", ctypes.c_int32), ("tlb_flush_page", ctypes.c_void_p),
                 ("tlb_flush", ctypes.c_void_p), ("cpu", ctypes.c_void_p),
                 ("fills", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", U64),
                 ("flush_async", U32), ("set_pte", U32), ("set_pgd", U32), ("send_interrupts", U32),
                 ("new_pgtable", U32), ("set_stack", U32), ("load_tls", U32), ("flush_tlb", U32),
+                ("ts", U32),
                 ("gdt", ctypes.c_void_p), ("tls_min", U32), ("max_stack_pages", U32),
                 ("tss", ctypes.c_void_p),
                 ("tss_esp1", U32), ("tss_ss1", U32), ("top_entries", U32), ("irq_pending_offset", U32),
@@ -84,6 +88,7 @@ class _Table(ctypes.Structure):
                 ("pfn_mask", U64), ("nx_mask", U64), ("pfn_limit", U64), ("device_limit", U64),
                 ("shadows", U32), ("current", U32), ("pgdir", U32 * SHADOWS), ("filled", U32),
                 ("ss1", U32), ("esp1", U32), ("stack_top", U32), ("stack_pages", U32),
+                ("task_switched", U32),
                 ("tls_loaded", U32), ("tls", U32 * (2 * abi.GDT_ENTRY_TLS_ENTRIES)),
                 ("served", U64 * CALLS), ("total", U64), ("logged", U32), ("log", _Logged * LOG_ENTRIES))
 
@@ -114,7 +119,11 @@ class NativeHypercalls:
         if library.lguest_hcall_table_size() != ctypes.sizeof(_Table):
             raise native.NativeBuildError("hypercalls.c and native_hypercalls.py disagree on their table")
         table = self._table = _Table()
+        table.uc = switcher.uc._uch.value
         table.reg_read_batch = ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value
+        table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+        table.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+        table.cr0 = UC_X86_REG_CR0
         table.regs[:] = REGS
         table.guest_pl = abi.GUEST_PL
         table.tlb_flush_page = ctypes.cast(uclib.tlb_flush_page_x86_64, ctypes.c_void_p).value
@@ -127,7 +136,7 @@ class NativeHypercalls:
         table.new_pgtable, table.set_stack = Hcall.NEW_PGTABLE, Hcall.SET_STACK
         table.max_stack_pages = STACK_PAGES_MAX
         table.load_tls, table.tls_min = Hcall.LOAD_TLS, abi.GDT_ENTRY_TLS_MIN
-        table.flush_tlb = Hcall.FLUSH_TLB
+        table.flush_tlb, table.ts = Hcall.FLUSH_TLB, Hcall.TS
         table.gdt = switcher.state_page + GDT_ADDR - STATE_PAGE
         table.tss = switcher.state_page + TSS_ADDR - STATE_PAGE
         table.tss_esp1, table.tss_ss1 = TSS_ESP1, TSS_SS1
@@ -179,7 +188,9 @@ class NativeHypercalls:
 # new shadow's answers; it goes in the same log as the SET_PTEs, in order, for the page
 # tables to follow.  SET_STACK's stack has one copy, here, and C writes the TSS the CPU
 # reads; the real GDT too, and the Host's copy takes the new descriptors when it next
-# looks.  Anything else, every kill included, is the Python handler's, as before.
+# looks.  Linux also queues a TS with a switch, for lazy FPU use: C sets CR0.TS itself and
+# keeps the Guest's flag, whose one copy is here, for the #NM that comes back to the Host.
+# Anything else, every kill included, is the Python handler's, as before.
     # --- SET_STACK's stack: the only copy, which C changes too ----------------------------
     @property
     def kernel_stack(self) -> tuple[int, int]:
@@ -198,6 +209,16 @@ class NativeHypercalls:
     @pinned_stack.setter
     def pinned_stack(self, stack: tuple[int, int]) -> None:
         self._table.stack_top, self._table.stack_pages = stack
+
+    # --- TS's flag: the only copy, which C changes too ---------------------------------------
+    @property
+    def task_switched(self) -> int:
+        """The Guest's last TS argument: nonzero, it asked for #NM on its next FPU use."""
+        return self._table.task_switched
+
+    @task_switched.setter
+    def task_switched(self, ts: int) -> None:
+        self._table.task_switched = ts
 
     # --- what C did ---------------------------------------------------------------------------
     def take_tls(self) -> list[tuple[int, int]] | None:

@@ -1,77 +1,177 @@
-"""Port reads with a fixed answer, served in C (ports.c; no lguest counterpart:
-lguest's Launcher saw every port access, in C, for the price of an exit).
+"""Port I/O served in C (ports.c; no lguest counterpart: lguest's Launcher saw every
+port access, in C, for the price of an exit).
 
 Linux's boot reads an absent port some 100,000 times, and the Launcher answers
 an absent port with all ones whatever happens: a Python callback for each costs
-far more than the read.  So the Launcher declares, as data, which ports always
-answer the same (`PortBus.read_answers`), and the Host's `in` hook becomes C
-that consults that table and calls the Switcher's Python hook for everything
-else.  What the table cannot know stays in Python: a read from ring 3 or
-virtual-8086 mode (a #GP), and any read while the Host has news the hook cannot
-see (an exit pending, a failed hook, a frame waiting for the trampoline): then
-`ask_python` sends every read to the Python hook.
+far more than the read.  Its early console writes each byte with eight `out`s,
+seven of which only set the PCI address latch or a field of the console's PCI
+configuration.  So the Launcher declares, as data, which ports always answer the
+same (`PortBus.read_answers`) and which writes are quiet (`PortBus.quiet_writes`:
+accepted whatever the value, with no effect but on its own state), and the
+Host's `in` and `out` hooks become C that consults that table and calls the
+Switcher's Python hooks for everything else.
 
-What it owns: the table, the C hook's installation in one engine, and the count
-of reads the Launcher never saw (--stats).
+A quiet write needs no answer at once, only to reach the Launcher in order,
+before anything can observe what it changed: C queues it, and `drain` hands the
+queue to `port_out`, oldest first.  The Switcher drains before every port access
+and device access its Python hooks see and whenever the emulator stops, so no
+write is lost however a run ends (a kill, a signal); C asks for a drain when the
+queue is full.  A write the Launcher may refuse, or whose effect is seen at once
+(the byte the early console prints), is never queued: a refusal is a #GP at that
+`out` (spec §7.1), which only the moment of the write can give, and the byte
+appears as it is written.
+
+What the tables cannot know stays in Python: an access from ring 3 or virtual-8086
+mode (a #GP), and any access while the Host has news the hooks cannot see (an
+exit pending, a failed hook, a frame waiting for the trampoline): then
+`ask_python` sends every access to the Python hooks.
+
+What it owns: the table, the C hooks' installation in one engine, the queue of
+writes, and the counts of reads the Launcher never saw and of writes it saw late.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_INSN, Uc
 from unicorn.unicorn_py3.unicorn import uclib
-from unicorn.x86_const import UC_X86_INS_IN, UC_X86_REG_CS, UC_X86_REG_EFLAGS
+from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_CS, UC_X86_REG_EFLAGS
 
 from lguest.host import native
 
+if TYPE_CHECKING:
+    from lguest.host.switcher import PortBus
+
+
+@dataclass(frozen=True)
+class QuietWrites:
+    """The port writes a Launcher takes quietly: accepted whatever the value, with no
+    effect but on its own state, which nothing sees before its next port or device
+    access.  The Host may queue them and hand them over later, in order."""
+
+    loud: range  # the ports where a write may be refused or be seen at once; every other is quiet
+    selector: range  # ports whose full-width write (at the first) selects what a loud write does
+    when_selected: dict[int, frozenset[tuple[int, int]]]  # per selected value, the quiet (port, size)
+
+
 NPORTS = 0x10000
-InHook = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
+QUEUE = 256
+U32 = ctypes.c_uint32
+InHook = ctypes.CFUNCTYPE(U32, ctypes.c_void_p, U32, ctypes.c_int, ctypes.c_void_p)
+OutHook = ctypes.CFUNCTYPE(None, ctypes.c_void_p, U32, ctypes.c_int, U32, ctypes.c_void_p)
+DrainHook = ctypes.CFUNCTYPE(None)
+Guard = Callable[[Callable[..., object], object], Callable[..., object]]
+
+
+class QueuedWriteRefused(RuntimeError):
+    """The Launcher refused a write it had declared quiet: our bug, never the Guest's."""
+
+
+class _Queued(ctypes.Structure):
+    _fields_ = (("port", U32), ("size", U32), ("value", U32))
 
 
 class _Table(ctypes.Structure):
     """struct port_table of ports.c."""
 
     _fields_ = (("python_decides", ctypes.c_int32), ("reg_read", ctypes.c_void_p), ("cs", ctypes.c_int32),
-                ("eflags", ctypes.c_int32), ("python", InHook), ("served", ctypes.c_uint64),
-                ("fixed", ctypes.c_uint8 * NPORTS), ("answer", ctypes.c_uint32 * NPORTS))
+                ("eflags", ctypes.c_int32), ("python", InHook), ("python_out", OutHook), ("drain", DrainHook),
+                ("selector", U32), ("selector_ports", U32), ("selected", U32), ("selected_known", U32),
+                ("quiet_selected", ctypes.POINTER(ctypes.c_uint64)), ("quiet_selected_count", U32),
+                ("served", ctypes.c_uint64), ("deferred", ctypes.c_uint64), ("queued", U32),
+                ("queue", _Queued * QUEUE), ("fixed", ctypes.c_uint8 * NPORTS),
+                ("quiet", ctypes.c_uint8 * NPORTS), ("answer", U32 * NPORTS))
 
 
-# tour:S.150 Fixed port reads, served in C
+# tour:S.150 Port I/O, served in C
 # Linux's boot calibrates against the PIT by reading an absent port some 100,000 times, and
 # an absent port reads all ones whatever happens.  The Launcher says so as data (which
 # ports answer what, and which depend on its state), and on the native path the `in` hook
-# is C that answers from that table.  Everything the table cannot decide -- a port with
-# state (PCI configuration), a read from ring 3 or virtual-8086 mode that must fault, a read
-# while the Host has an exit pending -- goes to the Switcher's Python hook, as if the C one
-# were not there.
+# is C that answers from that table.  The early console spends eight `out`s on each byte,
+# seven of them quiet: the PCI address latch, and fields of the console's configuration that
+# the Launcher accepts whatever the value, which nothing sees until the next access.  Which
+# writes are quiet is data too (per config address, for the data ports), so C queues them,
+# and the Switcher hands the queue to the Launcher, in order, before any other port or
+# device access and whenever the emulator stops.  The eighth, the byte itself, goes to
+# Python at once, as does every write the Launcher may refuse: a refusal is a #GP at that
+# very `out`.  Everything else the tables cannot decide -- an access from ring 3 or
+# virtual-8086 mode that must fault, an access while the Host has an exit pending -- goes to
+# the Switcher's Python hooks, as if the C ones were not there.
 class FixedPorts:
-    """The C `in` hook of one engine, with the Launcher's fixed answers."""
+    """The C `in` and `out` hooks of one engine, with the Launcher's fixed answers and
+    the writes it takes quietly."""
 
-    def __init__(self, uc: Uc, answers: tuple[int, dict[int, int | None]],
-                 python: Callable[[Uc, int, int, object], int]) -> None:
+    def __init__(self, uc: Uc, bus: PortBus, python_in: Callable[[Uc, int, int, object], int],
+                 python_out: Callable[[Uc, int, int, int, object], None], guard: Guard) -> None:
+        """`python_in`, `python_out`: the Switcher's hooks; `guard` makes our drain safe
+        to call from C (Switcher._guard)."""
+        library = native.library()
+        library.lguest_port_table_size.restype = ctypes.c_size_t
+        if library.lguest_port_table_size() != ctypes.sizeof(_Table):
+            raise native.NativeBuildError("ports.c and ports.py disagree on their table")
+        self._port_out = bus.port_out
         table = self._table = _Table()
         table.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         table.cs, table.eflags = UC_X86_REG_CS, UC_X86_REG_EFLAGS
-        table.python = InHook(lambda _uc, port, size, _data: python(uc, port, size, None))
-        default, exceptions = answers
-        native.library().lguest_ports_fill(ctypes.byref(table), ctypes.c_uint32(default))
+        table.python = InHook(lambda _uc, port, size, _data: python_in(uc, port, size, None))
+        table.python_out = OutHook(lambda _uc, port, size, value, _data:
+                                   python_out(uc, port, size, value, None))
+        table.drain = DrainHook(guard(self.drain, None))
+        default, exceptions = bus.read_answers()
+        library.lguest_ports_fill(ctypes.byref(table), U32(default), ctypes.c_uint8(1))
         for port, answer in exceptions.items():
             table.fixed[port] = answer is not None
             table.answer[port] = answer or 0
-        self._hook = native.add_hook(uc, UC_HOOK_INSN, "lguest_port_in_hook", table, 1, 0,
-                                     ctypes.c_int(UC_X86_INS_IN))
+        self._quiet_selected = (ctypes.c_uint64 * 0)()
+        self.learn_writes(bus.quiet_writes())
+        self._hooks = [native.add_hook(uc, UC_HOOK_INSN, function, table, 1, 0, ctypes.c_int(insn))
+                       for function, insn in (("lguest_port_in_hook", UC_X86_INS_IN),
+                                              ("lguest_port_out_hook", UC_X86_INS_OUT))]
+
+    def learn_writes(self, quiet: QuietWrites) -> None:
+        """Which writes C may queue: the Launcher's word now (it grows as devices join the bus)."""
+        table = self._table
+        for port in quiet.loud:
+            table.quiet[port] = 0
+        table.selector, table.selector_ports = quiet.selector.start, len(quiet.selector)
+        keys = sorted(selected << 32 | port << 8 | size
+                      for selected, writes in quiet.when_selected.items() for port, size in writes)
+        self._quiet_selected = (ctypes.c_uint64 * len(keys))(*keys)  # kept alive here
+        table.quiet_selected = self._quiet_selected
+        table.quiet_selected_count = len(keys)
+
+    def drain(self) -> None:
+        """Hand the queued writes to the Launcher, oldest first (the queue emptied)."""
+        table = self._table
+        count = table.queued
+        if not count:
+            return
+        writes = [(w.port, w.size, w.value) for w in table.queue[:count]]
+        table.queued = 0
+        for port, size, value in writes:
+            if not self._port_out(port, size, value):
+                raise QueuedWriteRefused(f"the Launcher refused a queued write to port {port:#x}")
 
     @property
     def served(self) -> int:
         """Reads answered in C, which the Launcher never saw."""
         return self._table.served
 
+    @property
+    def deferred(self) -> int:
+        """Writes C queued, which the Launcher saw only at the next drain."""
+        return self._table.deferred
+
     def release(self) -> None:
-        """The engine is closed: let go of the Python hook (no cycle keeps the table)."""
+        """The engine is closed: let go of the Python hooks (no cycle keeps the table)."""
         self._table.python = InHook()
+        self._table.python_out = OutHook()
+        self._table.drain = DrainHook()
 
     def ask_python(self, ask: bool) -> None:
-        """Send every read to the Python hook (True) or only those the table cannot answer."""
+        """Send every access to the Python hooks (True) or only those the table cannot serve."""
         self._table.python_decides = ask

@@ -19,7 +19,9 @@ API per stop, answered from that copy until the CPU runs again), the hooks (all
 installed in `_install_hooks`), and the workarounds that keep the emulator honest:
 CPU state the emulator leaves half-done is repaired through calibration.py (the
 only module touching its private state), other threads reach the vCPU through
-doorbell.py, fixed port reads are answered in C (ports.py) on the native path, and
+doorbell.py, fixed port reads are answered and quiet port writes queued in C
+(ports.py) on the native path (the queue reaches the Launcher before any other port
+or device access and whenever the emulator stops: `_drain_port_writes`), and
 
 * Unicorn's `iret` loads EFLAGS.VM at any CPL, where a real CPU only does so at
   CPL 0 (`helper_ret_protected` jumps to `return_to_vm86` before looking at the
@@ -131,9 +133,10 @@ from lguest.host.calibration import (
     segment_caches,
 )
 from lguest.host.doorbell import Doorbell
+from lguest.host.exact_fill import ExactFills
 from lguest.host.fills import FillAnswers
 from lguest.host.native import enabled as native_by_default
-from lguest.host.ports import FixedPorts
+from lguest.host.ports import FixedPorts, QuietWrites
 from lguest.host.segments import segment_descriptor
 from lguest.host.trap_hook import TrapHook
 
@@ -261,6 +264,7 @@ class Exit(NamedTuple):
     software: bool = False  # raised by an `int n`-style instruction (EIP is past it)
     insn_len: int = 0  # length of that instruction
     cr2: int | None = None  # for PAGE_FAULT: the exact address, if the Host already told the Guest
+    exact: int | None = None  # for PAGE_FAULT: the exact address, if the emulator said (native path)
 
 
 KICKED = Exit(ExitKind.KICKED)
@@ -321,6 +325,10 @@ class PortBus(Protocol):
 
     def read_answers(self) -> tuple[int, dict[int, int | None]]:
         """Fixed port reads: the default answer, and per port an answer or None (ask)."""
+        ...
+
+    def quiet_writes(self) -> QuietWrites:
+        """The writes the Host may queue and hand over later (ports.py)."""
         ...
 
 
@@ -402,6 +410,7 @@ class Switcher:
         self._install_switcher_pages()
         self.fixed_ports: FixedPorts | None = None
         self.fill_answers: FillAnswers | None = None
+        self.exact_fills: ExactFills | None = None  # the native path's exact fault addresses
         self.trap_hook: TrapHook | None = None
         self._asking_python = True  # what the C hooks were last told (they start asking)
         self._python_hooks: list[ctypes._CFuncPtr] = []
@@ -494,15 +503,16 @@ class Switcher:
 # (#UD), the TLB-fill hook (every miss: our page tables), and the doorbell, a block hook
 # written in C so that other threads can stop the CPU cleanly.  On the native path the
 # engine translates without per-access exit checks (calibration.py), which changes how the
-# doorbell answers, and the `in` hook is C for the ports whose answer never changes,
-# calling the Python one for the rest.  Debugging hooks
+# doorbell answers, and the `in` and `out` hooks are C for the ports whose answer never
+# changes and the writes the Launcher takes quietly, calling the Python ones for the rest.
+# Debugging hooks
 # (breakpoints, watchpoints) come and go through `watch_code` and `watch_writes`; nothing
 # else adds a hook.
     def _install_hooks(self) -> Doorbell:
         """Every way out of the Guest, installed here and nowhere else.
 
         Python hooks are guarded (`_guard`); the doorbell is C (doorbell.py), and
-        so are fixed port reads (ports.py) and TLB misses already answered (fills.py)
+        so are fixed port reads and quiet writes (ports.py) and TLB misses already answered (fills.py)
         on the native path.
         """
         if self.native:
@@ -512,14 +522,16 @@ class Switcher:
             self._add_hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._guard(self._on_interrupt, None))
             self._add_hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._guard(self._on_invalid, True))
         if self.native:
-            self.fixed_ports = FixedPorts(self.uc, self.bus.read_answers(), self._guard(self._on_in, 0))
+            self.fixed_ports = FixedPorts(self.uc, self.bus, self._guard(self._on_in, 0),
+                                          self._guard(self._on_out, None), self._guard)
         else:
             self._add_hook(UC_HOOK_INSN, HOOK_INSN_IN_CFUNC, self._guard(self._on_in, 0), UC_X86_INS_IN)
-        self._add_hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._guard(self._on_out, None), UC_X86_INS_OUT)
+            self._add_hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._guard(self._on_out, None), UC_X86_INS_OUT)
         if self.native:
             self.fill_answers = FillAnswers(self.uc, self._ram_address, self._ram_size,
                                             self._guard(self._on_tlb_fill, False), STATE_PAGE)
             self.mmu.keep_answers(self.fill_answers)
+            self.exact_fills = ExactFills(self._cpu)
         else:
             on_fill = self._guard(self._on_tlb_fill, False)
             self._add_hook(UC_HOOK_TLB_FILL, HOOK_TLB_FILL_CFUNC, lambda engine, vaddr, access, entry, data:
@@ -552,6 +564,11 @@ class Switcher:
     def fills(self) -> int:
         """Every TLB miss answered, in Python or in C (--stats' page faults served)."""
         return self.python_fills + self.native_fills
+
+    def _drain_port_writes(self) -> None:
+        """The port writes C queued reach the Launcher now, before anything can see them."""
+        if self.fixed_ports is not None:
+            self.fixed_ports.drain()
 
     def _native_ask_python(self, ask: bool = True) -> None:
         """While the Host has news the C hooks cannot see (an exit pending, a
@@ -784,6 +801,8 @@ class Switcher:
         self.exit = None
         self._raised = None
         self._native_ask_python(False)
+        if not self.runs and self.fixed_ports is not None:
+            self.fixed_ports.learn_writes(self.bus.quiet_writes())  # the devices have joined the bus
         self.runs += 1
         started, hooks_before = time.perf_counter(), self.in_hooks
         self._regs_current, self._emulating = False, True
@@ -802,6 +821,7 @@ class Switcher:
             # Our Python hooks ran inside emu_start: their time is the Host's, not the emulator's.
             self.emulating += time.perf_counter() - started - (self.in_hooks - hooks_before)
             self._native_ask_python()  # misses outside emulation: the Host's own loads
+            self._drain_port_writes()  # however the run ended, no write is lost
         if self._failure is not None:
             # A hook failed: whatever the emulator made of its default answer
             # (often a fault) is no news of the Guest's.
@@ -831,9 +851,15 @@ class Switcher:
                  write: Callable[[int, int, int], None]) -> None:
         """Put a device window in the emulator's physical map: its loads and stores
         become calls, whatever instruction makes them (no decoding, unlike lguest)."""
-        self.uc.mmio_map(gpa, size, self._guard(lambda uc, offset, width, _: read(offset, width), 0), None,
-                         self._guard(lambda uc, offset, width, value, _: write(offset, width, value), None),
-                         None)
+        def on_read(uc: Uc, offset: int, width: int, _data: object) -> int:
+            self._drain_port_writes()
+            return read(offset, width)
+
+        def on_write(uc: Uc, offset: int, width: int, value: int, _data: object) -> None:
+            self._drain_port_writes()
+            write(offset, width, value)
+
+        self.uc.mmio_map(gpa, size, self._guard(on_read, 0), None, self._guard(on_write, None), None)
 
     def set_task_switched(self, ts: bool) -> None:
         """Mirror the Guest's wish for CR0.TS: then the first FPU instruction is #NM."""
@@ -1032,6 +1058,7 @@ class Switcher:
         self._leave(exit_)
 
     def _on_in(self, _engine: object, port: int, size: int, _data: object) -> int:
+        self._drain_port_writes()
         if self.exit is not None:
             return self.get("eax")
         if self.cpl == 3:
@@ -1041,6 +1068,7 @@ class Switcher:
         return self.bus.port_in(port, size)
 
     def _on_out(self, _engine: object, port: int, size: int, value: int, _data: object) -> None:
+        self._drain_port_writes()
         if self.exit is not None:
             return
         if self.cpl == 3 or not self.bus.port_out(port, size, value):
@@ -1068,7 +1096,8 @@ class Switcher:
         else:
             answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
-            fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch)
+            exact = self.exact_fills.address(vaddr) if self.exact_fills is not None else None
+            fault = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, answer, vaddr, fetch=fetch, exact=exact)
             if not self._raise_in_cpu(fault):
                 self._leave(fault)
             return False

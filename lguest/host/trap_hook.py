@@ -54,6 +54,11 @@ class TrapHook:
         self._hook.python = IntrHook()
         self._hook.python_invalid = InvalidHook()
 
+    @property
+    def python_decides_address(self) -> int:
+        """Where the "Host has news" word is, for other C that must respect it (irqs.c)."""
+        return ctypes.addressof(self._hook) + _Hook.python_decides.offset
+
     def ask_python(self, ask: bool) -> None:
         """Send every trap to the Python hook (True), or only those no table serves."""
         self._hook.python_decides = ask

@@ -14,6 +14,7 @@ import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import NoReturn
 
 from lguest import abi
@@ -57,9 +58,8 @@ class PciBus:
                 return slot
         raise ValueError(f"Can only handle {abi.MAX_PCI_DEVICES - 1} PCI devices")
 
-    def _target(self) -> tuple[PciFunction, int] | None:
-        """The function and register the latched address selects, if it routes anywhere."""
-        addr = self.address
+    def _target(self, addr: int) -> tuple[PciFunction, int] | None:
+        """The function and register a config address selects, if it routes anywhere."""
         reg = addr & 0xFC
         bus, slot, function = (addr >> 16) & 0xFF, (addr >> 11) & 0x1F, (addr >> 8) & 7
         if not addr & CONFIG_ENABLE or bus or function or reg >= abi.PCI_CONFIG_SIZE:
@@ -75,7 +75,7 @@ class PciBus:
         return (self.address >> 8 * byte) & ((1 << 8 * size) - 1)
 
     def data_read(self, byte: int, size: int) -> int:
-        target = self._target()
+        target = self._target(self.address)
         if target is None:
             return (1 << 8 * size) - 1
         device, reg = target
@@ -84,11 +84,29 @@ class PciBus:
         return device.config_read(reg + byte, size)
 
     def data_write(self, byte: int, size: int, value: int) -> bool:
-        target = self._target()
+        target = self._target(self.address)
         if target is None:
             return False
         device, reg = target
         return device.config_write(reg + byte, size, value)
+
+    def quiet_data_writes(self) -> dict[int, frozenset[tuple[int, int]]]:
+        """Per config address (one naming a dword of a function on the bus), the data-port
+        writes, as (byte, size), that the function takes quietly: accepted whatever the
+        value and its state, with no effect beyond its config space (PciFunction.quietly_accepts)."""
+        quiet = {}
+        for slot in range(abi.MAX_PCI_DEVICES):
+            for reg in range(0, abi.PCI_CONFIG_SIZE, 4):
+                addr = CONFIG_ENABLE | slot << 11 | reg
+                target = self._target(addr)
+                if target is None:
+                    continue
+                device, at = target
+                writes = frozenset((byte, size) for byte in range(4) for size in (1, 2, 4)
+                                   if device.quietly_accepts(at + byte, size))
+                if writes:
+                    quiet[addr] = writes
+        return quiet
 
 
 class PciFunction:
@@ -104,7 +122,20 @@ class PciFunction:
 
     def config_write(self, offset: int, size: int, value: int) -> bool:
         """Store a Guest write; False rejects it (the Guest gets a #GP)."""
-        return False
+        taken = self._config_writer(offset, size)
+        return taken is not None and taken[0](value)
+
+    def quietly_accepts(self, offset: int, size: int) -> bool:
+        """Is a write here accepted whatever its value and our state, with no effect but on
+        config space?  Nothing sees such a write before the next config access, so the
+        Host may hand it to us a little later."""
+        taken = self._config_writer(offset, size)
+        return taken is not None and taken[1]
+
+    def _config_writer(self, offset: int, size: int) -> tuple[Callable[[int], bool], bool] | None:
+        """How a write of `size` bytes at `offset` is taken (a function of the value,
+        False to refuse it) and whether quietly; None: refused whatever the value."""
+        return None
 
 
 class HostBridge(PciFunction):
@@ -205,29 +236,27 @@ class VirtioPciDevice(PciFunction):
         struct.pack_into("<I", self.config, PciCfg.BAR0, mmio_addr)
 
     # --- configuration writes (§7.2: only these are accepted) -----------------------------
-    def config_write(self, offset: int, size: int, value: int) -> bool:
+    def _config_writer(self, offset: int, size: int) -> tuple[Callable[[int], bool], bool] | None:
         if offset == PciCfg.BAR0 and size == 4:
-            # Sizing: the bits below the window size read back as zero.
-            struct.pack_into("<I", self.config, offset, value & ~(self.mmio_size - 1) & 0xFFFFFFFF)
-            return True
-        if _within(offset, size, PciCfg.BAR0 + 4, PciCfg.BAR5_END) or _within(
-                offset, size, PciCfg.EXPANSION_ROM, PciCfg.EXPANSION_ROM + 4):
-            self._store(offset, size, value)
-            return True
-        if _within(offset, size, PciCfg.CACHELINE_LATENCY, PciCfg.CACHELINE_LATENCY + 2):
-            self._store(offset, size, value)
-            return True
+            return self._size_bar0, True
+        if (_within(offset, size, PciCfg.BAR0 + 4, PciCfg.BAR5_END)
+                or _within(offset, size, PciCfg.EXPANSION_ROM, PciCfg.EXPANSION_ROM + 4)
+                or _within(offset, size, PciCfg.CACHELINE_LATENCY, PciCfg.CACHELINE_LATENCY + 2)
+                or self._pci_cfg_field(offset, size)):
+            return partial(self._store, offset, size), True
         if offset == PciCfg.CACHELINE_LATENCY and size == 4:
-            self._store(offset, 2, value)
-            return True
+            return partial(self._store, offset, 2), True
         if offset == PciCfg.COMMAND and size == 2:
-            return True  # accepted and ignored
-        if self._pci_cfg_field(offset, size):
-            self._store(offset, size, value)
-            return True
+            return lambda value: True, True  # accepted and ignored
         if offset == PciCfg.PCI_CFG_DATA:
-            return self._window_write(size, value)
-        return False
+            # The window may be refused, and what it writes reaches BAR0: never quiet.
+            return partial(self._window_write, size), False
+        return None
+
+    def _size_bar0(self, value: int) -> bool:
+        """Sizing: the bits below the window size read back as zero."""
+        struct.pack_into("<I", self.config, PciCfg.BAR0, value & ~(self.mmio_size - 1) & 0xFFFFFFFF)
+        return True
 
     def config_read(self, offset: int, size: int) -> int:
         if _within(offset, size, PciCfg.PCI_CFG_DATA, PciCfg.PCI_CFG_DATA + 4):
@@ -237,8 +266,10 @@ class VirtioPciDevice(PciFunction):
                 return 0xFFFFFFFF
         return super().config_read(offset, size)
 
-    def _store(self, offset: int, size: int, value: int) -> None:
+    def _store(self, offset: int, size: int, value: int) -> bool:
+        """Stored as written: accepted."""
         self.config[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        return True
 
     @staticmethod
     def _pci_cfg_field(offset: int, size: int) -> bool:
@@ -253,8 +284,10 @@ class VirtioPciDevice(PciFunction):
     # console's `emerg_wr` register (in its device configuration) and writes one character
     # to the window's data.  That write arrives here, becomes a 32-bit write to BAR0 (see
     # ConsoleDevice.device_config_write), and the byte goes to our stdout.  Slow, about eight
-    # trapping port accesses per character, but it works before interrupts, drivers or even
-    # memory management exist, which is exactly when a kernel most needs to say what is wrong.
+    # trapping port accesses per character (on the native path the Host queues the seven
+    # that only set the latch and the window's fields, which we take quietly: "Port I/O,
+    # served in C"), but it works before interrupts, drivers or even memory management
+    # exist, which is exactly when a kernel most needs to say what is wrong.
     def _window(self) -> tuple[int, int, int]:
         cap = PciCfg.CAP_PCI_CFG
         bar = self.config[cap + VirtioCap.BAR]
