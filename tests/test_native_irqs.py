@@ -176,3 +176,62 @@ def test_without_the_proven_fields_raises_ring_the_doorbell(asm_guest, monkeypat
     assert guest.native_irqs is None and guest.native_gates is not None
     assert raise_and_wait(guest, elf, 40) == [20, 40]
     assert guest.stats["interrupts"] == 40
+
+
+UNMASK_GUEST = """
+irq1:
+	incl irq_count
+	jmp lguest_iret
+test_main:
+	INIT
+	GATE 0x21, irq1
+	movl $2, lguest_data + LD_BLOCKED
+	movl $0x200, lguest_data + LD_IRQ_ENABLED
+	movl $1, blocked_flag		/* the test raises irq 1 now, while it is masked */
+1:	HCALL LHCALL_FLUSH_ASYNC
+	cmpl $0, irq_count
+	jne fail
+	cmpl $0, unmask_flag
+	je 1b
+	movl $0, lguest_data + LD_BLOCKED	/* unmasked behind the Host's back */
+	HCALL LHCALL_SEND_INTERRUPTS		/* and the Host told: delivered right here */
+	cmpl $1, irq_count
+	jne fail
+	POWEROFF
+fail:	SHUTDOWN $failed
+	.data
+	.globl blocked_flag, unmask_flag
+blocked_flag: .long 0
+unmask_flag: .long 0
+irq_count: .long 0
+failed:	.asciz "check failed"
+"""
+
+
+def raise_while_masked(guest, elf) -> None:
+    """Raise irq 1 once the Guest masked it, and let it unmask once the run loop has
+    looked at it (C found it masked and stopped the CPU, or the doorbell rang)."""
+    blocked_at, unmask_at = symbol(elf, "blocked_flag"), symbol(elf, "unmask_flag")
+    deadline = time.monotonic() + 60
+    while not guest.memory.read_u32(blocked_at) and time.monotonic() < deadline:
+        time.sleep(0)
+    runs = guest.switcher.runs
+    guest.interrupt(1)
+    while guest.switcher.runs < runs + 2 and time.monotonic() < deadline:
+        time.sleep(0)
+    guest.memory.ram[unmask_at:unmask_at + 4] = struct.pack("<I", 1)
+
+
+def test_send_interrupts_after_an_unmask_delivers_what_was_raised_while_masked(asm_guest) -> None:
+    """An irq raised while masked waits, with no hint in lguest_data (interrupts were
+    on); the Guest unmasks it and makes SEND_INTERRUPTS, which must deliver it then,
+    on both paths (C must not serve that hypercall while such an irq waits)."""
+    elf = asm_guest(UNMASK_GUEST)
+    for native in (True, False):
+        guest = make_guest(elf, native=native)
+        thread = threading.Thread(target=raise_while_masked, args=(guest, elf))
+        thread.start()
+        try:
+            assert guest.run().reason == "CRASH: Power down"
+        finally:
+            thread.join()

@@ -154,6 +154,8 @@ class Guest:
         self.native_irqs = NativeIrqs.for_guest(self, ctypes.addressof(self._ram_anchor), self.doorbell.ring)
         if self.native_irqs is not None:
             self.native_irqs.deliver_here(only_counts(tracer))
+            if self.native_hcalls is not None:
+                self.native_hcalls.watch_irqs(self.native_irqs.pending_address)
         self.switcher.cpu_page_fault = self._cpu_page_fault
 
     def _initial_state(self, start: int) -> None:

@@ -89,6 +89,8 @@ struct hcall_table {
 	uint32_t tss_esp1, tss_ss1;	/* where in it a trap from ring 3 finds the ring-1 stack */
 	uint32_t top_entries;		/* SET_PGD's index must be below this */
 	uint32_t irq_pending_offset;	/* the Host's hint in lguest_data: an irq waits */
+	uint32_t blocked_offset;	/* lguest_data's blocked_interrupts */
+	const uint32_t *irqs_pending;	/* the pending irqs, where C keeps them (irqs.c; NULL: only the hint) */
 	uint32_t status_offset, slots_offset, slot_size, ring_size;
 	uint32_t free;			/* a free slot's status byte */
 	uint32_t switcher;		/* the Switcher's pages start here */
@@ -435,6 +437,27 @@ static bool drain_ring(struct hcall_table *t)
 	return true;
 }
 
+/*
+ * Does an irq wait that the Guest could take?  A hypercall is where the Host
+ * delivers one (the Guest's SEND_INTERRUPTS after it unmasked an irq, above
+ * all): then Python runs the call.  The Host's hint says so where interrupts
+ * were off; where C keeps the pending irqs, an irq the Guest just unmasked
+ * counts too.
+ */
+static bool irq_waits(const struct hcall_table *t)
+{
+	uint64_t hint = (uint64_t)t->lguest_data + t->irq_pending_offset;
+	uint64_t blocked = (uint64_t)t->lguest_data + t->blocked_offset;
+
+	if (!in_ram(t, hint, 4) || *(uint32_t *)(t->ram + hint))
+		return true;
+	if (t->irqs_pending == NULL)
+		return false;
+	if (!in_ram(t, blocked, 4))
+		return true;
+	return __atomic_load_n(t->irqs_pending, __ATOMIC_ACQUIRE) & ~*(uint32_t *)(t->ram + blocked);
+}
+
 bool lguest_native_hypercall(void *uc, struct hcall_table *t)
 {
 	uint64_t values[REGS] = {0};
@@ -453,8 +476,7 @@ bool lguest_native_hypercall(void *uc, struct hcall_table *t)
 		args[i] = (uint32_t)values[EAX + i];
 	if (!served_here(t, args[0]))
 		return false;	/* before the ring: Python drains it, then runs the call */
-	if (!in_ram(t, (uint64_t)t->lguest_data + t->irq_pending_offset, 4) ||
-	    *(uint32_t *)(t->ram + t->lguest_data + t->irq_pending_offset))
+	if (irq_waits(t))
 		return false;
 	return drain_ring(t) && serve(t, args);
 }

@@ -81,6 +81,7 @@ class _Table(ctypes.Structure):
                 ("gdt", ctypes.c_void_p), ("tls_min", U32), ("max_stack_pages", U32),
                 ("tss", ctypes.c_void_p),
                 ("tss_esp1", U32), ("tss_ss1", U32), ("top_entries", U32), ("irq_pending_offset", U32),
+                ("blocked_offset", U32), ("irqs_pending", ctypes.c_void_p),
                 ("status_offset", U32), ("slots_offset", U32),
                 ("slot_size", U32), ("ring_size", U32), ("free", U32), ("switcher", U32),
                 ("present", U64), ("accessed", U64), ("dirty", U64), ("pse", U64),
@@ -141,6 +142,7 @@ class NativeHypercalls:
         table.tss = switcher.state_page + TSS_ADDR - STATE_PAGE
         table.tss_esp1, table.tss_ss1 = TSS_ESP1, TSS_SS1
         table.irq_pending_offset = LguestData.IRQ_PENDING
+        table.blocked_offset = LguestData.BLOCKED_INTERRUPTS
         table.status_offset, table.slots_offset = LguestData.HCALL_STATUS, LguestData.HCALLS
         table.slot_size, table.ring_size = LguestData.HCALL_SIZE, abi.LHCALL_RING_SIZE
         table.free = abi.HCALL_FREE
@@ -152,6 +154,11 @@ class NativeHypercalls:
         switcher.trap_hook.serve_hypercalls(table)
 
     # --- what the Host says -----------------------------------------------------------------
+    def watch_irqs(self, pending: int) -> None:
+        """The pending irqs live at `pending` (native_irqs.py): a hypercall made while one
+        the Guest could take waits goes to Python, which delivers it."""
+        self._table.irqs_pending = pending
+
     def start(self, lguest_data: int | None) -> None:
         """INIT gave lguest_data (None: not yet, or a Guest restored before INIT)."""
         self._table.lguest_data = lguest_data or 0

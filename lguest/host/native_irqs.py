@@ -183,6 +183,11 @@ class NativeIrqs:
     def pending(self) -> int:
         return self._table.pending
 
+    @property
+    def pending_address(self) -> int:
+        """Where the pending irqs are, for other C that must see them (hypercalls.c)."""
+        return self._address + _IrqTable.pending.offset
+
     def raise_irq(self, irq: int) -> bool:
         """Mark irq pending and ask the CPU to look; False if the doorbell must ring."""
         with self._lock:
