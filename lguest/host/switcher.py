@@ -198,7 +198,7 @@ _PICKERS: dict[tuple[str, ...], Callable[[ctypes.Array], tuple[int, ...]]] = {} 
 
 
 def _picker(regs: tuple[str, ...]) -> Callable[[ctypes.Array], tuple[int, ...]]:
-    """What picks these registers out of the Switcher's copy, as a tuple."""
+    """What picks these registers out of the Switcher's copy, in one C call."""
     if len(regs) == 1:
         slot = SLOT[regs[0]]
         return lambda values: (values[slot],)
@@ -272,8 +272,8 @@ KICKED = Exit(ExitKind.KICKED)
 
 @functools.lru_cache(maxsize=1024)
 def trap_exit(trapnum: int, errcode: int = 0, software: bool = False, insn_len: int = 0) -> Exit:
-    """The Exit of a trap: one object per kind of trap, made once (Exits are frozen, and
-    making one costs as much as a register read)."""
+    """The Exit of a trap: one object per kind of trap, made once and shared (an Exit
+    never changes), where every hypercall exit used to make its own."""
     return Exit(ExitKind.TRAP, trapnum, errcode, software=software, insn_len=insn_len)
 
 
