@@ -228,13 +228,18 @@ reboot -f
 
 def test_two_linux_guests_ping_each_other(tmp_path, busybox, linux) -> None:
     ports = free_ports()
+    # Each Guest, once its own ping got an answer, stays up until it has answered one from
+    # its peer (the kernel's count of echo requests received), and a second more for that
+    # reply to leave; Guest 1 then also waits for Guest 2 to go quiet.  Without the first
+    # wait a slow Guest 1 found Guest 2 already gone.
+    answered = ("for try in $(seq 60); do [ \"$(awk '/^Icmp:/{if(!c){for(i=1;i<=NF;i++)if($i==\"InEchos\")c=i}"
+                "else print $c}' /proc/net/snmp)\" -gt 0 ] && break; sleep 1; done; sleep 1\n")
     scripts = [PROLOGUE + ON_HVC1 + f"""
 ip addr add 10.9.0.{me}/24 dev eth0
 ip link set eth0 up
 for try in $(seq 60); do ping -c 1 -W 1 10.9.0.{peer} >/dev/null && echo PING-OK && break; done
-{wait}poweroff -f
+{answered}{wait}poweroff -f
 """ for me, peer, wait in (
-        # Guest 1 stays up while guest 2 still answers, so guest 2 gets its replies too.
         (1, 2, "for try in $(seq 60); do ping -c 1 -W 1 10.9.0.2 >/dev/null || break; done\n"),
         (2, 1, ""))]
     procs = []
