@@ -6,8 +6,10 @@
     against the same C compiled with `gcc -m32 -O2` and run natively;
 (b) hypercall round trip: `int $0x1f` into the Host and back, against the bare
     emulator's exit and re-entry (a Unicorn hook that stops, and emu_start again);
-    and SET_PTE, of a page the current shadow holds and of a directory no shadow
-    holds (a fork's most common call), against the same;
+    one the Host serves in Python on both paths (LOAD_IDT_ENTRY of a vector it
+    ignores: the cost of an exit that remains in Python); and SET_PTE, of a page
+    the current shadow holds and of a directory no shadow holds (a fork's most
+    common call), against the same;
 (c) system call round trip from ring 3: through a trap gate (a direct trap, as
     lguest's) and through an interrupt gate (reflected), each against the same
     bare exit and re-entry; on the native path the emulated CPU delivers both
@@ -125,6 +127,7 @@ def main() -> int:
     native_s = compute()[1]
     guest_s, pae_guest_s = both_modes(lambda pae: compute(pae)[0])
     hcall = round_trip("hypercalls.S", HCALL_ROUNDS)
+    python_hcall = round_trip("hypercalls.S", HCALL_ROUNDS, HCALL="LHCALL_LOAD_IDT_ENTRY", ARG1=2)
     set_pte = round_trip("set_pte.S", HCALL_ROUNDS, PGDIR="page_dir")
     set_pte_unshadowed = round_trip("set_pte.S", HCALL_ROUNDS, PGDIR="0x123000")
     direct = round_trip("syscalls.S", SYSCALL_ROUNDS, GATE_TYPE=0xF)
@@ -142,6 +145,7 @@ def main() -> int:
         ("compute (CRC32+LCG+quicksort)", f"{guest_s:.3f} s guest", f"{native_s:.3f} s native",
          guest_s / native_s),
         per_exit("hypercall round trip", hcall),
+        per_exit("hypercall exit to Python (LOAD_IDT_ENTRY)", python_hcall),
         per_exit("SET_PTE, current space", set_pte),
         per_exit("SET_PTE, directory not shadowed", set_pte_unshadowed),
         per_exit("syscall, trap gate (direct)", direct),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import make_guest, run_while_rung, symbol
 
 from lguest import abi
@@ -157,3 +158,31 @@ def test_only_calibration_touches_the_emulators_private_state() -> None:
               for word in (*private, *hooks)}
     assert owners == {**{word: ["host/calibration.py"] for word in private},
                       **{hook: [owner] for hook, owner in hooks.items()}}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_registers_are_never_answered_from_an_old_stop(asm_guest, native: bool) -> None:
+    """The Switcher's copy of the registers lasts one stop: a debugging hook reading them
+    mid-block sees them as they are there, and does not make the Host's next read (the
+    hypercall's arguments at the `int`) answer from that moment."""
+    elf = asm_guest("""
+test_main:
+	INIT
+	xorl %esi, %esi
+1:	incl %esi
+watched:
+	movl $LHCALL_LOAD_IDT_ENTRY, %eax
+	leal 0xF0(%esi), %ebx   /* vectors 0xF1.. clear gates; 0x100 is out of range */
+	xorl %ecx, %ecx
+	xorl %edx, %edx
+	int $0x1f
+	jmp 1b
+""")
+    guest = make_guest(elf, native=native)
+    seen: list[int] = []
+    guest.switcher.watch_code(symbol(elf, "watched"), symbol(elf, "watched"),
+                              lambda eip: seen.append(guest.switcher.get("esi")))
+    # A read left over from the previous exit would see %esi one lower in the hook; the
+    # hook's own read kept for the Host would give it the previous %ebx (one call late).
+    assert guest.run().reason == "Setting idt entry 256"
+    assert seen == list(range(1, 17))

@@ -81,7 +81,9 @@ class CalibrationError(RuntimeError):
 # ring 3 and runs `int3` (the word whose low bits went from 1 to 3 is hflags; the flag set
 # just before the return address is the "raised by int" flag).  If any field is not found
 # exactly once, the Host refuses to start.  This file is the only one that reads or writes
-# that blob.
+# that blob.  Where the engine's CPU itself is found and proven to hold the same bytes
+# ("engine_cpu" below), the repairs are made there in place: copying the whole state out and
+# back cost a microsecond on every fault and every ring change.
 class SavedContext:
     """One engine's saved-context buffer, and the repairs made through it.
 
@@ -95,6 +97,27 @@ class SavedContext:
         self._context = uc_context()
         uclib.uc_context_alloc(self._uch, ctypes.byref(self._context))
         self._size = uclib.uc_context_size(self._uch)
+        self._live: ctypes.Array[ctypes.c_char] | None = None  # the CPU's own state (`edit_live`)
+        self._live_shift = 0  # a blob offset minus this is the same field's in the live state
+
+    def edit_live(self, cpu: EngineCpu) -> None:
+        """Make the repairs below in the CPU's own state from now on (`engine_cpu`
+        proved it is what the blob holds): the same fields, without copying the whole
+        state out and back (some kilobytes each way) on every fault and ring change."""
+        self._live = (ctypes.c_char * (self._size - cpu.blob_header)).from_address(cpu.env)
+        self._live_shift = cpu.blob_header
+
+    def _fields(self) -> tuple[ctypes.Array[ctypes.c_char], int]:
+        """Where the fields are to be edited (the live state, or a fresh saved copy),
+        and the shift from their blob offsets."""
+        if self._live is not None:
+            return self._live, self._live_shift
+        return self.blob(), 0
+
+    def _edited(self) -> None:
+        """The edits are made: load a saved copy back (the live state needs nothing)."""
+        if self._live is None:
+            self.commit()
 
     def blob(self) -> ctypes.Array[ctypes.c_char]:
         """Save the CPU into the buffer and return it, writable in place."""
@@ -115,21 +138,21 @@ class SavedContext:
         if self.layout is None:
             return 0, False
         layout = self.layout
-        blob = self.blob()
-        errcode = struct.unpack_from("<I", blob, layout.error_code)[0]
-        software = struct.unpack_from("<i", blob, layout.exception_is_int)[0] == 1
-        struct.pack_into("<i", blob, layout.old_exception, -1)
-        self.commit()
+        state, shift = self._fields()
+        errcode = struct.unpack_from("<I", state, layout.error_code - shift)[0]
+        software = struct.unpack_from("<i", state, layout.exception_is_int - shift)[0] == 1
+        struct.pack_into("<i", state, layout.old_exception - shift, -1)
+        self._edited()
         return errcode, software
 
     def drop_to_ring0(self) -> None:
         """Clear the CPL bits of hflags: the only way back to ring 0 without a gate."""
         if self.layout is None:
             raise CalibrationError("the probe cannot leave its ring: no layout yet")
-        blob = self.blob()
-        hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
-        struct.pack_into("<I", blob, self.layout.hflags, hflags & ~HF_CPL_MASK)
-        self.commit()
+        state, shift = self._fields()
+        hflags = struct.unpack_from("<I", state, self.layout.hflags - shift)[0]
+        struct.pack_into("<I", state, self.layout.hflags - shift, hflags & ~HF_CPL_MASK)
+        self._edited()
 
     def words(self) -> tuple[int, ...]:
         """The whole blob as 32-bit words (what the probe compares)."""

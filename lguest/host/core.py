@@ -558,9 +558,7 @@ class Guest:
         switcher = self.switcher
         now_cs, now_ss, ds, es, fs, gs = switcher.get_many(("cs", "ss", "ds", "es", "fs", "gs"))
         if now_cs == cs and now_ss == ss:
-            switcher.set("esp", esp)
-            switcher.set("eflags", eflags)
-            switcher.set("eip", eip)
+            switcher.set_many(("esp", "eflags", "eip"), (esp, eflags, eip))
             return
         switcher.load_frame(eip, cs, eflags, esp, ss, ds, es, fs, gs)
 

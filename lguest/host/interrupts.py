@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from lguest.host.core import Guest
 
 GATE_PRESENT = 0x8000
+PAGE_FAULT = int(abi.Trap.PF)  # looked up on every fault the CPU may raise itself
 FRAME_REGS = ("eip", "cs", "eflags", "esp", "ss")
 EFLAGS_CLEARED_ON_ENTRY = abi.X86_EFLAGS_TF | abi.X86_EFLAGS_NT | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_VM
 
@@ -186,11 +187,18 @@ def push_frame(guest: Guest, esp: int, words: list[int]) -> bool:
 def keep_frame_pages(guest: Guest, esp: int, size: int) -> None:
     """Let the C fill hook answer the CPU's own writes of the next frame here (the
     Guest's handler may never write its stack itself), and tell interrupts.c where
-    a page-aligned `esp` itself is (the frame goes below it, §4.6)."""
+    a page-aligned `esp` itself is (the frame goes below it, §4.6).  Without the C
+    hook (the pure-Python Host) there is nothing to keep, and no walk is made."""
+    if guest.pages.answers is None:
+        return
     guest.pages.keep_kernel_write(esp - size)
     guest.pages.keep_kernel_write(esp - 1)
     if not esp & 0xFFF:
         guest.pages.keep_where(esp)
+
+
+# Vectors that never go direct: the Host must see them.
+NEVER_DIRECT = frozenset((abi.Trap.NM, abi.Trap.GP, abi.Trap.PF, abi.LGUEST_TRAP_ENTRY))
 
 
 # tour:H.90 Direct traps: no trip through the run loop
@@ -204,7 +212,7 @@ def keep_frame_pages(guest: Guest, esp: int, size: int) -> None:
 def could_be_direct(vector: int, syscall_vector: int) -> bool:
     """§4.4: the vectors lguest let the CPU deliver straight through the real IDT."""
     return ((vector < abi.FIRST_EXTERNAL_VECTOR or vector == syscall_vector)
-            and vector not in (abi.Trap.NM, abi.Trap.GP, abi.Trap.PF, abi.LGUEST_TRAP_ENTRY))
+            and vector not in NEVER_DIRECT)
 
 
 def sent_direct(guest: Guest, vector: int) -> bool:
@@ -224,8 +232,8 @@ def direct_trap(guest: Guest, vector: int, errcode: int, software: bool) -> bool
     keeps IF set.  Anything unusual (a stack we cannot see) takes the slow path
     through the Host's run loop instead.
     """
-    if not sent_direct(guest, vector):
-        return False
+    if not sent_direct(guest, vector) or guest.switcher.in_vm86():
+        return False  # (a trap from virtual-8086 mode leaves: run() turns it into #GP)
     lo, hi = guest.idt.entries[vector]
     eip, cs, eflags, esp, ss = guest.switcher.get_many(FRAME_REGS)
     if software and guest.switcher.cpl > gate_dpl(hi):
@@ -371,7 +379,7 @@ class NativeGates:
     def cpu_raises_fault(self) -> bool:
         """May a page fault the Guest must handle be raised and delivered by the CPU
         (its gate 14 is marked for it)?  Else it leaves the emulator."""
-        return self.raise_faults and self._table.kind[abi.Trap.PF] != GateKind.ASK_PYTHON
+        return self.raise_faults and self._table.kind[PAGE_FAULT] != GateKind.ASK_PYTHON
 
     def update(self, vector: int) -> None:
         """The Guest's gate for `vector` changed."""

@@ -14,14 +14,14 @@ is Unicorn (QEMU's TCG), and the two halves become:
   hook, and every TLB miss asks the Host's page tables (the TLB is our shadow).
 
 What it owns: the engine, the Switcher's four pages (with the real GDT, IDT and
-TSS the emulated CPU reads), the Guest's registers (fast
-paths into Unicorn's C API), the hooks (all installed in `_install_hooks`), and
-the workarounds that keep the emulator honest: CPU state the emulator leaves
-half-done is repaired through calibration.py (the only module touching its
-private state), other threads reach the vCPU through doorbell.py, fixed port
-reads are answered and quiet port writes queued in C (ports.py) on the native
-path (the queue reaches the Launcher before any other port or device access and
-whenever the emulator stops: `_drain_port_writes`), and
+TSS the emulated CPU reads), the Guest's registers (one batch read into Unicorn's C
+API per stop, answered from that copy until the CPU runs again), the hooks (all
+installed in `_install_hooks`), and the workarounds that keep the emulator honest:
+CPU state the emulator leaves half-done is repaired through calibration.py (the
+only module touching its private state), other threads reach the vCPU through
+doorbell.py, fixed port reads are answered and quiet port writes queued in C
+(ports.py) on the native path (the queue reaches the Launcher before any other port
+or device access and whenever the emulator stops: `_drain_port_writes`), and
 
 * Unicorn's `iret` loads EFLAGS.VM at any CPL, where a real CPU only does so at
   CPL 0 (`helper_ret_protected` jumps to `return_to_vm86` before looking at the
@@ -37,13 +37,14 @@ whenever the emulator stops: `_drain_port_writes`), and
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
+import operator
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from enum import Enum, auto
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from unicorn import (
     UC_ARCH_X86,
@@ -67,7 +68,14 @@ from unicorn import (
     Uc,
     UcError,
 )
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
+from unicorn.unicorn_py3.unicorn import (
+    HOOK_INSN_INVALID_CFUNC,
+    HOOK_INTR_CFUNC,
+    HOOK_TLB_FILL_CFUNC,
+    uc_hook_h,
+    uclib,
+)
 from unicorn.x86_const import (
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
@@ -161,7 +169,8 @@ TRAMPOLINE = bytes([0x0F, 0xA9, 0x0F, 0xA1, 0x07, 0x1F, 0xCF])
 # never run, whose block's doorbell hook sends the vCPU on to the Guest's EIP.
 ENTRY_GATE = CODE_PAGE + 0x800
 ENTRY_FRAME_REGS = ("gs", "fs", "es", "ds", "eip", "cs", "eflags", "esp", "ss")  # popped in this order
-ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - 4 * len(ENTRY_FRAME_REGS)
+ENTRY_FRAME = struct.Struct(f"<{len(ENTRY_FRAME_REGS)}I")
+ENTRY_FRAME_ADDR = REGS_PAGE + abi.PAGE_SIZE - ENTRY_FRAME.size
 
 GENERAL_REGS = {
     "eax": UC_X86_REG_EAX,
@@ -184,6 +193,19 @@ SEGMENT_REGS = {
     "gs": UC_X86_REG_GS,
 }
 ALL_REGS = GENERAL_REGS | SEGMENT_REGS
+SLOT = {name: slot for slot, name in enumerate(ALL_REGS)}  # where each is in the Switcher's copy
+_PICKERS: dict[tuple[str, ...], Callable[[ctypes.Array], tuple[int, ...]]] = {}  # `get_many`'s, per tuple
+
+
+def _picker(regs: tuple[str, ...]) -> Callable[[ctypes.Array], tuple[int, ...]]:
+    """What picks these registers out of the Switcher's copy, in one C call."""
+    if len(regs) == 1:
+        slot = SLOT[regs[0]]
+        return lambda values: (values[slot],)
+    return operator.itemgetter(*(SLOT[reg] for reg in regs))
+
+
+MAX_SET = 3  # registers `set_many` writes in one call (a trap return's esp, eflags, eip)
 # The FPU and SSE state by name, for snapshots: Unicorn's register ids are the same in
 # every build, where its saved-context blob is not.  FP0..FP7 are the physical x87
 # registers (mantissa, exponent), independent of the stack top FPSW holds.
@@ -202,15 +224,37 @@ PERM_WRITE = UC_PROT_READ | UC_PROT_WRITE
 SWITCHER_PERMS = {CODE_PAGE: PERM_EXEC, REGS_PAGE: PERM_WRITE, STATE_PAGE: PERM_READ}
 
 
+def _unconverted(function: ctypes._CFuncPtr) -> ctypes._CFuncPtr:
+    """One of Unicorn's C functions, called without ctypes converting each argument
+    (half the cost of a call): callers pass ctypes objects only, never a Python int."""
+    return ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(function, ctypes.c_void_p).value)
+
+
+_reg_read_batch = _unconverted(uclib.uc_reg_read_batch)
+_reg_write_batch = _unconverted(uclib.uc_reg_write_batch)
+_emu_start = _unconverted(uclib.uc_emu_start)
+_emu_stop = _unconverted(uclib.uc_emu_stop)
+_NO_LIMIT = ctypes.c_uint64(0)  # emu_start's timeout and instruction count
+_STOP_AT = ctypes.c_uint64(STOP_PAGE)
+
+
+def _pointers(values: ctypes.Array) -> ctypes.Array:
+    """A pointer to each element of `values`, as Unicorn's batch calls take them."""
+    base, size = ctypes.addressof(values), ctypes.sizeof(values._type_)
+    return (ctypes.c_void_p * len(values))(*(base + size * i for i in range(len(values))))
+
+
 class ExitKind(Enum):
     TRAP = auto()  # an exception or `int n`: vector and error code
     PAGE_FAULT = auto()  # the Host's page tables refused a translation
     KICKED = auto()  # the run ended without a trap: the doorbell rang (another thread)
 
 
-@dataclass(frozen=True)
-class Exit:
-    """Why the Guest came back to the Host (the `trapnum`/`errcode` of lguest_regs)."""
+class Exit(NamedTuple):
+    """Why the Guest came back to the Host (the `trapnum`/`errcode` of lguest_regs).
+
+    A named tuple, not a frozen dataclass: every page fault that leaves makes one,
+    and a tuple is made in a third of the time."""
 
     kind: ExitKind
     trapnum: int = abi.TRAPNUM_IN_SWITCHER
@@ -221,6 +265,16 @@ class Exit:
     insn_len: int = 0  # length of that instruction
     cr2: int | None = None  # for PAGE_FAULT: the exact address, if the Host already told the Guest
     exact: int | None = None  # for PAGE_FAULT: the exact address, if the emulator said (native path)
+
+
+KICKED = Exit(ExitKind.KICKED)
+
+
+@functools.lru_cache(maxsize=1024)
+def trap_exit(trapnum: int, errcode: int = 0, software: bool = False, insn_len: int = 0) -> Exit:
+    """The Exit of a trap: one object per kind of trap, made once and shared (an Exit
+    never changes), where every hypercall exit used to make its own."""
+    return Exit(ExitKind.TRAP, trapnum, errcode, software=software, insn_len=insn_len)
 
 
 class Mmu(Protocol):
@@ -243,7 +297,8 @@ class DirectTrap(Protocol):
     """The Host's fast path (interrupts.py): deliver a trap without leaving the emulator."""
 
     def __call__(self, vector: int, errcode: int, software: bool) -> bool:
-        """True if delivered (keep emulating), False to leave for the run loop."""
+        """True if delivered (keep emulating), False to leave for the run loop
+        (always False in virtual-8086 mode: `Switcher.in_vm86`)."""
         ...
 
 
@@ -285,6 +340,8 @@ EFLAGS_VIP = 0x100000
 # single-step), no nested task (its `iret` must not become a task return), not
 # virtual-8086 mode (its segment loads must be protected-mode ones).
 SWITCHER_EFLAGS = 0x2
+# What `_enter_host_state` loads, in this order: EFLAGS, then the ring-0 stack and code.
+SWITCHER_STATE_IDS = (ctypes.c_int * 3)(UC_X86_REG_EFLAGS, UC_X86_REG_SS, UC_X86_REG_CS)
 # What only Unicorn's unprivileged virtual-8086 entry can have put in EFLAGS.
 VM86_ONLY_FLAGS = abi.X86_EFLAGS_VM | EFLAGS_IOPL | EFLAGS_VIF | EFLAGS_VIP
 
@@ -315,17 +372,26 @@ class Switcher:
         # called in the interrupt hook; True means delivered, keep emulating.
         self.direct_trap = direct_trap
         self.context = SavedContext(self.uc, None if probing else context_layout())
+        self._cpu = None if probing else engine_cpu(self.uc)
+        if self._cpu is not None:
+            self.context.edit_live(self._cpu)
         self.exit: Exit | None = None
         self._undo: dict[str, int] | None = None  # registers to restore after a faulting in/out
         self._switching = False  # the Host is loading ring-0 segments
         self._frame: dict[str, int] | None = None  # the trampoline's entry frame, while pending
         self._uch = self.uc._uch
-        self._reg_buf = ctypes.c_uint64()
-        self._reg_ref = ctypes.byref(self._reg_buf)
-        self._one_id = (ctypes.c_int * 1)()
-        self._one_ptr = (ctypes.c_void_p * 1)(ctypes.addressof(self._reg_buf))
-        self._batches: dict[tuple[str, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
-        self._ring_regs = self._batch(("cs", "eflags"))
+        self._switcher_state = (ctypes.c_uint32 * 3)(SWITCHER_EFLAGS, abi.LGUEST_DS, abi.LGUEST_CS)
+        self._switcher_state_ptrs = _pointers(self._switcher_state)
+        # The registers as the CPU last stopped with them ("Registers: one batch a stop").
+        self._regs = (ctypes.c_uint32 * len(ALL_REGS))()  # Unicorn fills 4 bytes (2 of a selector)
+        self._reg_ids = (ctypes.c_int * len(ALL_REGS))(*ALL_REGS.values())
+        self._reg_ptrs = _pointers(self._regs)
+        self._regs_current = False
+        self._emulating = False  # inside emu_start: the CPU runs unless a hook holds it
+        self._set_values = (ctypes.c_uint32 * MAX_SET)()
+        self._set_ids = (ctypes.c_int * MAX_SET)()
+        self._set_ptrs = _pointers(self._set_values)
+        self._begin = ctypes.c_uint64()
         # Statistics for --stats: world switches, seconds the emulator ran the Guest,
         # seconds our Python hooks took inside it (the Host's and the Launcher's work, not
         # the emulator's), TLB fills, traps delivered without leaving the emulator.
@@ -346,6 +412,8 @@ class Switcher:
         self.fill_answers: FillAnswers | None = None
         self.exact_fills: ExactFills | None = None  # the native path's exact fault addresses
         self.trap_hook: TrapHook | None = None
+        self._asking_python = True  # what the C hooks were last told (they start asking)
+        self._python_hooks: list[ctypes._CFuncPtr] = []
         self.native_gates: NativeGateTable | None = None  # what interrupts.c may deliver
         self.doorbell = self._install_hooks()
         self.closed = False
@@ -359,6 +427,7 @@ class Switcher:
             for native in (self.fill_answers, self.fixed_ports, self.trap_hook):
                 if native is not None:
                     native.release()
+            self._python_hooks.clear()
             self._pages_anchor = None
             self._pages.close()
 
@@ -396,7 +465,7 @@ class Switcher:
         """The engine's CPU and where its segment caches are, both proven, for
         interrupts.c; None if either cannot be (then every trap goes to Python).
         Only before the first run, while the CPU holds the Switcher's own segments."""
-        cpu = engine_cpu(self.uc)
+        cpu = self._cpu
         if cpu is None or self.context.layout is None:
             return None
         flat = (0, 0xFFFFFFFF)
@@ -450,23 +519,36 @@ class Switcher:
             self.trap_hook = TrapHook(self.uc, self._guard(self._on_interrupt, None),
                                       self._guard(self._on_invalid, True))
         else:
-            self.uc.hook_add(UC_HOOK_INTR, self._guard(self._on_interrupt, None))
-            self.uc.hook_add(UC_HOOK_INSN_INVALID, self._guard(self._on_invalid, True))
+            self._add_hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._guard(self._on_interrupt, None))
+            self._add_hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._guard(self._on_invalid, True))
         if self.native:
             self.fixed_ports = FixedPorts(self.uc, self.bus, self._guard(self._on_in, 0),
                                           self._guard(self._on_out, None), self._guard)
         else:
-            self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_in, 0), None, 1, 0, UC_X86_INS_IN)
-            self.uc.hook_add(UC_HOOK_INSN, self._guard(self._on_out, None), None, 1, 0, UC_X86_INS_OUT)
+            self._add_hook(UC_HOOK_INSN, HOOK_INSN_IN_CFUNC, self._guard(self._on_in, 0), UC_X86_INS_IN)
+            self._add_hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._guard(self._on_out, None), UC_X86_INS_OUT)
         if self.native:
             self.fill_answers = FillAnswers(self.uc, self._ram_address, self._ram_size,
                                             self._guard(self._on_tlb_fill, False), STATE_PAGE)
             self.mmu.keep_answers(self.fill_answers)
-            self.exact_fills = ExactFills(engine_cpu(self.uc))
+            self.exact_fills = ExactFills(self._cpu)
         else:
-            self.uc.hook_add(UC_HOOK_TLB_FILL, self._guard(self._on_tlb_fill, False))
+            on_fill = self._guard(self._on_tlb_fill, False)
+            self._add_hook(UC_HOOK_TLB_FILL, HOOK_TLB_FILL_CFUNC, lambda engine, vaddr, access, entry, data:
+                           on_fill(engine, vaddr, access, entry.contents, data))
         quiet = self.native and quiet_exit_checks(self.uc)
         return Doorbell(self.uc, ENTRY_GATE if quiet else None)
+
+    def _add_hook(self, kind: int, prototype: type, hook: Callable[..., object], *insn: int) -> None:
+        """A Python hook, over all addresses, registered through Unicorn's C API itself
+        (the binding's own wrapper adds two Python calls to each call of a hook)."""
+        callback = prototype(hook)
+        self._python_hooks.append(callback)  # ctypes calls it only while we hold it
+        handle = uc_hook_h()
+        err = uclib.uc_hook_add(self._uch, ctypes.byref(handle), kind, ctypes.cast(callback, ctypes.c_void_p),
+                                None, ctypes.c_uint64(1), ctypes.c_uint64(0), *map(ctypes.c_int, insn))
+        if err:
+            raise UcError(err)
 
     @property
     def port_reads_served(self) -> int:
@@ -493,6 +575,9 @@ class Switcher:
         failed hook, a frame for the trampoline, the Host itself switching rings
         outside the emulator), every port read goes to `_on_in` and every TLB miss
         to `_on_tlb_fill`."""
+        if ask == self._asking_python:
+            return  # the C hooks already know (each exit used to tell them three times)
+        self._asking_python = ask
         if self.fixed_ports is not None:
             self.fixed_ports.ask_python(ask)
         if self.fill_answers is not None:
@@ -501,53 +586,72 @@ class Switcher:
             self.trap_hook.ask_python(ask)
 
     # --- registers ------------------------------------------------------------------------
-    # Registers are read and written straight through Unicorn's C API: the Python
-    # binding's generic path costs several microseconds a register, on every exit.
+# tour:S.25 Registers: one batch a stop
+# lguest's Switcher pushed all the Guest's registers onto the Host's stack in one go, and the
+# Host read them from there.  Ours live in the emulator, behind Unicorn's C API, and a call
+# from Python into C costs far more than the C behind it: reading five registers one at a
+# time cost more than the rest of a hypercall exit.  So the first time the Host asks for a
+# register after the CPU stopped, it reads every general and segment register in one batch
+# into a buffer made once, and answers from that copy until the CPU runs again: when
+# emulation starts, and when a hook returns (the CPU goes on from there).  A write goes to
+# the CPU at once and into the copy, except EFLAGS, whose fixed bits the CPU keeps its own
+# way: after that the copy is read again.  A register of the entry frame waiting for the
+# trampoline is answered from the frame.
+    def _registers(self) -> ctypes.Array:
+        """The CPU's registers (slots in ALL_REGS' order), read once per stop."""
+        if not self._regs_current:
+            _reg_read_batch(self._uch, self._reg_ids, self._reg_ptrs, len(ALL_REGS))
+            # Kept only while nothing can run: outside the emulator, or inside one of our
+            # hooks (a debugger's hook may read mid-block, and the CPU goes on after it).
+            self._regs_current = not self._emulating or self._hook_depth > 0
+        return self._regs
+
     def get(self, reg: str) -> int:
         """A Guest register (from the entry frame, if one is waiting)."""
         if self._frame is not None and reg in self._frame:
             return self._frame[reg]
-        buf = self._reg_buf
-        buf.value = 0
-        uclib.uc_reg_read(self._uch, ALL_REGS[reg], self._reg_ref)
-        return buf.value & 0xFFFFFFFF
-
-    @staticmethod
-    def _batch(regs: tuple[str, ...]) -> tuple[ctypes.Array, ctypes.Array, ctypes.Array]:
-        """Register ids, value pointers and values for one `uc_reg_read_batch`."""
-        values = (ctypes.c_uint64 * len(regs))()
-        ids = (ctypes.c_int * len(regs))(*(ALL_REGS[r] for r in regs))
-        base = ctypes.addressof(values)
-        ptrs = (ctypes.c_void_p * len(regs))(*(base + 8 * i for i in range(len(regs))))
-        return ids, ptrs, values
+        return self._registers()[SLOT[reg]]
 
     def get_many(self, regs: tuple[str, ...]) -> list[int]:
-        """Several registers in one call into Unicorn (the hot paths read five at once)."""
-        batch = self._batches.get(regs)
-        if batch is None:
-            batch = self._batches[regs] = self._batch(regs)
-        ids, ptrs, values = batch
-        ctypes.memset(values, 0, ctypes.sizeof(values))
-        uclib.uc_reg_read_batch(self._uch, ids, ptrs, len(regs))
-        result = [v & 0xFFFFFFFF for v in values]
-        if self._frame is not None:
-            result = [self._frame.get(r, v) for r, v in zip(regs, result, strict=True)]
-        return result
+        """Several registers (the hot paths read five at once)."""
+        values = self._registers()
+        frame = self._frame
+        if frame is None:
+            pick = _PICKERS.get(regs)
+            if pick is None:
+                pick = _PICKERS[regs] = _picker(regs)
+            return list(pick(values))
+        return [frame[reg] if reg in frame else values[SLOT[reg]] for reg in regs]
 
     def set(self, reg: str, value: int) -> None:
         """Set a general register, eip, esp or eflags."""
-        if self._frame is not None and reg in self._frame:
-            self._frame[reg] = value & 0xFFFFFFFF
-            return
-        # Through the batch call even for one register: `uc_reg_write` of EIP also
-        # tells Unicorn to skip resyncing EIP at its next stop, a note only a check
-        # inside a translated block clears.  Set from a hook that runs outside any
-        # block (the interrupt hook), it would stay, and a kick landing later where
-        # a block starts would leave EIP where an earlier block began.
-        self._reg_buf.value = value & 0xFFFFFFFF
-        self._one_id[0] = GENERAL_REGS[reg]
-        if uclib.uc_reg_write_batch(self._uch, self._one_id, self._one_ptr, 1):
-            raise ValueError(f"cannot set {reg}")
+        self.set_many((reg,), (value,))
+
+    def set_many(self, regs: tuple[str, ...], values: tuple[int, ...]) -> None:
+        """Set up to MAX_SET general registers (eip, esp, eflags among them) in one call.
+
+        Through the batch call even for one register: `uc_reg_write` of EIP also
+        tells Unicorn to skip resyncing EIP at its next stop, a note only a check
+        inside a translated block clears.  Set from a hook that runs outside any
+        block (the interrupt hook), it would stay, and a kick landing later where
+        a block starts would leave EIP where an earlier block began.
+        """
+        frame, count = self._frame, 0
+        for reg, value in zip(regs, values, strict=True):
+            if frame is not None and reg in frame:
+                frame[reg] = value & 0xFFFFFFFF
+                continue
+            self._set_ids[count] = GENERAL_REGS[reg]
+            self._set_values[count] = value & 0xFFFFFFFF
+            count += 1
+            if self._regs_current:
+                if reg == "eflags":
+                    self._regs_current = False
+                else:
+                    self._regs[SLOT[reg]] = value & 0xFFFFFFFF
+        if count and _reg_write_batch(self._uch, self._set_ids, self._set_ptrs, count):
+            self._regs_current = False
+            raise ValueError(f"cannot set {regs}")
 
     @property
     def cpl(self) -> int:
@@ -563,16 +667,9 @@ class Switcher:
         if self._frame is not None:
             cs, eflags = self._frame["cs"], self._frame["eflags"]
         else:
-            # Every TLB fill asks: one batch read into buffers only Unicorn writes.
-            ids, ptrs, values = self._ring_regs
-            uclib.uc_reg_read_batch(self._uch, ids, ptrs, 2)
-            cs, eflags = values
+            values = self._registers()  # every TLB fill asks
+            cs, eflags = values[SLOT["cs"]], values[SLOT["eflags"]]
         return 3 if eflags & abi.X86_EFLAGS_VM else cs & 3
-
-    def _write_segment(self, reg: int, selector: int) -> None:
-        self._reg_buf.value = selector
-        if uclib.uc_reg_write(self._uch, reg, self._reg_ref):
-            raise ValueError(f"cannot load selector {selector:#x}")
 
 # tour:S.30 Entering the Guest: back to ring 0 first
 # To enter the Guest in any ring the trampoline must start in ring 0, where its `iret` may
@@ -590,17 +687,19 @@ class Switcher:
         (TF, NT, VM) belongs in the frame the trampoline loads, never to the
         trampoline itself."""
         ring = self.cpl  # while EFLAGS still says whether this is virtual-8086 mode
-        self._reg_buf.value = SWITCHER_EFLAGS
-        uclib.uc_reg_write(self._uch, UC_X86_REG_EFLAGS, self._reg_ref)
+        self._regs_current = False
         if ring == 0:
+            _reg_write_batch(self._uch, SWITCHER_STATE_IDS, self._switcher_state_ptrs, 1)  # EFLAGS alone
             return
         self.context.drop_to_ring0()
-        # Loading these reads the GDT, which may miss in the TLB: the fill must
+        # EFLAGS first (the segments then load as protected-mode ones), then SS and CS, in
+        # one call.  Loading these reads the GDT, which may miss in the TLB: the fill must
         # see ring 0 (a refused fill outside emulation would crash Unicorn).
         self._switching = True
         try:
-            self._write_segment(UC_X86_REG_SS, abi.LGUEST_DS)
-            self._write_segment(UC_X86_REG_CS, abi.LGUEST_CS)
+            if _reg_write_batch(self._uch, SWITCHER_STATE_IDS, self._switcher_state_ptrs,
+                                len(SWITCHER_STATE_IDS)):
+                raise ValueError("cannot load the Switcher's segments")
         finally:
             self._switching = False
 
@@ -636,10 +735,11 @@ class Switcher:
             if not self.doorbell.gated:
                 return eip
             return self.doorbell.through_gate(eip)
-        frame = struct.pack("<9I", *(self._frame[reg] for reg in ENTRY_FRAME_REGS))
-        self._frame = None
+        frame, self._frame = self._frame, None
         self._enter_host_state()
-        self.uc.mem_write(ENTRY_FRAME_ADDR, frame)
+        # Straight into our own page (no Unicorn call): nothing ever runs code from it.
+        ENTRY_FRAME.pack_into(self._pages, ENTRY_FRAME_ADDR - abi.SWITCHER_ADDR,
+                              *[frame[reg] for reg in ENTRY_FRAME_REGS])
         self.set("esp", ENTRY_FRAME_ADDR)
         return CODE_PAGE
 
@@ -657,18 +757,17 @@ class Switcher:
         exit_ = self._emulate(self._start_address())
         if self.get("eip") == ENTRY_GATE:
             self.set("eip", self.doorbell.resume)  # a ring stopped us at the gate
-        if self._in_vm86():
+        if self.in_vm86():
             return self._refuse_vm86()
         if exit_.kind is ExitKind.KICKED and self.get("eip") & ~0xFFF == CODE_PAGE:
             # A kick stopped us inside the trampoline, before the Guest got the CPU
             # back.  The world switch is all or nothing: the Guest's state is still
             # the whole entry frame, and the next run starts the trampoline again.
-            words = struct.unpack(f"<{len(ENTRY_FRAME_REGS)}I", self.uc.mem_read(
-                ENTRY_FRAME_ADDR, 4 * len(ENTRY_FRAME_REGS)))
+            words = ENTRY_FRAME.unpack_from(self._pages, ENTRY_FRAME_ADDR - abi.SWITCHER_ADDR)
             self._frame = dict(zip(ENTRY_FRAME_REGS, words, strict=True))
         return exit_
 
-    def _in_vm86(self) -> bool:
+    def in_vm86(self) -> bool:
         """Is the CPU itself (not a frame waiting for the trampoline) in virtual-8086 mode?"""
         return self._frame is None and bool(self.get("eflags") & abi.X86_EFLAGS_VM)
 
@@ -696,7 +795,7 @@ class Switcher:
         eip, cs, eflags, esp, ss = self.get_many(("eip", "cs", "eflags", "esp", "ss"))
         self._enter_host_state()
         self.load_frame(eip, cs | 3, eflags & ~VM86_ONLY_FLAGS, esp, ss | 3, 0, 0, 0, 0)
-        return Exit(ExitKind.TRAP, abi.Trap.GP, cs & 0xFFFC)
+        return trap_exit(abi.Trap.GP, cs & 0xFFFC)
 
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
@@ -706,17 +805,19 @@ class Switcher:
             self.fixed_ports.learn_writes(self.bus.quiet_writes())  # the devices have joined the bus
         self.runs += 1
         started, hooks_before = time.perf_counter(), self.in_hooks
+        self._regs_current, self._emulating = False, True
         try:
-            self.uc.emu_start(begin, STOP_PAGE)
+            self._start_emulator(begin)
         except UcError as err:
             if self._failure is None:
                 if self.exit is None:
                     # A fault the hooks did not explain, e.g. inside the trampoline
                     # while loading a bad Guest segment (spec §4.1's trapnum 256).
-                    return Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, err.errno)
+                    return trap_exit(abi.TRAPNUM_IN_SWITCHER, err.errno)
                 if err.errno != UC_ERR_EXCEPTION:
                     raise
         finally:
+            self._emulating = False
             # Our Python hooks ran inside emu_start: their time is the Host's, not the emulator's.
             self.emulating += time.perf_counter() - started - (self.in_hooks - hooks_before)
             self._native_ask_python()  # misses outside emulation: the Host's own loads
@@ -730,7 +831,21 @@ class Switcher:
             for reg, value in self._undo.items():
                 self.set(reg, value)
             self._undo = None
-        return self.exit or Exit(ExitKind.KICKED)
+        return self.exit or KICKED
+
+    def _start_emulator(self, begin: int) -> None:
+        """`uc.emu_start(begin, STOP_PAGE)`, without the binding's conversions."""
+        self.uc._hook_exception = None  # what the binding's own hooks (a debugger's) raised
+        self._begin.value = begin
+        err = _emu_start(self._uch, self._begin, _STOP_AT, _NO_LIMIT, _NO_LIMIT)
+        if err:
+            raise UcError(err)
+        if self.uc._hook_exception is not None:
+            raise self.uc._hook_exception
+
+    def _stop_emulator(self) -> None:
+        """`uc.emu_stop()`, from inside a hook."""
+        _emu_stop(self._uch)
 
     def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None]) -> None:
@@ -845,10 +960,11 @@ class Switcher:
             except BaseException as failure:  # noqa: BLE001 (run() raises it, as itself)
                 self._failure = failure
                 self._native_ask_python()
-                self.uc.emu_stop()
+                self._stop_emulator()
                 return default
             finally:
                 self._hook_depth -= 1
+                self._regs_current = False  # the CPU goes on from here
                 if not self._hook_depth:
                     self.in_hooks += time.perf_counter() - started
         return guarded
@@ -857,7 +973,7 @@ class Switcher:
         if self.exit is None:
             self.exit = exit_
         self._native_ask_python()
-        self.uc.emu_stop()
+        self._stop_emulator()
 
 # tour:S.70 The interrupt hook: a trap leaves the Guest
 # Every exception and every `int n` stops here, before the CPU would look at an IDT. For a
@@ -869,7 +985,7 @@ class Switcher:
 # length is recorded so a refused gate can point EIP back at it.  Then the fast path may
 # deliver it at once ("Direct traps: no trip through the run loop"), or the CPU stops and
 # the run loop gets the trap.
-    def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
+    def _on_interrupt(self, _engine: object, vector: int, _data: object) -> None:
         if vector == abi.LGUEST_TRAP_ENTRY or vector >= abi.FIRST_EXTERNAL_VECTOR:
             # Only `int n` raises these on our CPU (there is no hardware to interrupt).
             errcode, software, insn_len = 0, True, 2
@@ -879,11 +995,11 @@ class Switcher:
                 # A fault fills.c had the CPU raise, which interrupts.c did not deliver:
                 # it leaves the emulator as if the fill had refused it (cr2 is told).
                 (fault, cr2), self._raised = self._raised, None
-                self._leave(replace(fault, cr2=cr2))
+                self._leave(fault._replace(cr2=cr2))
                 return
             if self.get("eip") >> 12 == CODE_PAGE >> 12:
                 # A fault in the trampoline: the Guest's segments or frame were bad.
-                self._leave(Exit(ExitKind.TRAP, abi.TRAPNUM_IN_SWITCHER, errcode))
+                self._leave(trap_exit(abi.TRAPNUM_IN_SWITCHER, errcode))
                 return
             if vector not in abi.TRAPS_WITH_ERROR_CODE:
                 errcode = 0
@@ -893,11 +1009,10 @@ class Switcher:
     def _trap(self, vector: int, errcode: int, software: bool = False, insn_len: int = 0) -> None:
         """A trap: straight into the Guest if the Host's fast path takes it, else exit.
 
-        Never from virtual-8086 mode: `run()` turns that into the #GP the entry
-        into it should have been."""
-        if self._in_vm86():
-            self._leave(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
-            return
+        Never from virtual-8086 mode: the fast path refuses it there (it reads the
+        registers only for a vector that could go direct), and whatever exit is
+        taken, `run()` turns it into the #GP the entry into that mode should have
+        been."""
         if self.direct_trap is not None and self.direct_trap(vector, errcode, software):
             self.python_direct_traps += 1
             if self._frame is not None:
@@ -905,9 +1020,9 @@ class Switcher:
                 # and it only runs from outside a hook (switching rings inside one
                 # left Unicorn's state inconsistent under kicks).  Stop; the run
                 # loop re-enters at once, with no trap to handle.
-                self.uc.emu_stop()
+                self._stop_emulator()
             return
-        self._leave(Exit(ExitKind.TRAP, vector, errcode, software=software, insn_len=insn_len))
+        self._leave(trap_exit(vector, errcode, software, insn_len))
 
     def _software_int_length(self, vector: int) -> int:
         """`int n` is two bytes; `int3` and `into` are one."""
@@ -917,7 +1032,7 @@ class Switcher:
         gpa = self.mmu.peek(self.get("eip") - 1)
         return -1 if gpa is None else self.uc.mem_read(gpa, 1)[0]
 
-    def _on_invalid(self, uc: Uc, _data: object) -> bool:
+    def _on_invalid(self, _engine: object, _data: object) -> bool:
         self._trap(abi.Trap.UD, 0)
         return True
 
@@ -942,23 +1057,23 @@ class Switcher:
         self.flush_tlb()
         self._leave(exit_)
 
-    def _on_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
+    def _on_in(self, _engine: object, port: int, size: int, _data: object) -> int:
         self._drain_port_writes()
         if self.exit is not None:
             return self.get("eax")
         if self.cpl == 3:
             # lguest's TSS has no I/O bitmap: user code touching a port is #GP(0).
-            self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
+            self._fault_here(trap_exit(abi.Trap.GP))
             return self.get("eax")
         return self.bus.port_in(port, size)
 
-    def _on_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
+    def _on_out(self, _engine: object, port: int, size: int, value: int, _data: object) -> None:
         self._drain_port_writes()
         if self.exit is not None:
             return
         if self.cpl == 3 or not self.bus.port_out(port, size, value):
             # User code, or a write the Launcher rejected: #GP(0) at the out.
-            self._fault_here(Exit(ExitKind.TRAP, abi.Trap.GP, 0))
+            self._fault_here(trap_exit(abi.Trap.GP))
 
 # tour:S.90 The TLB-fill hook: a page fault leaves the Guest
 # Unicorn is built here in virtual-TLB mode: it never walks page tables itself, and calls
@@ -968,15 +1083,17 @@ class Switcher:
 # goes into the emulator's TLB and the Guest never notices.  A refusal makes the hook record
 # a page-fault exit with the page, the error code and whether it was an instruction fetch;
 # the CPU stops, and the run loop reflects the fault ("A page fault, back to the Guest").
-    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: ctypes.Structure, _data: object) -> bool:
+    def _on_tlb_fill(self, _engine: object, vaddr: int, access: int, entry: ctypes.Structure,
+                     _data: object) -> bool:
         if self._undo is not None:
             return False  # an in/out already faulted: nothing after it may run
         self.python_fills += 1
         write = access == UC_MEM_WRITE
         fetch = access == UC_MEM_FETCH
         cpl = self.cpl
-        answer = self._switcher_translation(vaddr, write, fetch, cpl)
-        if answer is None:
+        if vaddr >= abi.SWITCHER_ADDR:
+            answer = self._switcher_translation(vaddr, write, fetch, cpl)
+        else:
             answer = self.mmu.translate(vaddr, write, fetch, cpl == 3)
         if isinstance(answer, int):
             exact = self.exact_fills.address(vaddr) if self.exact_fills is not None else None
@@ -1002,10 +1119,9 @@ class Switcher:
         return True
 
     def _switcher_translation(self, vaddr: int, write: bool, fetch: bool,
-                              cpl: int) -> tuple[int, int] | int | None:
-        """The Switcher's own pages: kernel-only, like the original's mapping."""
-        if vaddr < abi.SWITCHER_ADDR:
-            return None
+                              cpl: int) -> tuple[int, int] | int:
+        """The Switcher's own pages (vaddr at SWITCHER_ADDR or above): kernel-only,
+        like the original's mapping."""
         page = vaddr & ~0xFFF
         error = abi.PF_WRITE * write | abi.PF_USER * (cpl == 3)
         if page in (CODE_PAGE, STOP_PAGE) and fetch:

@@ -37,14 +37,15 @@ class _Hook(ctypes.Structure):
 class TrapHook:
     """The C interrupt hook of one engine."""
 
-    def __init__(self, uc: Uc, python: Callable[[Uc, int, object], None],
-                 python_invalid: Callable[[Uc, object], bool]) -> None:
+    def __init__(self, uc: Uc, python: Callable[[object, int, object], None],
+                 python_invalid: Callable[[object, object], bool]) -> None:
         """`python` and `python_invalid`: the Switcher's interrupt and invalid-opcode
-        hooks, for whatever the C ones leave to Python (#UD arrives through the latter)."""
+        hooks, for whatever the C ones leave to Python (#UD arrives through the latter),
+        called as Unicorn calls a hook: the engine's handle first, the hook's data last."""
         hook = self._hook = _Hook()
         hook.python_decides = 1  # until the Switcher starts emulating
-        hook.python = IntrHook(lambda _uc, vector, _data: python(uc, vector, None))
-        hook.python_invalid = InvalidHook(lambda _uc, _data: python_invalid(uc, None))
+        hook.python = IntrHook(python)
+        hook.python_invalid = InvalidHook(python_invalid)
         self._handle = native.add_hook(uc, UC_HOOK_INTR, "lguest_interrupt_hook", hook)
         self._invalid_handle = native.add_hook(uc, UC_HOOK_INSN_INVALID, "lguest_invalid_hook", hook)
 
