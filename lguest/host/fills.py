@@ -43,7 +43,9 @@ Python pushed (`keep_kernel_write`, `keep_where`).
 
 A refusal the page tables give may become the Guest's #PF raised by the CPU
 itself, without stopping the emulator (`raise_page_fault`, when the Host says so
-from inside the Python hook; see the Guest's `_cpu_page_fault`).
+from inside the Python hook; see the Guest's `_cpu_page_fault`).  The plain
+refusals C raises alone (`refuse_here`: lguest_data.cr2 and the emulator's exact
+address; `take_raised` for the one interrupts.c could not deliver).
 
 What it owns: the table, the C hook's installation in one engine, the count
 of misses answered without Python (--stats), the bits saying where a shadow's record
