@@ -14,7 +14,7 @@ ROUNDS = 30
 KERNEL_FAULTS = 3  # not present, read-only, fetch (a supervisor page is the kernel's own)
 USER_FAULTS = 4  # and a supervisor page from ring 3
 RECORD_WORDS = 10
-KICKED_ROUNDS = 3000
+KICKED_ROUNDS = 12000
 
 # Four pages the rounds break (arm) and the handler mends: one not present, one
 # read-only, one supervisor-only, and one not present holding a `ret` to call.  The
@@ -181,6 +181,8 @@ def test_the_cpu_reflects_page_faults_as_the_host_would(asm_guest, gate) -> None
     # Only a fault whose frame lands on a stack page the fill hook has not answered yet
     # leaves the emulator.
     assert native.native_gates.reflected >= (KERNEL_FAULTS + USER_FAULTS) * (ROUNDS - 1)
+    # ... and the refusals behind them were C's own (fills.c's `refuse`), no Python at all.
+    assert native.switcher.fill_answers.refused >= (KERNEL_FAULTS + USER_FAULTS) * (ROUNDS - 1)
 
 
 @pytest.mark.parametrize("gate", ["0xF", "0xE"], ids=["trap-gate", "interrupt-gate"])

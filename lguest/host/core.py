@@ -409,6 +409,7 @@ class Guest:
             self.native_gates.update(vector)
         if self.native_irqs is not None:
             self.native_irqs.update(vector)
+        self._let_c_refuse()
 
     def gates_changed(self) -> None:
         """INIT, or a restored state: what every gate's delivery depends on changed."""
@@ -416,6 +417,19 @@ class Guest:
             self.native_gates.update_all()
         if self.native_irqs is not None:
             self.native_irqs.update_all()
+        self._let_c_refuse()
+
+    def _let_c_refuse(self) -> None:
+        """fills.c raises the plain refusals as the Guest's #PF itself where the Python
+        hook would have the CPU raise them (`_cpu_page_fault`), given the exact address."""
+        answers, gates, exact = self.switcher.fill_answers, self.native_gates, self.switcher.exact_fills
+        if answers is None:
+            return
+        cr2_at = 0
+        if (gates is not None and gates.cpu_raises_fault() and self.lguest_data is not None
+                and self.memory.ok(self.lguest_data + LguestData.CR2, 4)):
+            cr2_at = self.lguest_data + LguestData.CR2
+        answers.refuse_here(cr2_at, exact is not None and exact.installed)
 
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         """SET_STACK's stack: where traps from user mode land (ours, and the CPU's TSS)."""

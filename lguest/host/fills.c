@@ -46,6 +46,9 @@
 #define PTE_DIRTY 0x040
 #define PTE_PSE 0x080			/* in a PTE: the PAT bit; never allowed either way */
 #define PAGE_TABLE_FLAGS 0x067		/* all a directory entry may carry */
+#define PF_PRESENT 1			/* #PF error code bits */
+#define PF_WRITE 2
+#define PF_USER 4
 #define RECORD_BYTES ((1u << 20) / 8)	/* a bit per page of the address space */
 #define CHUNK_PAGES 512			/* and a bit per 64 bytes of those that may be set */
 #define RECORD_WORDS ((1u << 20) / CHUNK_PAGES / 64)
@@ -109,6 +112,14 @@ struct fill_table {
 	uint64_t recorded_chunks[TABLES][RECORD_WORDS];	/* where `recorded` may have a bit set */
 	uint32_t records;
 	struct new_record record[RECORDS];
+	/* Refusals this hook raises as the Guest's #PF itself (`refuse`) */
+	uint32_t cr2_at;			/* lguest_data.cr2, Guest-physical (0: Python decides) */
+	uint32_t old_exception_at;		/* QEMU's "exception in flight", in env */
+	int32_t exact;				/* exact_fill.c notes each miss's address */
+	int32_t raised;				/* a #PF raised here, not yet delivered: ... */
+	uint32_t raised_page, raised_errcode, raised_cr2;
+	int32_t raised_fetch;
+	uint64_t refused;			/* refusals raised here */
 };
 
 /* For the Python side to check its copy of the layout. */
@@ -547,6 +558,75 @@ static void raise_page_fault(struct fill_table *table)
 }
 
 /*
+ * The plain refusals of the page tables' `demand_page` (two-level), where the shadow's
+ * record holds no entry that allows the access (`translate` answers from it first):
+ * the directory entry not present; or plain, and the PTE not present; or present
+ * without the RW or USER bit the access needs (then the error code says present).
+ * The #PF error code, or -1 where Python decides (anything unusual, which it may
+ * kill for).
+ */
+static int32_t refusal(struct fill_table *table, uint32_t which, uint32_t page, int class, uint32_t record,
+		       bool sure)
+{
+	bool write = class % 3 == UC_MEM_WRITE - UC_MEM_READ, user = class >= 3;
+	uint32_t grant = (write ? PTE_RW : 0) | (user ? PTE_USER : 0), pde, pte;
+	int32_t error = (write ? PF_WRITE : 0) | (user ? PF_USER : 0);
+
+	if (!sure || (record & PTE_PRESENT && (record & grant) == grant) ||
+	    !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, &pde))
+		return -1;
+	if (!(pde & PTE_PRESENT))
+		return error;
+	if (pde & 0xFFF & ~PAGE_TABLE_FLAGS || pde >> 12 >= table->pfn_limit ||
+	    !guest_entry(table, (pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4, &pte))
+		return -1;
+	if (!(pte & PTE_PRESENT))
+		return error;
+	return (pte & grant) != grant ? error | PF_PRESENT : -1;
+}
+
+/*
+ * A refusal the Guest handles, raised as its #PF without Python, as the Python hook
+ * raises it (`_raise_in_cpu`): where the Host marked gate 14 for the CPU (`cr2_at`),
+ * QEMU noted the access's exact address (exact_fill.c), and no exception is in flight
+ * (QEMU would make it a double fault).  cr2 is told in lguest_data, the fault noted for
+ * the Switcher's interrupt hook in case interrupts.c cannot deliver it; then the CPU
+ * raises it.  False: Python decides, exactly as if this were not here.
+ */
+uint64_t lguest_exact_fill_address(void);
+
+static bool refuse(struct fill_table *table, uint32_t which, uint32_t page, int class, uint32_t record,
+		   bool sure)
+{
+	int32_t error;
+	uint32_t cr2;
+
+	if (!table->cr2_at || !table->exact || table->python_decides ||
+	    (uint64_t)table->cr2_at + 4 > table->ram_size ||
+	    *(const int32_t *)((const uint8_t *)table->env + table->old_exception_at) != -1)
+		return false;
+	cr2 = (uint32_t)lguest_exact_fill_address();
+	if ((cr2 & ~0xFFFu) != page || (error = refusal(table, which, page, class, record, sure)) < 0)
+		return false;
+	memcpy(table->ram + table->cr2_at, &cr2, 4);
+	table->raised_page = page;
+	table->raised_errcode = (uint32_t)error;
+	table->raised_cr2 = cr2;
+	table->raised_fetch = class % 3 == UC_MEM_FETCH - UC_MEM_READ;
+	table->raised = 1;
+	table->refused++;
+	table->fault_errcode = (uint32_t)error;
+	raise_page_fault(table);
+	return true;	/* not reached: QEMU unwinds to its CPU loop */
+}
+
+/* interrupts.c delivered the #PF this hook raised: nothing is left for Python. */
+void lguest_fills_fault_delivered(struct fill_table *table)
+{
+	table->raised = 0;
+}
+
+/*
  * What the shadow's record holds for a page this table has no answer for, as far as
  * this hook knows: the entry its slot keeps (`sure`: the slot is current, so the
  * record holds exactly that; else the table forgot everything since, and the record
@@ -595,9 +675,9 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 		}
 	}
 	/* (class is known here: a miss with no current slot asked it for the adoption) */
-	if (class >= 0 && table->pgdir[which] &&
-	    known_record(table, which, page, &record, &sure) &&
-	    walk(table, which, page, class, record, sure, result))
+	if (class >= 0 && table->pgdir[which] && known_record(table, which, page, &record, &sure) &&
+	    (walk(table, which, page, class, record, sure, result) ||
+	     refuse(table, which, page, class, record, sure)))
 		return true;
 	/* The page tables say, while answering, whether this answer may be repeated:
 	 * then it is kept here, for the same kind of access from the same ring. */

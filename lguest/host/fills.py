@@ -43,7 +43,9 @@ Python pushed (`keep_kernel_write`, `keep_where`).
 
 A refusal the page tables give may become the Guest's #PF raised by the CPU
 itself, without stopping the emulator (`raise_page_fault`, when the Host says so
-from inside the Python hook; see the Guest's `_cpu_page_fault`).
+from inside the Python hook; see the Guest's `_cpu_page_fault`).  The plain
+refusals C raises alone (`refuse_here`: lguest_data.cr2 and the emulator's exact
+address; `take_raised` for the one interrupts.c could not deliver).
 
 What it owns: the table, the C hook's installation in one engine, the count
 of misses answered without Python (--stats), the bits saying where a shadow's record
@@ -104,7 +106,11 @@ class _Table(ctypes.Structure):
                 ("hcalls_logged", ctypes.c_void_p), ("pfn_limit", ctypes.c_uint32),
                 ("walked", ctypes.c_uint64), ("recorded", ctypes.c_void_p),
                 ("recorded_chunks", (ctypes.c_uint64 * RECORD_WORDS) * TABLES), ("records", ctypes.c_uint32),
-                ("record", _Record * RECORDS))
+                ("record", _Record * RECORDS), ("cr2_at", ctypes.c_uint32),
+                ("old_exception_at", ctypes.c_uint32), ("exact", ctypes.c_int32), ("raised", ctypes.c_int32),
+                ("raised_page", ctypes.c_uint32), ("raised_errcode", ctypes.c_uint32),
+                ("raised_cr2", ctypes.c_uint32), ("raised_fetch", ctypes.c_int32),
+                ("refused", ctypes.c_uint64))
 
 
 # tour:S.160 TLB fills of pages already validated, served in C
@@ -181,8 +187,13 @@ class FillAnswers:
 
     @property
     def served(self) -> int:
-        """Misses answered in C, which the page tables never saw."""
-        return self._table.served
+        """Misses answered in C, which the page tables never saw (refusals included)."""
+        return self._table.served + self._table.refused
+
+    @property
+    def refused(self) -> int:
+        """Refusals C raised as the Guest's #PF itself."""
+        return self._table.refused
 
     def release(self) -> None:
         """The engine is closed: free the answers (megabytes) now, not whenever the
@@ -208,6 +219,7 @@ class FillAnswers:
         if raise_err is None:
             return False
         self._table.env = env
+        self._table.old_exception_at = old_exception_at
         self._table.raise_err = ctypes.cast(raise_err, ctypes.c_void_p).value
         self._old_exception = ctypes.c_int32.from_address(env + old_exception_at)
         return True
@@ -224,6 +236,21 @@ class FillAnswers:
         """Answer this refusal by having the CPU raise #PF(errcode) (fills.c), instead
         of stopping the emulator."""
         self._table.fault_errcode, self._table.raise_fault = errcode, 1
+
+    def refuse_here(self, cr2_at: int, exact: bool) -> None:
+        """Let C raise the plain refusals itself (fills.c's `refuse`): `cr2_at` is where
+        lguest_data.cr2 is (0: gate 14 is not the CPU's, Python decides), `exact` whether
+        the emulator notes each miss's address (exact_fill.py)."""
+        self._table.cr2_at, self._table.exact = cr2_at, exact
+
+    def take_raised(self) -> tuple[int, int, int, bool] | None:
+        """(page, error code, cr2, fetch) of the #PF C raised that the CPU did not
+        deliver (interrupts.c), once; None if there is none."""
+        table = self._table
+        if not table.raised:
+            return None
+        table.raised = 0
+        return table.raised_page, table.raised_errcode, table.raised_cr2, bool(table.raised_fetch)
 
     def use(self, which: int) -> None:
         """The current shadow changed: its table answers from now on."""

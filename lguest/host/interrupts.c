@@ -43,6 +43,7 @@ struct fill_table;	/* fills.c */
 bool lguest_fills_kernel_write(struct fill_table *table, uint32_t vaddr, uint32_t *paddr);
 bool lguest_fills_known(struct fill_table *table, uint32_t vaddr, uint32_t *paddr);
 void lguest_fills_delivering(struct fill_table *table, bool delivering);
+void lguest_fills_fault_delivered(struct fill_table *table);
 
 struct segment_cache {			/* QEMU's SegmentCache */
 	uint32_t selector;
@@ -238,6 +239,8 @@ bool lguest_native_trap(void *uc, uint32_t vector, struct gate_table *table)
 	lguest_fills_delivering(table->fills, true);
 	table->do_interrupt(table->cpu);
 	lguest_fills_delivering(table->fills, false);
+	if (kind >= REFLECT_FAULT)
+		lguest_fills_fault_delivered(table->fills);
 
 	if (kind == DIRECT) {
 		table->direct++;

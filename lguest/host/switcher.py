@@ -799,7 +799,7 @@ class Switcher:
 
     def _emulate(self, begin: int) -> Exit:
         self.exit = None
-        self._raised = None
+        self._raised_fault()  # none is left from the last run; if one were, it is gone
         self._native_ask_python(False)
         if not self.runs and self.fixed_ports is not None:
             self.fixed_ports.learn_writes(self.bus.quiet_writes())  # the devices have joined the bus
@@ -991,10 +991,11 @@ class Switcher:
             errcode, software, insn_len = 0, True, 2
         else:
             errcode, software = self.context.finish_exception()
-            if vector == abi.Trap.PF and not software and self._raised is not None:
+            raised = self._raised_fault() if vector == abi.Trap.PF and not software else None
+            if raised is not None:
                 # A fault fills.c had the CPU raise, which interrupts.c did not deliver:
                 # it leaves the emulator as if the fill had refused it (cr2 is told).
-                (fault, cr2), self._raised = self._raised, None
+                fault, cr2 = raised
                 self._leave(fault._replace(cr2=cr2))
                 return
             if self.get("eip") >> 12 == CODE_PAGE >> 12:
@@ -1005,6 +1006,15 @@ class Switcher:
                 errcode = 0
             insn_len = self._software_int_length(vector) if software else 0
         self._trap(vector, errcode, software, insn_len)
+
+    def _raised_fault(self) -> tuple[Exit, int] | None:
+        """The #PF raised from a fill, by the Python hook or by C itself, and its cr2."""
+        raised, self._raised = self._raised, None
+        in_c = self.fill_answers.take_raised() if self.fill_answers is not None else None
+        if raised is None and in_c is not None:
+            page, errcode, cr2, fetch = in_c
+            raised = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, errcode, page, fetch=fetch), cr2
+        return raised
 
     def _trap(self, vector: int, errcode: int, software: bool = False, insn_len: int = 0) -> None:
         """A trap: straight into the Guest if the Host's fast path takes it, else exit.
