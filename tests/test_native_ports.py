@@ -171,15 +171,17 @@ test_main:
 	{ending}
 text:	.asciz "{text.decode()}"
 """)
+    def all_written(run: Run) -> bool:
+        fixed_ports = run.guest.switcher.fixed_ports
+        if fixed_ports is not None:
+            return fixed_ports.deferred == PER_BYTE * len(text)  # queued, not yet printed
+        return len(run.printed) == len(text)
+
     views = []
     for native in (True, False):
         run = Run(elf, native)
-        fixed_ports = run.guest.switcher.fixed_ports
-        if native:
-            printed = lambda: fixed_ports.deferred == PER_BYTE * len(text)  # noqa: E731
-        else:
-            printed = lambda run=run: len(run.printed) == len(text)  # noqa: E731
-        stopper = threading.Thread(target=lambda: (_wait_for(printed), run.guest.stop_run()))
+        stopper = threading.Thread(target=lambda run=run: (_wait_for(lambda: all_written(run)),
+                                                           run.guest.stop_run()))
         stopper.start()
         assert run.run() == ""
         stopper.join()
@@ -364,7 +366,7 @@ test_main:
 def test_a_valid_window_that_is_not_emerg_wr_kills_alike(asm_guest) -> None:
     """Two bytes of emerg_wr: a valid window the console does not take quietly, which
     only Python may decide (the Guest dies for it)."""
-    elf = asm_guest(PRINT + f"""
+    elf = asm_guest(PRINT + """
 test_main:
 	INIT
 	movb $'a', %bl
