@@ -75,7 +75,8 @@ struct port_table {
 	uint32_t selector, selector_ports;	/* the selector's first port, and how many */
 	uint32_t selected, selected_known;	/* what the last full write there selected */
 	const uint64_t *quiet_selected;		/* sorted: selected << 32 | port << 8 | size */
-	const uint32_t *effects;		/* for each: function << 8 | enum window_effect */
+	const uint32_t *effects;		/* for each: function << 8 | enum window_effect;
+						   WRITES_DATA: quiet only through a quiet window */
 	uint32_t quiet_selected_count;
 	const uint64_t *quiet_windows;		/* sorted: function << 48 | bar << 40 | length << 32 | offset */
 	uint32_t quiet_windows_count;
@@ -148,12 +149,12 @@ static int64_t find(const uint64_t *keys, uint32_t count, uint64_t key)
 	return -1;
 }
 
-/* The window of `function` as this epoch's queued writes left it, or NULL if unknown. */
+/* The window of `function` as this epoch's queued writes left it (NULL: no such function). */
 static struct window *window_of(struct port_table *table, uint32_t function)
 {
-	struct window *window = &table->windows[function % FUNCTIONS];
+	struct window *window = function < FUNCTIONS ? &table->windows[function] : NULL;
 
-	if (window->epoch != table->epoch) {
+	if (window && window->epoch != table->epoch) {
 		window->epoch = table->epoch;
 		window->known = 0;
 	}
@@ -163,12 +164,9 @@ static struct window *window_of(struct port_table *table, uint32_t function)
 /* Is a data write through this function's window, as we know it, quiet? */
 static int window_is_quiet(struct port_table *table, uint32_t function)
 {
-	const struct window *window;
+	const struct window *window = window_of(table, function);
 
-	if (function >= FUNCTIONS)
-		return 0;
-	window = window_of(table, function);
-	if (window->known != WHOLE_WINDOW || window->bar > 0xFF || window->length > 0xFF)
+	if (!window || window->known != WHOLE_WINDOW || window->bar > 0xFF || window->length > 0xFF)
 		return 0;
 	return find(table->quiet_windows, table->quiet_windows_count,
 		    (uint64_t)function << 48 | (uint64_t)window->bar << 40 |
@@ -192,18 +190,23 @@ static int quiet_as_selected(struct port_table *table, uint32_t port, int size, 
 
 static void set_window(struct port_table *table, uint32_t effect, uint32_t value)
 {
-	struct window *window = window_of(table, effect >> 8);
 	uint32_t field = effect & 0xFF;
+	struct window *window;
 
+	if (field == UNTOUCHED || field == WRITES_DATA)
+		return;		/* a write elsewhere, or through the window: no field of it */
+	window = window_of(table, effect >> 8);
+	if (!window)
+		return;
 	if (field == SETS_BAR)
 		window->bar = value;
 	else if (field == SETS_OFFSET)
 		window->offset = value;
 	else if (field == SETS_LENGTH)
 		window->length = value;
-	else if (field == UNSETTLES)
+	if (field == UNSETTLES)
 		window->known = 0;
-	if (field >= SETS_BAR && field <= SETS_LENGTH)
+	else
 		window->known |= 1u << field;
 }
 
