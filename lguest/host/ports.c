@@ -14,15 +14,25 @@
  * needs no answer now, only to reach the Launcher in order: it is queued here,
  * and the Host hands the queue to the Launcher before any other port or device
  * access its Python sees and whenever the emulator stops (the hook asks it to
- * when the queue is full).  A write the Launcher may refuse, or whose effect
- * is seen at once (the byte the early console prints), is never queued: a
- * refusal is a #GP at that very `out`.
+ * when the queue is full).  A write the Launcher may refuse is queued only when
+ * this hook is certain it will not: a refusal is a #GP at that very `out`.
  *
  * Whether a write to the PCI data ports is quiet depends on the config address
  * latched before it: the Launcher names that selector port, and lists per
  * selected value the quiet (port, size) writes.  This hook knows the selected
  * value only after a full-width write to the selector that it queued itself;
  * any other write there, or any write it leaves to Python, makes it unknown.
+ *
+ * The early console's eighth `out`, the byte, goes through a function's PCI_CFG
+ * window (bar, offset, length) to its BAR0, and is refused when the window is
+ * invalid.  The Launcher says which selected writes set which field of which
+ * function's window, and through which whole windows a write is quiet but for
+ * its output (the console's emerg_wr, and only if the window is valid: that
+ * rule is the Launcher's, applied there).  So this hook tracks the windows
+ * from the writes it queued itself since anything last went to Python (the
+ * Host bumps `epoch` then), and queues the byte when the window it knows is
+ * one of those.  The byte is printed when the queue is drained, and a newline
+ * drains it at once: the console shows each line as soon as it is complete.
  *
  * Everything else -- a port whose answer depends on state, a write that is not
  * quiet, an access from ring 3 or virtual-8086 mode (which must fault), an
@@ -35,6 +45,11 @@
 #define NPORTS 65536
 #define QUEUE 256
 #define X86_EFLAGS_VM 0x20000
+#define FUNCTIONS 32		/* PCI slots: the functions whose windows we track */
+
+/* What a selected write does to its function's PCI_CFG window (ports.py's Window). */
+enum window_effect { UNTOUCHED, SETS_BAR, SETS_OFFSET, SETS_LENGTH, UNSETTLES, WRITES_DATA };
+#define WHOLE_WINDOW (1u << SETS_BAR | 1u << SETS_OFFSET | 1u << SETS_LENGTH)
 
 typedef uint32_t (*in_hook)(void *uc, uint32_t port, int size, void *data);
 typedef void (*out_hook)(void *uc, uint32_t port, int size, uint32_t value, void *data);
@@ -42,6 +57,12 @@ typedef void (*drain_queue)(void);
 
 struct queued_write {
 	uint32_t port, size, value;
+};
+
+/* One function's window as the writes queued in this epoch set it. */
+struct window {
+	uint32_t epoch, known;			/* known: 1 << SETS_... for each field set */
+	uint32_t bar, offset, length;
 };
 
 struct port_table {
@@ -54,11 +75,18 @@ struct port_table {
 	uint32_t selector, selector_ports;	/* the selector's first port, and how many */
 	uint32_t selected, selected_known;	/* what the last full write there selected */
 	const uint64_t *quiet_selected;		/* sorted: selected << 32 | port << 8 | size */
+	const uint32_t *effects;		/* for each: function << 8 | enum window_effect;
+						   WRITES_DATA: quiet only through a quiet window */
 	uint32_t quiet_selected_count;
+	const uint64_t *quiet_windows;		/* sorted: function << 48 | bar << 40 | length << 32 | offset */
+	uint32_t quiet_windows_count;
+	uint32_t epoch;				/* bumped whenever anything goes to Python */
 	uint64_t served;			/* reads answered here */
 	uint64_t deferred;			/* writes queued here */
+	uint64_t passed;			/* writes handed to the Python hook */
 	uint32_t queued;			/* writes waiting in the queue, oldest first */
 	struct queued_write queue[QUEUE];
+	struct window windows[FUNCTIONS];
 	uint8_t fixed[NPORTS];			/* 1: answer[port] is the whole story */
 	uint8_t quiet[NPORTS];			/* 1: any write there is quiet */
 	uint32_t answer[NPORTS];
@@ -104,28 +132,85 @@ uint32_t lguest_port_in_hook(void *uc, uint32_t port, int size, void *data)
 	return table->python(uc, port, size, NULL);
 }
 
-/* Is this write quiet while the selector holds what it does? */
-static int quiet_as_selected(const struct port_table *table, uint32_t port, int size)
+static int64_t find(const uint64_t *keys, uint32_t count, uint64_t key)
 {
-	uint64_t key = (uint64_t)table->selected << 32 | port << 8 | (uint32_t)size;
-	uint32_t low = 0, high = table->quiet_selected_count;
+	uint32_t low = 0, high = count;
 
-	if (!table->selected_known)
-		return 0;
 	while (low < high) {
 		uint32_t middle = low + (high - low) / 2;
 
-		if (table->quiet_selected[middle] == key)
-			return 1;
-		if (table->quiet_selected[middle] < key)
+		if (keys[middle] == key)
+			return middle;
+		if (keys[middle] < key)
 			low = middle + 1;
 		else
 			high = middle;
 	}
-	return 0;
+	return -1;
 }
 
-static void queue_write(struct port_table *table, uint32_t port, int size, uint32_t value)
+/* The window of `function` as this epoch's queued writes left it (NULL: no such function). */
+static struct window *window_of(struct port_table *table, uint32_t function)
+{
+	struct window *window = function < FUNCTIONS ? &table->windows[function] : NULL;
+
+	if (window && window->epoch != table->epoch) {
+		window->epoch = table->epoch;
+		window->known = 0;
+	}
+	return window;
+}
+
+/* Is a data write through this function's window, as we know it, quiet? */
+static int window_is_quiet(struct port_table *table, uint32_t function)
+{
+	const struct window *window = window_of(table, function);
+
+	if (!window || window->known != WHOLE_WINDOW || window->bar > 0xFF || window->length > 0xFF)
+		return 0;
+	return find(table->quiet_windows, table->quiet_windows_count,
+		    (uint64_t)function << 48 | (uint64_t)window->bar << 40 |
+		    (uint64_t)window->length << 32 | window->offset) >= 0;
+}
+
+/* Is this write quiet while the selector holds what it does?  Its effect on a window too. */
+static int quiet_as_selected(struct port_table *table, uint32_t port, int size, uint32_t *effect)
+{
+	uint64_t key = (uint64_t)table->selected << 32 | port << 8 | (uint32_t)size;
+	int64_t entry;
+
+	if (!table->selected_known)
+		return 0;
+	entry = find(table->quiet_selected, table->quiet_selected_count, key);
+	if (entry < 0)
+		return 0;
+	*effect = table->effects[entry];
+	return (*effect & 0xFF) != WRITES_DATA || window_is_quiet(table, *effect >> 8);
+}
+
+static void set_window(struct port_table *table, uint32_t effect, uint32_t value)
+{
+	uint32_t field = effect & 0xFF;
+	struct window *window;
+
+	if (field == UNTOUCHED || field == WRITES_DATA)
+		return;		/* a write elsewhere, or through the window: no field of it */
+	window = window_of(table, effect >> 8);
+	if (!window)
+		return;
+	if (field == SETS_BAR)
+		window->bar = value;
+	else if (field == SETS_OFFSET)
+		window->offset = value;
+	else if (field == SETS_LENGTH)
+		window->length = value;
+	if (field == UNSETTLES)
+		window->known = 0;
+	else
+		window->known |= 1u << field;
+}
+
+static void queue_write(struct port_table *table, uint32_t port, int size, uint32_t value, uint32_t effect)
 {
 	if (port == table->selector && size == 4) {
 		table->selected = value;
@@ -133,24 +218,33 @@ static void queue_write(struct port_table *table, uint32_t port, int size, uint3
 	} else if (port - table->selector < table->selector_ports) {
 		table->selected_known = 0;	/* a part of it: what it makes is the Launcher's */
 	}
+	set_window(table, effect, value & (0xFFFFFFFFu >> (32 - 8 * size)));
 	table->queue[table->queued++] = (struct queued_write){port, (uint32_t)size, value};
 	table->deferred++;
+	/* A whole line printed: the Launcher shows it now. */
+	if ((effect & 0xFF) == WRITES_DATA && (value & 0xFF) == '\n')
+		table->drain();
 }
 
 void lguest_port_out_hook(void *uc, uint32_t port, int size, uint32_t value, void *data)
 {
 	struct port_table *table = data;
+	uint32_t effect = UNTOUCHED;
 
 	if (port < NPORTS && size >= 1 && size <= 4 &&
-	    (table->quiet[port] || quiet_as_selected(table, port, size)) && plain_kernel_access(table, uc)) {
+	    (table->quiet[port] || quiet_as_selected(table, port, size, &effect)) &&
+	    plain_kernel_access(table, uc)) {
 		if (table->queued == QUEUE)
 			table->drain();
 		/* A drain that failed left the queue full, and Python deciding. */
 		if (table->queued < QUEUE) {
-			queue_write(table, port, size, value);
+			queue_write(table, port, size, value, effect);
 			return;
 		}
 	}
-	table->selected_known = 0;	/* whatever Python does with it */
+	/* Whatever Python does with it, the selector and the windows are the Launcher's. */
+	table->selected_known = 0;
+	table->epoch++;
+	table->passed++;
 	table->python_out(uc, port, size, value, NULL);
 }

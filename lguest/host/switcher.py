@@ -569,6 +569,7 @@ class Switcher:
         """The port writes C queued reach the Launcher now, before anything can see them."""
         if self.fixed_ports is not None:
             self.fixed_ports.drain()
+            self.fixed_ports.forget_windows()  # Python runs: C trusts no window it saw set
 
     def _native_ask_python(self, ask: bool = True) -> None:
         """While the Host has news the C hooks cannot see (an exit pending, a

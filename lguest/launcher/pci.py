@@ -19,8 +19,13 @@ from typing import NoReturn
 
 from lguest import abi
 from lguest.abi import PciCfg, VirtioCap, VirtioMmio
+from lguest.host.ports import Window
 
 CONFIG_ENABLE = 1 << 31
+# The PCI_CFG window's fields, as (config offset, size) of the only writes to them we take.
+_WINDOW_FIELDS = {(PciCfg.CAP_PCI_CFG + VirtioCap.BAR, 1): Window.BAR,
+                  (PciCfg.CAP_PCI_CFG + VirtioCap.OFFSET, 4): Window.OFFSET,
+                  (PciCfg.CAP_PCI_CFG + VirtioCap.LENGTH, 4): Window.LENGTH}
 
 
 class BadDriver(Exception):
@@ -90,10 +95,12 @@ class PciBus:
         device, reg = target
         return device.config_write(reg + byte, size, value)
 
-    def quiet_data_writes(self) -> dict[int, frozenset[tuple[int, int]]]:
+    def quiet_data_writes(self) -> dict[int, dict[tuple[int, int], tuple[int, Window]]]:
         """Per config address (one naming a dword of a function on the bus), the data-port
         writes, as (byte, size), that the function takes quietly: accepted whatever the
-        value and its state, with no effect beyond its config space (PciFunction.quietly_accepts)."""
+        value and its state, with no effect beyond its config space (PciFunction.quietly_accepts),
+        and the writes through its PCI_CFG window; each with the slot and what it does to
+        that window (PciFunction.window_effect)."""
         quiet = {}
         for slot in range(abi.MAX_PCI_DEVICES):
             for reg in range(0, abi.PCI_CONFIG_SIZE, 4):
@@ -102,11 +109,19 @@ class PciBus:
                 if target is None:
                     continue
                 device, at = target
-                writes = frozenset((byte, size) for byte in range(4) for size in (1, 2, 4)
-                                   if device.quietly_accepts(at + byte, size))
+                writes = {(byte, size): (slot, device.window_effect(at + byte, size))
+                          for byte in range(4) for size in (1, 2, 4)
+                          if device.quietly_accepts(at + byte, size)
+                          or device.window_effect(at + byte, size) == Window.DATA}
                 if writes:
                     quiet[addr] = writes
         return quiet
+
+    def quiet_windows(self) -> frozenset[tuple[int, int, int, int]]:
+        """(slot, bar, offset, length): the PCI_CFG windows through which a data write is
+        accepted and does nothing beyond its output (PciFunction.quiet_windows)."""
+        return frozenset((slot, *window) for slot, device in enumerate(self.slots) if device is not None
+                         for window in device.quiet_windows())
 
 
 class PciFunction:
@@ -131,6 +146,15 @@ class PciFunction:
         Host may hand it to us a little later."""
         taken = self._config_writer(offset, size)
         return taken is not None and taken[1]
+
+    def window_effect(self, offset: int, size: int) -> Window:
+        """What a config write of `size` bytes at `offset` does to our PCI_CFG window."""
+        return Window.UNTOUCHED
+
+    def quiet_windows(self) -> frozenset[tuple[int, int, int]]:
+        """(bar, offset, length): the windows through which a data write is accepted
+        whatever the value and our state, with no effect but its output."""
+        return frozenset()
 
     def _config_writer(self, offset: int, size: int) -> tuple[Callable[[int], bool], bool] | None:
         """How a write of `size` bytes at `offset` is taken (a function of the value,
@@ -242,7 +266,7 @@ class VirtioPciDevice(PciFunction):
         if (_within(offset, size, PciCfg.BAR0 + 4, PciCfg.BAR5_END)
                 or _within(offset, size, PciCfg.EXPANSION_ROM, PciCfg.EXPANSION_ROM + 4)
                 or _within(offset, size, PciCfg.CACHELINE_LATENCY, PciCfg.CACHELINE_LATENCY + 2)
-                or self._pci_cfg_field(offset, size)):
+                or (offset, size) in _WINDOW_FIELDS):
             return partial(self._store, offset, size), True
         if offset == PciCfg.CACHELINE_LATENCY and size == 4:
             return partial(self._store, offset, 2), True
@@ -271,12 +295,6 @@ class VirtioPciDevice(PciFunction):
         self.config[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
         return True
 
-    @staticmethod
-    def _pci_cfg_field(offset: int, size: int) -> bool:
-        cap = PciCfg.CAP_PCI_CFG
-        return ((offset, size) == (cap + VirtioCap.BAR, 1)
-                or (offset, size) in ((cap + VirtioCap.OFFSET, 4), (cap + VirtioCap.LENGTH, 4)))
-
     # --- the PCI_CFG window: BAR0 accesses through config space ---------------------------
     # tour:D.40 The early console
     # Before any driver runs, a Guest kernel already wants to print.  lguest's early console
@@ -284,32 +302,51 @@ class VirtioPciDevice(PciFunction):
     # console's `emerg_wr` register (in its device configuration) and writes one character
     # to the window's data.  That write arrives here, becomes a 32-bit write to BAR0 (see
     # ConsoleDevice.device_config_write), and the byte goes to our stdout.  Slow, about eight
-    # trapping port accesses per character (on the native path the Host queues the seven
-    # that only set the latch and the window's fields, which we take quietly: "Port I/O,
-    # served in C"), but it works before interrupts, drivers or even memory management
-    # exist, which is exactly when a kernel most needs to say what is wrong.
+    # trapping port accesses per character, but it works before interrupts, drivers or even memory management
+    # exist, which is exactly when a kernel most needs to say what is wrong.  On the native
+    # path no trap reaches us one by one: we tell the Host, as data, which config writes set
+    # which field of the window (`window_effect`) and through which valid windows a write
+    # only prints (`quiet_windows`: emerg_wr's), and its C hook queues all eight `out`s of
+    # each character when the fields it saw written make such a window.  The queue reaches
+    # us in order, at the latest when a newline is written, so a line shows when complete
+    # ("Port I/O, served in C").  Any other window, or any doubt, still comes here at once.
     def _window(self) -> tuple[int, int, int]:
         cap = PciCfg.CAP_PCI_CFG
         bar = self.config[cap + VirtioCap.BAR]
         offset, length = struct.unpack_from("<II", self.config, cap + VirtioCap.OFFSET)
         return bar, offset, length
 
-    def _window_valid(self) -> bool:
-        bar, offset, length = self._window()
+    def _window_valid(self, bar: int, offset: int, length: int) -> bool:
         return (bar == 0 and length in (1, 2, 4) and offset % length == 0
                 and offset + length <= self.mmio_size)
 
+    def window_effect(self, offset: int, size: int) -> Window:
+        if offset == PciCfg.PCI_CFG_DATA:
+            return Window.DATA
+        if (offset, size) in _WINDOW_FIELDS:
+            return _WINDOW_FIELDS[offset, size]
+        first, end = PciCfg.CAP_PCI_CFG + VirtioCap.BAR, PciCfg.CAP_PCI_CFG + VirtioCap.LENGTH + 4
+        return Window.UNSETTLED if offset < end and first < offset + size else Window.UNTOUCHED
+
+    def quiet_windows(self) -> frozenset[tuple[int, int, int]]:
+        return frozenset((0, offset, length) for offset, length in self.quiet_bar0_writes()
+                         if self._window_valid(0, offset, length))
+
+    def quiet_bar0_writes(self) -> frozenset[tuple[int, int]]:
+        """(offset, size): the BAR0 writes we take whatever the value and our state, with
+        no effect but their output."""
+        return frozenset()
+
     def _window_read(self) -> int:
-        if not self._window_valid():
-            bar, offset, length = self._window()
+        bar, offset, length = self._window()
+        if not self._window_valid(bar, offset, length):
             self.bad_driver(f"Invalid cfg_access to bar{bar}, offset {offset} len {length}")
-        _, offset, length = self._window()
         return self.mmio_read(offset, length)
 
     def _window_write(self, size: int, value: int) -> bool:
-        if not self._window_valid():
+        bar, offset, length = self._window()
+        if not self._window_valid(bar, offset, length):
             return False
-        _, offset, length = self._window()
         self.mmio_write(offset, length, value & ((1 << 8 * length) - 1))
         return True
 

@@ -51,10 +51,13 @@ class Ports:
         with no effect but on our own state, which the Host may hand us later, in order,
         before our next access.  Every port but the PCI data ports is quiet (the address
         latch, and ports we ignore); a data-port write is quiet where the latched address
-        names a config field its function takes quietly (PciBus.quiet_data_writes)."""
-        when_selected = {addr: frozenset((abi.PCI_CONFIG_DATA + byte, size) for byte, size in writes)
+        names a config field its function takes quietly, or its PCI_CFG window's data while
+        the window is one that only prints (PciBus.quiet_data_writes, quiet_windows)."""
+        when_selected = {addr: {(abi.PCI_CONFIG_DATA + byte, size): effect
+                                for (byte, size), effect in writes.items()}
                          for addr, writes in self.pci.quiet_data_writes().items()}
-        return QuietWrites(loud=PCI_DATA_PORTS, selector=PCI_ADDRESS_PORTS, when_selected=when_selected)
+        return QuietWrites(loud=PCI_DATA_PORTS, selector=PCI_ADDRESS_PORTS, when_selected=when_selected,
+                           quiet_windows=self.pci.quiet_windows())
 
     def port_in(self, port: int, size: int) -> int:
         self.count += 1
