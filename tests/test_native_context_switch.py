@@ -249,6 +249,10 @@ KILLS = {
 	HCALL LHCALL_SET_STACK, $0x69, $0x401000, $1	/* mapped in B only */
 	HCALL LHCALL_FLUSH_TLB, $1			/* every shadow empty: B pins it again */
 	HCALL LHCALL_NEW_PGTABLE, $dir_a""", "bad stack page 0x400fff"),
+    "FLUSH_TLB of everything, the stack unmapped unannounced": ("""
+	HCALL LHCALL_SET_STACK, $0x69, $0x401000, $1
+	movl $0, user_a
+	HCALL LHCALL_FLUSH_TLB, $1""", "bad stack page 0x400fff"),
     "NEW_PGTABLE of a misaligned directory after a switch C serves": ("""
 	HCALL LHCALL_NEW_PGTABLE, $dir_b
 	HCALL LHCALL_NEW_PGTABLE, $dir_a + 4""", "NEW_PGTABLE {dir_a4:#x} is not 4096-byte aligned"),

@@ -438,6 +438,20 @@ static int access_class(struct fill_table *table, void *uc, uint64_t vaddr, int 
  * is logged for the page tables to record, like an adoption.  With the log full,
  * Python walks.
  */
+/* The Guest's directory entry and PTE for `page` (and where the PTE is), if both are
+ * present and plain, in RAM, and the PTE grants `grant` (RW, USER): what a walk here
+ * may answer from. */
+static bool plain_entries(const struct fill_table *table, uint32_t which, uint32_t page, uint32_t grant,
+			  uint32_t *pde, uint32_t *pte_gpa, uint32_t *pte)
+{
+	if (!guest_entry(table, table->pgdir[which] + (page >> 22) * 4, pde) || !(*pde & PTE_PRESENT) ||
+	    *pde & 0xFFF & ~PAGE_TABLE_FLAGS || *pde >> 12 >= table->pfn_limit)
+		return false;
+	*pte_gpa = (*pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4;
+	return guest_entry(table, *pte_gpa, pte) && *pte & PTE_PRESENT && (*pte & grant) == grant &&
+	       !(*pte & PTE_PSE) && *pte >> 12 < table->pfn_limit;
+}
+
 static bool walk(struct fill_table *table, uint32_t which, uint32_t page, int class, uint32_t record,
 		 bool sure, struct tlb_entry *result)
 {
@@ -448,13 +462,7 @@ static bool walk(struct fill_table *table, uint32_t which, uint32_t page, int cl
 	bool from_record = pte && (pte & grant) == grant && (!write || pte & PTE_DIRTY);
 
 	if (!from_record || !sure) {
-		if (table->records == RECORDS ||
-		    !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, &pde) || !(pde & PTE_PRESENT) ||
-		    pde & 0xFFF & ~PAGE_TABLE_FLAGS || pde >> 12 >= table->pfn_limit)
-			return false;
-		pte_gpa = (pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4;
-		if (!guest_entry(table, pte_gpa, &pte) || !(pte & PTE_PRESENT) || (pte & grant) != grant ||
-		    pte & PTE_PSE || pte >> 12 >= table->pfn_limit)
+		if (table->records == RECORDS || !plain_entries(table, which, page, grant, &pde, &pte_gpa, &pte))
 			return false;
 		/* Unsure whether the record still holds `record` or nothing: both must answer
 		 * alike, the record as it is and a walk with nothing to set. */
@@ -688,6 +696,41 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	if (answered && table->keep && class >= 0)
 		learn(table, page, class, result);
 	return answered;
+}
+
+/*
+ * For hypercalls.c (a FLUSH_TLB of everything it serves, after which the page tables pin
+ * the stack again, §6.8): would a walk here, of a shadow that records nothing, answer a
+ * kernel write to every page of the stack (no kill, no refusal, room to log them)?
+ */
+static uint32_t stack_page(uint32_t top, uint32_t i)
+{
+	return (top - 1 - i * 0x1000u) & ~0xFFFu;
+}
+
+bool lguest_fills_can_pin(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages)
+{
+	uint32_t pde, pte_gpa, pte;
+
+	if (!table->slot || !table->pgdir[which] || table->records + pages > RECORDS)
+		return false;
+	for (uint32_t i = 0; i < pages; i++)
+		if (!plain_entries(table, which, stack_page(top, i), PTE_RW, &pde, &pte_gpa, &pte))
+			return false;
+	return true;
+}
+
+/* ... and then walk them, as the page tables' `pin_stack` would (its translates are no
+ * misses: the counts stay). */
+void lguest_fills_pin(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages)
+{
+	uint64_t served = table->served, walked = table->walked;
+	struct tlb_entry answer;
+
+	for (uint32_t i = 0; i < pages; i++)
+		walk(table, which, stack_page(top, i), KERNEL_WRITE, 0, true, &answer);
+	table->served = served;
+	table->walked = walked;
 }
 
 /*

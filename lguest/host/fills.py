@@ -243,6 +243,13 @@ class FillAnswers:
         the emulator notes each miss's address (exact_fill.py)."""
         self._table.cr2_at, self._table.exact = cr2_at, exact
 
+    def note_raised(self, page: int, errcode: int, cr2: int, fetch: bool) -> None:
+        """The Python hook has the CPU raise this #PF (`raise_page_fault`): noted as C notes
+        its own, for the interrupt hook if interrupts.c cannot deliver it."""
+        table = self._table
+        table.raised_page, table.raised_errcode, table.raised_cr2 = page, errcode, cr2
+        table.raised_fetch, table.raised = fetch, 1
+
     def take_raised(self) -> tuple[int, int, int, bool] | None:
         """(page, error code, cr2, fetch) of the #PF C raised that the CPU did not
         deliver (interrupts.c), once; None if there is none."""

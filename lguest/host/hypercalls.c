@@ -49,11 +49,12 @@
 
 enum { EAX, EBX, ECX, EDX, ESI, CS, EFLAGS };
 
-enum { LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER };
+enum { LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER, LOGGED_FLUSH_ALL };
 
 struct logged_change {			/* one change the shadows have yet to see, in order */
 	uint32_t what;			/* LOGGED_SET_PTE; LOGGED_SWITCH to pgdir's shadow; LOGGED_SET_PGD
-					 * of pgdir's entry `vaddr`; LOGGED_FLUSH_USER (FLUSH_TLB 0) */
+					 * of pgdir's entry `vaddr`; LOGGED_FLUSH_USER (FLUSH_TLB 0);
+					 * LOGGED_FLUSH_ALL (FLUSH_TLB 1) */
 	uint32_t pgdir;
 	uint32_t vaddr;
 	uint32_t unused;
@@ -65,6 +66,8 @@ void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t pag
 bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page);
 void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which);
 void lguest_fills_forget_all(struct fill_table *table, uint32_t which);
+bool lguest_fills_can_pin(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages);
+void lguest_fills_pin(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages);
 void lguest_fills_unrecorded(struct fill_table *table, uint32_t which, uint64_t start, uint64_t end);
 
 struct hcall_table {
@@ -292,12 +295,38 @@ static bool set_pgd(struct hcall_table *t, uint32_t pgdir, uint32_t index)
 	return true;
 }
 
+/*
+ * FLUSH_TLB (§6.5) of everything: every shadow forgets every entry (the fill hook learns
+ * they record none), the emulator's whole TLB goes, and the stack is pinned again in the
+ * current shadow, as the page tables' `clear_all` does: the fill hook walks its pages for
+ * a kernel write, and logs them after the flush.  A stack page a walk could not answer
+ * (the page tables would kill, or PAE tables): Python, before anything changed.
+ */
+static bool flush_everything(struct hcall_table *t)
+{
+	if (!lguest_fills_can_pin(t->fills, t->current, t->stack_top, t->stack_pages))
+		return false;
+	log_change(t, LOGGED_FLUSH_ALL, 0, 0, 0);
+	for (uint32_t i = 0; i < SHADOWS; i++) {
+		lguest_fills_forget_all(t->fills, i);
+		lguest_fills_unrecorded(t->fills, i, 0, 1ull << 32);
+	}
+	t->filled = 0;
+	flush_whole_tlb(t);
+	lguest_fills_pin(t->fills, t->current, t->stack_top, t->stack_pages);
+	if (t->stack_pages)
+		t->filled = 1u << t->current;
+	return true;
+}
+
 /* FLUSH_TLB (§6.5) of the current space's user part (the fill hook learns it records
- * none there); everything (which re-pins the stack) is Python's. */
+ * none there), or of everything. */
 static bool flush_tlb(struct hcall_table *t, uint32_t everything)
 {
-	if (everything || t->logged >= LOG_ENTRIES)
+	if (t->logged >= LOG_ENTRIES)
 		return false;
+	if (everything)
+		return flush_everything(t);
 	log_change(t, LOGGED_FLUSH_USER, 0, 0, 0);
 	lguest_fills_forget_all(t->fills, t->current);
 	lguest_fills_unrecorded(t->fills, t->current, 0, t->kernel_address);

@@ -59,7 +59,8 @@ CALLS = 32
 REGS = (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_ESI,
         UC_X86_REG_CS, UC_X86_REG_EFLAGS)
 LOGGED = struct.Struct("<III4xQ")  # struct logged_change: what, pgdir, vaddr, pte
-LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER = range(4)  # what a logged change is
+# what a logged change is
+LOGGED_SET_PTE, LOGGED_SWITCH, LOGGED_SET_PGD, LOGGED_FLUSH_USER, LOGGED_FLUSH_ALL = range(5)
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 
 

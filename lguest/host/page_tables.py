@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from lguest import abi
 from lguest.host.memory import GuestMemory, hex32
-from lguest.host.native_hypercalls import LOGGED_FLUSH_USER, LOGGED_SET_PGD, LOGGED_SWITCH
+from lguest.host.native_hypercalls import LOGGED_FLUSH_ALL, LOGGED_FLUSH_USER, LOGGED_SET_PGD, LOGGED_SWITCH
 from lguest.host.pgformat import PAE, TWO_LEVEL, PageFormat
 from lguest.host.switcher import PERM_EXEC, PERM_READ, PERM_WRITE
 
@@ -142,6 +142,8 @@ class PageTables:
                 self._drop_top_entry(pgdir, vaddr, forgotten_in_c=True)
             elif what == LOGGED_FLUSH_USER:
                 self._drop_user_part(forgotten_in_c=True)
+            elif what == LOGGED_FLUSH_ALL:
+                self._cleared_in_c()
             elif self._update_shadows(pgdir, vaddr, pte, forgotten_in_c=True):
                 self.tlb_may_hold.discard(vaddr & ~0xFFF)
 
@@ -459,8 +461,18 @@ class PageTables:
             self._forget(self.current)
             self.flush()
 
+    def _cleared_in_c(self) -> None:
+        """FLUSH_TLB(1) served in C (hypercalls.c): `clear_all`'s rule, C having forgotten
+        every answer and flushed the emulator's TLB; the stack pages it pinned again by
+        walking them follow in the log as entries it recorded (`_recorded_in_c`)."""
+        for shadow in [*self.shadows, self.current]:
+            shadow.ptes.clear()
+            shadow.answered.clear()
+        self.tlb_may_hold = set()
+
     def clear_all(self) -> None:
-        """Throw away every shadow entry, kernel part included, and re-pin the stack."""
+        """Throw away every shadow entry, kernel part included, and re-pin the stack
+        (hypercalls.c applies it too, where it can pin the stack by walking in C)."""
         self.catch_up()
         for shadow in [*self.shadows, self.current]:
             shadow.ptes.clear()

@@ -404,7 +404,6 @@ class Switcher:
         # A refused fill the CPU raises as the Guest's #PF itself: the Host's word on the
         # fault (it returns the exact cr2 it told the Guest, or None: leave the emulator).
         self.cpu_page_fault: Callable[[Exit], int | None] | None = None
-        self._raised: tuple[Exit, int] | None = None  # that fault and its cr2, for the interrupt hook
         self._failure: BaseException | None = None  # raised inside a hook, for run() to raise
         self._odd_code: set[int] = set()  # GDT entries that ever held code the entry gate cannot run in
         self._install_switcher_pages()
@@ -1009,13 +1008,14 @@ class Switcher:
         self._trap(vector, errcode, software, insn_len)
 
     def _raised_fault(self) -> tuple[Exit, int] | None:
-        """The #PF raised from a fill, by the Python hook or by C itself, and its cr2."""
-        raised, self._raised = self._raised, None
+        """The #PF raised from a fill (by the Python hook or by C itself) that the CPU has
+        not delivered, and its cr2: one note, in C, which interrupts.c clears when it
+        delivers (a note kept here would outlive a fault the CPU delivered)."""
         in_c = self.fill_answers.take_raised() if self.fill_answers is not None else None
-        if raised is None and in_c is not None:
-            page, errcode, cr2, fetch = in_c
-            raised = Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, errcode, page, fetch=fetch), cr2
-        return raised
+        if in_c is None:
+            return None
+        page, errcode, cr2, fetch = in_c
+        return Exit(ExitKind.PAGE_FAULT, abi.Trap.PF, errcode, page, fetch=fetch), cr2
 
     def _trap(self, vector: int, errcode: int, software: bool = False, insn_len: int = 0) -> None:
         """A trap: straight into the Guest if the Host's fast path takes it, else exit.
@@ -1125,7 +1125,7 @@ class Switcher:
         cr2 = self.cpu_page_fault(fault)
         if cr2 is None:
             return False
-        self._raised = fault, cr2
+        answers.note_raised(fault.address, fault.errcode, cr2, fault.fetch)
         answers.raise_page_fault(fault.errcode)
         return True
 
