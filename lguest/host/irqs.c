@@ -94,27 +94,23 @@ static struct irq_table *table_of(void *cpu)
 	return NULL;
 }
 
-static uint32_t ram32(const struct irq_table *table, uint32_t gpa, bool *ok)
+/* A field of lguest_data (`deliver` checked that all of them lie in RAM). */
+static uint32_t guest_field(const struct irq_table *table, uint32_t offset)
 {
-	uint32_t value = 0;
+	uint32_t value;
 
-	if ((uint64_t)gpa + 4 > table->ram_size) {
-		*ok = false;
-		return 0;
-	}
-	memcpy(&value, table->ram + gpa, 4);
+	memcpy(&value, table->ram + table->lguest_data + offset, 4);
 	return value;
 }
 
-static void set_ram32(struct irq_table *table, uint32_t gpa, uint32_t value)
+static void set_guest_field(struct irq_table *table, uint32_t offset, uint32_t value)
 {
-	memcpy(table->ram + gpa, &value, 4);
+	memcpy(table->ram + table->lguest_data + offset, &value, 4);
 }
 
-static uint32_t deliverable(const struct irq_table *table, bool *ok)
+static uint32_t deliverable(const struct irq_table *table)
 {
-	return __atomic_load_n(&table->pending, __ATOMIC_ACQUIRE) &
-	       ~ram32(table, table->lguest_data + LD_BLOCKED, ok);
+	return __atomic_load_n(&table->pending, __ATOMIC_ACQUIRE) & ~guest_field(table, LD_BLOCKED);
 }
 
 static void write_time(struct irq_table *table)
@@ -141,37 +137,36 @@ enum outcome { NOTHING, DELIVERED, ASK_PYTHON };
 /* The lowest deliverable irq through the CPU, or why not. */
 static enum outcome deliver(struct irq_table *table, uint32_t eip)
 {
-	uint32_t pending, irq, irq_enabled, hflags, bit;
-	bool ok = true;
+	uint32_t pending, irq, hflags;
 	uint8_t *frame;
 
+	/* lguest_data's fields up to irq_pending, the last one used here, lie in RAM */
 	if (!table->enabled || *table->python_decides || !table->lguest_data ||
 	    (uint64_t)table->lguest_data + LD_IRQ_PENDING + 4 > table->ram_size)
 		return ASK_PYTHON;
-	pending = deliverable(table, &ok);
-	if (!ok || !pending)
+	pending = deliverable(table);
+	if (!pending)
 		return __atomic_load_n(&table->pending, __ATOMIC_ACQUIRE) ? ASK_PYTHON : NOTHING;
 	irq = (uint32_t)__builtin_ctz(pending);
-	bit = 1u << irq;
-	irq_enabled = ram32(table, table->lguest_data + LD_IRQ_ENABLED, &ok);
-	if (!(irq_enabled & X86_EFLAGS_IF) || table->gate[irq] == IRQ_ASK_PYTHON || eip == table->noirq_iret)
+	if (!(guest_field(table, LD_IRQ_ENABLED) & X86_EFLAGS_IF) || table->gate[irq] == IRQ_ASK_PYTHON ||
+	    eip == table->noirq_iret)
 		return ASK_PYTHON;
 	hflags = lguest_cpu_hflags(table->gates);
 	frame = lguest_delivery_frame(table->gates, table->uc, hflags, lguest_frame_words(hflags, false));
 	if (frame == NULL)
 		return ASK_PYTHON;
 
-	__atomic_and_fetch(&table->pending, ~bit, __ATOMIC_ACQ_REL);
+	__atomic_and_fetch(&table->pending, ~(1u << irq), __ATOMIC_ACQ_REL);
 	lguest_fills_delivering(table->fills, true);
 	table->hardirq(table->env, FIRST_EXTERNAL_VECTOR + irq, 1);
 	lguest_fills_delivering(table->fills, false);
 	/* The real gate is a trap gate (the CPU's IF stays set), and irq_enabled said
 	 * IF, so the pushed EFLAGS is what the Python path pushes. */
 	if (table->gate[irq] == IRQ_INTERRUPT_GATE)
-		set_ram32(table, table->lguest_data + LD_IRQ_ENABLED, 0);
+		set_guest_field(table, LD_IRQ_ENABLED, 0);
 	write_time(table);
-	if (!deliverable(table, &ok))
-		set_ram32(table, table->lguest_data + LD_IRQ_PENDING, 0);
+	if (!deliverable(table))
+		set_guest_field(table, LD_IRQ_PENDING, 0);
 	table->delivered[irq]++;
 	table->total++;
 	return DELIVERED;
