@@ -623,16 +623,26 @@ def _exported_pointer(name: str) -> int | None:
         return None
 
 
+def _around(start: int, size: int, action: Callable[[], object]) -> tuple[bytes, bytes] | None:
+    """Our memory [start, start+size) before and after `action`, which is then undone:
+    every byte is put back."""
+    before = _process_memory(start, size)
+    if before is None:
+        return None
+    action()
+    after = _process_memory(start, size)
+    ctypes.memmove(start, before, size)
+    return None if after is None else (before, after)
+
+
 def _changed_word(start: int, size: int, action: Callable[[], object], bit: int) -> int | None:
     """The address of the one aligned 32-bit word in [start, start+size) that `action`
     changed, by setting `bit` and nothing else; every change is undone."""
-    before = _process_memory(start, size)
-    action()
-    after = _process_memory(start, size)
-    if before is None or after is None:
+    seen = _around(start, size, action)
+    if seen is None:
         return None
+    before, after = seen
     changed = [at for at in range(0, size - 3, 4) if before[at:at + 4] != after[at:at + 4]]
-    ctypes.memmove(start, before, size)
     if len(changed) != 1:
         return None
     old, new = (struct.unpack_from("<I", data, changed[0])[0] for data in (before, after))
@@ -643,19 +653,16 @@ def _icount_high(cpu: EngineCpu, cpu_exit: object) -> int | None:
     """The high half of the counter the CPUState's icount_decr_ptr names (the word right
     after its pointer to the registers), proven by `cpu_exit` setting it to -1."""
     state = cpu.env - cpu.cpu
-    words = _process_memory(cpu.cpu, state)
-    if words is None:
+    leave = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(ctypes.cast(cpu_exit, ctypes.c_void_p).value)
+    seen = _around(cpu.cpu, state, lambda: leave(cpu.cpu))
+    if seen is None:
         return None
-    env_ptr = [at for at in range(0, state - 15, 8) if struct.unpack_from("<Q", words, at)[0] == cpu.env]
+    before, after = seen
+    env_ptr = [at for at in range(0, state - 15, 8) if struct.unpack_from("<Q", before, at)[0] == cpu.env]
     if len(env_ptr) != 1:
         return None
-    counter = struct.unpack_from("<Q", words, env_ptr[0] + 8)[0]
-    if not cpu.cpu < counter < cpu.env:
+    high = struct.unpack_from("<Q", before, env_ptr[0] + 8)[0] + 2 - cpu.cpu
+    if not 2 <= high <= state - 2:
         return None
-    high = counter + 2
-    before = _process_memory(cpu.cpu, state)
-    ctypes.CFUNCTYPE(None, ctypes.c_void_p)(ctypes.cast(cpu_exit, ctypes.c_void_p).value)(cpu.cpu)
-    after = _process_memory(high, 2)
-    if before is not None:
-        ctypes.memmove(cpu.cpu, before, state)
-    return high if after == b"\xff\xff" and _process_memory(high, 2) != b"\xff\xff" else None
+    put_back = _process_memory(cpu.cpu + high, 2) == before[high:high + 2]
+    return cpu.cpu + high if after[high:high + 2] == b"\xff\xff" and put_back else None
