@@ -698,16 +698,17 @@ bool lguest_tlb_fill_hook(void *uc, uint64_t vaddr, int type, struct tlb_entry *
 	return answered;
 }
 
-/*
- * For hypercalls.c (a FLUSH_TLB of everything it serves, after which the page tables pin
- * the stack again, §6.8): would a walk here, of a shadow that records nothing, answer a
- * kernel write to every page of the stack (no kill, no refusal, room to log them)?
- */
+/* The i-th page of the stack SET_STACK named, from its top down (§6.8). */
 static uint32_t stack_page(uint32_t top, uint32_t i)
 {
 	return (top - 1 - i * 0x1000u) & ~0xFFFu;
 }
 
+/*
+ * For hypercalls.c (a FLUSH_TLB of everything it serves, after which the page tables pin
+ * the stack again, §6.8): would a walk here, of a shadow that records nothing, answer a
+ * kernel write to every page of the stack (no kill, no refusal, room to log them)?
+ */
 bool lguest_fills_can_pin(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages)
 {
 	uint32_t pde, pte_gpa, pte;
@@ -734,18 +735,24 @@ void lguest_fills_pin(struct fill_table *table, uint32_t which, uint32_t top, ui
 }
 
 /*
- * For hypercalls.c (a NEW_PGTABLE it serves): is a kernel write to `page` answered in
- * shadow `which` from what that shadow holds now (not from a re-read: then the page
- * tables' own record may lack the entry)?
+ * For hypercalls.c (a NEW_PGTABLE or SET_STACK it serves): is every page of the stack
+ * answered for a kernel write in shadow `which` from what that shadow holds now (not
+ * from a re-read: then the page tables' own record may lack the entry)?  Such an
+ * answer comes from an entry the shadow holds, present, writable and dirty, so the
+ * page tables' own pinning would find nothing to do and no reason to kill.
  */
-bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page)
+bool lguest_fills_stack_pinned(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages)
 {
-	struct answer_slot *slot;
-
 	if (!table->slot)
 		return false;
-	slot = slot_of(table, which, page);
-	return slot->page == page && slot->generation == table->generation[which] && writes_kernel(slot);
+	for (uint32_t i = 0; i < pages; i++) {
+		uint32_t page = stack_page(top, i);
+		const struct answer_slot *slot = slot_of(table, which, page);
+
+		if (slot->page != page || slot->generation != table->generation[which] || !writes_kernel(slot))
+			return false;
+	}
+	return true;
 }
 
 /* Shadow `which` is current, and the emulator's whole TLB was flushed (hypercalls.c,

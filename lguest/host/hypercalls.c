@@ -63,7 +63,7 @@ struct logged_change {			/* one change the shadows have yet to see, in order */
 
 struct fill_table;			/* fills.c */
 void lguest_fills_set_pte(struct fill_table *table, uint32_t which, uint32_t page, uint32_t record);
-bool lguest_fills_kept_kernel_write(struct fill_table *table, uint32_t which, uint32_t page);
+bool lguest_fills_stack_pinned(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages);
 void lguest_fills_tlb_flushed(struct fill_table *table, uint32_t which);
 void lguest_fills_forget_all(struct fill_table *table, uint32_t which);
 bool lguest_fills_can_pin(struct fill_table *table, uint32_t which, uint32_t top, uint32_t pages);
@@ -222,23 +222,6 @@ static bool set_pte(struct hcall_table *t, uint32_t pgdir, uint32_t vaddr, uint3
 }
 
 /*
- * Is every page of a stack answered for a kernel write in shadow `which` (§6.8: the
- * stack stays mapped in every address space)?  Such an answer comes from an entry
- * the shadow holds, present, writable and dirty, so the page tables' own pinning
- * would find nothing to do and no reason to kill.
- */
-static bool stack_pinned(const struct hcall_table *t, uint32_t which, uint32_t top, uint32_t pages)
-{
-	for (uint32_t i = 0; i < pages; i++) {
-		uint32_t page = (top - 1 - i * 0x1000u) & ~0xFFFu;
-
-		if (!lguest_fills_kept_kernel_write(t->fills, which, page))
-			return false;
-	}
-	return true;
-}
-
-/*
  * NEW_PGTABLE of a directory a shadow already holds (its format was checked when
  * that shadow was made): the emulator's whole TLB goes, the fill hook answers from
  * that shadow, and the switch is logged in order with the SET_PTEs around it.  The
@@ -255,7 +238,8 @@ static bool new_pgtable(struct hcall_table *t, uint32_t pgdir)
 			break;
 	if (which == t->shadows || which == SHADOWS || t->logged >= LOG_ENTRIES)
 		return false;
-	if (!(t->filled & (1u << which)) && !stack_pinned(t, which, t->stack_top, t->stack_pages))
+	if (!(t->filled & (1u << which)) &&
+	    !lguest_fills_stack_pinned(t->fills, which, t->stack_top, t->stack_pages))
 		return false;
 	log_change(t, LOGGED_SWITCH, pgdir, 0, 0);
 	t->current = which;
@@ -345,7 +329,7 @@ static bool set_stack(struct hcall_table *t, uint32_t ss, uint32_t esp, uint32_t
 	uint16_t ss16 = (uint16_t)ss;
 
 	if ((ss & 3) != (uint32_t)t->guest_pl || pages > t->max_stack_pages ||
-	    !stack_pinned(t, t->current, esp, pages))
+	    !lguest_fills_stack_pinned(t->fills, t->current, esp, pages))
 		return false;
 	t->stack_top = esp;
 	t->stack_pages = pages;

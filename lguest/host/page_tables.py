@@ -584,7 +584,7 @@ class PageTables:
         """Make sure the SET_STACK pages are mapped and writable (else `bad stack page`).
 
         The C hook keeps each kernel-write answer: a NEW_PGTABLE back to this shadow
-        is served in C only while it holds them (hypercalls.c `stack_pinned`)."""
+        is served in C only while it holds them (fills.c `lguest_fills_stack_pinned`)."""
         for i in range(self.stack_pages):
             page = (self.stack_top - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF
             if isinstance(self.translate(page, True, False, False), int):
