@@ -36,31 +36,8 @@ on_pf:
 	pushl %ecx
 	pushl %ebx
 	pushl %edx
-	movl log_at, %edi
-	movl lguest_data + LD_CR2, %ecx
-	movl %ecx, (%edi)
-	movl 20(%esp), %ecx		/* the error code */
-	movl %ecx, 4(%edi)
-	movl 24(%esp), %ecx
-	movl %ecx, 8(%edi)
-	movl 28(%esp), %ecx
-	movl %ecx, 12(%edi)
-	movl 32(%esp), %ecx
-	movl %ecx, 16(%edi)
-	movl 36(%esp), %ecx
-	movl %ecx, 20(%edi)
-	movl 40(%esp), %ecx
-	movl %ecx, 24(%edi)
-	movl lguest_data + LD_IRQ_ENABLED, %ecx
-	movl %ecx, 28(%edi)
-	movl %eax, 32(%edi)
-	movl %esp, 36(%edi)
-	incl records
-	addl $40, log_at
-	cmpl $log_end, log_at
-	jb 1f
-	movl $log, log_at		/* a long run keeps the last records */
-1:	pushl %eax
+	LOG_TRAP lguest_data + LD_CR2, 20(%esp), 24	/* cr2, the error code, the frame */
+	pushl %eax
 	movl lguest_data + LD_CR2, %ecx
 	andl $0xfffff000, %ecx
 	movl %ecx, %edx

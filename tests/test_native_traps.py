@@ -14,10 +14,9 @@ KINDS = 5  # int $0x80, int3, into, #DE, #UD: each once a round, from ring 1 and
 RECORD_WORDS = 10
 KICKED_ROUNDS = 40000  # long enough for thousands of kicks
 
-# Each handler logs what it found: which trap, the five words from the frame up
-# (eip, cs, eflags, then the old esp and ss from ring 3, or whatever the interrupted
-# stack held above the frame from ring 1), irq_enabled, %eax, and its own %esp and
-# %ss; then it steps over a faulting instruction and returns through lguest_iret.
+# Each handler logs what it found (the prelude's LOG_TRAP): which trap and its own %ss,
+# the five words from the frame up, irq_enabled, %eax and its own %esp; then it steps
+# over a faulting instruction and returns through lguest_iret.
 TRAP_GUEST = """
 	.set ROUNDS, {rounds}
 on_syscall:
@@ -42,30 +41,8 @@ record:
 	pushl %esi
 	pushl %edi
 	pushl %ecx
-	movl log_at, %edi
-	movl 12(%esp), %ecx
-	movl %ecx, (%edi)
-	movl 20(%esp), %ecx
-	movl %ecx, 4(%edi)
-	movl 24(%esp), %ecx
-	movl %ecx, 8(%edi)
-	movl 28(%esp), %ecx
-	movl %ecx, 12(%edi)
-	movl 32(%esp), %ecx
-	movl %ecx, 16(%edi)
-	movl 36(%esp), %ecx
-	movl %ecx, 20(%edi)
-	movl lguest_data + LD_IRQ_ENABLED, %ecx
-	movl %ecx, 24(%edi)
-	movl %eax, 28(%edi)
-	movl %esp, 32(%edi)
-	movw %ss, 36(%edi)
-	incl records
-	addl $40, log_at
-	cmpl $log_end, log_at
-	jb 1f
-	movl $log, log_at		/* a long run keeps the last records */
-1:
+	movl %ss, %esi
+	LOG_TRAP 12(%esp), %esi, 20
 	movl 16(%esp), %ecx
 	addl %ecx, 20(%esp)
 	popl %ecx

@@ -68,6 +68,36 @@
 	SHUTDOWN $power_down
 .endm
 
+/*
+ * For a trap handler that compares what it found on both paths: one record of ten words
+ * in the ring from `log` to `log_end` (the test defines them, and `log_at` and `records`;
+ * a long run keeps the last records): `first` and `second` (registers or memory, not
+ * %ecx or %edi), the five words from `frame`(%esp) up (eip, cs, eflags, then the old esp
+ * and ss from ring 3, or what the interrupted stack held above the frame from ring 1),
+ * irq_enabled, %eax and %esp.  Uses %ecx and %edi, which the handler saved.
+ */
+.macro LOG_TRAP first, second, frame
+	movl log_at, %edi
+	movl \first, %ecx
+	movl %ecx, (%edi)
+	movl \second, %ecx
+	movl %ecx, 4(%edi)
+	.irp word, 0, 1, 2, 3, 4
+	movl \frame + 4 * \word(%esp), %ecx
+	movl %ecx, 8 + 4 * \word(%edi)
+	.endr
+	movl lguest_data + LD_IRQ_ENABLED, %ecx
+	movl %ecx, 28(%edi)
+	movl %eax, 32(%edi)
+	movl %esp, 36(%edi)
+	incl records
+	addl $40, log_at
+	cmpl $log_end, log_at
+	jb .Llog_kept\@
+	movl $log, log_at
+.Llog_kept\@:
+.endm
+
 /* Install an IDT gate: vector, handler, type (0xE interrupt / 0xF trap), dpl. */
 .macro GATE vector, handler, type=0xE, dpl=1
 	movl $\handler, %ecx
