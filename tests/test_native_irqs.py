@@ -9,6 +9,7 @@ import threading
 import time
 
 from conftest import make_guest, symbol
+from test_interrupts import FAIL
 
 from lguest import abi
 from lguest.host import native_irqs
@@ -198,14 +199,13 @@ test_main:
 	cmpl $1, irq_count
 	jne fail
 	POWEROFF
-fail:	SHUTDOWN $failed
 	.data
 	.globl blocked_flag, unmask_flag
 blocked_flag: .long 0
 unmask_flag: .long 0
 irq_count: .long 0
-failed:	.asciz "check failed"
-"""
+	.text
+""" + FAIL
 
 
 def raise_while_masked(guest, elf) -> None:
