@@ -422,14 +422,9 @@ class Guest:
     def _let_c_refuse(self) -> None:
         """fills.c raises the plain refusals as the Guest's #PF itself where the Python
         hook would have the CPU raise them (`_cpu_page_fault`), given the exact address."""
-        answers, gates, exact = self.switcher.fill_answers, self.native_gates, self.switcher.exact_fills
-        if answers is None:
-            return
-        cr2_at = 0
-        if (gates is not None and gates.cpu_raises_fault() and self.lguest_data is not None
-                and self.memory.ok(self.lguest_data + LguestData.CR2, 4)):
-            cr2_at = self.lguest_data + LguestData.CR2
-        answers.refuse_here(cr2_at, exact is not None and exact.installed)
+        answers, exact = self.switcher.fill_answers, self.switcher.exact_fills
+        if answers is not None:
+            answers.refuse_here(self._cr2_for_the_cpu() or 0, exact is not None and exact.installed)
 
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         """SET_STACK's stack: where traps from user mode land (ours, and the CPU's TSS)."""
@@ -529,16 +524,21 @@ class Guest:
             return None
         return cr2
 
-    def _cpu_page_fault(self, exit_: Exit) -> int | None:
-        """From inside the fill hook: may the CPU raise this fault and deliver it itself
-        (interrupts.c, through gate 14)?  Then cr2 is told now, at the precise EIP the
-        emulator restored before asking, and returned; None: it leaves the emulator."""
+    def _cr2_for_the_cpu(self) -> int | None:
+        """Where cr2 is told when the CPU raises and delivers the Guest's page faults itself
+        (interrupts.c, through gate 14, marked for it); None: they leave the emulator (and
+        a cr2 outside RAM kills, "Writing cr2", on that path)."""
         gates = self.native_gates
         if gates is None or not gates.cpu_raises_fault() or self.lguest_data is None:
             return None
-        if not self.memory.ok(self.lguest_data + LguestData.CR2, 4):
-            return None  # the exit path kills it ("Writing cr2")
-        return self._tell_cr2(exit_)
+        cr2 = self.lguest_data + LguestData.CR2
+        return cr2 if self.memory.ok(cr2, 4) else None
+
+    def _cpu_page_fault(self, exit_: Exit) -> int | None:
+        """From inside the fill hook: may the CPU raise this fault and deliver it itself
+        (`_cr2_for_the_cpu`)?  Then cr2 is told now, at the precise EIP the emulator
+        restored before asking, and returned; None: it leaves the emulator."""
+        return self._tell_cr2(exit_) if self._cr2_for_the_cpu() is not None else None
 
     def fault_address(self, exit_: Exit) -> int:
         """The exact faulting address: the emulator's, where it says (the native path),
