@@ -135,7 +135,7 @@ static uint32_t eip_now(const struct irq_table *table)
 enum outcome { NOTHING, DELIVERED, ASK_PYTHON };
 
 /* The lowest deliverable irq through the CPU, or why not. */
-static enum outcome deliver(struct irq_table *table, uint32_t eip)
+static enum outcome deliver(struct irq_table *table)
 {
 	uint32_t pending, irq, hflags;
 	uint8_t *frame;
@@ -149,7 +149,7 @@ static enum outcome deliver(struct irq_table *table, uint32_t eip)
 		return __atomic_load_n(&table->pending, __ATOMIC_ACQUIRE) ? ASK_PYTHON : NOTHING;
 	irq = (uint32_t)__builtin_ctz(pending);
 	if (!(guest_field(table, LD_IRQ_ENABLED) & X86_EFLAGS_IF) || table->gate[irq] == IRQ_ASK_PYTHON ||
-	    eip == table->noirq_iret)
+	    eip_now(table) == table->noirq_iret)
 		return ASK_PYTHON;
 	hflags = lguest_cpu_hflags(table->gates);
 	frame = lguest_delivery_frame(table->gates, table->uc, hflags, lguest_frame_words(hflags, false));
@@ -186,7 +186,7 @@ static bool exec_interrupt(void *cpu, int request)
 	if (request & ~CPU_INTERRUPT_HARD)
 		done = table->x86_exec_interrupt(cpu, request & ~CPU_INTERRUPT_HARD);
 	if (__atomic_load_n(&table->pending, __ATOMIC_ACQUIRE)) {
-		switch (deliver(table, eip_now(table))) {
+		switch (deliver(table)) {
 		case DELIVERED:
 			done = true;
 			break;
