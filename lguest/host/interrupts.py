@@ -296,7 +296,12 @@ def real_gate(guest: Guest, vector: int, kind: GateKind) -> tuple[int, int]:
     """The gate the CPU finds in the real IDT: the Guest's, as a trap gate; none for Python."""
     if kind is GateKind.ASK_PYTHON:
         return 0, 0
-    lo, hi = guest.idt.entries[vector]
+    return as_trap_gate(*guest.idt.entries[vector])
+
+
+def as_trap_gate(lo: int, hi: int) -> tuple[int, int]:
+    """A Guest gate as the CPU delivers through it: a trap gate, so its real IF stays set
+    (the Guest's virtual IF is irq_enabled, which the delivery's fix-up turns off)."""
     return lo, (hi & ~0xF00) | abi.GATE_TRAP << 8
 
 

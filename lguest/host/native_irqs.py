@@ -35,7 +35,7 @@ from lguest import abi
 from lguest.host import native
 from lguest.host.calibration import CpuInterrupts, EngineCpu, cpu_interrupts
 from lguest.host.clock import OneShot
-from lguest.host.interrupts import gate_type
+from lguest.host.interrupts import as_trap_gate, gate_type
 
 if TYPE_CHECKING:
     from lguest.host.core import Guest
@@ -162,8 +162,7 @@ class NativeIrqs:
         kind = irq_gate(self._guest, irq)
         self._table.gate[irq] = kind
         if kind is not IrqGate.ASK_PYTHON:
-            lo, hi = self._guest.idt.entries[vector]
-            self._guest.switcher.write_real_gate(vector, lo, (hi & ~0xF00) | abi.GATE_TRAP << 8)
+            self._guest.switcher.write_real_gate(vector, *as_trap_gate(*self._guest.idt.entries[vector]))
 
     def update_all(self) -> None:
         """INIT (or a restored state)."""
