@@ -177,13 +177,25 @@ static bool guest_entry(const struct fill_table *table, uint32_t gpa, uint32_t *
  * would walk them to the same answers: the slot is current again.  Anything else
  * goes to Python, which walks and checks.
  */
+/* Where the two-level entries for `page` lie: the directory entry under shadow `which`'s
+ * directory, and the PTE in the table a directory entry names. */
+static uint32_t pde_at(const struct fill_table *table, uint32_t which, uint32_t page)
+{
+	return table->pgdir[which] + (page >> 22) * 4;
+}
+
+static uint32_t pte_at(uint32_t pde, uint32_t page)
+{
+	return (pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4;
+}
+
 /* The Guest's directory entry and PTE for `page` under shadow `which`'s directory. */
 static bool read_entries(const struct fill_table *table, uint32_t which, uint32_t page, uint32_t *pde,
 			 uint32_t *pte)
 {
-	if (!table->pgdir[which] || !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, pde))
+	if (!table->pgdir[which] || !guest_entry(table, pde_at(table, which, page), pde))
 		return false;
-	return guest_entry(table, (*pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4, pte);
+	return guest_entry(table, pte_at(*pde, page), pte);
 }
 
 static bool still_holds(struct fill_table *table, uint32_t which, struct answer_slot *slot)
@@ -441,13 +453,20 @@ static int access_class(struct fill_table *table, void *uc, uint64_t vaddr, int 
 /* The Guest's directory entry and PTE for `page` (and where the PTE is), if both are
  * present and plain, in RAM, and the PTE grants `grant` (RW, USER): what a walk here
  * may answer from. */
+/* A present directory entry a walk here may follow: no flag a page table's entry may not
+ * carry (a 4 MiB page, say), and its table in RAM. */
+static bool plain_pde(const struct fill_table *table, uint32_t pde)
+{
+	return !(pde & 0xFFF & ~PAGE_TABLE_FLAGS) && pde >> 12 < table->pfn_limit;
+}
+
 static bool plain_entries(const struct fill_table *table, uint32_t which, uint32_t page, uint32_t grant,
 			  uint32_t *pde, uint32_t *pte_gpa, uint32_t *pte)
 {
-	if (!guest_entry(table, table->pgdir[which] + (page >> 22) * 4, pde) || !(*pde & PTE_PRESENT) ||
-	    *pde & 0xFFF & ~PAGE_TABLE_FLAGS || *pde >> 12 >= table->pfn_limit)
+	if (!guest_entry(table, pde_at(table, which, page), pde) || !(*pde & PTE_PRESENT) ||
+	    !plain_pde(table, *pde))
 		return false;
-	*pte_gpa = (*pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4;
+	*pte_gpa = pte_at(*pde, page);
 	return guest_entry(table, *pte_gpa, pte) && *pte & PTE_PRESENT && (*pte & grant) == grant &&
 	       !(*pte & PTE_PSE) && *pte >> 12 < table->pfn_limit;
 }
@@ -581,12 +600,11 @@ static int32_t refusal(struct fill_table *table, uint32_t which, uint32_t page, 
 	int32_t error = (write ? PF_WRITE : 0) | (user ? PF_USER : 0);
 
 	if (!sure || (record & PTE_PRESENT && (record & grant) == grant) ||
-	    !guest_entry(table, table->pgdir[which] + (page >> 22) * 4, &pde))
+	    !guest_entry(table, pde_at(table, which, page), &pde))
 		return -1;
 	if (!(pde & PTE_PRESENT))
 		return error;
-	if (pde & 0xFFF & ~PAGE_TABLE_FLAGS || pde >> 12 >= table->pfn_limit ||
-	    !guest_entry(table, (pde & ~0xFFFu) + ((page >> 12) & 0x3FF) * 4, &pte))
+	if (!plain_pde(table, pde) || !guest_entry(table, pte_at(pde, page), &pte))
 		return -1;
 	if (!(pte & PTE_PRESENT))
 		return error;
